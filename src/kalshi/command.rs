@@ -1,0 +1,1 @@
+//! Client commands, rendered to the JSON text frames Kalshi expects.

@@ -1,0 +1,19 @@
+//! Kalshi `trade-api/ws/v2`: wire parsing, commands, handshake signing, and the sans-IO
+//! protocol session that turns frames into normalized ticks.
+//!
+//! Nothing outside this module sees a Kalshi type: the feed actor hands the session raw frames
+//! and gets back [`crate::tick::Tick`]s, feed events and command texts to send.
+//!
+//! - [`wire`]: server frames parsed with simd-json into borrowed [`wire::Frame`]s.
+//! - [`command`]: client commands (`subscribe`, `unsubscribe`, `update_subscription`,
+//!   `list_subscriptions`) rendered to JSON text.
+//! - [`sign`]: RSA-PSS handshake signing and the `KALSHI-ACCESS-*` headers.
+//! - [`session`]: desired subscriptions, sids, per-sid `seq`, books, gap repair.
+
+pub mod command;
+pub mod session;
+pub mod sign;
+pub mod wire;
+
+/// The request path of the market-data WebSocket; also the signed part of the handshake.
+pub const WS_PATH: &str = "/trade-api/ws/v2";

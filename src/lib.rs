@@ -1,0 +1,33 @@
+//! tickd: a market-data ingestion daemon.
+//!
+//! # Layout
+//!
+//! Data flows left to right:
+//!
+//! ```text
+//! exchange ─ws─► feed (one actor per connection, under the supervisor) ─► bus ─► consumers
+//! ```
+//!
+//! - [`tick`]: the normalized tick model and exact fixed-point prices and sizes.
+//! - [`book`]: an exact order book (YES and NO bid ladders) kept per market.
+//! - [`bus`]: bounded fan-out of `Arc<Tick>` to lossless and lossy consumers.
+//! - [`kalshi`]: everything Kalshi: wire parsing, commands, handshake signing and the
+//!   sans-IO protocol session that turns frames into ticks. No Kalshi type leaves it.
+//! - [`feed`]: the feed actor: one WebSocket connection, heartbeat, backoff, alerts.
+//! - [`supervisor`]: one feed actor per connection, market sharding, restarts, reloads.
+//! - [`sim`]: a faithful Kalshi exchange simulator with fault switches (`tickd sim`).
+//! - [`config`]: the layered settings tree (defaults < TOML < `TICKD_` environment).
+//! - [`app`]: wires the parts together for `tickd run`.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod app;
+pub mod book;
+pub mod bus;
+pub mod config;
+pub mod feed;
+pub mod kalshi;
+pub mod sim;
+pub mod supervisor;
+pub mod telemetry;
+pub mod tick;

@@ -1,0 +1,358 @@
+//! The normalized tick model shared by every part past the venue code.
+//!
+//! A [`Tick`] is one thing that happened on one feed: market data (trade, quote, book snapshot,
+//! book delta, lifecycle) or a feed event that consumers must see too (connected, disconnected,
+//! gap, resynced, alert...). Prices and sizes are exact integers ([`Price`], [`Qty`]) parsed
+//! straight from the exchange's fixed-point strings; there is no floating point on the data path.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+/// A price in units of $0.0001 (one ten-thousandth of a dollar): `"0.4800"` is `Price(4800)`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct Price(pub i64);
+
+/// A quantity in units of 0.01 contract: `"300.00"` is `Qty(30000)`. Signed, so a book delta
+/// can remove size.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct Qty(pub i64);
+
+impl Price {
+    /// Decimal places of the unit: $0.0001.
+    pub const DECIMALS: u32 = 4;
+    /// One dollar, the payout of a binary contract.
+    pub const ONE_DOLLAR: Price = Price(10_000);
+
+    /// Parses a fixed-point dollar string (`"0.48"`, `"0.4800"`, `"1"`), exactly.
+    pub fn parse_dollars(s: &str) -> Option<Price> {
+        parse_fixed(s.as_bytes(), Self::DECIMALS).map(Price)
+    }
+
+    /// The same price seen from the other side of a binary contract: `$1 - self`.
+    pub fn complement(self) -> Price {
+        Price(Self::ONE_DOLLAR.0 - self.0)
+    }
+}
+
+impl Qty {
+    /// Decimal places of the unit: 0.01 contract.
+    pub const DECIMALS: u32 = 2;
+
+    /// Parses a fixed-point contract count (`"300.00"`, `"-54.00"`, `"12"`), exactly.
+    pub fn parse_fp(s: &str) -> Option<Qty> {
+        parse_fixed(s.as_bytes(), Self::DECIMALS).map(Qty)
+    }
+}
+
+impl fmt::Display for Price {
+    /// Formats with four decimals, the way Kalshi sends dollar strings: `0.4800`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write_fixed(f, self.0, Self::DECIMALS)
+    }
+}
+
+impl fmt::Display for Qty {
+    /// Formats with two decimals, the way Kalshi sends `_fp` strings: `300.00`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write_fixed(f, self.0, Self::DECIMALS)
+    }
+}
+
+fn write_fixed(f: &mut fmt::Formatter<'_>, v: i64, decimals: u32) -> fmt::Result {
+    let scale = 10i64.pow(decimals);
+    let sign = if v < 0 { "-" } else { "" };
+    let abs = v.unsigned_abs();
+    let scale = scale as u64;
+    write!(f, "{sign}{}.{:0width$}", abs / scale, abs % scale, width = decimals as usize)
+}
+
+/// Parses an optionally signed decimal string into an integer count of `10^-decimals` units.
+///
+/// Exact or nothing: more fractional digits than `decimals` are accepted only when the extra
+/// digits are zeros (`"0.48000"`), since anything else would silently round a price. Returns
+/// `None` for empty input, stray characters, or a value that does not fit in an `i64`.
+pub fn parse_fixed(s: &[u8], decimals: u32) -> Option<i64> {
+    let (negative, digits) = match s.first()? {
+        b'-' => (true, &s[1..]),
+        b'+' => (false, &s[1..]),
+        _ => (false, s),
+    };
+    let (int_part, frac_part) = match digits.iter().position(|&b| b == b'.') {
+        Some(dot) => (&digits[..dot], &digits[dot + 1..]),
+        None => (digits, &digits[digits.len()..]),
+    };
+    if int_part.is_empty() && frac_part.is_empty() {
+        return None;
+    }
+    let mut value: i64 = 0;
+    for &b in int_part {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        value = value.checked_mul(10)?.checked_add(i64::from(b - b'0'))?;
+    }
+    let mut frac_digits = 0;
+    for &b in frac_part {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        if frac_digits < decimals {
+            value = value.checked_mul(10)?.checked_add(i64::from(b - b'0'))?;
+            frac_digits += 1;
+        } else if b != b'0' {
+            // A digit below our unit: refuse rather than round a price.
+            return None;
+        }
+    }
+    value = value.checked_mul(10i64.checked_pow(decimals - frac_digits)?)?;
+    Some(if negative { -value } else { value })
+}
+
+/// Microseconds since the Unix epoch, read once per received frame.
+pub fn now_micros() -> i64 {
+    // A clock before 1970 is a broken host; treat it as the epoch rather than panic.
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64)
+}
+
+/// A cheaply cloned, interned name (feed id or market ticker).
+pub type Name = Arc<str>;
+
+/// Which contract of a binary market a book level or a taker belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Side {
+    /// The YES contract.
+    Yes,
+    /// The NO contract.
+    No,
+}
+
+/// One normalized event from one feed.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Tick {
+    /// The feed (configured connection group) that produced it.
+    pub feed: Name,
+    /// The market ticker as the exchange spells it; empty for feed-wide events.
+    pub market: Name,
+    /// Exchange time in ms since the epoch, when the frame carries one.
+    pub exch_ts: Option<i64>,
+    /// Local receive time in µs since the epoch (one clock read per frame).
+    pub recv_ts: i64,
+    /// What happened.
+    pub kind: TickKind,
+}
+
+/// The payload of a [`Tick`].
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum TickKind {
+    /// A public trade.
+    Trade(Trade),
+    /// Top of book and market statistics (Kalshi's `ticker` channel).
+    Quote(Quote),
+    /// A full order book for one market; replaces whatever was known before.
+    BookSnapshot(BookSnapshot),
+    /// A change of resting size at one price level.
+    BookDelta(BookDelta),
+    /// A market or event lifecycle change.
+    Lifecycle(Lifecycle),
+    /// A feed state change that consumers must see (connected, gap, alert...).
+    Feed(FeedEvent),
+}
+
+/// A public trade. Prices are on the YES scale; the NO price is its complement.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Trade {
+    /// The exchange's trade id; the dedupe key in storage.
+    pub trade_id: String,
+    /// YES price of the trade.
+    pub price: Price,
+    /// Contracts traded.
+    pub size: Qty,
+    /// The side the taker bought.
+    pub taker_side: Side,
+    /// An off-book block trade.
+    pub block: bool,
+}
+
+/// Top of book and statistics for one market. Prices on the YES scale.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Quote {
+    /// Last traded price.
+    pub last: Option<Price>,
+    /// Best YES bid.
+    pub bid: Option<Price>,
+    /// Best YES ask.
+    pub ask: Option<Price>,
+    /// Contracts at the best bid.
+    pub bid_size: Qty,
+    /// Contracts at the best ask.
+    pub ask_size: Qty,
+    /// Size of the last trade.
+    pub last_size: Qty,
+    /// Cumulative contracts traded.
+    pub volume: Qty,
+    /// Open interest in contracts.
+    pub open_interest: Qty,
+    /// Cumulative traded notional, whole dollars.
+    pub dollar_volume: i64,
+    /// Open-interest notional, whole dollars.
+    pub dollar_open_interest: i64,
+}
+
+/// One price level: resting bids of `size` contracts at `price`.
+pub type Level = (Price, Qty);
+
+/// A full book. Both ladders are bids, each priced in its own contract: a NO level at
+/// `Price(3000)` is a bid of $0.30 for NO (which would cross a YES bid of $0.70 or more).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct BookSnapshot {
+    /// YES bids, ascending by price.
+    pub yes: Vec<Level>,
+    /// NO bids, ascending by price (NO contract prices).
+    pub no: Vec<Level>,
+}
+
+/// A change of resting size at one level, priced in the side's own contract.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct BookDelta {
+    /// Which ladder.
+    pub side: Side,
+    /// The level's price (in that side's contract).
+    pub price: Price,
+    /// Signed change of resting contracts.
+    pub delta: Qty,
+}
+
+/// A market or event lifecycle change (created, activated, closed, determined, settled...).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Lifecycle {
+    /// Whether `Tick::market` names a market or an event.
+    pub scope: LifecycleScope,
+    /// The exchange's event name, as sent (`created`, `determined`, `settled`...).
+    pub event: String,
+    /// The exchange's message body as JSON text, kept whole for storage and auditing.
+    pub detail: String,
+}
+
+/// What a [`Lifecycle`] tick is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LifecycleScope {
+    /// `Tick::market` is a market ticker.
+    Market,
+    /// `Tick::market` is an event ticker.
+    Event,
+}
+
+/// A feed state change. Published on the bus so that no consumer shows stale data as live.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum FeedEvent {
+    /// A connection attempt started.
+    Connecting {
+        /// Consecutive attempt number, from 1.
+        attempt: u32,
+    },
+    /// The WebSocket handshake succeeded.
+    Connected,
+    /// Every desired subscription is acknowledged; data is flowing.
+    Live,
+    /// The connection ended.
+    Disconnected {
+        /// Why, in words.
+        reason: String,
+    },
+    /// Waiting before the next connection attempt.
+    BackingOff {
+        /// Consecutive failures so far.
+        failures: u32,
+        /// The delay chosen, in ms.
+        delay_ms: u64,
+    },
+    /// A sequence gap on one subscription: frames between `expected` and `got` were lost.
+    Gap {
+        /// The exchange's subscription id.
+        sid: u64,
+        /// The sequence number that should have come next.
+        expected: u64,
+        /// The sequence number that came.
+        got: u64,
+    },
+    /// Books of the named markets (or the whole feed when `market` is empty) cannot be trusted
+    /// until a `Resynced` follows.
+    Stale {
+        /// Why, in words.
+        reason: String,
+    },
+    /// A repaired subscription: books rebuilt from fresh snapshots.
+    Resynced {
+        /// The subscription id that now carries the data.
+        sid: u64,
+    },
+    /// Something needs a human: too many consecutive failures, rejected credentials...
+    Alert {
+        /// Machine-readable kind (`max_reconnects`, `credentials_rejected`...).
+        kind: String,
+        /// Details for the human.
+        message: String,
+    },
+    /// The feed stopped trying, by configuration, after an alert.
+    GivenUp {
+        /// Why, in words.
+        reason: String,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dollar_strings_parse_exactly() {
+        let cases = [
+            ("0.4800", Some(4800)),
+            ("0.48", Some(4800)),
+            ("0.480", Some(4800)),
+            ("1", Some(10_000)),
+            ("1.0000", Some(10_000)),
+            ("0.0001", Some(1)),
+            (".5", Some(5000)),
+            ("0.00010", Some(1)),
+            ("0.00015", None), // below $0.0001: refuse, never round
+            ("", None),
+            ("-", None),
+            (".", None),
+            ("0.4a", None),
+            ("1e3", None),
+            ("99999999999999999999", None),
+        ];
+        for (text, want) in cases {
+            assert_eq!(Price::parse_dollars(text).map(|p| p.0), want, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn signed_counts_parse_exactly() {
+        assert_eq!(Qty::parse_fp("-54.00"), Some(Qty(-5400)));
+        assert_eq!(Qty::parse_fp("300.00"), Some(Qty(30000)));
+        assert_eq!(Qty::parse_fp("0.01"), Some(Qty(1)));
+        assert_eq!(Qty::parse_fp("+2.5"), Some(Qty(250)));
+        assert_eq!(Qty::parse_fp("0.001"), None);
+    }
+
+    #[test]
+    fn formatting_round_trips() {
+        for p in [0, 1, 4800, 10_000, 123_456] {
+            assert_eq!(Price::parse_dollars(&Price(p).to_string()), Some(Price(p)));
+        }
+        assert_eq!(Qty(-5400).to_string(), "-54.00");
+        assert_eq!(Price(4800).to_string(), "0.4800");
+        assert_eq!(Price(3000).complement(), Price(7000));
+    }
+}
