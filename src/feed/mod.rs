@@ -1,1 +1,2 @@
 //! feed
+pub mod backoff;
