@@ -27,6 +27,7 @@ pub mod bus;
 pub mod config;
 pub mod feed;
 pub mod kalshi;
+pub mod metrics;
 pub mod sim;
 pub mod supervisor;
 pub mod telemetry;

@@ -1,1 +1,422 @@
-//! supervisor
+//! The supervisor: one feed actor per connection, market sharding, restarts and reloads.
+//!
+//! Each configured feed becomes one or more connections: a market list longer than
+//! `max_markets_per_connection` is spread over several (`name/0`, `name/1`, ...). Only the
+//! first connection of a feed carries `market_lifecycle_v2`, which covers every market.
+//! Actors run in one `JoinSet`; an actor that panics is logged as a panic and restarted
+//! after a growing delay, with the markets it had. A reload applies market changes to the
+//! running actors with `update_subscription` (no reconnect): removed markets leave their
+//! connection, new ones fill connections with room, then new connections. Other changes to a
+//! running feed need a restart and are logged as such; feeds added or removed start or stop.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::task::{Id, JoinSet};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::bus::Bus;
+use crate::config::{FeedSettings, Settings};
+use crate::feed::alert::Alerter;
+use crate::feed::{Connect, FeedConfig, FeedContext, FeedExit, FeedHandle, feed};
+use crate::kalshi::sign::Credentials;
+use crate::metrics::FeedMetrics;
+use crate::tick::Name;
+
+/// The most a panicked actor waits before its restart.
+const MAX_RESTART_DELAY: Duration = Duration::from_secs(30);
+
+/// Why the supervisor stopped abnormally.
+#[derive(Debug, thiserror::Error)]
+pub enum SupervisorError {
+    /// A feed's signing key could not be loaded.
+    #[error("feed {feed}: {reason}")]
+    Credentials {
+        /// The feed.
+        feed: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A feed reached `max_reconnects` with `on_max_reconnects = "exit"`.
+    #[error("feed connection {0} gave up after too many reconnects; exiting as configured")]
+    FeedGaveUp(Name),
+}
+
+/// What the supervisor's actors share.
+#[derive(Clone)]
+pub struct SupervisorDeps {
+    /// Where ticks go.
+    pub bus: Bus,
+    /// Cancelled at shutdown; each actor gets a child token.
+    pub shutdown: CancellationToken,
+    /// How byte streams are opened (TCP in production).
+    pub connector: Arc<dyn Connect>,
+    /// Seed for backoff jitter (tests); `None` seeds each actor from the OS.
+    pub jitter_seed: Option<u64>,
+}
+
+/// A running connection as the supervisor sees it.
+struct Conn {
+    cfg: FeedConfig,
+    handle: FeedHandle,
+    cancel: CancellationToken,
+    task: Id,
+    restarts: u32,
+}
+
+/// The handles of running connections, readable while the supervisor runs.
+#[derive(Clone, Default)]
+pub struct Handles(Arc<Mutex<BTreeMap<Name, FeedHandle>>>);
+
+impl Handles {
+    /// Every running connection, by id (`feed` or `feed/n`).
+    pub fn all(&self) -> Vec<(Name, FeedHandle)> {
+        self.0
+            .lock()
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default()
+    }
+
+    fn set(&self, id: Name, handle: Option<FeedHandle>) {
+        if let Ok(mut map) = self.0.lock() {
+            match handle {
+                Some(h) => map.insert(id, h),
+                None => map.remove(&id),
+            };
+        }
+    }
+}
+
+/// One actor per connection.
+pub struct Supervisor {
+    deps: SupervisorDeps,
+    alerter: Alerter,
+    feeds: Vec<FeedSettings>,
+    conns: BTreeMap<Name, Conn>,
+    tasks: JoinSet<FeedExit>,
+    task_ids: HashMap<Id, Name>,
+    handles: Handles,
+}
+
+impl Supervisor {
+    /// Starts every configured feed.
+    pub fn start(settings: &Settings, deps: SupervisorDeps) -> Result<Supervisor, SupervisorError> {
+        let mut sup = Supervisor {
+            alerter: Alerter::new(settings.alert_command.clone()),
+            deps,
+            feeds: Vec::new(),
+            conns: BTreeMap::new(),
+            tasks: JoinSet::new(),
+            task_ids: HashMap::new(),
+            handles: Handles::default(),
+        };
+        for feed in &settings.feeds {
+            sup.start_feed(feed.clone())?;
+        }
+        Ok(sup)
+    }
+
+    /// The running connections' handles.
+    pub fn handles(&self) -> Handles {
+        self.handles.clone()
+    }
+
+    /// Runs until shutdown (then waits for every actor), applying reloads as they come.
+    pub async fn run(
+        mut self,
+        mut reload: mpsc::Receiver<Settings>,
+    ) -> Result<(), SupervisorError> {
+        let mut reload_open = true;
+        loop {
+            tokio::select! {
+                // Shutdown: actors see the same token; wait for all of them below.
+                _ = self.deps.shutdown.cancelled() => break,
+                // A new configuration (SIGHUP).
+                settings = reload.recv(), if reload_open => match settings {
+                    Some(settings) => self.reload(&settings).await,
+                    None => reload_open = false,
+                },
+                // An actor finished: shutdown, give-up, or a panic to restart.
+                Some(joined) = self.tasks.join_next_with_id() => {
+                    if let Some(err) = self.on_joined(joined) {
+                        self.deps.shutdown.cancel();
+                        self.drain().await;
+                        return Err(err);
+                    }
+                }
+            }
+        }
+        self.drain().await;
+        Ok(())
+    }
+
+    async fn drain(&mut self) {
+        while self.tasks.join_next().await.is_some() {}
+        for id in self.conns.keys() {
+            self.handles.set(id.clone(), None);
+        }
+        info!("All feeds stopped.");
+    }
+
+    fn on_joined(
+        &mut self,
+        joined: Result<(Id, FeedExit), tokio::task::JoinError>,
+    ) -> Option<SupervisorError> {
+        let (task, outcome) = match joined {
+            Ok((task, exit)) => (task, Ok(exit)),
+            Err(e) => (e.id(), Err(e)),
+        };
+        let name = self.task_ids.remove(&task)?;
+        match outcome {
+            Ok(FeedExit::Shutdown) => None,
+            Ok(FeedExit::GaveUp) => {
+                warn!(feed = %name, "Feed connection stopped after giving up, as configured.");
+                None
+            }
+            Ok(FeedExit::ExitProcess) => Some(SupervisorError::FeedGaveUp(name)),
+            Err(e) if e.is_panic() => {
+                let conn = self.conns.get_mut(&name)?;
+                conn.restarts += 1;
+                let delay =
+                    Duration::from_secs(1u64 << conn.restarts.min(5)).min(MAX_RESTART_DELAY);
+                error!(feed = %name, restarts = conn.restarts, delay_ms = delay.as_millis() as u64, "Feed actor panicked; restarting it.");
+                let cfg = conn.cfg.clone();
+                let restarts = conn.restarts;
+                self.spawn(cfg, Some(delay), restarts);
+                None
+            }
+            Err(_) => None,
+        }
+    }
+
+    fn start_feed(&mut self, settings: FeedSettings) -> Result<(), SupervisorError> {
+        let credentials = load_credentials(&settings)?;
+        let shards = shard(&settings.markets, settings.max_markets_per_connection);
+        for (n, markets) in shards.into_iter().enumerate() {
+            let cfg = FeedConfig {
+                conn_id: conn_id(&settings.name, n),
+                settings: settings.clone(),
+                markets,
+                lifecycle: n == 0 && settings.lifecycle,
+                credentials: credentials.clone(),
+            };
+            self.spawn(cfg, None, 0);
+        }
+        self.feeds.push(settings);
+        Ok(())
+    }
+
+    fn spawn(&mut self, cfg: FeedConfig, delay: Option<Duration>, restarts: u32) {
+        let cancel = self.deps.shutdown.child_token();
+        let metrics = self
+            .conns
+            .get(&cfg.conn_id)
+            .map(|c| c.handle.metrics.clone())
+            .unwrap_or_default();
+        let ctx = FeedContext {
+            bus: self.deps.bus.clone(),
+            shutdown: cancel.clone(),
+            metrics: metrics.clone(),
+            connector: self.deps.connector.clone(),
+            alerter: self.alerter.clone(),
+            jitter_seed: self.deps.jitter_seed,
+        };
+        let (handle, run) = feed(cfg.clone(), ctx);
+        let task = self
+            .tasks
+            .spawn(async move {
+                if let Some(delay) = delay {
+                    tokio::time::sleep(delay).await;
+                }
+                run.await
+            })
+            .id();
+        let id = cfg.conn_id.clone();
+        self.task_ids.insert(task, id.clone());
+        self.handles.set(id.clone(), Some(handle.clone()));
+        self.conns.insert(
+            id,
+            Conn {
+                cfg,
+                handle,
+                cancel,
+                task,
+                restarts,
+            },
+        );
+    }
+
+    fn stop_conn(&mut self, id: &Name) {
+        if let Some(conn) = self.conns.remove(id) {
+            info!(feed = %id, "Stopping feed connection.");
+            conn.cancel.cancel();
+            // The task is still joined by `run`; forget its name so its exit is not reported.
+            self.task_ids.remove(&conn.task);
+            self.handles.set(id.clone(), None);
+        }
+    }
+
+    /// Applies a new configuration without reconnecting what does not need it.
+    pub async fn reload(&mut self, settings: &Settings) {
+        info!(feeds = settings.feeds.len(), "Reloading configuration.");
+        let new_names: HashSet<&str> = settings.feeds.iter().map(|f| f.name.as_str()).collect();
+        let old = std::mem::take(&mut self.feeds);
+        for feed in &old {
+            if !new_names.contains(feed.name.as_str()) {
+                let ids: Vec<Name> = self.conn_ids(&feed.name);
+                for id in ids {
+                    self.stop_conn(&id);
+                }
+            }
+        }
+        for new in &settings.feeds {
+            match old.iter().find(|f| f.name == new.name) {
+                None => {
+                    if let Err(e) = self.start_feed(new.clone()) {
+                        error!(feed = %new.name, error = %e, "New feed not started.");
+                    }
+                }
+                Some(current) => {
+                    let mut kept = current.clone();
+                    if !same_except_markets(current, new) {
+                        warn!(feed = %new.name, "Connection settings changed; they take effect after a restart. Applying market changes only.");
+                    }
+                    kept.markets = new.markets.clone();
+                    self.apply_markets(&kept).await;
+                    self.feeds.push(kept);
+                }
+            }
+        }
+    }
+
+    /// Spreads a feed's new market list over its connections, keeping markets where they are.
+    async fn apply_markets(&mut self, feed: &FeedSettings) {
+        let cap = feed.max_markets_per_connection.max(1);
+        let wanted: HashSet<&String> = feed.markets.iter().collect();
+        let ids = self.conn_ids(&feed.name);
+        let mut plan: Vec<(Name, Vec<String>)> = ids
+            .iter()
+            .filter_map(|id| {
+                self.conns
+                    .get(id)
+                    .map(|c| (id.clone(), c.cfg.markets.clone()))
+            })
+            .collect();
+        let mut placed: HashSet<String> = HashSet::new();
+        for (_, markets) in &mut plan {
+            markets.retain(|m| wanted.contains(m) && placed.insert(m.clone()));
+        }
+        let mut fresh = feed
+            .markets
+            .iter()
+            .filter(|m| !placed.contains(*m))
+            .cloned()
+            .peekable();
+        for (_, markets) in &mut plan {
+            while markets.len() < cap {
+                match fresh.next() {
+                    Some(m) => markets.push(m),
+                    None => break,
+                }
+            }
+        }
+        let mut extra: Vec<Vec<String>> = Vec::new();
+        while fresh.peek().is_some() {
+            extra.push(fresh.by_ref().take(cap).collect());
+        }
+        for (n, (id, markets)) in plan.into_iter().enumerate() {
+            if markets.is_empty() && n > 0 {
+                self.stop_conn(&id);
+                continue;
+            }
+            if let Some(conn) = self.conns.get_mut(&id)
+                && conn.cfg.markets != markets
+            {
+                conn.cfg.markets = markets.clone();
+                conn.handle.set_markets(markets).await;
+            }
+        }
+        let credentials = self
+            .conns
+            .values()
+            .find(|c| c.cfg.settings.name == feed.name)
+            .and_then(|c| c.cfg.credentials.clone());
+        for markets in extra {
+            let n = (0..)
+                .find(|n| !self.conns.contains_key(&conn_id(&feed.name, *n)))
+                .unwrap_or(0);
+            let cfg = FeedConfig {
+                conn_id: conn_id(&feed.name, n),
+                settings: feed.clone(),
+                markets,
+                lifecycle: false,
+                credentials: credentials.clone(),
+            };
+            self.spawn(cfg, None, 0);
+        }
+    }
+
+    fn conn_ids(&self, feed: &str) -> Vec<Name> {
+        self.conns
+            .iter()
+            .filter(|(_, c)| c.cfg.settings.name == feed)
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+}
+
+/// The metrics of every running connection (for summaries and, later, Prometheus).
+pub fn metrics_of(handles: &Handles) -> Vec<(Name, Arc<FeedMetrics>)> {
+    handles
+        .all()
+        .into_iter()
+        .map(|(id, h)| (id, h.metrics))
+        .collect()
+}
+
+/// Splits a market list into chunks of at most `cap` (always at least one, maybe empty).
+pub fn shard(markets: &[String], cap: usize) -> Vec<Vec<String>> {
+    if markets.is_empty() {
+        return vec![Vec::new()];
+    }
+    markets.chunks(cap.max(1)).map(<[String]>::to_vec).collect()
+}
+
+fn conn_id(feed: &str, n: usize) -> Name {
+    Arc::from(format!("{feed}/{n}"))
+}
+
+fn same_except_markets(a: &FeedSettings, b: &FeedSettings) -> bool {
+    let mut a = a.clone();
+    a.markets = b.markets.clone();
+    &a == b
+}
+
+fn load_credentials(settings: &FeedSettings) -> Result<Option<Arc<Credentials>>, SupervisorError> {
+    let (Some(key_id), Some(path)) = (&settings.key_id, &settings.key_file) else {
+        return Ok(None);
+    };
+    Credentials::load(key_id, path)
+        .map(|c| Some(Arc::new(c)))
+        .map_err(|e| SupervisorError::Credentials {
+            feed: settings.name.clone(),
+            reason: e.to_string(),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_market_lists_are_spread_over_connections() {
+        let markets: Vec<String> = (0..7).map(|n| format!("M{n}")).collect();
+        let shards = shard(&markets, 3);
+        assert_eq!(shards.len(), 3);
+        assert_eq!(shards[2], vec!["M6".to_string()]);
+        assert_eq!(shard(&[], 3), vec![Vec::<String>::new()]);
+    }
+}

@@ -1,2 +1,640 @@
-//! feed
+//! The feed actor: one exchange WebSocket connection, kept alive for as long as tickd runs.
+//!
+//! The actor owns the connection and a [`Session`] (the protocol state: what is wanted, sids,
+//! `seq`, books). It connects (signing the handshake anew each time), lets the session
+//! subscribe, reads frames and publishes the session's ticks on the bus, pings every
+//! `ping_interval` and declares the connection dead when no frame of any kind arrived for
+//! `ping_interval + pong_timeout` (a half-open socket never delivers a FIN). When the
+//! connection ends it publishes `Disconnected`, waits a capped, jittered, growing delay and
+//! connects again; the failure count resets only after a connection stayed healthy for
+//! `backoff.healthy_after`. After `max_reconnects` consecutive failures it raises an alert and,
+//! by policy, keeps retrying at the capped delay, stops, or asks the process to exit.
+//!
+//! Callers hold a [`FeedHandle`]: change the market list (applied live, or queued while
+//! disconnected) and read the current books.
+
+pub mod alert;
 pub mod backoff;
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::{Instant, MissedTickBehavior, sleep_until};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::bus::Bus;
+use crate::config::{FeedSettings, GiveUpPolicy};
+use crate::kalshi::session::{Channel, Output, Session, SessionConfig};
+use crate::kalshi::sign::Credentials;
+use crate::metrics::{FeedMetrics, FeedState};
+use crate::tick::{BookSnapshot, FeedEvent, Name, Tick, TickKind, now_micros};
+use alert::Alerter;
+use backoff::Backoff;
+
+/// Commands queued for a feed actor. A full queue makes the caller wait (they are rare:
+/// reloads and book queries).
+const COMMAND_CAPACITY: usize = 16;
+
+/// How long a clean close may take at shutdown before the socket is simply dropped.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Frames larger than this break the connection inside the WebSocket library; frames between
+/// `max_frame_bytes` and this are read, counted and dropped so the connection goes on.
+const HARD_FRAME_LIMIT: usize = 64 << 20;
+
+/// A byte stream to the exchange (TCP, or an in-process pipe in tests).
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
+
+/// A boxed byte stream.
+pub type BoxIo = Box<dyn Io>;
+
+/// The WebSocket type every feed uses.
+pub type Ws = WebSocketStream<MaybeTlsStream<BoxIo>>;
+
+/// Opens byte streams to `host:port`; TLS and the WebSocket handshake happen on top.
+pub trait Connect: Send + Sync + 'static {
+    /// Opens one stream.
+    fn open<'a>(
+        &'a self,
+        host: &'a str,
+        port: u16,
+    ) -> Pin<Box<dyn Future<Output = std::io::Result<BoxIo>> + Send + 'a>>;
+}
+
+/// Plain TCP with `TCP_NODELAY` (latency matters more than packet count).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TcpConnector;
+
+impl Connect for TcpConnector {
+    fn open<'a>(
+        &'a self,
+        host: &'a str,
+        port: u16,
+    ) -> Pin<Box<dyn Future<Output = std::io::Result<BoxIo>> + Send + 'a>> {
+        Box::pin(async move {
+            let stream = tokio::net::TcpStream::connect((host, port)).await?;
+            stream.set_nodelay(true)?;
+            Ok(Box::new(stream) as BoxIo)
+        })
+    }
+}
+
+/// Why a connection attempt failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The URL cannot be connected to.
+    #[error("invalid URL {url:?}: {reason}")]
+    Url {
+        /// The URL.
+        url: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// TCP failed.
+    #[error("connect failed: {0}")]
+    Io(#[from] std::io::Error),
+    /// Took longer than `connect_timeout`.
+    #[error("connect timed out after {0:?}")]
+    Timeout(Duration),
+    /// The exchange refused the handshake with HTTP 401: the key id or signature is wrong.
+    #[error(
+        "handshake rejected with HTTP 401: credentials not accepted (check key_id and key_file)"
+    )]
+    Unauthorized,
+    /// The exchange answered the upgrade with another HTTP status.
+    #[error("handshake refused with HTTP {0}")]
+    Refused(u16),
+    /// TLS or WebSocket protocol failure.
+    #[error("handshake failed: {0}")]
+    Handshake(String),
+}
+
+/// Why an open connection ended.
+#[derive(Debug)]
+enum Ended {
+    /// Shutdown was requested; the connection was closed with 1000.
+    Shutdown,
+    /// No frame for ping interval + pong timeout.
+    Dead(Duration),
+    /// The exchange sent a close frame.
+    Closed(Option<(u16, String)>),
+    /// The stream ended without a close frame.
+    Eof,
+    /// A read or write error.
+    Error(String),
+}
+
+impl fmt::Display for Ended {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Ended::Shutdown => write!(f, "shutdown"),
+            Ended::Dead(d) => write!(f, "no frame for {d:?}: connection presumed dead"),
+            Ended::Closed(Some((code, reason))) => {
+                write!(f, "closed by the exchange ({code} {reason})")
+            }
+            Ended::Closed(None) => write!(f, "closed by the exchange"),
+            Ended::Eof => write!(f, "connection lost (no close frame)"),
+            Ended::Error(e) => write!(f, "connection error: {e}"),
+        }
+    }
+}
+
+/// How a feed actor finished.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FeedExit {
+    /// Shutdown was requested.
+    Shutdown,
+    /// `max_reconnects` was reached and the policy is to stop this feed.
+    GaveUp,
+    /// `max_reconnects` was reached and the policy is to exit the process.
+    ExitProcess,
+}
+
+/// What one feed actor connects to and follows.
+#[derive(Clone)]
+pub struct FeedConfig {
+    /// Connection parameters (url, heartbeat, backoff, limits).
+    pub settings: FeedSettings,
+    /// Names this connection in logs: the feed name, plus `/n` for the n-th shard.
+    pub conn_id: Name,
+    /// Markets this connection follows.
+    pub markets: Vec<String>,
+    /// Whether this connection also carries `market_lifecycle_v2`.
+    pub lifecycle: bool,
+    /// Signing key, if the exchange wants signed handshakes.
+    pub credentials: Option<Arc<Credentials>>,
+}
+
+/// Shared services a feed actor runs with.
+#[derive(Clone)]
+pub struct FeedContext {
+    /// Where ticks go.
+    pub bus: Bus,
+    /// Cancelled at shutdown.
+    pub shutdown: CancellationToken,
+    /// This connection's counters.
+    pub metrics: Arc<FeedMetrics>,
+    /// How byte streams are opened.
+    pub connector: Arc<dyn Connect>,
+    /// How alerts are raised.
+    pub alerter: Alerter,
+    /// Seed for backoff jitter; `None` seeds from the OS.
+    pub jitter_seed: Option<u64>,
+}
+
+enum FeedCommand {
+    SetMarkets(Vec<String>),
+    Books(oneshot::Sender<Vec<(Name, BookSnapshot)>>),
+}
+
+/// A cheap handle on a running feed actor.
+#[derive(Clone)]
+pub struct FeedHandle {
+    tx: mpsc::Sender<FeedCommand>,
+    /// The connection's counters.
+    pub metrics: Arc<FeedMetrics>,
+}
+
+impl FeedHandle {
+    /// Replaces the market list; applied live with `update_subscription`, or at the next
+    /// connect. Returns false if the actor has stopped.
+    pub async fn set_markets(&self, markets: Vec<String>) -> bool {
+        self.tx.send(FeedCommand::SetMarkets(markets)).await.is_ok()
+    }
+
+    /// The books this connection currently trusts (built from a snapshot, unbroken since).
+    pub async fn books(&self) -> Vec<(Name, BookSnapshot)> {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(FeedCommand::Books(tx)).await.is_err() {
+            return Vec::new();
+        }
+        rx.await.unwrap_or_default()
+    }
+}
+
+/// Creates a feed actor; the returned future runs it until shutdown or give-up.
+pub fn feed(
+    cfg: FeedConfig,
+    ctx: FeedContext,
+) -> (FeedHandle, impl Future<Output = FeedExit> + Send) {
+    // Bounded: callers wait when full; commands are rare (reloads, queries).
+    let (tx, rx) = mpsc::channel(COMMAND_CAPACITY);
+    let handle = FeedHandle {
+        tx,
+        metrics: ctx.metrics.clone(),
+    };
+    let actor = FeedActor::new(cfg, ctx, rx);
+    (handle, actor.run())
+}
+
+struct FeedActor {
+    cfg: FeedConfig,
+    ctx: FeedContext,
+    commands: mpsc::Receiver<FeedCommand>,
+    session: Session,
+    backoff: Backoff,
+    out: Output,
+    /// The max-reconnects alert of the current failure streak has been raised.
+    alerted: bool,
+}
+
+impl FeedActor {
+    fn new(cfg: FeedConfig, ctx: FeedContext, commands: mpsc::Receiver<FeedCommand>) -> Self {
+        let s = &cfg.settings;
+        let mut channels: Vec<Channel> = s
+            .channels
+            .iter()
+            .filter_map(|c| Channel::from_name(c))
+            .collect();
+        if cfg.lifecycle {
+            channels.push(Channel::MarketLifecycle);
+        }
+        let session = Session::new(
+            SessionConfig {
+                feed: Arc::from(s.name.as_str()),
+                channels,
+                markets: cfg.markets.clone(),
+                use_yes_price: s.use_yes_price,
+                ack_timeout: s.ack_timeout,
+            },
+            ctx.metrics.clone(),
+        );
+        let backoff = match ctx.jitter_seed {
+            Some(seed) => Backoff::seeded(s.backoff.clone(), seed),
+            None => Backoff::new(s.backoff.clone()),
+        };
+        FeedActor {
+            cfg,
+            ctx,
+            commands,
+            session,
+            backoff,
+            out: Output::default(),
+            alerted: false,
+        }
+    }
+
+    async fn run(mut self) -> FeedExit {
+        let id = self.cfg.conn_id.clone();
+        loop {
+            if self.ctx.shutdown.is_cancelled() {
+                return self.stopped();
+            }
+            let attempt = self.backoff.failures() + 1;
+            self.ctx.metrics.set_state(FeedState::Connecting);
+            info!(feed = %id, attempt, url = %self.cfg.settings.url, "Connecting.");
+            self.publish_event(FeedEvent::Connecting { attempt }).await;
+            let connected = tokio::select! {
+                // Shutdown wins over a slow handshake.
+                _ = self.ctx.shutdown.cancelled() => return self.stopped(),
+                r = self.connect() => r,
+            };
+            match connected {
+                Ok(ws) => {
+                    FeedMetrics::inc(&self.ctx.metrics.connects);
+                    info!(feed = %id, "Connected.");
+                    self.ctx.metrics.set_state(FeedState::Subscribing);
+                    self.publish_event(FeedEvent::Connected).await;
+                    let ended = self.run_connection(ws).await;
+                    self.session.on_disconnected();
+                    FeedMetrics::inc(&self.ctx.metrics.disconnects);
+                    if matches!(ended, Ended::Shutdown) {
+                        self.publish_event(FeedEvent::Disconnected {
+                            reason: ended.to_string(),
+                        })
+                        .await;
+                        return self.stopped();
+                    }
+                    warn!(feed = %id, reason = %ended, "Disconnected.");
+                    self.publish_event(FeedEvent::Disconnected {
+                        reason: ended.to_string(),
+                    })
+                    .await;
+                }
+                Err(e) => {
+                    FeedMetrics::inc(&self.ctx.metrics.connect_failures);
+                    if matches!(e, ConnectError::Unauthorized) {
+                        FeedMetrics::inc(&self.ctx.metrics.credentials_rejected);
+                        error!(feed = %id, error = %e, "Credentials rejected.");
+                        if self.backoff.failures() == 0 {
+                            let message = format!("{id}: {e}");
+                            self.alert("credentials_rejected", &message).await;
+                        }
+                    } else {
+                        warn!(feed = %id, error = %e, "Connection attempt failed.");
+                    }
+                    self.publish_event(FeedEvent::Disconnected {
+                        reason: e.to_string(),
+                    })
+                    .await;
+                }
+            }
+            // Every end of a connection that did not stay healthy counts as a failure.
+            let delay = self.backoff.next_delay();
+            let failures = self.backoff.failures();
+            self.ctx
+                .metrics
+                .consecutive_failures
+                .store(u64::from(failures), Ordering::Relaxed);
+            if failures >= self.cfg.settings.max_reconnects && !self.alerted {
+                self.alerted = true;
+                let policy = self.cfg.settings.on_max_reconnects;
+                let message = format!(
+                    "{id}: {failures} consecutive connection failures; {}",
+                    match policy {
+                        GiveUpPolicy::Retry => "retrying at the capped delay",
+                        GiveUpPolicy::StopFeed => "stopping this feed",
+                        GiveUpPolicy::Exit => "exiting",
+                    }
+                );
+                self.alert("max_reconnects", &message).await;
+                match policy {
+                    GiveUpPolicy::Retry => {}
+                    GiveUpPolicy::StopFeed | GiveUpPolicy::Exit => {
+                        self.ctx.metrics.set_state(FeedState::GivenUp);
+                        self.publish_event(FeedEvent::GivenUp { reason: message })
+                            .await;
+                        return if policy == GiveUpPolicy::Exit {
+                            FeedExit::ExitProcess
+                        } else {
+                            FeedExit::GaveUp
+                        };
+                    }
+                }
+            }
+            self.ctx.metrics.set_state(FeedState::BackingOff);
+            info!(feed = %id, failures, delay_ms = delay.as_millis() as u64, "Backing off.");
+            self.publish_event(FeedEvent::BackingOff {
+                failures,
+                delay_ms: delay.as_millis() as u64,
+            })
+            .await;
+            let wake = Instant::now() + delay;
+            loop {
+                tokio::select! {
+                    _ = self.ctx.shutdown.cancelled() => return self.stopped(),
+                    _ = sleep_until(wake) => break,
+                    // Market changes while disconnected are kept for the next subscribe.
+                    Some(cmd) = self.commands.recv() => self.on_command(cmd).await,
+                }
+            }
+        }
+    }
+
+    fn stopped(&self) -> FeedExit {
+        self.ctx.metrics.set_state(FeedState::Stopped);
+        info!(feed = %self.cfg.conn_id, "Feed stopped.");
+        FeedExit::Shutdown
+    }
+
+    async fn connect(&self) -> Result<Ws, ConnectError> {
+        let s = &self.cfg.settings;
+        let url = url::Url::parse(&s.url).map_err(|e| ConnectError::Url {
+            url: s.url.clone(),
+            reason: e.to_string(),
+        })?;
+        let host = url.host_str().ok_or_else(|| ConnectError::Url {
+            url: s.url.clone(),
+            reason: "no host".into(),
+        })?;
+        let port = url
+            .port_or_known_default()
+            .ok_or_else(|| ConnectError::Url {
+                url: s.url.clone(),
+                reason: "no port".into(),
+            })?;
+        let mut request = url
+            .as_str()
+            .into_client_request()
+            .map_err(|e| ConnectError::Url {
+                url: s.url.clone(),
+                reason: e.to_string(),
+            })?;
+        if let Some(creds) = &self.cfg.credentials {
+            // Signed anew on every connect: the timestamp is part of the signature.
+            for (name, value) in creds.headers(now_micros() / 1000) {
+                let value = HeaderValue::from_str(&value)
+                    .map_err(|e| ConnectError::Handshake(e.to_string()))?;
+                request.headers_mut().insert(name, value);
+            }
+        }
+        let limit = HARD_FRAME_LIMIT.max(s.max_frame_bytes);
+        let config = WebSocketConfig::default()
+            .max_message_size(Some(limit))
+            .max_frame_size(Some(limit));
+        let handshake = async {
+            let io = self.ctx.connector.open(host, port).await?;
+            tokio_tungstenite::client_async_tls_with_config(request, io, Some(config), None)
+                .await
+                .map(|(ws, _response)| ws)
+                .map_err(|e| match e {
+                    tungstenite::Error::Http(resp) if resp.status().as_u16() == 401 => {
+                        ConnectError::Unauthorized
+                    }
+                    tungstenite::Error::Http(resp) => ConnectError::Refused(resp.status().as_u16()),
+                    tungstenite::Error::Io(e) => ConnectError::Io(e),
+                    other => ConnectError::Handshake(other.to_string()),
+                })
+        };
+        tokio::time::timeout(s.connect_timeout, handshake)
+            .await
+            .map_err(|_| ConnectError::Timeout(s.connect_timeout))?
+    }
+
+    async fn run_connection(&mut self, ws: Ws) -> Ended {
+        let (mut sink, mut stream) = ws.split();
+        let s = &self.cfg.settings;
+        let (ping_interval, window, healthy_after) = (
+            s.ping_interval,
+            s.ping_interval + s.pong_timeout,
+            self.backoff.healthy_after(),
+        );
+        let max_frame = s.max_frame_bytes;
+        let id = self.cfg.conn_id.clone();
+
+        let started = Instant::now();
+        self.session
+            .on_connected(started, now_micros(), &mut self.out);
+        if let Err(e) = self.flush(&mut sink).await {
+            return e;
+        }
+        let mut ping = tokio::time::interval_at(started + ping_interval, ping_interval);
+        ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut last_frame = started;
+        let dead = sleep_until(started + window);
+        tokio::pin!(dead);
+        let healthy = sleep_until(started + healthy_after);
+        tokio::pin!(healthy);
+        let mut healthy_pending = true;
+        let far = || Instant::now() + Duration::from_secs(86_400);
+        let mut deadline = self.session.next_deadline().unwrap_or_else(far);
+        let timer = sleep_until(deadline);
+        tokio::pin!(timer);
+
+        loop {
+            tokio::select! {
+                // Shutdown: say goodbye with 1000 and stop reading.
+                _ = self.ctx.shutdown.cancelled() => {
+                    let close = CloseFrame { code: CloseCode::Normal, reason: "tickd shutting down".into() };
+                    let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.send(Message::Close(Some(close)))).await;
+                    return Ended::Shutdown;
+                }
+                // Frames (cancel-safe): any frame at all proves the connection alive.
+                frame = stream.next() => {
+                    let now = Instant::now();
+                    last_frame = now;
+                    let recv_ts = now_micros();
+                    let m = &self.ctx.metrics;
+                    FeedMetrics::inc(&m.frames);
+                    m.last_frame_us.store(recv_ts as u64, Ordering::Relaxed);
+                    match frame {
+                        Some(Ok(Message::Text(text))) => {
+                            m.bytes.fetch_add(text.len() as u64, Ordering::Relaxed);
+                            if text.len() > max_frame {
+                                FeedMetrics::inc(&m.oversized_frames);
+                                warn!(feed = %id, bytes = text.len(), limit = max_frame, "Oversized frame dropped.");
+                                continue;
+                            }
+                            // Owned bytes from the socket: parsed in place, no copy when unshared.
+                            let mut buf: Vec<u8> = bytes::Bytes::from(text).into();
+                            if let Err(e) = self.session.on_frame(&mut buf, recv_ts, now, &mut self.out) {
+                                let sample = String::from_utf8_lossy(&buf[..buf.len().min(200)]).into_owned();
+                                warn!(feed = %id, error = %e, frame = %sample, "Unusable frame dropped.");
+                            }
+                            if let Err(e) = self.flush(&mut sink).await {
+                                return e;
+                            }
+                        }
+                        Some(Ok(Message::Binary(data))) => {
+                            m.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+                            FeedMetrics::inc(&m.binary_frames);
+                            warn!(feed = %id, bytes = data.len(), "Binary frame dropped (the protocol is text).");
+                        }
+                        // The library queues the Pong reply itself; it goes out with the next write or read.
+                        Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
+                        Some(Ok(Message::Close(frame))) => {
+                            return Ended::Closed(frame.map(|f| (u16::from(f.code), f.reason.to_string())));
+                        }
+                        Some(Err(e)) => return Ended::Error(e.to_string()),
+                        None => return Ended::Eof,
+                    }
+                }
+                // Our own ping, so that a quiet but healthy connection still shows life.
+                _ = ping.tick() => {
+                    if let Err(e) = sink.send(Message::Ping(Default::default())).await {
+                        return Ended::Error(e.to_string());
+                    }
+                }
+                // Nothing heard for the whole window: the socket is half-open or the peer hung.
+                _ = &mut dead => {
+                    let silent = Instant::now() - last_frame;
+                    if silent >= window {
+                        FeedMetrics::inc(&self.ctx.metrics.heartbeat_timeouts);
+                        return Ended::Dead(silent);
+                    }
+                    dead.as_mut().reset(last_frame + window);
+                }
+                // Protocol timers: ack timeouts and retries.
+                _ = &mut timer => {
+                    self.session.on_timer(Instant::now(), &mut self.out);
+                    if let Err(e) = self.flush(&mut sink).await {
+                        return e;
+                    }
+                }
+                // Stayed up long enough: the next failure starts the backoff from scratch.
+                _ = &mut healthy, if healthy_pending => {
+                    if self.session.is_live() {
+                        healthy_pending = false;
+                        self.backoff.reset();
+                        self.alerted = false;
+                        self.ctx.metrics.consecutive_failures.store(0, Ordering::Relaxed);
+                        debug!(feed = %id, "Connection healthy; backoff reset.");
+                    } else {
+                        healthy.as_mut().reset(Instant::now() + healthy_after);
+                    }
+                }
+                // Handle commands: market changes and queries.
+                Some(cmd) = self.commands.recv() => {
+                    self.on_command(cmd).await;
+                    if let Err(e) = self.flush(&mut sink).await {
+                        return e;
+                    }
+                }
+            }
+            let next = self.session.next_deadline().unwrap_or_else(far);
+            if next != deadline {
+                deadline = next;
+                timer.as_mut().reset(deadline);
+            }
+        }
+    }
+
+    async fn on_command(&mut self, cmd: FeedCommand) {
+        match cmd {
+            FeedCommand::SetMarkets(markets) => {
+                info!(feed = %self.cfg.conn_id, markets = markets.len(), "Market list changed.");
+                self.cfg.markets = markets;
+                self.session
+                    .set_markets(&self.cfg.markets, Instant::now(), &mut self.out);
+            }
+            FeedCommand::Books(reply) => {
+                let _ = reply.send(self.session.books());
+            }
+        }
+    }
+
+    /// Sends the session's commands and publishes its ticks.
+    async fn flush<S>(&mut self, sink: &mut S) -> Result<(), Ended>
+    where
+        S: futures_util::Sink<Message, Error = tungstenite::Error> + Unpin,
+    {
+        for text in self.out.send.drain(..) {
+            debug!(feed = %self.cfg.conn_id, command = %text, "Sending.");
+            if let Err(e) = sink.send(Message::text(text)).await {
+                return Err(Ended::Error(e.to_string()));
+            }
+        }
+        for tick in self.out.ticks.drain(..) {
+            if let TickKind::Feed(event) = &tick.kind {
+                debug!(feed = %self.cfg.conn_id, ?event, "Feed event.");
+            }
+            self.ctx.bus.publish(Arc::new(tick)).await;
+        }
+        Ok(())
+    }
+
+    async fn publish_event(&self, event: FeedEvent) {
+        let tick = Tick {
+            feed: Arc::from(self.cfg.settings.name.as_str()),
+            market: Arc::from(""),
+            exch_ts: None,
+            recv_ts: now_micros(),
+            kind: TickKind::Feed(event),
+        };
+        self.ctx.bus.publish(Arc::new(tick)).await;
+    }
+
+    async fn alert(&self, kind: &str, message: &str) {
+        let feed: Name = Arc::from(self.cfg.settings.name.as_str());
+        self.ctx
+            .alerter
+            .raise(&feed, &self.ctx.bus, &self.ctx.metrics, kind, message)
+            .await;
+    }
+}
