@@ -34,19 +34,12 @@ pub async fn run(settings: Settings, control: AppControl) -> anyhow::Result<()> 
         jitter_seed: None,
     };
     let supervisor = Supervisor::start(&settings, deps)?;
-    let summary = tokio::spawn(summarize(
-        supervisor.handles(),
-        settings.summary_interval,
-        control.shutdown.clone(),
-    ));
+    let summary =
+        tokio::spawn(summarize(supervisor.handles(), settings.summary_interval, control.shutdown.clone()));
     let result = supervisor.run(control.reload).await;
     summary.abort();
     let stats = bus.stats();
-    info!(
-        published = stats.published,
-        lossy_missed = stats.lossy_missed,
-        "tickd stopped."
-    );
+    info!(published = stats.published, lossy_missed = stats.lossy_missed, "tickd stopped.");
     Ok(result?)
 }
 
@@ -62,11 +55,8 @@ async fn summarize(handles: Handles, every: Duration, shutdown: CancellationToke
         for (id, m) in metrics_of(&handles) {
             let state = m.state();
             let s = m.snapshot();
-            let age_ms = if s.last_frame_us == 0 {
-                -1
-            } else {
-                (now_micros() - s.last_frame_us as i64) / 1000
-            };
+            let age_ms =
+                if s.last_frame_us == 0 { -1 } else { (now_micros() - s.last_frame_us as i64) / 1000 };
             info!(
                 feed = %id,
                 state = state.as_str(),

@@ -122,10 +122,7 @@ mod tests {
 
     fn snap(yes: &[(i64, i64)], no: &[(i64, i64)]) -> BookSnapshot {
         let conv = |v: &[(i64, i64)]| v.iter().map(|&(p, q)| (Price(p), Qty(q))).collect();
-        BookSnapshot {
-            yes: conv(yes),
-            no: conv(no),
-        }
+        BookSnapshot { yes: conv(yes), no: conv(no) }
     }
 
     #[test]
@@ -149,13 +146,7 @@ mod tests {
     fn a_yes_and_no_bid_summing_to_a_dollar_is_crossed() {
         let mut book = OrderBook::from_snapshot(&snap(&[(6000, 100)], &[(3900, 100)])).unwrap();
         let err = book.apply(Side::No, Price(4000), Qty(1)).unwrap_err();
-        assert_eq!(
-            err,
-            BookError::Crossed {
-                yes: Price(6000),
-                no: Price(4000)
-            }
-        );
+        assert_eq!(err, BookError::Crossed { yes: Price(6000), no: Price(4000) });
         assert!(OrderBook::from_snapshot(&snap(&[(6000, 1)], &[(4000, 1)])).is_err());
     }
 }

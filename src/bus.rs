@@ -70,10 +70,7 @@ pub struct Lagged(pub u64);
 impl BusBuilder {
     /// Starts a bus with the given capacities.
     pub fn new(settings: &BusSettings) -> Self {
-        BusBuilder {
-            settings: settings.clone(),
-            lossless: Vec::new(),
-        }
+        BusBuilder { settings: settings.clone(), lossless: Vec::new() }
     }
 
     /// Adds a lossless consumer with a queue of `bus.lossless_capacity` ticks.
@@ -89,11 +86,7 @@ impl BusBuilder {
         // Bounded ring: a receiver more than `lossy_capacity` behind loses the oldest ticks
         // and is told how many (`Lagged`).
         let (lossy, _) = broadcast::channel(self.settings.lossy_capacity.max(1));
-        Bus {
-            lossless: self.lossless.into(),
-            lossy,
-            counters: Arc::default(),
-        }
+        Bus { lossless: self.lossless.into(), lossy, counters: Arc::default() }
     }
 }
 
@@ -107,15 +100,11 @@ impl Bus {
                 Err(mpsc::error::TrySendError::Full(tick)) => {
                     self.counters.lossless_full.fetch_add(1, Ordering::Relaxed);
                     if tx.send(tick).await.is_err() {
-                        self.counters
-                            .lossless_closed
-                            .fetch_add(1, Ordering::Relaxed);
+                        self.counters.lossless_closed.fetch_add(1, Ordering::Relaxed);
                     }
                 }
                 Err(mpsc::error::TrySendError::Closed(_)) => {
-                    self.counters
-                        .lossless_closed
-                        .fetch_add(1, Ordering::Relaxed);
+                    self.counters.lossless_closed.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }
@@ -125,10 +114,7 @@ impl Bus {
 
     /// Adds a lossy consumer; it sees ticks published from now on.
     pub fn lossy(&self) -> LossyReceiver {
-        LossyReceiver {
-            rx: self.lossy.subscribe(),
-            counters: self.counters.clone(),
-        }
+        LossyReceiver { rx: self.lossy.subscribe(), counters: self.counters.clone() }
     }
 
     /// Current counters.
@@ -185,10 +171,7 @@ mod tests {
     }
 
     fn settings(cap: usize) -> BusSettings {
-        BusSettings {
-            lossless_capacity: cap,
-            lossy_capacity: cap,
-        }
+        BusSettings { lossless_capacity: cap, lossy_capacity: cap }
     }
 
     #[tokio::test(start_paused = true)]
@@ -210,10 +193,7 @@ mod tests {
         }
         publisher.await.unwrap();
         assert_eq!(got, (0..10).collect::<Vec<_>>());
-        assert!(
-            bus.stats().lossless_full > 0,
-            "the publisher should have waited"
-        );
+        assert!(bus.stats().lossless_full > 0, "the publisher should have waited");
     }
 
     #[tokio::test(start_paused = true)]

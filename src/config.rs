@@ -199,19 +199,13 @@ impl Default for Settings {
 
 impl Default for LogSettings {
     fn default() -> Self {
-        LogSettings {
-            format: LogFormat::Text,
-            level: "info".into(),
-        }
+        LogSettings { format: LogFormat::Text, level: "info".into() }
     }
 }
 
 impl Default for BusSettings {
     fn default() -> Self {
-        BusSettings {
-            lossless_capacity: 65_536,
-            lossy_capacity: 65_536,
-        }
+        BusSettings { lossless_capacity: 65_536, lossy_capacity: 65_536 }
     }
 }
 

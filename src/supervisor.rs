@@ -74,10 +74,7 @@ pub struct Handles(Arc<Mutex<BTreeMap<Name, FeedHandle>>>);
 impl Handles {
     /// Every running connection, by id (`feed` or `feed/n`).
     pub fn all(&self) -> Vec<(Name, FeedHandle)> {
-        self.0
-            .lock()
-            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
-            .unwrap_or_default()
+        self.0.lock().map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()).unwrap_or_default()
     }
 
     fn set(&self, id: Name, handle: Option<FeedHandle>) {
@@ -125,10 +122,7 @@ impl Supervisor {
     }
 
     /// Runs until shutdown (then waits for every actor), applying reloads as they come.
-    pub async fn run(
-        mut self,
-        mut reload: mpsc::Receiver<Settings>,
-    ) -> Result<(), SupervisorError> {
+    pub async fn run(mut self, mut reload: mpsc::Receiver<Settings>) -> Result<(), SupervisorError> {
         let mut reload_open = true;
         loop {
             tokio::select! {
@@ -180,8 +174,7 @@ impl Supervisor {
             Err(e) if e.is_panic() => {
                 let conn = self.conns.get_mut(&name)?;
                 conn.restarts += 1;
-                let delay =
-                    Duration::from_secs(1u64 << conn.restarts.min(5)).min(MAX_RESTART_DELAY);
+                let delay = Duration::from_secs(1u64 << conn.restarts.min(5)).min(MAX_RESTART_DELAY);
                 error!(feed = %name, restarts = conn.restarts, delay_ms = delay.as_millis() as u64, "Feed actor panicked; restarting it.");
                 let cfg = conn.cfg.clone();
                 let restarts = conn.restarts;
@@ -211,11 +204,7 @@ impl Supervisor {
 
     fn spawn(&mut self, cfg: FeedConfig, delay: Option<Duration>, restarts: u32) {
         let cancel = self.deps.shutdown.child_token();
-        let metrics = self
-            .conns
-            .get(&cfg.conn_id)
-            .map(|c| c.handle.metrics.clone())
-            .unwrap_or_default();
+        let metrics = self.conns.get(&cfg.conn_id).map(|c| c.handle.metrics.clone()).unwrap_or_default();
         let ctx = FeedContext {
             bus: self.deps.bus.clone(),
             shutdown: cancel.clone(),
@@ -237,16 +226,7 @@ impl Supervisor {
         let id = cfg.conn_id.clone();
         self.task_ids.insert(task, id.clone());
         self.handles.set(id.clone(), Some(handle.clone()));
-        self.conns.insert(
-            id,
-            Conn {
-                cfg,
-                handle,
-                cancel,
-                task,
-                restarts,
-            },
-        );
+        self.conns.insert(id, Conn { cfg, handle, cancel, task, restarts });
     }
 
     fn stop_conn(&mut self, id: &Name) {
@@ -299,22 +279,13 @@ impl Supervisor {
         let ids = self.conn_ids(&feed.name);
         let mut plan: Vec<(Name, Vec<String>)> = ids
             .iter()
-            .filter_map(|id| {
-                self.conns
-                    .get(id)
-                    .map(|c| (id.clone(), c.cfg.markets.clone()))
-            })
+            .filter_map(|id| self.conns.get(id).map(|c| (id.clone(), c.cfg.markets.clone())))
             .collect();
         let mut placed: HashSet<String> = HashSet::new();
         for (_, markets) in &mut plan {
             markets.retain(|m| wanted.contains(m) && placed.insert(m.clone()));
         }
-        let mut fresh = feed
-            .markets
-            .iter()
-            .filter(|m| !placed.contains(*m))
-            .cloned()
-            .peekable();
+        let mut fresh = feed.markets.iter().filter(|m| !placed.contains(*m)).cloned().peekable();
         for (_, markets) in &mut plan {
             while markets.len() < cap {
                 match fresh.next() {
@@ -345,9 +316,7 @@ impl Supervisor {
             .find(|c| c.cfg.settings.name == feed.name)
             .and_then(|c| c.cfg.credentials.clone());
         for markets in extra {
-            let n = (0..)
-                .find(|n| !self.conns.contains_key(&conn_id(&feed.name, *n)))
-                .unwrap_or(0);
+            let n = (0..).find(|n| !self.conns.contains_key(&conn_id(&feed.name, *n))).unwrap_or(0);
             let cfg = FeedConfig {
                 conn_id: conn_id(&feed.name, n),
                 settings: feed.clone(),
@@ -360,21 +329,13 @@ impl Supervisor {
     }
 
     fn conn_ids(&self, feed: &str) -> Vec<Name> {
-        self.conns
-            .iter()
-            .filter(|(_, c)| c.cfg.settings.name == feed)
-            .map(|(id, _)| id.clone())
-            .collect()
+        self.conns.iter().filter(|(_, c)| c.cfg.settings.name == feed).map(|(id, _)| id.clone()).collect()
     }
 }
 
 /// The metrics of every running connection (for summaries and, later, Prometheus).
 pub fn metrics_of(handles: &Handles) -> Vec<(Name, Arc<FeedMetrics>)> {
-    handles
-        .all()
-        .into_iter()
-        .map(|(id, h)| (id, h.metrics))
-        .collect()
+    handles.all().into_iter().map(|(id, h)| (id, h.metrics)).collect()
 }
 
 /// Splits a market list into chunks of at most `cap` (always at least one, maybe empty).
@@ -401,10 +362,7 @@ fn load_credentials(settings: &FeedSettings) -> Result<Option<Arc<Credentials>>,
     };
     Credentials::load(key_id, path)
         .map(|c| Some(Arc::new(c)))
-        .map_err(|e| SupervisorError::Credentials {
-            feed: settings.name.clone(),
-            reason: e.to_string(),
-        })
+        .map_err(|e| SupervisorError::Credentials { feed: settings.name.clone(), reason: e.to_string() })
 }
 
 #[cfg(test)]

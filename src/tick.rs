@@ -68,13 +68,7 @@ fn write_fixed(f: &mut fmt::Formatter<'_>, v: i64, decimals: u32) -> fmt::Result
     let sign = if v < 0 { "-" } else { "" };
     let abs = v.unsigned_abs();
     let scale = scale as u64;
-    write!(
-        f,
-        "{sign}{}.{:0width$}",
-        abs / scale,
-        abs % scale,
-        width = decimals as usize
-    )
+    write!(f, "{sign}{}.{:0width$}", abs / scale, abs % scale, width = decimals as usize)
 }
 
 /// Parses an optionally signed decimal string into an integer count of `10^-decimals` units.
@@ -122,9 +116,7 @@ pub fn parse_fixed(s: &[u8], decimals: u32) -> Option<i64> {
 /// Microseconds since the Unix epoch, read once per received frame.
 pub fn now_micros() -> i64 {
     // A clock before 1970 is a broken host; treat it as the epoch rather than panic.
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as i64)
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64)
 }
 
 /// A cheaply cloned, interned name (feed id or market ticker).

@@ -33,11 +33,7 @@ impl Backoff {
     }
 
     fn with_rng(settings: BackoffSettings, rng: StdRng) -> Self {
-        Backoff {
-            settings,
-            failures: 0,
-            rng,
-        }
+        Backoff { settings, failures: 0, rng }
     }
 
     /// Records a failure and returns how long to wait before the next attempt.
@@ -90,10 +86,7 @@ mod tests {
         let db: Vec<Duration> = (0..12).map(|_| b.next_delay()).collect();
         for (n, d) in da.iter().enumerate() {
             let base = a.base(n as u32 + 1);
-            assert!(
-                *d >= base / 2 && *d <= base,
-                "failure {n}: {d:?} outside [{base:?}/2, {base:?}]"
-            );
+            assert!(*d >= base / 2 && *d <= base, "failure {n}: {d:?} outside [{base:?}/2, {base:?}]");
             assert!(*d <= settings.max);
         }
         assert_eq!(a.base(1), Duration::from_secs(1));

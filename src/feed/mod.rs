@@ -113,9 +113,7 @@ pub enum ConnectError {
     #[error("connect timed out after {0:?}")]
     Timeout(Duration),
     /// The exchange refused the handshake with HTTP 401: the key id or signature is wrong.
-    #[error(
-        "handshake rejected with HTTP 401: credentials not accepted (check key_id and key_file)"
-    )]
+    #[error("handshake rejected with HTTP 401: credentials not accepted (check key_id and key_file)")]
     Unauthorized,
     /// The exchange answered the upgrade with another HTTP status.
     #[error("handshake refused with HTTP {0}")]
@@ -229,16 +227,10 @@ impl FeedHandle {
 }
 
 /// Creates a feed actor; the returned future runs it until shutdown or give-up.
-pub fn feed(
-    cfg: FeedConfig,
-    ctx: FeedContext,
-) -> (FeedHandle, impl Future<Output = FeedExit> + Send) {
+pub fn feed(cfg: FeedConfig, ctx: FeedContext) -> (FeedHandle, impl Future<Output = FeedExit> + Send) {
     // Bounded: callers wait when full; commands are rare (reloads, queries).
     let (tx, rx) = mpsc::channel(COMMAND_CAPACITY);
-    let handle = FeedHandle {
-        tx,
-        metrics: ctx.metrics.clone(),
-    };
+    let handle = FeedHandle { tx, metrics: ctx.metrics.clone() };
     let actor = FeedActor::new(cfg, ctx, rx);
     (handle, actor.run())
 }
@@ -257,11 +249,7 @@ struct FeedActor {
 impl FeedActor {
     fn new(cfg: FeedConfig, ctx: FeedContext, commands: mpsc::Receiver<FeedCommand>) -> Self {
         let s = &cfg.settings;
-        let mut channels: Vec<Channel> = s
-            .channels
-            .iter()
-            .filter_map(|c| Channel::from_name(c))
-            .collect();
+        let mut channels: Vec<Channel> = s.channels.iter().filter_map(|c| Channel::from_name(c)).collect();
         if cfg.lifecycle {
             channels.push(Channel::MarketLifecycle);
         }
@@ -279,15 +267,7 @@ impl FeedActor {
             Some(seed) => Backoff::seeded(s.backoff.clone(), seed),
             None => Backoff::new(s.backoff.clone()),
         };
-        FeedActor {
-            cfg,
-            ctx,
-            commands,
-            session,
-            backoff,
-            out: Output::default(),
-            alerted: false,
-        }
+        FeedActor { cfg, ctx, commands, session, backoff, out: Output::default(), alerted: false }
     }
 
     async fn run(mut self) -> FeedExit {
@@ -315,17 +295,11 @@ impl FeedActor {
                     self.session.on_disconnected();
                     FeedMetrics::inc(&self.ctx.metrics.disconnects);
                     if matches!(ended, Ended::Shutdown) {
-                        self.publish_event(FeedEvent::Disconnected {
-                            reason: ended.to_string(),
-                        })
-                        .await;
+                        self.publish_event(FeedEvent::Disconnected { reason: ended.to_string() }).await;
                         return self.stopped();
                     }
                     warn!(feed = %id, reason = %ended, "Disconnected.");
-                    self.publish_event(FeedEvent::Disconnected {
-                        reason: ended.to_string(),
-                    })
-                    .await;
+                    self.publish_event(FeedEvent::Disconnected { reason: ended.to_string() }).await;
                 }
                 Err(e) => {
                     FeedMetrics::inc(&self.ctx.metrics.connect_failures);
@@ -339,19 +313,13 @@ impl FeedActor {
                     } else {
                         warn!(feed = %id, error = %e, "Connection attempt failed.");
                     }
-                    self.publish_event(FeedEvent::Disconnected {
-                        reason: e.to_string(),
-                    })
-                    .await;
+                    self.publish_event(FeedEvent::Disconnected { reason: e.to_string() }).await;
                 }
             }
             // Every end of a connection that did not stay healthy counts as a failure.
             let delay = self.backoff.next_delay();
             let failures = self.backoff.failures();
-            self.ctx
-                .metrics
-                .consecutive_failures
-                .store(u64::from(failures), Ordering::Relaxed);
+            self.ctx.metrics.consecutive_failures.store(u64::from(failures), Ordering::Relaxed);
             if failures >= self.cfg.settings.max_reconnects && !self.alerted {
                 self.alerted = true;
                 let policy = self.cfg.settings.on_max_reconnects;
@@ -368,8 +336,7 @@ impl FeedActor {
                     GiveUpPolicy::Retry => {}
                     GiveUpPolicy::StopFeed | GiveUpPolicy::Exit => {
                         self.ctx.metrics.set_state(FeedState::GivenUp);
-                        self.publish_event(FeedEvent::GivenUp { reason: message })
-                            .await;
+                        self.publish_event(FeedEvent::GivenUp { reason: message }).await;
                         return if policy == GiveUpPolicy::Exit {
                             FeedExit::ExitProcess
                         } else {
@@ -380,11 +347,7 @@ impl FeedActor {
             }
             self.ctx.metrics.set_state(FeedState::BackingOff);
             info!(feed = %id, failures, delay_ms = delay.as_millis() as u64, "Backing off.");
-            self.publish_event(FeedEvent::BackingOff {
-                failures,
-                delay_ms: delay.as_millis() as u64,
-            })
-            .await;
+            self.publish_event(FeedEvent::BackingOff { failures, delay_ms: delay.as_millis() as u64 }).await;
             let wake = Instant::now() + delay;
             loop {
                 tokio::select! {
@@ -405,39 +368,28 @@ impl FeedActor {
 
     async fn connect(&self) -> Result<Ws, ConnectError> {
         let s = &self.cfg.settings;
-        let url = url::Url::parse(&s.url).map_err(|e| ConnectError::Url {
-            url: s.url.clone(),
-            reason: e.to_string(),
-        })?;
-        let host = url.host_str().ok_or_else(|| ConnectError::Url {
-            url: s.url.clone(),
-            reason: "no host".into(),
-        })?;
+        let url = url::Url::parse(&s.url)
+            .map_err(|e| ConnectError::Url { url: s.url.clone(), reason: e.to_string() })?;
+        let host = url
+            .host_str()
+            .ok_or_else(|| ConnectError::Url { url: s.url.clone(), reason: "no host".into() })?;
         let port = url
             .port_or_known_default()
-            .ok_or_else(|| ConnectError::Url {
-                url: s.url.clone(),
-                reason: "no port".into(),
-            })?;
+            .ok_or_else(|| ConnectError::Url { url: s.url.clone(), reason: "no port".into() })?;
         let mut request = url
             .as_str()
             .into_client_request()
-            .map_err(|e| ConnectError::Url {
-                url: s.url.clone(),
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| ConnectError::Url { url: s.url.clone(), reason: e.to_string() })?;
         if let Some(creds) = &self.cfg.credentials {
             // Signed anew on every connect: the timestamp is part of the signature.
             for (name, value) in creds.headers(now_micros() / 1000) {
-                let value = HeaderValue::from_str(&value)
-                    .map_err(|e| ConnectError::Handshake(e.to_string()))?;
+                let value =
+                    HeaderValue::from_str(&value).map_err(|e| ConnectError::Handshake(e.to_string()))?;
                 request.headers_mut().insert(name, value);
             }
         }
         let limit = HARD_FRAME_LIMIT.max(s.max_frame_bytes);
-        let config = WebSocketConfig::default()
-            .max_message_size(Some(limit))
-            .max_frame_size(Some(limit));
+        let config = WebSocketConfig::default().max_message_size(Some(limit)).max_frame_size(Some(limit));
         let handshake = async {
             let io = self.ctx.connector.open(host, port).await?;
             tokio_tungstenite::client_async_tls_with_config(request, io, Some(config), None)
@@ -460,17 +412,13 @@ impl FeedActor {
     async fn run_connection(&mut self, ws: Ws) -> Ended {
         let (mut sink, mut stream) = ws.split();
         let s = &self.cfg.settings;
-        let (ping_interval, window, healthy_after) = (
-            s.ping_interval,
-            s.ping_interval + s.pong_timeout,
-            self.backoff.healthy_after(),
-        );
+        let (ping_interval, window, healthy_after) =
+            (s.ping_interval, s.ping_interval + s.pong_timeout, self.backoff.healthy_after());
         let max_frame = s.max_frame_bytes;
         let id = self.cfg.conn_id.clone();
 
         let started = Instant::now();
-        self.session
-            .on_connected(started, now_micros(), &mut self.out);
+        self.session.on_connected(started, now_micros(), &mut self.out);
         if let Err(e) = self.flush(&mut sink).await {
             return e;
         }
@@ -590,8 +538,7 @@ impl FeedActor {
             FeedCommand::SetMarkets(markets) => {
                 info!(feed = %self.cfg.conn_id, markets = markets.len(), "Market list changed.");
                 self.cfg.markets = markets;
-                self.session
-                    .set_markets(&self.cfg.markets, Instant::now(), &mut self.out);
+                self.session.set_markets(&self.cfg.markets, Instant::now(), &mut self.out);
             }
             FeedCommand::Books(reply) => {
                 let _ = reply.send(self.session.books());
@@ -632,9 +579,6 @@ impl FeedActor {
 
     async fn alert(&self, kind: &str, message: &str) {
         let feed: Name = Arc::from(self.cfg.settings.name.as_str());
-        self.ctx
-            .alerter
-            .raise(&feed, &self.ctx.bus, &self.ctx.metrics, kind, message)
-            .await;
+        self.ctx.alerter.raise(&feed, &self.ctx.bus, &self.ctx.metrics, kind, message).await;
     }
 }

@@ -11,33 +11,15 @@ pub enum Action {
 }
 
 pub enum Command {
-    Subscribe {
-        id: u64,
-        channel: &'static str,
-        market_tickers: Vec<String>,
-        use_yes_price: bool,
-    },
-    Unsubscribe {
-        id: u64,
-        sids: Vec<u64>,
-    },
-    UpdateSubscription {
-        id: u64,
-        sid: u64,
-        action: Action,
-        market_tickers: Vec<String>,
-    },
+    Subscribe { id: u64, channel: &'static str, market_tickers: Vec<String>, use_yes_price: bool },
+    Unsubscribe { id: u64, sids: Vec<u64> },
+    UpdateSubscription { id: u64, sid: u64, action: Action, market_tickers: Vec<String> },
 }
 
 impl Command {
     pub fn to_text(&self) -> String {
         match self {
-            Command::Subscribe {
-                id,
-                channel,
-                market_tickers,
-                use_yes_price,
-            } => {
+            Command::Subscribe { id, channel, market_tickers, use_yes_price } => {
                 let mut params = json!({"channels": [channel]});
                 if !market_tickers.is_empty() {
                     params["market_tickers"] = json!(market_tickers);
@@ -50,12 +32,7 @@ impl Command {
             Command::Unsubscribe { id, sids } => {
                 json!({"id": id, "cmd": "unsubscribe", "params": {"sids": sids}}).to_string()
             }
-            Command::UpdateSubscription {
-                id,
-                sid,
-                action,
-                market_tickers,
-            } => {
+            Command::UpdateSubscription { id, sid, action, market_tickers } => {
                 let action = match action {
                     Action::AddMarkets => "add_markets",
                     Action::DeleteMarkets => "delete_markets",

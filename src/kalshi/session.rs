@@ -32,8 +32,8 @@ use super::wire::{ErrorCode, Frame, Parser, WireError};
 use crate::book::OrderBook;
 use crate::metrics::{FeedMetrics, FeedState};
 use crate::tick::{
-    BookDelta, BookSnapshot, FeedEvent, Level, Lifecycle, LifecycleScope, Name, Price, Quote, Side,
-    Tick, TickKind, Trade,
+    BookDelta, BookSnapshot, FeedEvent, Level, Lifecycle, LifecycleScope, Name, Price, Quote, Side, Tick,
+    TickKind, Trade,
 };
 
 /// More interned names than this and the table starts over (lifecycle events name every
@@ -66,14 +66,9 @@ impl Channel {
 
     /// Parses a wire name.
     pub fn from_name(name: &str) -> Option<Channel> {
-        [
-            Channel::OrderbookDelta,
-            Channel::Ticker,
-            Channel::Trade,
-            Channel::MarketLifecycle,
-        ]
-        .into_iter()
-        .find(|c| c.name() == name)
+        [Channel::OrderbookDelta, Channel::Ticker, Channel::Trade, Channel::MarketLifecycle]
+            .into_iter()
+            .find(|c| c.name() == name)
     }
 
     /// Whether subscriptions of this channel name markets (others cover every market).
@@ -151,7 +146,8 @@ struct Pending {
 
 #[derive(Debug, Clone)]
 enum PendingKind {
-    Subscribe,
+    /// With the markets the command named.
+    Subscribe(BTreeSet<Name>),
     Unsubscribe,
     Update(Action, Vec<Name>),
     Snapshot,
@@ -232,20 +228,13 @@ impl Session {
 
     /// The current book of a market, if one was built from a snapshot and is not stale.
     pub fn book(&self, market: &str) -> Option<BookSnapshot> {
-        self.books
-            .get(market)
-            .filter(|b| b.fresh)
-            .map(|b| b.book.snapshot())
+        self.books.get(market).filter(|b| b.fresh).map(|b| b.book.snapshot())
     }
 
     /// Every market with a trustworthy book.
     pub fn books(&self) -> Vec<(Name, BookSnapshot)> {
-        let mut all: Vec<_> = self
-            .books
-            .iter()
-            .filter(|(_, b)| b.fresh)
-            .map(|(m, b)| (m.clone(), b.book.snapshot()))
-            .collect();
+        let mut all: Vec<_> =
+            self.books.iter().filter(|(_, b)| b.fresh).map(|(m, b)| (m.clone(), b.book.snapshot())).collect();
         all.sort_by(|a, b| a.0.cmp(&b.0));
         all
     }
@@ -303,10 +292,7 @@ impl Session {
 
     /// When [`Session::on_timer`] next has something to do.
     pub fn next_deadline(&self) -> Option<Instant> {
-        let acks = self
-            .pending
-            .values()
-            .map(|p| p.sent_at + self.cfg.ack_timeout);
+        let acks = self.pending.values().map(|p| p.sent_at + self.cfg.ack_timeout);
         let retries = self.subs.iter().filter_map(|s| match s.state {
             SubState::RetryAt(at) => Some(at),
             _ => None,
@@ -329,7 +315,7 @@ impl Session {
             };
             warn!(feed = %self.cfg.feed, channel = p.channel.name(), id, "No reply to a command in time; sending it again.");
             match p.what {
-                PendingKind::Subscribe | PendingKind::Unsubscribe => {
+                PendingKind::Subscribe(_) | PendingKind::Unsubscribe => {
                     FeedMetrics::inc(&self.metrics.resubscribes);
                     self.subscribe(i, now, out);
                 }
@@ -368,14 +354,12 @@ impl Session {
         let before = self.parser.stats;
         let parsed = self.parser.parse(buf);
         let after = self.parser.stats;
-        self.metrics.unknown_types.fetch_add(
-            after.unknown_types - before.unknown_types,
-            std::sync::atomic::Ordering::Relaxed,
-        );
-        self.metrics.unknown_fields.fetch_add(
-            after.unknown_fields - before.unknown_fields,
-            std::sync::atomic::Ordering::Relaxed,
-        );
+        self.metrics
+            .unknown_types
+            .fetch_add(after.unknown_types - before.unknown_types, std::sync::atomic::Ordering::Relaxed);
+        self.metrics
+            .unknown_fields
+            .fetch_add(after.unknown_fields - before.unknown_fields, std::sync::atomic::Ordering::Relaxed);
         let frame = match parsed {
             Ok(frame) => frame,
             Err(e) => {
@@ -390,15 +374,8 @@ impl Session {
 
     fn handle(&mut self, frame: Frame<'_>, now: Instant, out: &mut Output) {
         match frame {
-            Frame::Subscribed { id, channel, sid } => {
-                self.on_subscribed(id, channel, sid, now, out)
-            }
-            Frame::Ok {
-                id,
-                sid,
-                seq,
-                market_tickers,
-            } => {
+            Frame::Subscribed { id, channel, sid } => self.on_subscribed(id, channel, sid, now, out),
+            Frame::Ok { id, sid, seq, market_tickers } => {
                 if self.seq_ok(sid, seq, now, out) {
                     self.on_ok(id, market_tickers, now, out);
                 }
@@ -410,39 +387,16 @@ impl Session {
                 self.seq_ok(Some(sid), seq, now, out);
                 self.on_unsubscribed(id, sid, now, out);
             }
-            Frame::Error {
-                id,
-                sid,
-                seq,
-                code,
-                msg,
-                market_ticker,
-            } => {
+            Frame::Error { id, sid, seq, code, msg, market_ticker } => {
                 self.seq_ok(sid, seq, now, out);
                 self.on_error(id, sid, code, msg, market_ticker, now, out);
             }
-            Frame::Snapshot {
-                sid,
-                seq,
-                market,
-                yes,
-                no,
-                sending_ts_ms,
-                ..
-            } => {
+            Frame::Snapshot { sid, seq, market, yes, no, sending_ts_ms, .. } => {
                 if self.accept(sid, seq, now, out) {
                     self.on_snapshot(sid, market, yes, no, sending_ts_ms, out);
                 }
             }
-            Frame::Delta {
-                sid,
-                seq,
-                market,
-                side,
-                price,
-                delta,
-                ts_ms,
-            } => {
+            Frame::Delta { sid, seq, market, side, price, delta, ts_ms } => {
                 if self.accept(sid, seq, now, out) {
                     self.on_delta(sid, market, side, price, delta, ts_ms, now, out);
                 }
@@ -481,17 +435,7 @@ impl Session {
                 let market = self.intern(market);
                 self.emit(out, market, ts_ms, TickKind::Quote(quote));
             }
-            Frame::Trade {
-                sid,
-                seq,
-                market,
-                trade_id,
-                yes_price,
-                count,
-                taker_side,
-                block,
-                ts_ms,
-            } => {
+            Frame::Trade { sid, seq, market, trade_id, yes_price, count, taker_side, block, ts_ms } => {
                 if self.accept(sid, seq, now, out) {
                     let trade = Trade {
                         trade_id: trade_id.to_owned(),
@@ -505,25 +449,13 @@ impl Session {
                     self.emit(out, market, ts_ms, TickKind::Trade(trade));
                 }
             }
-            Frame::MarketLifecycle {
-                sid,
-                seq,
-                market,
-                event_type,
-                detail,
-            } => {
+            Frame::MarketLifecycle { sid, seq, market, event_type, detail } => {
                 if self.accept(sid, seq, now, out) {
                     let market = self.intern(market);
                     self.emit_lifecycle(out, market, LifecycleScope::Market, event_type, detail);
                 }
             }
-            Frame::EventLifecycle {
-                sid,
-                seq,
-                event_ticker,
-                msg_type,
-                detail,
-            } => {
+            Frame::EventLifecycle { sid, seq, event_ticker, msg_type, detail } => {
                 if self.accept(sid, seq, now, out) {
                     let event = self.intern(event_ticker);
                     self.emit_lifecycle(out, event, LifecycleScope::Event, msg_type, detail);
@@ -549,13 +481,7 @@ impl Session {
 
     /// Checks `seq` of a frame on `sid`. Returns false for a duplicate (drop the frame).
     /// A gap is published and repaired; the frame itself is then used.
-    fn seq_ok(
-        &mut self,
-        sid: Option<u64>,
-        seq: Option<u64>,
-        now: Instant,
-        out: &mut Output,
-    ) -> bool {
+    fn seq_ok(&mut self, sid: Option<u64>, seq: Option<u64>, now: Instant, out: &mut Output) -> bool {
         let (Some(sid), Some(seq)) = (sid, seq) else {
             return true;
         };
@@ -593,37 +519,23 @@ impl Session {
             }
             self.emit_event(
                 out,
-                FeedEvent::Stale {
-                    reason: format!("sequence gap on sid {sid}: {expected}..{got}"),
-                },
+                FeedEvent::Stale { reason: format!("sequence gap on sid {sid}: {expected}..{got}") },
             );
             self.request_missing_snapshots(i, now, out);
         }
     }
 
-    fn on_subscribed(
-        &mut self,
-        id: Option<u64>,
-        channel: &str,
-        sid: u64,
-        now: Instant,
-        out: &mut Output,
-    ) {
+    fn on_subscribed(&mut self, id: Option<u64>, channel: &str, sid: u64, now: Instant, out: &mut Output) {
         let pending = id.and_then(|id| self.pending.remove(&id));
-        let Some(pending) = pending.filter(|p| matches!(p.what, PendingKind::Subscribe)) else {
+        let Some(Pending { channel: pending_channel, what: PendingKind::Subscribe(markets), .. }) = pending
+        else {
             // A late ack for a subscribe we already sent again: drop the duplicate.
             warn!(feed = %self.cfg.feed, channel, sid, ?id, "Unexpected subscription; unsubscribing it.");
             let id = self.next_id();
-            send(
-                out,
-                Command::Unsubscribe {
-                    id,
-                    sids: vec![sid],
-                },
-            );
+            send(out, Command::Unsubscribe { id, sids: vec![sid] });
             return;
         };
-        let Some(i) = self.sub_index(pending.channel) else {
+        let Some(i) = self.sub_index(pending_channel) else {
             return;
         };
         info!(feed = %self.cfg.feed, channel, sid, "Subscribed.");
@@ -631,21 +543,13 @@ impl Session {
         sub.state = SubState::Active;
         sub.sid = Some(sid);
         sub.updating = None;
-        if sub.channel.takes_markets() {
-            sub.markets = self.desired.clone();
-        }
+        sub.markets = markets;
         self.sid_index.insert(sid, i);
         // Anything wanted that changed while the subscribe was in flight.
         self.reconcile(now, out);
     }
 
-    fn on_ok(
-        &mut self,
-        id: Option<u64>,
-        markets: Option<Vec<&str>>,
-        now: Instant,
-        out: &mut Output,
-    ) {
+    fn on_ok(&mut self, id: Option<u64>, markets: Option<Vec<&str>>, now: Instant, out: &mut Output) {
         let Some(pending) = id.and_then(|id| self.pending.remove(&id)) else {
             return;
         };
@@ -669,8 +573,7 @@ impl Session {
                 }
                 self.reconcile(now, out);
             }
-            PendingKind::Snapshot => {}
-            PendingKind::Subscribe | PendingKind::Unsubscribe => {}
+            PendingKind::Snapshot | PendingKind::Subscribe(_) | PendingKind::Unsubscribe => {}
         }
     }
 
@@ -685,13 +588,7 @@ impl Session {
         let sub = &mut self.subs[i];
         sub.sid = None;
         sub.markets.clear();
-        let then_subscribe = matches!(
-            sub.state,
-            SubState::Unsubscribing {
-                then_subscribe: true,
-                ..
-            }
-        );
+        let then_subscribe = matches!(sub.state, SubState::Unsubscribing { then_subscribe: true, .. });
         sub.state = SubState::Idle;
         if then_subscribe {
             self.subscribe(i, now, out);
@@ -717,7 +614,7 @@ impl Session {
                 return;
             };
             match p.what {
-                PendingKind::Subscribe => {
+                PendingKind::Subscribe(_) => {
                     // Retry later: a user error repeats at most once per ack_timeout.
                     self.subs[i].state = SubState::RetryAt(now + self.cfg.ack_timeout);
                 }
@@ -729,8 +626,8 @@ impl Session {
                     self.subscribe(i, now, out);
                 }
                 PendingKind::Update(..) => {
+                    // The exchange's market list is now unknown: start the sid over.
                     self.subs[i].updating = None;
-                    self.subs[i].state = SubState::RetryAt(now + self.cfg.ack_timeout);
                     self.resubscribe(i, now, out);
                 }
                 PendingKind::Snapshot => {
@@ -748,11 +645,7 @@ impl Session {
             self.sid_index.remove(&sid);
             self.last_seq.remove(&sid);
             self.subs[i].sid = None;
-            self.mark_channel_stale(
-                i,
-                out,
-                &format!("terminal error {code} on sid {sid}: {msg}"),
-            );
+            self.mark_channel_stale(i, out, &format!("terminal error {code} on sid {sid}: {msg}"));
             FeedMetrics::inc(&self.metrics.resubscribes);
             self.subscribe(i, now, out);
         }
@@ -794,6 +687,7 @@ impl Session {
         FeedMetrics::inc(&self.metrics.snapshots);
         self.emit(out, market, sending_ts_ms, TickKind::BookSnapshot(snapshot));
         if was_resync && !self.books.values().any(|b| b.requested) {
+            self.pending.retain(|_, p| !matches!(p.what, PendingKind::Snapshot));
             FeedMetrics::inc(&self.metrics.resyncs);
             info!(feed = %self.cfg.feed, sid, "Books rebuilt from fresh snapshots.");
             self.emit_event(out, FeedEvent::Resynced { sid });
@@ -812,11 +706,7 @@ impl Session {
         now: Instant,
         out: &mut Output,
     ) {
-        let price = if side == Side::No && self.sid_uses_yes_scale(sid) {
-            price.complement()
-        } else {
-            price
-        };
+        let price = if side == Side::No && self.sid_uses_yes_scale(sid) { price.complement() } else { price };
         let Some(entry) = self.books.get_mut(market) else {
             // Deltas come only after a market's snapshot: one was lost.
             FeedMetrics::inc(&self.metrics.stale_deltas);
@@ -835,12 +725,7 @@ impl Session {
         let result = entry.book.apply(side, price, delta);
         let market = self.intern(market);
         FeedMetrics::inc(&self.metrics.deltas);
-        self.emit(
-            out,
-            market.clone(),
-            ts_ms,
-            TickKind::BookDelta(BookDelta { side, price, delta }),
-        );
+        self.emit(out, market.clone(), ts_ms, TickKind::BookDelta(BookDelta { side, price, delta }));
         if let Err(e) = result {
             FeedMetrics::inc(&self.metrics.book_errors);
             warn!(feed = %self.cfg.feed, %market, error = %e, "Book broken; asking for a fresh snapshot.");
@@ -848,14 +733,7 @@ impl Session {
                 book.fresh = false;
                 book.requested = false;
             }
-            self.emit(
-                out,
-                market,
-                None,
-                TickKind::Feed(FeedEvent::Stale {
-                    reason: e.to_string(),
-                }),
-            );
+            self.emit(out, market, None, TickKind::Feed(FeedEvent::Stale { reason: e.to_string() }));
             if let Some(&i) = self.sid_index.get(&sid) {
                 self.request_missing_snapshots(i, now, out);
             }
@@ -882,24 +760,9 @@ impl Session {
             return;
         }
         let id = self.next_id();
-        self.pending.insert(
-            id,
-            Pending {
-                channel,
-                what: PendingKind::Snapshot,
-                sent_at: now,
-            },
-        );
+        self.pending.insert(id, Pending { channel, what: PendingKind::Snapshot, sent_at: now });
         let market_tickers = markets.iter().map(|m| m.to_string()).collect();
-        send(
-            out,
-            Command::UpdateSubscription {
-                id,
-                sid,
-                action: Action::GetSnapshot,
-                market_tickers,
-            },
-        );
+        send(out, Command::UpdateSubscription { id, sid, action: Action::GetSnapshot, market_tickers });
     }
 
     /// Sends `subscribe` for sub `i` (or leaves it idle when it has nothing to cover).
@@ -911,31 +774,13 @@ impl Session {
             return;
         }
         let id = self.next_id();
-        let market_tickers: Vec<String> = if channel.takes_markets() {
-            self.desired.iter().map(|m| m.to_string()).collect()
-        } else {
-            Vec::new()
-        };
+        let markets = if channel.takes_markets() { self.desired.clone() } else { BTreeSet::new() };
+        let market_tickers: Vec<String> = markets.iter().map(|m| m.to_string()).collect();
         self.subs[i].state = SubState::Subscribing(id);
-        self.pending.insert(
-            id,
-            Pending {
-                channel,
-                what: PendingKind::Subscribe,
-                sent_at: now,
-            },
-        );
+        self.pending.insert(id, Pending { channel, what: PendingKind::Subscribe(markets), sent_at: now });
         debug!(feed = %self.cfg.feed, channel = channel.name(), id, markets = market_tickers.len(), "Subscribing.");
         let use_yes_price = self.cfg.use_yes_price;
-        send(
-            out,
-            Command::Subscribe {
-                id,
-                channel: channel.name(),
-                market_tickers,
-                use_yes_price,
-            },
-        );
+        send(out, Command::Subscribe { id, channel: channel.name(), market_tickers, use_yes_price });
     }
 
     /// Drops sub `i`'s subscription and subscribes again (fresh sid, fresh snapshots).
@@ -948,25 +793,9 @@ impl Session {
         self.mark_channel_stale(i, out, &format!("resubscribing sid {sid}"));
         let id = self.next_id();
         let channel = self.subs[i].channel;
-        self.subs[i].state = SubState::Unsubscribing {
-            id,
-            then_subscribe: true,
-        };
-        self.pending.insert(
-            id,
-            Pending {
-                channel,
-                what: PendingKind::Unsubscribe,
-                sent_at: now,
-            },
-        );
-        send(
-            out,
-            Command::Unsubscribe {
-                id,
-                sids: vec![sid],
-            },
-        );
+        self.subs[i].state = SubState::Unsubscribing { id, then_subscribe: true };
+        self.pending.insert(id, Pending { channel, what: PendingKind::Unsubscribe, sent_at: now });
+        send(out, Command::Unsubscribe { id, sids: vec![sid] });
     }
 
     fn mark_channel_stale(&mut self, i: usize, out: &mut Output, reason: &str) {
@@ -977,12 +806,7 @@ impl Session {
             book.fresh = false;
             book.requested = true;
         }
-        self.emit_event(
-            out,
-            FeedEvent::Stale {
-                reason: reason.to_owned(),
-            },
-        );
+        self.emit_event(out, FeedEvent::Stale { reason: reason.to_owned() });
     }
 
     /// Brings every active market-filtered sub in line with the wanted markets, one
@@ -1009,25 +833,9 @@ impl Session {
             if self.desired.is_empty() {
                 // Deleting the last market would leave an unfiltered subscription.
                 let id = self.next_id();
-                self.subs[i].state = SubState::Unsubscribing {
-                    id,
-                    then_subscribe: false,
-                };
-                self.pending.insert(
-                    id,
-                    Pending {
-                        channel,
-                        what: PendingKind::Unsubscribe,
-                        sent_at: now,
-                    },
-                );
-                send(
-                    out,
-                    Command::Unsubscribe {
-                        id,
-                        sids: vec![sid],
-                    },
-                );
+                self.subs[i].state = SubState::Unsubscribing { id, then_subscribe: false };
+                self.pending.insert(id, Pending { channel, what: PendingKind::Unsubscribe, sent_at: now });
+                send(out, Command::Unsubscribe { id, sids: vec![sid] });
                 continue;
             }
             let held = &self.subs[i].markets;
@@ -1041,23 +849,9 @@ impl Session {
             let id = self.next_id();
             self.subs[i].updating = Some(id);
             let market_tickers = changed.iter().map(|m| m.to_string()).collect();
-            self.pending.insert(
-                id,
-                Pending {
-                    channel,
-                    what: PendingKind::Update(action, changed),
-                    sent_at: now,
-                },
-            );
-            send(
-                out,
-                Command::UpdateSubscription {
-                    id,
-                    sid,
-                    action,
-                    market_tickers,
-                },
-            );
+            self.pending
+                .insert(id, Pending { channel, what: PendingKind::Update(action, changed), sent_at: now });
+            send(out, Command::UpdateSubscription { id, sid, action, market_tickers });
         }
     }
 
@@ -1071,14 +865,8 @@ impl Session {
             SubState::Idle => s.channel.takes_markets() && self.desired.is_empty(),
             _ => false,
         });
-        let books_ready = !self
-            .subs
-            .iter()
-            .any(|s| s.channel == Channel::OrderbookDelta)
-            || self
-                .desired
-                .iter()
-                .all(|m| self.books.get(m).is_some_and(|b| b.fresh));
+        let books_ready = !self.subs.iter().any(|s| s.channel == Channel::OrderbookDelta)
+            || self.desired.iter().all(|m| self.books.get(m).is_some_and(|b| b.fresh));
         let live = subscribed && books_ready;
         if live != self.live {
             self.live = live;
@@ -1131,11 +919,7 @@ impl Session {
         detail: String,
     ) {
         FeedMetrics::inc(&self.metrics.lifecycles);
-        let kind = TickKind::Lifecycle(Lifecycle {
-            scope,
-            event: event.to_owned(),
-            detail,
-        });
+        let kind = TickKind::Lifecycle(Lifecycle { scope, event: event.to_owned(), detail });
         self.emit(out, market, None, kind);
     }
 
@@ -1144,13 +928,7 @@ impl Session {
     }
 
     fn emit(&self, out: &mut Output, market: Name, exch_ts: Option<i64>, kind: TickKind) {
-        out.ticks.push(Tick {
-            feed: self.cfg.feed.clone(),
-            market,
-            exch_ts,
-            recv_ts: self.recv_ts,
-            kind,
-        });
+        out.ticks.push(Tick { feed: self.cfg.feed.clone(), market, exch_ts, recv_ts: self.recv_ts, kind });
     }
 }
 
