@@ -700,3 +700,335 @@ mod pending_sign {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn valid() -> Settings {
+        let mut feed =
+            FeedSettings::new("kalshi", "wss://external-api-ws.kalshi.com/trade-api/ws/v2");
+        feed.markets = vec!["KXBTC-25DEC31".into()];
+        Settings { feeds: vec![feed], ..Settings::default() }
+    }
+
+    /// The keys of every problem `validate` reports for `settings`.
+    fn problem_keys(settings: &Settings) -> Vec<String> {
+        match settings.validate() {
+            Ok(()) => Vec::new(),
+            Err(e) => e.keys(),
+        }
+    }
+
+    #[test]
+    fn a_feed_with_defaults_and_one_market_is_valid() {
+        assert_eq!(problem_keys(&valid()), Vec::<String>::new());
+    }
+
+    #[test]
+    fn no_feed_at_all_is_a_problem() {
+        assert_eq!(problem_keys(&Settings::default()), ["feeds"]);
+    }
+
+    #[test]
+    fn feed_names_must_be_present_and_unique() {
+        let mut settings = valid();
+        settings.feeds.push(settings.feeds[0].clone());
+        settings.feeds.push(FeedSettings { name: " ".into(), ..settings.feeds[0].clone() });
+        assert_eq!(problem_keys(&settings), ["feeds[1].name", "feeds[2].name"]);
+    }
+
+    #[test]
+    fn urls_must_be_websocket_urls_with_a_host() {
+        let cases = [
+            ("wss://external-api-ws.demo.kalshi.co/trade-api/ws/v2", true),
+            ("ws://127.0.0.1:9100/trade-api/ws/v2", true),
+            ("htp://x", false),
+            ("https://api.kalshi.com/trade-api/ws/v2", false),
+            ("not a url", false),
+            ("wss://", false),
+            ("", false),
+        ];
+        for (url, ok) in cases {
+            let mut settings = valid();
+            settings.feeds[0].url = url.into();
+            let expected: &[&str] = if ok { &[] } else { &["feeds[0].url"] };
+            assert_eq!(problem_keys(&settings), expected, "url {url:?}");
+        }
+    }
+
+    #[test]
+    fn key_id_and_key_file_come_together() {
+        let mut settings = valid();
+        settings.feeds[0].key_id = Some("a952bcbe".into());
+        assert_eq!(problem_keys(&settings), ["feeds[0].key_file"]);
+
+        let mut settings = valid();
+        settings.feeds[0].key_file = Some("/etc/tickd/kalshi.pem".into());
+        assert_eq!(problem_keys(&settings), ["feeds[0].key_id"]);
+    }
+
+    #[test]
+    fn a_key_file_that_does_not_hold_a_key_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let pem = dir.path().join("garbage.pem");
+        std::fs::write(&pem, "-----BEGIN PRIVATE KEY-----\nnope\n-----END PRIVATE KEY-----\n")
+            .unwrap();
+        let mut settings = valid();
+        settings.feeds[0].key_id = Some("a952bcbe".into());
+        settings.feeds[0].key_file = Some(pem.clone());
+
+        let message = settings.validate().unwrap_err().to_string();
+
+        assert!(message.contains("feeds[0].key_file"), "{message}");
+        assert!(message.contains(&pem.display().to_string()), "{message}");
+        assert!(message.to_lowercase().contains("invalid"), "{message}");
+    }
+
+    #[test]
+    fn a_credential_key_file_resolves_under_the_credentials_directory() {
+        let dir = OsStr::new("/run/credentials/tickd.service");
+        assert_eq!(
+            resolve_key_path(Path::new("credential:kalshi"), Some(dir)),
+            Path::new("/run/credentials/tickd.service/kalshi")
+        );
+        assert_eq!(
+            resolve_key_path(Path::new("/etc/tickd/kalshi.pem"), Some(dir)),
+            Path::new("/etc/tickd/kalshi.pem")
+        );
+        // Unresolvable: kept as written so that errors show what the user wrote.
+        assert_eq!(
+            resolve_key_path(Path::new("credential:kalshi"), None),
+            Path::new("credential:kalshi")
+        );
+    }
+
+    #[test]
+    fn a_credential_name_must_not_be_a_path() {
+        let mut settings = valid();
+        settings.feeds[0].key_id = Some("a952bcbe".into());
+        settings.feeds[0].key_file = Some("credential:../../etc/shadow".into());
+        assert_eq!(problem_keys(&settings), ["feeds[0].key_file"]);
+    }
+
+    #[test]
+    fn channels_are_known_and_listed_once() {
+        let mut settings = valid();
+        settings.feeds[0].channels = vec!["ticker".into(), "fill".into(), "ticker".into()];
+        assert_eq!(problem_keys(&settings), ["feeds[0].channels[1]", "feeds[0].channels[2]"]);
+    }
+
+    #[test]
+    fn markets_are_tickers_listed_once() {
+        let mut settings = valid();
+        settings.feeds[0].markets =
+            vec!["A".into(), "".into(), "B C".into(), "A".into(), "D".into()];
+        assert_eq!(
+            problem_keys(&settings),
+            ["feeds[0].markets[1]", "feeds[0].markets[2]", "feeds[0].markets[3]"]
+        );
+    }
+
+    #[test]
+    fn a_feed_that_subscribes_to_nothing_is_a_problem() {
+        let mut settings = valid();
+        settings.feeds[0].markets.clear();
+        settings.feeds[0].lifecycle = false;
+        assert_eq!(problem_keys(&settings), ["feeds[0].markets"]);
+
+        // Lifecycle alone is a useful feed.
+        settings.feeds[0].lifecycle = true;
+        assert_eq!(problem_keys(&settings), Vec::<String>::new());
+    }
+
+    #[test]
+    fn durations_and_counts_must_be_positive() {
+        let mut settings = valid();
+        settings.summary_interval = Duration::ZERO;
+        settings.bus.lossless_capacity = 0;
+        settings.bus.lossy_capacity = 0;
+        let feed = &mut settings.feeds[0];
+        feed.ping_interval = Duration::ZERO;
+        feed.pong_timeout = Duration::ZERO;
+        feed.connect_timeout = Duration::ZERO;
+        feed.ack_timeout = Duration::ZERO;
+        feed.max_markets_per_connection = 0;
+        feed.max_frame_bytes = 0;
+        feed.max_reconnects = 0;
+        feed.backoff.healthy_after = Duration::ZERO;
+
+        let mut keys = problem_keys(&settings);
+        keys.sort();
+
+        assert_eq!(
+            keys,
+            [
+                "bus.lossless_capacity",
+                "bus.lossy_capacity",
+                "feeds[0].ack_timeout",
+                "feeds[0].backoff.healthy_after",
+                "feeds[0].connect_timeout",
+                "feeds[0].max_frame_bytes",
+                "feeds[0].max_markets_per_connection",
+                "feeds[0].max_reconnects",
+                "feeds[0].ping_interval",
+                "feeds[0].pong_timeout",
+                "summary_interval",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_pong_timeout_longer_than_the_ping_interval_is_allowed() {
+        let mut settings = valid();
+        settings.feeds[0].pong_timeout = settings.feeds[0].ping_interval * 2;
+        assert_eq!(problem_keys(&settings), Vec::<String>::new());
+    }
+
+    #[test]
+    fn backoff_starts_below_its_cap_and_does_not_shrink() {
+        let mut settings = valid();
+        settings.feeds[0].backoff.initial = Duration::from_secs(60);
+        settings.feeds[0].backoff.multiplier = 0;
+        assert_eq!(
+            problem_keys(&settings),
+            ["feeds[0].backoff.initial", "feeds[0].backoff.multiplier"]
+        );
+
+        settings.feeds[0].backoff.initial = Duration::ZERO;
+        settings.feeds[0].backoff.max = Duration::ZERO;
+        settings.feeds[0].backoff.multiplier = 1;
+        assert_eq!(problem_keys(&settings), ["feeds[0].backoff.initial", "feeds[0].backoff.max"]);
+    }
+
+    #[test]
+    fn the_log_level_must_be_a_tracing_filter() {
+        for (level, ok) in
+            [("info", true), ("tickd=debug,info", true), ("tickd=loud", false), ("", false)]
+        {
+            let mut settings = valid();
+            settings.log.level = level.into();
+            let expected: &[&str] = if ok { &[] } else { &["log.level"] };
+            assert_eq!(problem_keys(&settings), expected, "level {level:?}");
+        }
+    }
+
+    #[test]
+    fn the_alert_command_must_be_an_executable_file() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("alert");
+        std::fs::write(&script, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let mut settings = valid();
+
+        for (path, ok) in [
+            (script.clone(), false),
+            (dir.path().to_owned(), false),
+            (dir.path().join("missing"), false),
+        ] {
+            settings.alert_command = Some(path.clone());
+            let expected: &[&str] = if ok { &[] } else { &["alert_command"] };
+            assert_eq!(problem_keys(&settings), expected, "{}", path.display());
+        }
+
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        settings.alert_command = Some(script);
+        assert_eq!(problem_keys(&settings), Vec::<String>::new());
+    }
+
+    #[test]
+    fn every_problem_is_reported_on_its_own_line_naming_its_key() {
+        let mut settings = valid();
+        settings.feeds[0].url = "htp://x".into();
+        settings.bus.lossy_capacity = 0;
+
+        let message = settings.validate().unwrap_err().to_string();
+
+        let lines: Vec<&str> = message.lines().collect();
+        assert_eq!(lines.len(), 2, "{message}");
+        assert!(lines[0].starts_with("invalid `bus.lossy_capacity`"), "{message}");
+        assert!(lines[1].starts_with("invalid `feeds[0].url`: `htp://x`"), "{message}");
+    }
+
+    #[test]
+    fn an_unknown_nested_key_is_named_with_its_index_and_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("tickd.toml");
+        std::fs::write(&file, "[[feeds]]\nname = \"a\"\n\n[[feeds]]\nname = \"b\"\nurll = \"x\"\n")
+            .unwrap();
+
+        let message = Settings::load(Some(&file)).unwrap_err().to_string();
+
+        assert!(message.contains("unknown key `feeds[1].urll`"), "{message}");
+        assert!(message.contains(&file.display().to_string()), "{message}");
+    }
+
+    #[test]
+    fn a_file_overrides_defaults_and_keeps_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("tickd.toml");
+        std::fs::write(
+            &file,
+            "summary_interval = \"3s\"\n[[feeds]]\nname = \"a\"\n[feeds.backoff]\nmax = \"1m\"\n",
+        )
+        .unwrap();
+
+        let settings = Settings::load(Some(&file)).unwrap();
+
+        assert_eq!(settings.summary_interval, Duration::from_secs(3));
+        assert_eq!(settings.log, LogSettings::default());
+        let feed = &settings.feeds[0];
+        assert_eq!(feed.backoff.max, Duration::from_secs(60));
+        assert_eq!(feed.backoff.initial, BackoffSettings::default().initial);
+        assert_eq!(
+            feed,
+            &FeedSettings {
+                backoff: feed.backoff.clone(),
+                ..FeedSettings::new("a", defaults::url())
+            }
+        );
+    }
+
+    #[test]
+    fn the_redacted_toml_reads_back_as_the_same_settings() {
+        let mut settings = valid();
+        settings.alert_command = Some("/usr/local/bin/page-me".into());
+        settings.feeds[0].key_id = Some("a952bcbe".into());
+        settings.feeds[0].key_file = Some("credential:kalshi".into());
+
+        let text = settings.redacted_toml();
+
+        let back: Settings = toml::from_str(&text).unwrap();
+        assert_eq!(back, settings);
+    }
+
+    #[test]
+    fn a_secret_never_prints() {
+        let secret = Secret::new("hunter2".to_string());
+        #[derive(Serialize)]
+        struct Holder {
+            password: Secret<String>,
+        }
+
+        let shown = [
+            format!("{secret}"),
+            format!("{secret:?}"),
+            toml::to_string(&Holder { password: secret.clone() }).unwrap(),
+        ];
+
+        for text in shown {
+            assert!(!text.contains("hunter2"), "{text}");
+            assert!(text.contains("<redacted>"), "{text}");
+        }
+        assert_eq!(secret.expose(), "hunter2");
+    }
+
+    #[test]
+    fn keys_print_as_users_write_them() {
+        let path = |p: &[&str]| p.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(display_key(&path(&["feeds", "0", "backoff", "max"])), "feeds[0].backoff.max");
+        assert_eq!(display_key(&path(&["log", "level"])), "log.level");
+        assert_eq!(display_key(&path(&[])), "");
+    }
+}
