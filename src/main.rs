@@ -36,7 +36,7 @@ const EXIT_SECOND_SIGNAL: i32 = 130;
 
 /// tickd: Kalshi market-data WebSocket feeds, normalized into exact ticks.
 #[derive(Parser)]
-#[command(name = "tickd", version, about)]
+#[command(name = "tickd", version)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -44,20 +44,26 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the daemon: connect every configured feed and keep it streaming until stopped.
-    /// SIGTERM/SIGINT stop it gracefully (a second one at once), SIGHUP reloads the config.
+    /// Run the daemon until stopped.
+    ///
+    /// Connects every configured feed and keeps it streaming. SIGTERM/SIGINT stop it
+    /// gracefully (a second one at once); SIGHUP reloads the configuration.
     Run(ConfigArgs),
     /// Run the Kalshi exchange simulator alone, for tests and demos.
     Sim(sim::SimArgs),
-    /// Load and validate the configuration, then print it with secrets redacted. Exits 2 with
-    /// the offending key on stderr when something is wrong.
+    /// Validate the configuration and print it, secrets redacted.
+    ///
+    /// Prints the effective configuration (defaults, file and environment) as TOML and exits
+    /// 0, or names each offending key on stderr and exits 2.
     CheckConfig(ConfigArgs),
 }
 
 #[derive(Args)]
 struct ConfigArgs {
-    /// TOML config file; must exist when given. Without it, /etc/tickd/tickd.toml is read if
-    /// present. `TICKD_…` environment variables override both (`__` nests: TICKD_LOG__LEVEL).
+    /// TOML config file [default: /etc/tickd/tickd.toml, if present]
+    ///
+    /// Must exist when given. `TICKD_…` environment variables override the file, with `__`
+    /// between nested keys (TICKD_LOG__LEVEL=debug).
     #[arg(long, short, value_name = "PATH")]
     config: Option<PathBuf>,
 }
