@@ -104,14 +104,10 @@ fn run(path: Option<PathBuf>) -> ExitCode {
         let shutdown = CancellationToken::new();
         let reload_requests = Arc::new(Notify::new());
         let (reload_tx, reload_rx) = mpsc::channel(RELOAD_QUEUE);
-        let signals = match Signals::new([SIGTERM, SIGINT, SIGHUP]) {
+        let signals = match handle_signals(shutdown.clone(), Some(reload_requests.clone())) {
             Ok(signals) => signals,
-            Err(e) => {
-                return runtime_error(&anyhow::Error::new(e).context("installing signal handlers"));
-            }
+            Err(e) => return runtime_error(&e),
         };
-        let signals_handle = signals.handle();
-        tokio::spawn(watch_signals(signals, shutdown.clone(), Some(reload_requests.clone())));
         tokio::spawn(reload_configs(path, reload_requests, reload_tx, shutdown.clone()));
         info!(feeds = settings.feeds.len(), "Starting.");
 
@@ -119,7 +115,7 @@ fn run(path: Option<PathBuf>) -> ExitCode {
         let result = app::run(settings, control).await;
         // Stops `watch_signals` and the reload task (both end with the token or the stream).
         shutdown.cancel();
-        signals_handle.close();
+        signals.close();
         match result {
             Ok(()) => {
                 info!("Stopped.");
@@ -140,16 +136,12 @@ fn simulate(args: sim::SimArgs) -> ExitCode {
     };
     runtime.block_on(async move {
         let shutdown = CancellationToken::new();
-        let signals = match Signals::new([SIGTERM, SIGINT, SIGHUP]) {
+        let signals = match handle_signals(shutdown.clone(), None) {
             Ok(signals) => signals,
-            Err(e) => {
-                return runtime_error(&anyhow::Error::new(e).context("installing signal handlers"));
-            }
+            Err(e) => return runtime_error(&e),
         };
-        let signals_handle = signals.handle();
-        tokio::spawn(watch_signals(signals, shutdown.clone(), None));
         let result = sim::run_cli(args, shutdown).await;
-        signals_handle.close();
+        signals.close();
         match result {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => runtime_error(&e),
@@ -189,6 +181,19 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .thread_name("tickd")
         .build()
         .map_err(|e| anyhow::Error::new(e).context("building the tokio runtime"))
+}
+
+/// Installs the handlers for SIGTERM, SIGINT and SIGHUP and spawns [`watch_signals`]; closing
+/// the returned handle ends it. Must run inside the runtime.
+fn handle_signals(
+    shutdown: CancellationToken,
+    reload: Option<Arc<Notify>>,
+) -> anyhow::Result<signal_hook_tokio::Handle> {
+    let signals = Signals::new([SIGTERM, SIGINT, SIGHUP])
+        .map_err(|e| anyhow::Error::new(e).context("installing signal handlers"))?;
+    let handle = signals.handle();
+    tokio::spawn(watch_signals(signals, shutdown, reload));
+    Ok(handle)
 }
 
 /// Turns signals into actions: the first SIGTERM/SIGINT cancels `shutdown`, a second exits
@@ -290,7 +295,9 @@ mod pending {
 
         /// What `main` hands the app: stop and reload requests.
         pub struct AppControl {
+            /// Cancelled to stop the app.
             pub shutdown: CancellationToken,
+            /// Validated settings from SIGHUP reloads.
             pub reload: mpsc::Receiver<Settings>,
         }
 
