@@ -3,11 +3,20 @@
 //! Every field's `///` doubles as user documentation (mirrored in
 //! `config/tickd.example.toml`). Unknown keys are errors that name the key. Secrets are never
 //! in the TOML itself: the Kalshi private key comes from a PEM file named by path.
+//!
+//! In: a config file path (or none) and the process environment. Out: a [`Settings`] tree
+//! that [`Settings::validate`] has checked once, and its redacted TOML rendering for
+//! `tickd check-config`. A [`ConfigError`] always names the offending key and its source.
 
-use std::path::PathBuf;
+use std::collections::HashSet;
+use std::ffi::OsStr;
+use std::fmt;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use serde::{Deserialize, Serialize, Serializer};
 
 /// The whole configuration of a tickd process.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -242,5 +251,784 @@ impl FeedSettings {
             max_reconnects: defaults::max_reconnects(),
             on_max_reconnects: GiveUpPolicy::Retry,
         }
+    }
+}
+
+/// Where `tickd` reads its config file when `--config` is not given. It may be absent.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/tickd/tickd.toml";
+
+/// Prefix of the environment variables that override the file; `__` separates nested keys
+/// (`TICKD_LOG__LEVEL=debug` sets `log.level`).
+pub const ENV_PREFIX: &str = "TICKD_";
+
+/// The market data channels a feed may subscribe for its `markets`.
+pub const MARKET_CHANNELS: [&str; 3] = ["orderbook_delta", "ticker", "trade"];
+
+/// A `key_file` starting with this names a systemd credential (`LoadCredential=`), resolved
+/// under `$CREDENTIALS_DIRECTORY`.
+pub const CREDENTIAL_PREFIX: &str = "credential:";
+
+/// Why settings could not be loaded or are unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A config file named explicitly (`--config`) does not exist.
+    #[error("config file {} does not exist", .path.display())]
+    NotFound {
+        /// The path as given.
+        path: PathBuf,
+    },
+    /// A source could not be read or parsed into settings: TOML syntax, an unknown key, a
+    /// value of the wrong type. The message names the key and the file or variable.
+    #[error("{}", render_figment(.0))]
+    Load(Box<figment::Error>),
+    /// The settings parsed, but some values would make the daemon misbehave.
+    #[error("{}", render_problems(.0))]
+    Invalid(Vec<Problem>),
+}
+
+/// One unusable setting found by [`Settings::validate`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// The key, as a user writes it: `feeds[0].url`, `backoff.max` is `feeds[1].backoff.max`.
+    pub key: String,
+    /// What is wrong with its value.
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid `{}`: {}", self.key, self.message)
+    }
+}
+
+impl ConfigError {
+    /// The keys this error is about (empty when it is about a whole file).
+    pub fn keys(&self) -> Vec<String> {
+        match self {
+            ConfigError::NotFound { .. } => Vec::new(),
+            ConfigError::Load(err) => {
+                (**err).clone().into_iter().map(|e| display_key(&e.path)).collect()
+            }
+            ConfigError::Invalid(problems) => problems.iter().map(|p| p.key.clone()).collect(),
+        }
+    }
+}
+
+/// One line per problem; the first needs no indent since callers prefix `error: `.
+fn render_problems(problems: &[Problem]) -> String {
+    let lines: Vec<String> = problems.iter().map(Problem::to_string).collect();
+    lines.join("\n")
+}
+
+/// figment's own `Display` says `for key "default.feeds.0.urll"` (profile-qualified, dotted
+/// indices); users write `feeds[0].urll` and want the environment variable's real name.
+fn render_figment(err: &figment::Error) -> String {
+    let lines: Vec<String> = err.clone().into_iter().map(|e| render_one(&e)).collect();
+    lines.join("\n")
+}
+
+/// `<file or variable>: <what> at key `<key>``, with serde's unknown-field wording made plain.
+fn render_one(e: &figment::Error) -> String {
+    let from_env = e.metadata.as_ref().is_some_and(|md| md.name.contains("environment"));
+    let key = display_key(&e.path);
+    let mut out = match e.metadata.as_ref().and_then(|md| md.source.as_ref()) {
+        Some(figment::Source::File(path)) => format!("{}: ", path.display()),
+        _ if from_env => {
+            format!("environment variable {ENV_PREFIX}{}: ", e.path.join("__").to_ascii_uppercase())
+        }
+        _ => String::new(),
+    };
+    match &e.kind {
+        figment::error::Kind::UnknownField(found, expected) => {
+            let shown = if key.is_empty() { found.as_str() } else { key.as_str() };
+            out.push_str(&format!("unknown key `{shown}`"));
+            out.push_str(&format!("; expected one of: {}", expected.join(", ")));
+        }
+        kind => {
+            out.push_str(kind.to_string().trim_end());
+            if !key.is_empty() {
+                out.push_str(&format!(" at key `{key}`"));
+            }
+        }
+    }
+    out
+}
+
+/// `["feeds", "0", "url"]` → `feeds[0].url`.
+fn display_key(path: &[String]) -> String {
+    let mut key = String::new();
+    for part in path {
+        if part.bytes().all(|b| b.is_ascii_digit()) && !part.is_empty() {
+            key.push_str(&format!("[{part}]"));
+        } else {
+            if !key.is_empty() {
+                key.push('.');
+            }
+            key.push_str(part);
+        }
+    }
+    key
+}
+
+impl Settings {
+    /// Loads settings from built-in defaults < the TOML file < `TICKD_…` environment
+    /// variables. `path` must exist when given; without it [`DEFAULT_CONFIG_PATH`] is read if
+    /// present. Does not validate values: call [`Settings::validate`].
+    pub fn load(path: Option<&Path>) -> Result<Settings, ConfigError> {
+        let file = match path {
+            Some(path) if !path.exists() => {
+                return Err(ConfigError::NotFound { path: path.to_owned() });
+            }
+            Some(path) => path,
+            None => Path::new(DEFAULT_CONFIG_PATH),
+        };
+        // The defaults layer is serde's: every struct is `#[serde(default)]`, so a key absent
+        // from file and environment keeps its `Default`. `file_exact`, because `Toml::file`
+        // would search parent directories for a relative path. A missing default file yields
+        // no values, not an error.
+        Figment::new()
+            .merge(Toml::file_exact(file))
+            .merge(Env::prefixed(ENV_PREFIX).split("__"))
+            .extract()
+            .map_err(|e| ConfigError::Load(Box::new(e)))
+    }
+
+    /// Checks every value that could make the daemon misbehave and reports all problems at
+    /// once, each naming its key. Reads each feed's key file to check it is a valid RSA key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Problems::default();
+        let level = self.log.level.trim();
+        if level.is_empty() {
+            problems.push("log.level", "is empty; use e.g. `info` or `tickd=debug,info`");
+        } else if let Err(e) = tracing_subscriber::EnvFilter::try_new(level) {
+            problems.push("log.level", format!("`{level}` is not a tracing filter: {e}"));
+        }
+        problems.positive("summary_interval", self.summary_interval);
+        problems.at_least_one("bus.lossless_capacity", self.bus.lossless_capacity);
+        problems.at_least_one("bus.lossy_capacity", self.bus.lossy_capacity);
+        if let Some(Err(message)) = self.alert_command.as_deref().map(check_executable) {
+            problems.push("alert_command", message);
+        }
+        if self.feeds.is_empty() {
+            problems.push("feeds", "no feed is configured; add a [[feeds]] table");
+        }
+        let mut names = HashSet::new();
+        for (i, feed) in self.feeds.iter().enumerate() {
+            let key = format!("feeds[{i}]");
+            feed.validate_into(&key, &mut problems);
+            if !feed.name.trim().is_empty() && !names.insert(feed.name.as_str()) {
+                problems.push(format!("{key}.name"), format!("`{}` is used twice", feed.name));
+            }
+        }
+        problems.into_result()
+    }
+
+    /// The effective settings as TOML, for `tickd check-config`. Secrets print as
+    /// `"<redacted>"` (see [`Secret`]); no file content is ever included.
+    pub fn redacted_toml(&self) -> String {
+        match toml::to_string_pretty(self) {
+            Ok(text) => format!("# tickd effective configuration (secrets redacted)\n\n{text}"),
+            // Every field is a string, number, bool, path, duration or a table of those, so
+            // this cannot fail in practice; a comment keeps the output valid TOML regardless.
+            Err(e) => format!("# the effective settings could not be rendered: {e}\n"),
+        }
+    }
+}
+
+impl FeedSettings {
+    /// The path of the PEM key file, with `credential:<name>` resolved to
+    /// `$CREDENTIALS_DIRECTORY/<name>`. Without `$CREDENTIALS_DIRECTORY` such a value is
+    /// returned as written, so that an error about it names what the user wrote.
+    pub fn key_path(&self) -> Option<PathBuf> {
+        let dir = std::env::var_os("CREDENTIALS_DIRECTORY");
+        self.key_file.as_deref().map(|file| resolve_key_path(file, dir.as_deref()))
+    }
+
+    fn validate_into(&self, key: &str, problems: &mut Problems) {
+        if self.name.trim().is_empty() {
+            problems.push(format!("{key}.name"), "is empty; every feed needs a unique name");
+        }
+        if let Err(message) = check_ws_url(&self.url) {
+            problems.push(format!("{key}.url"), message);
+        }
+        self.validate_key(key, problems);
+
+        let mut channels = HashSet::new();
+        for (j, channel) in self.channels.iter().enumerate() {
+            if !MARKET_CHANNELS.contains(&channel.as_str()) {
+                problems.push(
+                    format!("{key}.channels[{j}]"),
+                    format!("unknown channel `{channel}`; expected one of {MARKET_CHANNELS:?}"),
+                );
+            } else if !channels.insert(channel.as_str()) {
+                problems
+                    .push(format!("{key}.channels[{j}]"), format!("`{channel}` is listed twice"));
+            }
+        }
+        let mut markets = HashSet::new();
+        for (j, market) in self.markets.iter().enumerate() {
+            if market.trim().is_empty() || market.chars().any(char::is_whitespace) {
+                problems.push(
+                    format!("{key}.markets[{j}]"),
+                    format!("{market:?} is not a market ticker (empty or contains whitespace)"),
+                );
+            } else if !markets.insert(market.as_str()) {
+                problems.push(format!("{key}.markets[{j}]"), format!("`{market}` is listed twice"));
+            }
+        }
+        let subscribes_markets = !self.markets.is_empty() && !self.channels.is_empty();
+        if !subscribes_markets && !self.lifecycle {
+            problems.push(
+                format!("{key}.markets"),
+                "the feed subscribes to nothing: give `markets` and `channels`, or set \
+                 `lifecycle = true`",
+            );
+        }
+
+        problems.at_least_one(
+            &format!("{key}.max_markets_per_connection"),
+            self.max_markets_per_connection,
+        );
+        problems.at_least_one(&format!("{key}.max_frame_bytes"), self.max_frame_bytes);
+        problems.at_least_one(&format!("{key}.max_reconnects"), self.max_reconnects as usize);
+        problems.positive(&format!("{key}.ping_interval"), self.ping_interval);
+        problems.positive(&format!("{key}.pong_timeout"), self.pong_timeout);
+        problems.positive(&format!("{key}.connect_timeout"), self.connect_timeout);
+        problems.positive(&format!("{key}.ack_timeout"), self.ack_timeout);
+
+        let backoff = &self.backoff;
+        problems.positive(&format!("{key}.backoff.initial"), backoff.initial);
+        problems.positive(&format!("{key}.backoff.max"), backoff.max);
+        problems.positive(&format!("{key}.backoff.healthy_after"), backoff.healthy_after);
+        if backoff.initial > backoff.max {
+            problems.push(
+                format!("{key}.backoff.initial"),
+                format!("{:?} is more than `backoff.max` ({:?})", backoff.initial, backoff.max),
+            );
+        }
+        if backoff.multiplier < 1 {
+            problems.push(format!("{key}.backoff.multiplier"), "must be at least 1");
+        }
+    }
+
+    /// `key_id` and `key_file` come together, and the key file must hold a valid RSA key.
+    fn validate_key(&self, key: &str, problems: &mut Problems) {
+        if let Some(name) = self.key_file.as_deref().and_then(credential_name) {
+            if name.is_empty() || name.contains('/') {
+                problems.push(
+                    format!("{key}.key_file"),
+                    format!("`{CREDENTIAL_PREFIX}{name}` needs a credential name without `/`"),
+                );
+                return;
+            }
+            if std::env::var_os("CREDENTIALS_DIRECTORY").is_none() {
+                problems.push(
+                    format!("{key}.key_file"),
+                    format!(
+                        "`{CREDENTIAL_PREFIX}{name}` needs $CREDENTIALS_DIRECTORY, which \
+                         systemd sets for a unit with `LoadCredential={name}:…`"
+                    ),
+                );
+                return;
+            }
+        }
+        match (&self.key_id, self.key_path()) {
+            (None, None) => {}
+            (Some(_), None) => problems.push(
+                format!("{key}.key_file"),
+                "is missing: `key_id` needs `key_file` (or omit both to connect unsigned)",
+            ),
+            (None, Some(_)) => problems.push(
+                format!("{key}.key_id"),
+                "is missing: `key_file` needs `key_id` (or omit both to connect unsigned)",
+            ),
+            (Some(id), Some(_)) if id.trim().is_empty() => {
+                problems.push(format!("{key}.key_id"), "is empty");
+            }
+            (Some(id), Some(path)) => {
+                if let Err(e) = Credentials::load(id, &path) {
+                    problems.push(format!("{key}.key_file"), e.to_string());
+                }
+            }
+        }
+    }
+}
+
+/// `credential:<name>` → `<dir>/<name>` when `dir` is known; anything else as written.
+fn resolve_key_path(file: &Path, credentials_dir: Option<&OsStr>) -> PathBuf {
+    match (credential_name(file), credentials_dir) {
+        (Some(name), Some(dir)) => Path::new(dir).join(name),
+        _ => file.to_owned(),
+    }
+}
+
+/// `kalshi` for `credential:kalshi`; `None` for an ordinary path.
+fn credential_name(file: &Path) -> Option<&str> {
+    file.to_str().and_then(|s| s.strip_prefix(CREDENTIAL_PREFIX))
+}
+
+/// A WebSocket URL with a host: `ws://` (simulator, tests) or `wss://` (the exchange).
+fn check_ws_url(raw: &str) -> Result<(), String> {
+    let url = url::Url::parse(raw).map_err(|e| format!("`{raw}` is not a URL: {e}"))?;
+    if !matches!(url.scheme(), "ws" | "wss") {
+        return Err(format!("`{raw}` has scheme `{}`; expected `wss` or `ws`", url.scheme()));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(format!("`{raw}` has no host"));
+    }
+    Ok(())
+}
+
+/// An existing regular file with an execute bit.
+fn check_executable(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta =
+        std::fs::metadata(path).map_err(|e| format!("{} cannot be used: {e}", path.display()))?;
+    if !meta.is_file() {
+        return Err(format!("{} is not a regular file", path.display()));
+    }
+    if meta.permissions().mode() & 0o111 == 0 {
+        return Err(format!("{} is not executable", path.display()));
+    }
+    Ok(())
+}
+
+/// Collects validation problems so that one run reports all of them.
+#[derive(Default)]
+struct Problems(Vec<Problem>);
+
+impl Problems {
+    fn push(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        self.0.push(Problem { key: key.into(), message: message.into() });
+    }
+
+    fn positive(&mut self, key: &str, value: Duration) {
+        if value.is_zero() {
+            self.push(key, "must be longer than 0s");
+        }
+    }
+
+    fn at_least_one(&mut self, key: &str, value: usize) {
+        if value == 0 {
+            self.push(key, "must be at least 1");
+        }
+    }
+
+    fn into_result(self) -> Result<(), ConfigError> {
+        if self.0.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(self.0)) }
+    }
+}
+
+/// A value that must never be printed: `Debug`, `Display` and `Serialize` all render
+/// `"<redacted>"`, so it cannot leak through a log line or `check-config`. Deserializes
+/// transparently from the inner value.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret<T>(T);
+
+impl<T> Secret<T> {
+    /// Wraps a secret value.
+    pub fn new(value: T) -> Self {
+        Secret(value)
+    }
+
+    /// The secret itself; call it only where the value is used, never to print it.
+    pub fn expose(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T> From<T> for Secret<T> {
+    fn from(value: T) -> Self {
+        Secret(value)
+    }
+}
+
+const REDACTED: &str = "<redacted>";
+
+impl<T> fmt::Debug for Secret<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(REDACTED)
+    }
+}
+
+impl<T> fmt::Display for Secret<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(REDACTED)
+    }
+}
+
+impl<T> Serialize for Secret<T> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(REDACTED)
+    }
+}
+
+// TEMPORARY stand-in for `crate::kalshi::sign::Credentials`, which is being written on
+// another branch. At merge: delete this module and this `use`, and import
+// `crate::kalshi::sign::Credentials` instead.
+use pending_sign::Credentials;
+
+mod pending_sign {
+    use std::path::{Path, PathBuf};
+
+    use rsa::RsaPrivateKey;
+    use rsa::pkcs1::DecodeRsaPrivateKey;
+    use rsa::pkcs8::DecodePrivateKey;
+
+    /// Stand-in: loads and discards the key.
+    pub struct Credentials;
+
+    /// Stand-in for `sign::SignError`, with the contract's wording.
+    #[derive(Debug, thiserror::Error)]
+    pub enum SignError {
+        #[error("key file {} is unreadable: {source}", .path.display())]
+        Unreadable { path: PathBuf, source: std::io::Error },
+        #[error("key file {} holds an invalid key: not a PKCS#1 or PKCS#8 PEM RSA private key", .path.display())]
+        Invalid { path: PathBuf },
+    }
+
+    impl Credentials {
+        pub fn load(_key_id: &str, pem_path: &Path) -> Result<Credentials, SignError> {
+            let pem = std::fs::read_to_string(pem_path)
+                .map_err(|source| SignError::Unreadable { path: pem_path.to_owned(), source })?;
+            RsaPrivateKey::from_pkcs8_pem(&pem)
+                .map(drop)
+                .or_else(|_| RsaPrivateKey::from_pkcs1_pem(&pem).map(drop))
+                .map(|()| Credentials)
+                .map_err(|_| SignError::Invalid { path: pem_path.to_owned() })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn valid() -> Settings {
+        let mut feed =
+            FeedSettings::new("kalshi", "wss://external-api-ws.kalshi.com/trade-api/ws/v2");
+        feed.markets = vec!["KXBTC-25DEC31".into()];
+        Settings { feeds: vec![feed], ..Settings::default() }
+    }
+
+    /// The keys of every problem `validate` reports for `settings`.
+    fn problem_keys(settings: &Settings) -> Vec<String> {
+        match settings.validate() {
+            Ok(()) => Vec::new(),
+            Err(e) => e.keys(),
+        }
+    }
+
+    #[test]
+    fn a_feed_with_defaults_and_one_market_is_valid() {
+        assert_eq!(problem_keys(&valid()), Vec::<String>::new());
+    }
+
+    #[test]
+    fn no_feed_at_all_is_a_problem() {
+        assert_eq!(problem_keys(&Settings::default()), ["feeds"]);
+    }
+
+    #[test]
+    fn feed_names_must_be_present_and_unique() {
+        let mut settings = valid();
+        settings.feeds.push(settings.feeds[0].clone());
+        settings.feeds.push(FeedSettings { name: " ".into(), ..settings.feeds[0].clone() });
+        assert_eq!(problem_keys(&settings), ["feeds[1].name", "feeds[2].name"]);
+    }
+
+    #[test]
+    fn urls_must_be_websocket_urls_with_a_host() {
+        let cases = [
+            ("wss://external-api-ws.demo.kalshi.co/trade-api/ws/v2", true),
+            ("ws://127.0.0.1:9100/trade-api/ws/v2", true),
+            ("htp://x", false),
+            ("https://api.kalshi.com/trade-api/ws/v2", false),
+            ("not a url", false),
+            ("wss://", false),
+            ("", false),
+        ];
+        for (url, ok) in cases {
+            let mut settings = valid();
+            settings.feeds[0].url = url.into();
+            let expected: &[&str] = if ok { &[] } else { &["feeds[0].url"] };
+            assert_eq!(problem_keys(&settings), expected, "url {url:?}");
+        }
+    }
+
+    #[test]
+    fn key_id_and_key_file_come_together() {
+        let mut settings = valid();
+        settings.feeds[0].key_id = Some("a952bcbe".into());
+        assert_eq!(problem_keys(&settings), ["feeds[0].key_file"]);
+
+        let mut settings = valid();
+        settings.feeds[0].key_file = Some("/etc/tickd/kalshi.pem".into());
+        assert_eq!(problem_keys(&settings), ["feeds[0].key_id"]);
+    }
+
+    #[test]
+    fn a_key_file_that_does_not_hold_a_key_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let pem = dir.path().join("garbage.pem");
+        std::fs::write(&pem, "-----BEGIN PRIVATE KEY-----\nnope\n-----END PRIVATE KEY-----\n")
+            .unwrap();
+        let mut settings = valid();
+        settings.feeds[0].key_id = Some("a952bcbe".into());
+        settings.feeds[0].key_file = Some(pem.clone());
+
+        let message = settings.validate().unwrap_err().to_string();
+
+        assert!(message.contains("feeds[0].key_file"), "{message}");
+        assert!(message.contains(&pem.display().to_string()), "{message}");
+        assert!(message.to_lowercase().contains("invalid"), "{message}");
+    }
+
+    #[test]
+    fn a_credential_key_file_resolves_under_the_credentials_directory() {
+        let dir = OsStr::new("/run/credentials/tickd.service");
+        assert_eq!(
+            resolve_key_path(Path::new("credential:kalshi"), Some(dir)),
+            Path::new("/run/credentials/tickd.service/kalshi")
+        );
+        assert_eq!(
+            resolve_key_path(Path::new("/etc/tickd/kalshi.pem"), Some(dir)),
+            Path::new("/etc/tickd/kalshi.pem")
+        );
+        // Unresolvable: kept as written so that errors show what the user wrote.
+        assert_eq!(
+            resolve_key_path(Path::new("credential:kalshi"), None),
+            Path::new("credential:kalshi")
+        );
+    }
+
+    #[test]
+    fn a_credential_name_must_not_be_a_path() {
+        let mut settings = valid();
+        settings.feeds[0].key_id = Some("a952bcbe".into());
+        settings.feeds[0].key_file = Some("credential:../../etc/shadow".into());
+        assert_eq!(problem_keys(&settings), ["feeds[0].key_file"]);
+    }
+
+    #[test]
+    fn channels_are_known_and_listed_once() {
+        let mut settings = valid();
+        settings.feeds[0].channels = vec!["ticker".into(), "fill".into(), "ticker".into()];
+        assert_eq!(problem_keys(&settings), ["feeds[0].channels[1]", "feeds[0].channels[2]"]);
+    }
+
+    #[test]
+    fn markets_are_tickers_listed_once() {
+        let mut settings = valid();
+        settings.feeds[0].markets =
+            vec!["A".into(), "".into(), "B C".into(), "A".into(), "D".into()];
+        assert_eq!(
+            problem_keys(&settings),
+            ["feeds[0].markets[1]", "feeds[0].markets[2]", "feeds[0].markets[3]"]
+        );
+    }
+
+    #[test]
+    fn a_feed_that_subscribes_to_nothing_is_a_problem() {
+        let mut settings = valid();
+        settings.feeds[0].markets.clear();
+        settings.feeds[0].lifecycle = false;
+        assert_eq!(problem_keys(&settings), ["feeds[0].markets"]);
+
+        // Lifecycle alone is a useful feed.
+        settings.feeds[0].lifecycle = true;
+        assert_eq!(problem_keys(&settings), Vec::<String>::new());
+    }
+
+    #[test]
+    fn durations_and_counts_must_be_positive() {
+        let mut settings = valid();
+        settings.summary_interval = Duration::ZERO;
+        settings.bus.lossless_capacity = 0;
+        settings.bus.lossy_capacity = 0;
+        let feed = &mut settings.feeds[0];
+        feed.ping_interval = Duration::ZERO;
+        feed.pong_timeout = Duration::ZERO;
+        feed.connect_timeout = Duration::ZERO;
+        feed.ack_timeout = Duration::ZERO;
+        feed.max_markets_per_connection = 0;
+        feed.max_frame_bytes = 0;
+        feed.max_reconnects = 0;
+        feed.backoff.healthy_after = Duration::ZERO;
+
+        let mut keys = problem_keys(&settings);
+        keys.sort();
+
+        assert_eq!(
+            keys,
+            [
+                "bus.lossless_capacity",
+                "bus.lossy_capacity",
+                "feeds[0].ack_timeout",
+                "feeds[0].backoff.healthy_after",
+                "feeds[0].connect_timeout",
+                "feeds[0].max_frame_bytes",
+                "feeds[0].max_markets_per_connection",
+                "feeds[0].max_reconnects",
+                "feeds[0].ping_interval",
+                "feeds[0].pong_timeout",
+                "summary_interval",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_pong_timeout_longer_than_the_ping_interval_is_allowed() {
+        let mut settings = valid();
+        settings.feeds[0].pong_timeout = settings.feeds[0].ping_interval * 2;
+        assert_eq!(problem_keys(&settings), Vec::<String>::new());
+    }
+
+    #[test]
+    fn backoff_starts_below_its_cap_and_does_not_shrink() {
+        let mut settings = valid();
+        settings.feeds[0].backoff.initial = Duration::from_secs(60);
+        settings.feeds[0].backoff.multiplier = 0;
+        assert_eq!(
+            problem_keys(&settings),
+            ["feeds[0].backoff.initial", "feeds[0].backoff.multiplier"]
+        );
+
+        settings.feeds[0].backoff.initial = Duration::ZERO;
+        settings.feeds[0].backoff.max = Duration::ZERO;
+        settings.feeds[0].backoff.multiplier = 1;
+        assert_eq!(problem_keys(&settings), ["feeds[0].backoff.initial", "feeds[0].backoff.max"]);
+    }
+
+    #[test]
+    fn the_log_level_must_be_a_tracing_filter() {
+        for (level, ok) in
+            [("info", true), ("tickd=debug,info", true), ("tickd=loud", false), ("", false)]
+        {
+            let mut settings = valid();
+            settings.log.level = level.into();
+            let expected: &[&str] = if ok { &[] } else { &["log.level"] };
+            assert_eq!(problem_keys(&settings), expected, "level {level:?}");
+        }
+    }
+
+    #[test]
+    fn the_alert_command_must_be_an_executable_file() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("alert");
+        std::fs::write(&script, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let mut settings = valid();
+
+        for (path, ok) in [
+            (script.clone(), false),
+            (dir.path().to_owned(), false),
+            (dir.path().join("missing"), false),
+        ] {
+            settings.alert_command = Some(path.clone());
+            let expected: &[&str] = if ok { &[] } else { &["alert_command"] };
+            assert_eq!(problem_keys(&settings), expected, "{}", path.display());
+        }
+
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        settings.alert_command = Some(script);
+        assert_eq!(problem_keys(&settings), Vec::<String>::new());
+    }
+
+    #[test]
+    fn every_problem_is_reported_on_its_own_line_naming_its_key() {
+        let mut settings = valid();
+        settings.feeds[0].url = "htp://x".into();
+        settings.bus.lossy_capacity = 0;
+
+        let message = settings.validate().unwrap_err().to_string();
+
+        let lines: Vec<&str> = message.lines().collect();
+        assert_eq!(lines.len(), 2, "{message}");
+        assert!(lines[0].starts_with("invalid `bus.lossy_capacity`"), "{message}");
+        assert!(lines[1].starts_with("invalid `feeds[0].url`: `htp://x`"), "{message}");
+    }
+
+    #[test]
+    fn an_unknown_nested_key_is_named_with_its_index_and_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("tickd.toml");
+        std::fs::write(&file, "[[feeds]]\nname = \"a\"\n\n[[feeds]]\nname = \"b\"\nurll = \"x\"\n")
+            .unwrap();
+
+        let message = Settings::load(Some(&file)).unwrap_err().to_string();
+
+        assert!(message.contains("unknown key `feeds[1].urll`"), "{message}");
+        assert!(message.contains(&file.display().to_string()), "{message}");
+    }
+
+    #[test]
+    fn a_file_overrides_defaults_and_keeps_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("tickd.toml");
+        std::fs::write(
+            &file,
+            "summary_interval = \"3s\"\n[[feeds]]\nname = \"a\"\n[feeds.backoff]\nmax = \"1m\"\n",
+        )
+        .unwrap();
+
+        let settings = Settings::load(Some(&file)).unwrap();
+
+        assert_eq!(settings.summary_interval, Duration::from_secs(3));
+        assert_eq!(settings.log, LogSettings::default());
+        let feed = &settings.feeds[0];
+        assert_eq!(feed.backoff.max, Duration::from_secs(60));
+        assert_eq!(feed.backoff.initial, BackoffSettings::default().initial);
+        assert_eq!(
+            feed,
+            &FeedSettings {
+                backoff: feed.backoff.clone(),
+                ..FeedSettings::new("a", defaults::url())
+            }
+        );
+    }
+
+    #[test]
+    fn the_redacted_toml_reads_back_as_the_same_settings() {
+        let mut settings = valid();
+        settings.alert_command = Some("/usr/local/bin/page-me".into());
+        settings.feeds[0].key_id = Some("a952bcbe".into());
+        settings.feeds[0].key_file = Some("credential:kalshi".into());
+
+        let text = settings.redacted_toml();
+
+        let back: Settings = toml::from_str(&text).unwrap();
+        assert_eq!(back, settings);
+    }
+
+    #[test]
+    fn a_secret_never_prints() {
+        let secret = Secret::new("hunter2".to_string());
+        #[derive(Serialize)]
+        struct Holder {
+            password: Secret<String>,
+        }
+
+        let shown = [
+            format!("{secret}"),
+            format!("{secret:?}"),
+            toml::to_string(&Holder { password: secret.clone() }).unwrap(),
+        ];
+
+        for text in shown {
+            assert!(!text.contains("hunter2"), "{text}");
+            assert!(text.contains("<redacted>"), "{text}");
+        }
+        assert_eq!(secret.expose(), "hunter2");
+    }
+
+    #[test]
+    fn keys_print_as_users_write_them() {
+        let path = |p: &[&str]| p.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(display_key(&path(&["feeds", "0", "backoff", "max"])), "feeds[0].backoff.max");
+        assert_eq!(display_key(&path(&["log", "level"])), "log.level");
+        assert_eq!(display_key(&path(&[])), "");
     }
 }

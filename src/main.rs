@@ -1,1 +1,334 @@
-fn main() {}
+//! The `tickd` command line: parses arguments, loads and validates settings, sets up logging,
+//! signals and the tokio runtime, then hands over to the library (`app::run`, `sim::run_cli`).
+//!
+//! Exit statuses: 0 after a clean stop, 1 on a runtime error, 2 on a configuration error,
+//! 130 when a second SIGTERM/SIGINT cuts the graceful stop short.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Args, Parser, Subcommand};
+use futures_util::StreamExt;
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook_tokio::Signals;
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use tickd::config::{ConfigError, LogSettings, Settings};
+use tickd::telemetry;
+
+// TEMPORARY: `app::run` and `sim` are being written on other branches. At merge, delete
+// `mod pending` below and replace this line with `use tickd::{app, sim};`.
+use pending::{app, sim};
+
+/// Settings reloads queued for the app. When full, the reload task waits for room (see
+/// `reload_configs`), so a reload is never dropped and the newest one always arrives last.
+const RELOAD_QUEUE: usize = 4;
+
+/// Exit status after a runtime error.
+const EXIT_RUNTIME_ERROR: u8 = 1;
+/// Exit status when the configuration cannot be loaded or is invalid.
+const EXIT_CONFIG_ERROR: u8 = 2;
+/// Exit status when a second stop signal ends the process at once (128 + SIGINT, by custom).
+const EXIT_SECOND_SIGNAL: i32 = 130;
+
+/// tickd: Kalshi market-data WebSocket feeds, normalized into exact ticks.
+#[derive(Parser)]
+#[command(name = "tickd", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon until stopped.
+    ///
+    /// Connects every configured feed and keeps it streaming. SIGTERM/SIGINT stop it
+    /// gracefully (a second one at once); SIGHUP reloads the configuration.
+    Run(ConfigArgs),
+    /// Run the Kalshi exchange simulator alone, for tests and demos.
+    Sim(sim::SimArgs),
+    /// Validate the configuration and print it, secrets redacted.
+    ///
+    /// Prints the effective configuration (defaults, file and environment) as TOML and exits
+    /// 0, or names each offending key on stderr and exits 2.
+    CheckConfig(ConfigArgs),
+}
+
+#[derive(Args)]
+struct ConfigArgs {
+    /// TOML config file [default: /etc/tickd/tickd.toml, if present]
+    ///
+    /// Must exist when given. `TICKD_…` environment variables override the file, with `__`
+    /// between nested keys (TICKD_LOG__LEVEL=debug).
+    #[arg(long, short, value_name = "PATH")]
+    config: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig(args) => check_config(args.config.as_deref()),
+        Command::Run(args) => run(args.config),
+        Command::Sim(args) => simulate(args),
+    }
+}
+
+/// `tickd check-config`: the effective config on stdout, or the problems on stderr.
+fn check_config(path: Option<&Path>) -> ExitCode {
+    match load_settings(path) {
+        Ok(settings) => {
+            print!("{}", settings.redacted_toml());
+            ExitCode::SUCCESS
+        }
+        Err(e) => config_error(&e),
+    }
+}
+
+/// `tickd run`: the daemon.
+fn run(path: Option<PathBuf>) -> ExitCode {
+    let settings = match load_settings(path.as_deref()) {
+        Ok(settings) => settings,
+        Err(e) => return config_error(&e),
+    };
+    telemetry::init(&settings.log);
+    install_crypto_provider();
+    let runtime = match runtime() {
+        Ok(runtime) => runtime,
+        Err(e) => return runtime_error(&e),
+    };
+    runtime.block_on(async move {
+        let shutdown = CancellationToken::new();
+        let reload_requests = Arc::new(Notify::new());
+        let (reload_tx, reload_rx) = mpsc::channel(RELOAD_QUEUE);
+        let signals = match handle_signals(shutdown.clone(), Some(reload_requests.clone())) {
+            Ok(signals) => signals,
+            Err(e) => return runtime_error(&e),
+        };
+        tokio::spawn(reload_configs(path, reload_requests, reload_tx, shutdown.clone()));
+        info!(feeds = settings.feeds.len(), "Starting.");
+
+        let control = app::AppControl { shutdown: shutdown.clone(), reload: reload_rx };
+        let result = app::run(settings, control).await;
+        // Stops `watch_signals` and the reload task (both end with the token or the stream).
+        shutdown.cancel();
+        signals.close();
+        match result {
+            Ok(()) => {
+                info!("Stopped.");
+                ExitCode::SUCCESS
+            }
+            Err(e) => runtime_error(&e),
+        }
+    })
+}
+
+/// `tickd sim`: the simulator; stops on SIGTERM/SIGINT like the daemon, ignores SIGHUP.
+fn simulate(args: sim::SimArgs) -> ExitCode {
+    telemetry::init(&LogSettings::default());
+    install_crypto_provider();
+    let runtime = match runtime() {
+        Ok(runtime) => runtime,
+        Err(e) => return runtime_error(&e),
+    };
+    runtime.block_on(async move {
+        let shutdown = CancellationToken::new();
+        let signals = match handle_signals(shutdown.clone(), None) {
+            Ok(signals) => signals,
+            Err(e) => return runtime_error(&e),
+        };
+        let result = sim::run_cli(args, shutdown).await;
+        signals.close();
+        match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => runtime_error(&e),
+        }
+    })
+}
+
+/// Loads from the same sources every time (start, SIGHUP) and validates.
+fn load_settings(path: Option<&Path>) -> Result<Settings, ConfigError> {
+    let settings = Settings::load(path)?;
+    settings.validate()?;
+    Ok(settings)
+}
+
+/// Prints each problem as an `error:` line on stderr; logging may not be set up yet.
+fn config_error(e: &ConfigError) -> ExitCode {
+    for line in e.to_string().lines() {
+        eprintln!("error: {line}");
+    }
+    ExitCode::from(EXIT_CONFIG_ERROR)
+}
+
+fn runtime_error(e: &anyhow::Error) -> ExitCode {
+    error!(error = format!("{e:#}"), "Stopped on an error.");
+    ExitCode::from(EXIT_RUNTIME_ERROR)
+}
+
+/// rustls 0.23 needs a process-wide crypto provider, and the first `wss://` connect panics
+/// without one. An error only means one is installed already, which is just as good.
+fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("tickd")
+        .build()
+        .map_err(|e| anyhow::Error::new(e).context("building the tokio runtime"))
+}
+
+/// Installs the handlers for SIGTERM, SIGINT and SIGHUP and spawns [`watch_signals`]; closing
+/// the returned handle ends it. Must run inside the runtime.
+fn handle_signals(
+    shutdown: CancellationToken,
+    reload: Option<Arc<Notify>>,
+) -> anyhow::Result<signal_hook_tokio::Handle> {
+    let signals = Signals::new([SIGTERM, SIGINT, SIGHUP])
+        .map_err(|e| anyhow::Error::new(e).context("installing signal handlers"))?;
+    let handle = signals.handle();
+    tokio::spawn(watch_signals(signals, shutdown, reload));
+    Ok(handle)
+}
+
+/// Turns signals into actions: the first SIGTERM/SIGINT cancels `shutdown`, a second exits
+/// at once, SIGHUP asks `reload_configs` for a reload (or is ignored without one). Ends when
+/// the signal stream is closed.
+async fn watch_signals(
+    mut signals: Signals,
+    shutdown: CancellationToken,
+    reload: Option<Arc<Notify>>,
+) {
+    // Counts our own stop requests, not `shutdown.is_cancelled()`: the app may cancel the
+    // token itself, and a user's first signal then still deserves the graceful path.
+    let mut stop_requested = false;
+    while let Some(signal) = signals.next().await {
+        let name = signal_name(signal);
+        match signal {
+            SIGHUP => match &reload {
+                Some(reload) => {
+                    info!(signal = name, "Reloading the configuration.");
+                    reload.notify_one();
+                }
+                None => info!(signal = name, "Nothing to reload; ignored."),
+            },
+            _ if stop_requested => {
+                warn!(signal = name, "Second stop signal: exiting now.");
+                std::process::exit(EXIT_SECOND_SIGNAL);
+            }
+            _ => {
+                stop_requested = true;
+                info!(signal = name, "Stopping gracefully; send it again to exit now.");
+                shutdown.cancel();
+            }
+        }
+    }
+}
+
+fn signal_name(signal: i32) -> &'static str {
+    match signal {
+        SIGHUP => "SIGHUP",
+        SIGINT => "SIGINT",
+        SIGTERM => "SIGTERM",
+        _ => "unexpected signal",
+    }
+}
+
+/// On each request, reloads the settings from the same file and environment and validates
+/// them. A valid result goes to the app; an invalid one is logged with its keys and the
+/// running settings stay.
+async fn reload_configs(
+    path: Option<PathBuf>,
+    requests: Arc<Notify>,
+    reloads: mpsc::Sender<Settings>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            // A reload while stopping is pointless.
+            () = shutdown.cancelled() => return,
+            // `notify_one` keeps one permit: SIGHUPs that arrive while we load or wait below
+            // coalesce into one more pass, which rereads the file, so the newest config wins.
+            () = requests.notified() => {}
+        }
+        let from = path.clone();
+        // Reading the config and key files is blocking I/O: keep it off the async workers.
+        let settings = match tokio::task::spawn_blocking(move || load_settings(from.as_deref()))
+            .await
+        {
+            Ok(Ok(settings)) => settings,
+            Ok(Err(e)) => {
+                error!(error = %e, keys = ?e.keys(), "Reload rejected; the running configuration stays.");
+                continue;
+            }
+            Err(e) => {
+                error!(error = %e, "Reload failed; the running configuration stays.");
+                continue;
+            }
+        };
+        // The queue is bounded (RELOAD_QUEUE). When full, the app is behind on reloads: wait
+        // for room rather than drop this config, which is the newest one; later SIGHUPs
+        // coalesce in `requests` meanwhile. Each reload is a whole snapshot, so applying the
+        // queued older ones first is harmless.
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            sent = reloads.send(settings) => match sent {
+                Ok(()) => info!("Configuration reloaded."),
+                // The app dropped its receiver: it takes no more reloads.
+                Err(_) => return,
+            },
+        }
+    }
+}
+
+/// TEMPORARY stand-ins for `tickd::app` and `tickd::sim` (other branches); deleted at merge.
+mod pending {
+    pub mod app {
+        use tickd::config::Settings;
+        use tokio::sync::mpsc;
+        use tokio_util::sync::CancellationToken;
+
+        /// What `main` hands the app: stop and reload requests.
+        pub struct AppControl {
+            /// Cancelled to stop the app.
+            pub shutdown: CancellationToken,
+            /// Validated settings from SIGHUP reloads.
+            pub reload: mpsc::Receiver<Settings>,
+        }
+
+        /// Stand-in: waits for shutdown, logging reloads.
+        pub async fn run(settings: Settings, mut control: AppControl) -> anyhow::Result<()> {
+            tracing::warn!(feeds = settings.feeds.len(), "No feed supervisor in this build.");
+            loop {
+                tokio::select! {
+                    () = control.shutdown.cancelled() => return Ok(()),
+                    Some(new) = control.reload.recv() => {
+                        tracing::info!(feeds = new.feeds.len(), "Reload received.");
+                    }
+                }
+            }
+        }
+    }
+
+    pub mod sim {
+        use tokio_util::sync::CancellationToken;
+
+        /// Stand-in for the simulator's options.
+        #[derive(clap::Args)]
+        pub struct SimArgs {
+            /// Address to listen on.
+            #[arg(long, default_value = "127.0.0.1:9100")]
+            pub listen: std::net::SocketAddr,
+        }
+
+        /// Stand-in: the simulator is not in this build.
+        pub async fn run_cli(args: SimArgs, _shutdown: CancellationToken) -> anyhow::Result<()> {
+            anyhow::bail!("no simulator in this build (would listen on {})", args.listen)
+        }
+    }
+}

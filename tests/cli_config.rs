@@ -1,0 +1,399 @@
+//! The real `tickd` binary against config files: `check-config` exit codes and messages, and
+//! `tickd run`'s signal handling (reload, graceful stop).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// A feed against a local simulator URL; unsigned, so it needs no key.
+const SIM_FEED: &str = r#"
+[[feeds]]
+name = "sim-feed"
+url = "ws://127.0.0.1:9100/trade-api/ws/v2"
+markets = ["SIM-MKT-001"]
+"#;
+
+/// `tickd` with an environment free of anything that changes how settings load.
+fn tickd() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tickd"));
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy().into_owned();
+        if name.starts_with("TICKD_") || name == "CREDENTIALS_DIRECTORY" || name == "RUST_LOG" {
+            command.env_remove(name);
+        }
+    }
+    command
+}
+
+fn check_config(file: &Path, env: &[(&str, &str)]) -> Output {
+    let mut command = tickd();
+    command.arg("check-config").arg("--config").arg(file).envs(env.iter().copied());
+    command.output().expect("tickd runs")
+}
+
+struct Checked {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+fn checked(output: Output) -> Checked {
+    Checked {
+        code: output.status.code(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// Writes `text` as `tickd.toml` in a fresh directory (kept alive by the returned guard).
+fn config_file(text: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("tickd.toml");
+    std::fs::write(&path, text).expect("write config");
+    (dir, path)
+}
+
+/// A signed feed whose key file is `key_file`.
+fn signed_feed(key_file: &Path) -> String {
+    format!(
+        "[[feeds]]\nname = \"signed\"\nurl = \"wss://external-api-ws.demo.kalshi.co/trade-api/ws/v2\"\n\
+         markets = [\"KXBTCD-25DEC3117-T99999.99\"]\nkey_id = \"a952bcbe-ec3b-4b5b-b8f9-11dae589608c\"\n\
+         key_file = \"{}\"\n",
+        key_file.display()
+    )
+}
+
+/// A valid 2048-bit RSA key in PKCS#8 PEM. Generating one takes seconds in a debug build, so
+/// it is made once per target directory and shared by every test process (nextest runs each
+/// test in its own process); written under a temporary name and renamed, so that concurrent
+/// first runs never see half a file.
+fn test_key_pem() -> &'static Path {
+    static KEY: OnceLock<PathBuf> = OnceLock::new();
+    KEY.get_or_init(|| {
+        let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("tickd-cli-test-key.pem");
+        if !path.exists() {
+            use rsa::pkcs8::EncodePrivateKey;
+            let key = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048).expect("keygen");
+            let pem = key.to_pkcs8_pem(rsa::pkcs8::LineEnding::LF).expect("pem");
+            let partial = path.with_extension(format!("{}.partial", std::process::id()));
+            std::fs::write(&partial, pem.as_bytes()).expect("write key");
+            std::fs::rename(&partial, &path).expect("rename key");
+        }
+        path
+    })
+}
+
+#[test]
+fn a_valid_file_passes_and_prints_the_feed() {
+    let (_dir, file) = config_file(SIM_FEED);
+
+    let out = checked(check_config(&file, &[]));
+
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(out.stdout.contains(r#"name = "sim-feed""#), "{}", out.stdout);
+    assert!(out.stdout.contains("ws://127.0.0.1:9100/trade-api/ws/v2"), "{}", out.stdout);
+    assert_eq!(out.stderr, "");
+}
+
+#[test]
+fn the_printed_config_is_itself_a_valid_config() {
+    let (_dir, file) = config_file(SIM_FEED);
+    let first = checked(check_config(&file, &[("TICKD_SUMMARY_INTERVAL", "7s")]));
+    let (_dir2, printed) = config_file(&first.stdout);
+
+    let second = checked(check_config(&printed, &[]));
+
+    assert_eq!(second.code, Some(0), "{}", second.stderr);
+    assert_eq!(second.stdout, first.stdout);
+}
+
+#[test]
+fn the_shipped_example_and_sim_configs_are_valid() {
+    for name in ["tickd.example.toml", "sim.toml"] {
+        let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("config").join(name);
+
+        let out = checked(check_config(&file, &[]));
+
+        assert_eq!(out.code, Some(0), "{name}: {}", out.stderr);
+    }
+}
+
+#[test]
+fn the_example_documents_every_key() {
+    // Every optional key set, so that the effective config prints every key there is.
+    let alert = Path::new("/bin/true");
+    let text = format!("alert_command = \"{}\"\n{}", alert.display(), signed_feed(test_key_pem()));
+    let (_dir, file) = config_file(&text);
+    let out = checked(check_config(&file, &[]));
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let example = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("config/tickd.example.toml"),
+    )
+    .expect("example");
+
+    let keys: Vec<&str> =
+        out.stdout.lines().filter_map(|line| line.split_once(" = ")).map(|(key, _)| key).collect();
+
+    assert!(keys.len() > 20, "{}", out.stdout);
+    for key in keys {
+        let documented = example
+            .lines()
+            .any(|l| l.starts_with(&format!("{key} = ")) || l.starts_with(&format!("# {key} = ")));
+        assert!(documented, "config/tickd.example.toml does not show `{key}`");
+    }
+}
+
+#[test]
+fn an_unknown_top_level_key_is_named_with_its_file() {
+    let (_dir, file) = config_file(&format!("bogus_key = 1\n{SIM_FEED}"));
+
+    let out = checked(check_config(&file, &[]));
+
+    assert_eq!(out.code, Some(2));
+    assert!(out.stderr.starts_with("error: "), "{}", out.stderr);
+    assert!(out.stderr.contains("unknown key `bogus_key`"), "{}", out.stderr);
+    assert!(out.stderr.contains(&file.display().to_string()), "{}", out.stderr);
+    assert_eq!(out.stdout, "");
+}
+
+#[test]
+fn an_unknown_key_in_a_feed_is_named_with_its_index() {
+    let text = "[[feeds]]\nname = \"a\"\nurll = \"ws://127.0.0.1:9100/trade-api/ws/v2\"\n";
+    let (_dir, file) = config_file(text);
+
+    let out = checked(check_config(&file, &[]));
+
+    assert_eq!(out.code, Some(2));
+    assert!(out.stderr.contains("`feeds[0].urll`"), "{}", out.stderr);
+}
+
+#[test]
+fn an_unknown_key_in_a_nested_table_is_named() {
+    let (_dir, file) = config_file(&format!("{SIM_FEED}[feeds.backoff]\nmaximum = \"1m\"\n"));
+
+    let out = checked(check_config(&file, &[]));
+
+    assert_eq!(out.code, Some(2));
+    assert!(out.stderr.contains("`feeds[0].backoff.maximum`"), "{}", out.stderr);
+}
+
+#[test]
+fn a_missing_key_file_is_named() {
+    let missing = Path::new("/nonexistent/tickd/kalshi.pem");
+    let (_dir, file) = config_file(&signed_feed(missing));
+
+    let out = checked(check_config(&file, &[]));
+
+    assert_eq!(out.code, Some(2));
+    assert!(out.stderr.contains("feeds[0].key_file"), "{}", out.stderr);
+    assert!(out.stderr.contains("/nonexistent/tickd/kalshi.pem"), "{}", out.stderr);
+}
+
+#[test]
+fn a_key_file_that_cannot_be_read_says_unreadable() {
+    // Tests run as root, where mode 000 still reads: a directory cannot be read as a file.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (_dir, file) = config_file(&signed_feed(dir.path()));
+
+    let out = checked(check_config(&file, &[]));
+
+    assert_eq!(out.code, Some(2));
+    assert!(out.stderr.contains(&dir.path().display().to_string()), "{}", out.stderr);
+    assert!(out.stderr.to_lowercase().contains("unreadable"), "{}", out.stderr);
+}
+
+#[test]
+fn a_key_file_without_a_key_says_invalid_key() {
+    let (dir, file) = config_file("");
+    let pem = dir.path().join("garbage.pem");
+    std::fs::write(&pem, "-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n-----END PRIVATE KEY-----\n")
+        .expect("write pem");
+    std::fs::write(&file, signed_feed(&pem)).expect("write config");
+
+    let out = checked(check_config(&file, &[]));
+
+    assert_eq!(out.code, Some(2));
+    assert!(out.stderr.contains(&pem.display().to_string()), "{}", out.stderr);
+    assert!(out.stderr.to_lowercase().contains("invalid key"), "{}", out.stderr);
+}
+
+#[test]
+fn a_valid_key_passes_and_its_content_is_never_printed() {
+    let pem = test_key_pem();
+    let (_dir, file) = config_file(&signed_feed(pem));
+
+    let out = checked(check_config(&file, &[]));
+
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(out.stdout.contains(&pem.display().to_string()), "{}", out.stdout);
+    let body = std::fs::read_to_string(pem).expect("pem");
+    let line = body.lines().nth(1).expect("pem body");
+    assert!(!out.stdout.contains("PRIVATE KEY") && !out.stdout.contains(line), "{}", out.stdout);
+}
+
+#[test]
+fn a_credential_key_file_is_read_from_the_credentials_directory() {
+    let creds = tempfile::tempdir().expect("temp dir");
+    std::fs::copy(test_key_pem(), creds.path().join("kalshi.pem")).expect("copy key");
+    let (_dir, file) = config_file(&signed_feed(Path::new("credential:kalshi.pem")));
+    let creds_dir = creds.path().to_str().expect("utf-8 temp path");
+
+    let with = checked(check_config(&file, &[("CREDENTIALS_DIRECTORY", creds_dir)]));
+    let without = checked(check_config(&file, &[]));
+
+    assert_eq!(with.code, Some(0), "{}", with.stderr);
+    assert!(with.stdout.contains(r#"key_file = "credential:kalshi.pem""#), "{}", with.stdout);
+    assert_eq!(without.code, Some(2));
+    assert!(without.stderr.contains("CREDENTIALS_DIRECTORY"), "{}", without.stderr);
+}
+
+#[test]
+fn an_invalid_url_is_named() {
+    for url in ["htp://x", "not a url", "https://external-api-ws.kalshi.com/trade-api/ws/v2"] {
+        let (_dir, file) = config_file(&format!("[[feeds]]\nname = \"a\"\nurl = \"{url}\"\n"));
+
+        let out = checked(check_config(&file, &[]));
+
+        assert_eq!(out.code, Some(2), "{url}");
+        assert!(out.stderr.contains("`feeds[0].url`"), "{url}: {}", out.stderr);
+        assert!(out.stderr.contains(url), "{url}: {}", out.stderr);
+    }
+}
+
+#[test]
+fn environment_variables_override_the_file() {
+    let (_dir, file) = config_file(&format!("[log]\nlevel = \"warn\"\n{SIM_FEED}"));
+
+    let out = checked(check_config(
+        &file,
+        &[("TICKD_LOG__LEVEL", "debug"), ("TICKD_SUMMARY_INTERVAL", "5s")],
+    ));
+
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(out.stdout.contains(r#"level = "debug""#), "{}", out.stdout);
+    assert!(out.stdout.contains(r#"summary_interval = "5s""#), "{}", out.stdout);
+}
+
+#[test]
+fn an_unknown_environment_variable_is_named() {
+    let (_dir, file) = config_file(SIM_FEED);
+
+    let out = checked(check_config(&file, &[("TICKD_BOGUS", "1")]));
+
+    assert_eq!(out.code, Some(2));
+    assert!(out.stderr.contains("TICKD_BOGUS"), "{}", out.stderr);
+}
+
+#[test]
+fn a_bad_environment_value_is_named() {
+    let (_dir, file) = config_file(SIM_FEED);
+
+    let out = checked(check_config(&file, &[("TICKD_SUMMARY_INTERVAL", "often")]));
+
+    assert_eq!(out.code, Some(2));
+    assert!(out.stderr.contains("TICKD_SUMMARY_INTERVAL"), "{}", out.stderr);
+}
+
+#[test]
+fn an_explicit_config_path_that_does_not_exist_is_named() {
+    let missing = Path::new("/nonexistent/tickd.toml");
+
+    let out = checked(check_config(missing, &[]));
+
+    assert_eq!(out.code, Some(2));
+    assert!(out.stderr.contains("/nonexistent/tickd.toml"), "{}", out.stderr);
+    assert!(out.stderr.contains("does not exist"), "{}", out.stderr);
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let text = "[bus]\nlossy_capacity = 0\n[[feeds]]\nname = \"a\"\nurl = \"htp://x\"\n";
+    let (_dir, file) = config_file(text);
+
+    let out = checked(check_config(&file, &[]));
+
+    assert_eq!(out.code, Some(2));
+    let lines: Vec<&str> = out.stderr.lines().collect();
+    assert_eq!(lines.len(), 2, "{}", out.stderr);
+    assert!(lines.iter().all(|l| l.starts_with("error: ")), "{}", out.stderr);
+}
+
+/// `tickd run`'s stderr, line by line, read on a thread so a test can wait with a deadline.
+struct Daemon {
+    child: std::process::Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Daemon {
+    fn start(config: &Path) -> Daemon {
+        let mut child = tickd()
+            .arg("run")
+            .arg("--config")
+            .arg(config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("tickd run starts");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Daemon { child, lines }
+    }
+
+    /// The first line containing every needle, or a panic with what was seen.
+    fn wait_for(&self, needles: &[&str]) -> String {
+        let mut seen = Vec::new();
+        loop {
+            match self.lines.recv_timeout(Duration::from_secs(30)) {
+                Ok(line) if needles.iter().all(|n| line.contains(n)) => return line,
+                Ok(line) => seen.push(line),
+                Err(e) => panic!("no line with {needles:?} ({e}); saw:\n{}", seen.join("\n")),
+            }
+        }
+    }
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+    }
+
+    fn exit_code(mut self) -> Option<i32> {
+        self.child.wait().expect("tickd exits").code()
+    }
+}
+
+#[test]
+fn run_reloads_on_sighup_keeps_the_old_config_when_invalid_and_stops_cleanly() {
+    // Port 9 (discard) refuses: the feed retries while we signal the daemon.
+    let feed = SIM_FEED.replace("127.0.0.1:9100", "127.0.0.1:9");
+    let (_dir, file) = config_file(&feed);
+    let daemon = Daemon::start(&file);
+    daemon.wait_for(&["Starting."]);
+
+    std::fs::write(&file, feed.replace("url =", "urll =")).expect("break config");
+    daemon.signal("HUP");
+    let rejected = daemon.wait_for(&["Reload rejected"]);
+
+    std::fs::write(&file, &feed).expect("mend config");
+    daemon.signal("HUP");
+    daemon.wait_for(&["Configuration reloaded."]);
+
+    daemon.signal("TERM");
+    let code = daemon.exit_code();
+
+    assert!(rejected.contains("feeds[0].urll"), "{rejected}");
+    assert_eq!(code, Some(0));
+}
