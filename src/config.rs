@@ -306,9 +306,7 @@ impl ConfigError {
     pub fn keys(&self) -> Vec<String> {
         match self {
             ConfigError::NotFound { .. } => Vec::new(),
-            ConfigError::Load(err) => {
-                (**err).clone().into_iter().map(|e| display_key(&e.path)).collect()
-            }
+            ConfigError::Load(err) => (**err).clone().into_iter().map(|e| display_key(&e.path)).collect(),
             ConfigError::Invalid(problems) => problems.iter().map(|p| p.key.clone()).collect(),
         }
     }
@@ -461,8 +459,7 @@ impl FeedSettings {
                     format!("unknown channel `{channel}`; expected one of {MARKET_CHANNELS:?}"),
                 );
             } else if !channels.insert(channel.as_str()) {
-                problems
-                    .push(format!("{key}.channels[{j}]"), format!("`{channel}` is listed twice"));
+                problems.push(format!("{key}.channels[{j}]"), format!("`{channel}` is listed twice"));
             }
         }
         let mut markets = HashSet::new();
@@ -485,10 +482,7 @@ impl FeedSettings {
             );
         }
 
-        problems.at_least_one(
-            &format!("{key}.max_markets_per_connection"),
-            self.max_markets_per_connection,
-        );
+        problems.at_least_one(&format!("{key}.max_markets_per_connection"), self.max_markets_per_connection);
         problems.at_least_one(&format!("{key}.max_frame_bytes"), self.max_frame_bytes);
         problems.at_least_one(&format!("{key}.max_reconnects"), self.max_reconnects as usize);
         problems.positive(&format!("{key}.ping_interval"), self.ping_interval);
@@ -582,8 +576,7 @@ fn check_ws_url(raw: &str) -> Result<(), String> {
 /// An existing regular file with an execute bit.
 fn check_executable(path: &Path) -> Result<(), String> {
     use std::os::unix::fs::PermissionsExt;
-    let meta =
-        std::fs::metadata(path).map_err(|e| format!("{} cannot be used: {e}", path.display()))?;
+    let meta = std::fs::metadata(path).map_err(|e| format!("{} cannot be used: {e}", path.display()))?;
     if !meta.is_file() {
         return Err(format!("{} is not a regular file", path.display()));
     }
@@ -706,8 +699,7 @@ mod tests {
     use super::*;
 
     fn valid() -> Settings {
-        let mut feed =
-            FeedSettings::new("kalshi", "wss://external-api-ws.kalshi.com/trade-api/ws/v2");
+        let mut feed = FeedSettings::new("kalshi", "wss://external-api-ws.kalshi.com/trade-api/ws/v2");
         feed.markets = vec!["KXBTC-25DEC31".into()];
         Settings { feeds: vec![feed], ..Settings::default() }
     }
@@ -772,8 +764,7 @@ mod tests {
     fn a_key_file_that_does_not_hold_a_key_is_named() {
         let dir = tempfile::tempdir().unwrap();
         let pem = dir.path().join("garbage.pem");
-        std::fs::write(&pem, "-----BEGIN PRIVATE KEY-----\nnope\n-----END PRIVATE KEY-----\n")
-            .unwrap();
+        std::fs::write(&pem, "-----BEGIN PRIVATE KEY-----\nnope\n-----END PRIVATE KEY-----\n").unwrap();
         let mut settings = valid();
         settings.feeds[0].key_id = Some("a952bcbe".into());
         settings.feeds[0].key_file = Some(pem.clone());
@@ -797,10 +788,7 @@ mod tests {
             Path::new("/etc/tickd/kalshi.pem")
         );
         // Unresolvable: kept as written so that errors show what the user wrote.
-        assert_eq!(
-            resolve_key_path(Path::new("credential:kalshi"), None),
-            Path::new("credential:kalshi")
-        );
+        assert_eq!(resolve_key_path(Path::new("credential:kalshi"), None), Path::new("credential:kalshi"));
     }
 
     #[test]
@@ -821,8 +809,7 @@ mod tests {
     #[test]
     fn markets_are_tickers_listed_once() {
         let mut settings = valid();
-        settings.feeds[0].markets =
-            vec!["A".into(), "".into(), "B C".into(), "A".into(), "D".into()];
+        settings.feeds[0].markets = vec!["A".into(), "".into(), "B C".into(), "A".into(), "D".into()];
         assert_eq!(
             problem_keys(&settings),
             ["feeds[0].markets[1]", "feeds[0].markets[2]", "feeds[0].markets[3]"]
@@ -890,10 +877,7 @@ mod tests {
         let mut settings = valid();
         settings.feeds[0].backoff.initial = Duration::from_secs(60);
         settings.feeds[0].backoff.multiplier = 0;
-        assert_eq!(
-            problem_keys(&settings),
-            ["feeds[0].backoff.initial", "feeds[0].backoff.multiplier"]
-        );
+        assert_eq!(problem_keys(&settings), ["feeds[0].backoff.initial", "feeds[0].backoff.multiplier"]);
 
         settings.feeds[0].backoff.initial = Duration::ZERO;
         settings.feeds[0].backoff.max = Duration::ZERO;
@@ -903,9 +887,7 @@ mod tests {
 
     #[test]
     fn the_log_level_must_be_a_tracing_filter() {
-        for (level, ok) in
-            [("info", true), ("tickd=debug,info", true), ("tickd=loud", false), ("", false)]
-        {
+        for (level, ok) in [("info", true), ("tickd=debug,info", true), ("tickd=loud", false), ("", false)] {
             let mut settings = valid();
             settings.log.level = level.into();
             let expected: &[&str] = if ok { &[] } else { &["log.level"] };
@@ -922,11 +904,9 @@ mod tests {
         std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o644)).unwrap();
         let mut settings = valid();
 
-        for (path, ok) in [
-            (script.clone(), false),
-            (dir.path().to_owned(), false),
-            (dir.path().join("missing"), false),
-        ] {
+        for (path, ok) in
+            [(script.clone(), false), (dir.path().to_owned(), false), (dir.path().join("missing"), false)]
+        {
             settings.alert_command = Some(path.clone());
             let expected: &[&str] = if ok { &[] } else { &["alert_command"] };
             assert_eq!(problem_keys(&settings), expected, "{}", path.display());
@@ -955,8 +935,7 @@ mod tests {
     fn an_unknown_nested_key_is_named_with_its_index_and_file() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("tickd.toml");
-        std::fs::write(&file, "[[feeds]]\nname = \"a\"\n\n[[feeds]]\nname = \"b\"\nurll = \"x\"\n")
-            .unwrap();
+        std::fs::write(&file, "[[feeds]]\nname = \"a\"\n\n[[feeds]]\nname = \"b\"\nurll = \"x\"\n").unwrap();
 
         let message = Settings::load(Some(&file)).unwrap_err().to_string();
 
@@ -983,10 +962,7 @@ mod tests {
         assert_eq!(feed.backoff.initial, BackoffSettings::default().initial);
         assert_eq!(
             feed,
-            &FeedSettings {
-                backoff: feed.backoff.clone(),
-                ..FeedSettings::new("a", defaults::url())
-            }
+            &FeedSettings { backoff: feed.backoff.clone(), ..FeedSettings::new("a", defaults::url()) }
         );
     }
 

@@ -21,7 +21,8 @@ use tickd::telemetry;
 
 // TEMPORARY: `app::run` and `sim` are being written on other branches. At merge, delete
 // `mod pending` below and replace this line with `use tickd::{app, sim};`.
-use pending::{app, sim};
+use pending::sim;
+use tickd::app;
 
 /// Settings reloads queued for the app. When full, the reload task waits for room (see
 /// `reload_configs`), so a reload is never dropped and the newest one always arrives last.
@@ -199,11 +200,7 @@ fn handle_signals(
 /// Turns signals into actions: the first SIGTERM/SIGINT cancels `shutdown`, a second exits
 /// at once, SIGHUP asks `reload_configs` for a reload (or is ignored without one). Ends when
 /// the signal stream is closed.
-async fn watch_signals(
-    mut signals: Signals,
-    shutdown: CancellationToken,
-    reload: Option<Arc<Notify>>,
-) {
+async fn watch_signals(mut signals: Signals, shutdown: CancellationToken, reload: Option<Arc<Notify>>) {
     // Counts our own stop requests, not `shutdown.is_cancelled()`: the app may cancel the
     // token itself, and a user's first signal then still deserves the graceful path.
     let mut stop_requested = false;
@@ -258,9 +255,7 @@ async fn reload_configs(
         }
         let from = path.clone();
         // Reading the config and key files is blocking I/O: keep it off the async workers.
-        let settings = match tokio::task::spawn_blocking(move || load_settings(from.as_deref()))
-            .await
-        {
+        let settings = match tokio::task::spawn_blocking(move || load_settings(from.as_deref())).await {
             Ok(Ok(settings)) => settings,
             Ok(Err(e)) => {
                 error!(error = %e, keys = ?e.keys(), "Reload rejected; the running configuration stays.");
@@ -288,33 +283,6 @@ async fn reload_configs(
 
 /// TEMPORARY stand-ins for `tickd::app` and `tickd::sim` (other branches); deleted at merge.
 mod pending {
-    pub mod app {
-        use tickd::config::Settings;
-        use tokio::sync::mpsc;
-        use tokio_util::sync::CancellationToken;
-
-        /// What `main` hands the app: stop and reload requests.
-        pub struct AppControl {
-            /// Cancelled to stop the app.
-            pub shutdown: CancellationToken,
-            /// Validated settings from SIGHUP reloads.
-            pub reload: mpsc::Receiver<Settings>,
-        }
-
-        /// Stand-in: waits for shutdown, logging reloads.
-        pub async fn run(settings: Settings, mut control: AppControl) -> anyhow::Result<()> {
-            tracing::warn!(feeds = settings.feeds.len(), "No feed supervisor in this build.");
-            loop {
-                tokio::select! {
-                    () = control.shutdown.cancelled() => return Ok(()),
-                    Some(new) = control.reload.recv() => {
-                        tracing::info!(feeds = new.feeds.len(), "Reload received.");
-                    }
-                }
-            }
-        }
-    }
-
     pub mod sim {
         use tokio_util::sync::CancellationToken;
 

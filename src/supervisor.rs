@@ -357,10 +357,10 @@ fn same_except_markets(a: &FeedSettings, b: &FeedSettings) -> bool {
 }
 
 fn load_credentials(settings: &FeedSettings) -> Result<Option<Arc<Credentials>>, SupervisorError> {
-    let (Some(key_id), Some(path)) = (&settings.key_id, &settings.key_file) else {
+    let (Some(key_id), Some(path)) = (&settings.key_id, settings.key_path()) else {
         return Ok(None);
     };
-    Credentials::load(key_id, path)
+    Credentials::load(key_id, &path)
         .map(|c| Some(Arc::new(c)))
         .map_err(|e| SupervisorError::Credentials { feed: settings.name.clone(), reason: e.to_string() })
 }

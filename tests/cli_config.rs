@@ -129,10 +129,9 @@ fn the_example_documents_every_key() {
     let (_dir, file) = config_file(&text);
     let out = checked(check_config(&file, &[]));
     assert_eq!(out.code, Some(0), "{}", out.stderr);
-    let example = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("config/tickd.example.toml"),
-    )
-    .expect("example");
+    let example =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/tickd.example.toml"))
+            .expect("example");
 
     let keys: Vec<&str> =
         out.stdout.lines().filter_map(|line| line.split_once(" = ")).map(|(key, _)| key).collect();
@@ -267,10 +266,8 @@ fn an_invalid_url_is_named() {
 fn environment_variables_override_the_file() {
     let (_dir, file) = config_file(&format!("[log]\nlevel = \"warn\"\n{SIM_FEED}"));
 
-    let out = checked(check_config(
-        &file,
-        &[("TICKD_LOG__LEVEL", "debug"), ("TICKD_SUMMARY_INTERVAL", "5s")],
-    ));
+    let out =
+        checked(check_config(&file, &[("TICKD_LOG__LEVEL", "debug"), ("TICKD_SUMMARY_INTERVAL", "5s")]));
 
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     assert!(out.stdout.contains(r#"level = "debug""#), "{}", out.stdout);

@@ -1,0 +1,153 @@
+//! The supervisor against the simulator: sharding, live reloads and panic restarts.
+
+mod common;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use common::{InMemory, poll_until, test_feed_settings};
+use tickd::bus::BusBuilder;
+use tickd::config::{BusSettings, Settings};
+use tickd::feed::{BoxIo, Connect};
+use tickd::metrics::FeedState;
+use tickd::sim::{SimConfig, Simulator, market_names};
+use tickd::supervisor::{Handles, Supervisor, SupervisorDeps};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+struct Running {
+    sim: Simulator,
+    handles: Handles,
+    reload: mpsc::Sender<Settings>,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), tickd::supervisor::SupervisorError>>,
+}
+
+fn settings(markets: &[String], cap: usize) -> Settings {
+    let mut feed = test_feed_settings("ws://sim.invalid/trade-api/ws/v2", markets);
+    feed.max_markets_per_connection = cap;
+    Settings { feeds: vec![feed], ..Settings::default() }
+}
+
+async fn start(sim: Simulator, settings: &Settings, connector: Arc<dyn Connect>) -> Running {
+    let mut builder = BusBuilder::new(&BusSettings { lossless_capacity: 1 << 16, lossy_capacity: 16 });
+    let mut rx = builder.lossless();
+    tokio::spawn(async move { while rx.recv().await.is_some() {} });
+    let shutdown = CancellationToken::new();
+    let deps =
+        SupervisorDeps { bus: builder.build(), shutdown: shutdown.clone(), connector, jitter_seed: Some(1) };
+    let sup = Supervisor::start(settings, deps).expect("starts");
+    let handles = sup.handles();
+    let (reload, rx) = mpsc::channel(4);
+    let task = tokio::spawn(sup.run(rx));
+    Running { sim, handles, reload, shutdown, task }
+}
+
+fn all_live(handles: &Handles, n: usize) -> bool {
+    let all = handles.all();
+    all.len() == n && all.iter().all(|(_, h)| h.metrics.state() == FeedState::Live)
+}
+
+fn subscribes(sim: &Simulator, channel: &str) -> Vec<(u64, usize)> {
+    sim.commands_received()
+        .into_iter()
+        .filter(|(_, c)| c["cmd"] == "subscribe" && c["params"]["channels"][0] == channel)
+        .map(|(conn, c)| (conn, c["params"]["market_tickers"].as_array().map_or(0, Vec::len)))
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_long_market_list_is_spread_over_connections_with_lifecycle_on_one() {
+    let markets = market_names(7);
+    let sim = Simulator::start(SimConfig { markets: markets.clone(), rate: 50, ..SimConfig::default() });
+    let run = start(sim.clone(), &settings(&markets, 3), Arc::new(InMemory(sim.clone()))).await;
+
+    let handles = run.handles.clone();
+    poll_until("three live connections", LIMIT, || all_live(&handles, 3)).await;
+
+    let mut sizes: Vec<usize> = subscribes(&sim, "orderbook_delta").into_iter().map(|(_, n)| n).collect();
+    sizes.sort();
+    assert_eq!(sizes, vec![1, 3, 3]);
+    assert_eq!(subscribes(&sim, "market_lifecycle_v2").len(), 1, "lifecycle covers every market once");
+    assert_eq!(sim.stats().connections_open, 3);
+    let ids: Vec<String> = run.handles.all().into_iter().map(|(id, _)| id.to_string()).collect();
+    assert_eq!(ids, vec!["sim/0", "sim/1", "sim/2"]);
+    run.shutdown.cancel();
+    run.task.await.unwrap().unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reload_with_new_markets_updates_subscriptions_without_reconnecting() {
+    let markets = market_names(8);
+    let sim = Simulator::start(SimConfig { markets: markets.clone(), rate: 50, ..SimConfig::default() });
+    let run = start(sim.clone(), &settings(&markets[..4], 5), Arc::new(InMemory(sim.clone()))).await;
+    let handles = run.handles.clone();
+    poll_until("one live connection", LIMIT, || all_live(&handles, 1)).await;
+    let connects_before = sim.stats().connections_total;
+
+    // Remove one market, add four: five stay on the first connection, two open a second one.
+    let mut next: Vec<String> = markets[1..8].to_vec();
+    next.sort();
+    run.reload.send(settings(&next, 5)).await.unwrap();
+
+    let (s, h) = (sim.clone(), run.handles.clone());
+    poll_until("markets moved", LIMIT, || {
+        let actions: Vec<String> = s
+            .commands_received()
+            .iter()
+            .filter(|(_, c)| c["cmd"] == "update_subscription")
+            .filter_map(|(_, c)| c["params"]["action"].as_str().map(str::to_owned))
+            .collect();
+        actions.contains(&"add_markets".into())
+            && actions.contains(&"delete_markets".into())
+            && all_live(&h, 2)
+    })
+    .await;
+    assert_eq!(sim.stats().connections_total, connects_before + 1, "only the new shard connects");
+    let mut followed: Vec<String> = Vec::new();
+    for (_, handle) in run.handles.all() {
+        followed.extend(handle.books().await.into_iter().map(|(m, _)| m.to_string()));
+    }
+    followed.sort();
+    assert_eq!(followed, next);
+    run.shutdown.cancel();
+    run.task.await.unwrap().unwrap();
+}
+
+/// Panics on the first connection attempt, then connects to the simulator.
+struct PanicsOnce {
+    inner: InMemory,
+    calls: AtomicU32,
+}
+
+impl Connect for PanicsOnce {
+    fn open<'a>(
+        &'a self,
+        host: &'a str,
+        port: u16,
+    ) -> Pin<Box<dyn Future<Output = std::io::Result<BoxIo>> + Send + 'a>> {
+        if self.calls.fetch_add(1, Ordering::SeqCst) == 0 {
+            panic!("injected connector failure");
+        }
+        self.inner.open(host, port)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_panicked_feed_actor_is_restarted() {
+    let markets = market_names(2);
+    let sim = Simulator::start(SimConfig { markets: markets.clone(), rate: 50, ..SimConfig::default() });
+    let connector = Arc::new(PanicsOnce { inner: InMemory(sim.clone()), calls: AtomicU32::new(0) });
+    let run = start(sim.clone(), &settings(&markets, 10), connector.clone()).await;
+
+    let handles = run.handles.clone();
+    poll_until("live after the restart", LIMIT, || all_live(&handles, 1)).await;
+    assert_eq!(connector.calls.load(Ordering::SeqCst), 2, "one panic, one restart");
+    run.shutdown.cancel();
+    run.task.await.unwrap().unwrap();
+}
