@@ -320,6 +320,7 @@ impl Parser {
 struct Val<'t, 'a>(&'t [Node<'a>]);
 
 /// The number of tape nodes a value starting with `node` occupies.
+#[inline]
 fn span(node: &Node<'_>) -> usize {
     match node {
         Node::Object { count, .. } | Node::Array { count, .. } => count + 1,
@@ -328,6 +329,7 @@ fn span(node: &Node<'_>) -> usize {
 }
 
 impl<'t, 'a> Val<'t, 'a> {
+    #[inline]
     fn str(self) -> Option<&'a str> {
         match self.0.first() {
             Some(Node::String(s)) => Some(s),
@@ -335,6 +337,7 @@ impl<'t, 'a> Val<'t, 'a> {
         }
     }
 
+    #[inline]
     fn u64(self) -> Option<u64> {
         match self.0.first() {
             Some(Node::Static(StaticNode::U64(n))) => Some(*n),
@@ -343,6 +346,7 @@ impl<'t, 'a> Val<'t, 'a> {
         }
     }
 
+    #[inline]
     fn i64(self) -> Option<i64> {
         match self.0.first() {
             Some(Node::Static(StaticNode::I64(n))) => Some(*n),
@@ -351,6 +355,7 @@ impl<'t, 'a> Val<'t, 'a> {
         }
     }
 
+    #[inline]
     fn bool(self) -> Option<bool> {
         match self.0.first() {
             Some(Node::Static(StaticNode::Bool(b))) => Some(*b),
@@ -358,11 +363,13 @@ impl<'t, 'a> Val<'t, 'a> {
         }
     }
 
+    #[inline]
     fn is_null(self) -> bool {
         matches!(self.0.first(), Some(Node::Static(StaticNode::Null)))
     }
 
     /// The key/value pairs, if this is an object.
+    #[inline]
     fn fields(self) -> Option<Fields<'t, 'a>> {
         match self.0.split_first() {
             Some((Node::Object { len, .. }, rest)) => Some(Fields { rest, left: *len }),
@@ -371,6 +378,7 @@ impl<'t, 'a> Val<'t, 'a> {
     }
 
     /// The elements, if this is an array.
+    #[inline]
     fn items(self) -> Option<Items<'t, 'a>> {
         match self.0.split_first() {
             Some((Node::Array { len, .. }, rest)) => Some(Items { rest, left: *len }),
@@ -502,11 +510,14 @@ struct Ctx<'a> {
 }
 
 /// An optional field: absent and `null` both mean "not sent".
+#[inline]
 fn present<'t, 'a>(v: Option<Val<'t, 'a>>) -> Option<Val<'t, 'a>> {
     v.filter(|v| !v.is_null())
 }
 
 impl<'a> Ctx<'a> {
+    #[cold]
+    #[inline(never)]
     fn field_error(&self, field: &'static str) -> WireError {
         WireError::Field {
             msg_type: self.msg_type.to_owned(),
@@ -514,6 +525,8 @@ impl<'a> Ctx<'a> {
         }
     }
 
+    #[cold]
+    #[inline(never)]
     fn number_error(&self, field: &'static str, text: &str) -> WireError {
         let mut end = text.len().min(MAX_ERROR_VALUE);
         while !text.is_char_boundary(end) {
@@ -527,16 +540,19 @@ impl<'a> Ctx<'a> {
     }
 
     /// The `msg` object, required.
+    #[inline]
     fn msg<'t>(&self, env: &Envelope<'t, 'a>) -> Result<Fields<'t, 'a>, WireError> {
         env.msg
             .and_then(Val::fields)
             .ok_or_else(|| self.field_error("msg"))
     }
 
+    #[inline]
     fn string(&self, field: &'static str, v: Option<Val<'_, 'a>>) -> Result<&'a str, WireError> {
         v.and_then(Val::str).ok_or_else(|| self.field_error(field))
     }
 
+    #[inline]
     fn opt_string(
         &self,
         field: &'static str,
@@ -545,10 +561,12 @@ impl<'a> Ctx<'a> {
         present(v).map(|v| self.string(field, Some(v))).transpose()
     }
 
+    #[inline]
     fn uint(&self, field: &'static str, v: Option<Val<'_, 'a>>) -> Result<u64, WireError> {
         v.and_then(Val::u64).ok_or_else(|| self.field_error(field))
     }
 
+    #[inline]
     fn opt_uint(
         &self,
         field: &'static str,
@@ -557,10 +575,12 @@ impl<'a> Ctx<'a> {
         present(v).map(|v| self.uint(field, Some(v))).transpose()
     }
 
+    #[inline]
     fn int(&self, field: &'static str, v: Option<Val<'_, 'a>>) -> Result<i64, WireError> {
         v.and_then(Val::i64).ok_or_else(|| self.field_error(field))
     }
 
+    #[inline]
     fn opt_int(
         &self,
         field: &'static str,
@@ -589,6 +609,7 @@ impl<'a> Ctx<'a> {
 
     /// A dollar string. Binary contracts trade between $0 and $1, so anything outside is refused
     /// rather than passed on as a price.
+    #[inline]
     fn price_text(&self, field: &'static str, text: &str) -> Result<Price, WireError> {
         match Price::parse_dollars(text) {
             Some(p) if (0..=Price::ONE_DOLLAR.0).contains(&p.0) => Ok(p),
@@ -596,6 +617,7 @@ impl<'a> Ctx<'a> {
         }
     }
 
+    #[inline]
     fn price(&self, field: &'static str, v: Option<Val<'_, 'a>>) -> Result<Price, WireError> {
         self.price_text(field, self.string(field, v)?)
     }
@@ -616,6 +638,7 @@ impl<'a> Ctx<'a> {
     }
 
     /// A contract count; only book deltas may be negative.
+    #[inline]
     fn qty_text(&self, field: &'static str, text: &str, signed: bool) -> Result<Qty, WireError> {
         match Qty::parse_fp(text) {
             Some(q) if signed || q.0 >= 0 => Ok(q),
@@ -623,10 +646,12 @@ impl<'a> Ctx<'a> {
         }
     }
 
+    #[inline]
     fn qty(&self, field: &'static str, v: Option<Val<'_, 'a>>) -> Result<Qty, WireError> {
         self.qty_text(field, self.string(field, v)?, false)
     }
 
+    #[inline]
     fn side(&self, field: &'static str, v: Val<'_, 'a>) -> Result<Side, WireError> {
         match v.str() {
             Some("yes") => Ok(Side::Yes),
