@@ -273,6 +273,42 @@ impl ErrorCode {
     pub fn is_terminal(self) -> bool {
         matches!(self.0, Self::CHANNEL_ERROR | Self::BUFFER_OVERFLOW)
     }
+
+    /// Kalshi's name for the code (the protocol digest's table, §4.1), for logs and alerts.
+    /// `None` for codes Kalshi has not documented.
+    pub fn description(self) -> Option<&'static str> {
+        Some(match self.0 {
+            1 => "Unable to process message",
+            2 => "Params required",
+            3 => "Channels required",
+            4 => "Subscription IDs required",
+            5 => "Unknown command",
+            6 => "Already subscribed (retired)",
+            7 => "Unknown subscription ID",
+            8 => "Unknown channel name",
+            9 => "Authentication required",
+            10 => "Channel error",
+            11 => "Invalid parameter",
+            12 => "Exactly one subscription ID is required",
+            13 => "Unsupported action",
+            14 => "Market Ticker required",
+            15 => "Action required",
+            16 => "Market not found (retired)",
+            17 => "Internal error (retired)",
+            18 => "Command timeout",
+            19 => "shard_factor must be > 0",
+            20 => "shard_factor is required when shard_key is set",
+            21 => "shard_key must be >= 0 and < shard_factor",
+            22 => "shard_factor must be <= 100",
+            23 => "Match IDs required",
+            24 => "Index IDs required",
+            25 => "Subscription buffer overflow",
+            26 => "Subscription market limit exceeded",
+            27 => "Too many requests",
+            28 => "Underlying tickers required",
+            _ => return None,
+        })
+    }
 }
 
 impl Frame<'_> {
