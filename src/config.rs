@@ -657,42 +657,7 @@ impl<T> Serialize for Secret<T> {
     }
 }
 
-// TEMPORARY stand-in for `crate::kalshi::sign::Credentials`, which is being written on
-// another branch. At merge: delete this module and this `use`, and import
-// `crate::kalshi::sign::Credentials` instead.
-use pending_sign::Credentials;
-
-mod pending_sign {
-    use std::path::{Path, PathBuf};
-
-    use rsa::RsaPrivateKey;
-    use rsa::pkcs1::DecodeRsaPrivateKey;
-    use rsa::pkcs8::DecodePrivateKey;
-
-    /// Stand-in: loads and discards the key.
-    pub struct Credentials;
-
-    /// Stand-in for `sign::SignError`, with the contract's wording.
-    #[derive(Debug, thiserror::Error)]
-    pub enum SignError {
-        #[error("key file {} is unreadable: {source}", .path.display())]
-        Unreadable { path: PathBuf, source: std::io::Error },
-        #[error("key file {} holds an invalid key: not a PKCS#1 or PKCS#8 PEM RSA private key", .path.display())]
-        Invalid { path: PathBuf },
-    }
-
-    impl Credentials {
-        pub fn load(_key_id: &str, pem_path: &Path) -> Result<Credentials, SignError> {
-            let pem = std::fs::read_to_string(pem_path)
-                .map_err(|source| SignError::Unreadable { path: pem_path.to_owned(), source })?;
-            RsaPrivateKey::from_pkcs8_pem(&pem)
-                .map(drop)
-                .or_else(|_| RsaPrivateKey::from_pkcs1_pem(&pem).map(drop))
-                .map(|()| Credentials)
-                .map_err(|_| SignError::Invalid { path: pem_path.to_owned() })
-        }
-    }
-}
+use crate::kalshi::sign::Credentials;
 
 #[cfg(test)]
 mod tests {

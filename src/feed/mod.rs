@@ -39,7 +39,8 @@ use tracing::{debug, error, info, warn};
 
 use crate::bus::Bus;
 use crate::config::{FeedSettings, GiveUpPolicy};
-use crate::kalshi::session::{Channel, Output, Session, SessionConfig};
+use crate::kalshi::command::Channel;
+use crate::kalshi::session::{Output, Session, SessionConfig};
 use crate::kalshi::sign::Credentials;
 use crate::metrics::{FeedMetrics, FeedState};
 use crate::tick::{BookSnapshot, FeedEvent, Name, Tick, TickKind, now_micros};
@@ -251,7 +252,7 @@ impl FeedActor {
         let s = &cfg.settings;
         let mut channels: Vec<Channel> = s.channels.iter().filter_map(|c| Channel::from_name(c)).collect();
         if cfg.lifecycle {
-            channels.push(Channel::MarketLifecycle);
+            channels.push(Channel::MarketLifecycleV2);
         }
         let session = Session::new(
             SessionConfig {

@@ -27,7 +27,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use super::command::{Action, Command};
+use super::command::{Channel, Command, UpdateAction as Action};
 use super::wire::{ErrorCode, Frame, Parser, WireError};
 use crate::book::OrderBook;
 use crate::metrics::{FeedMetrics, FeedState};
@@ -39,43 +39,6 @@ use crate::tick::{
 /// More interned names than this and the table starts over (lifecycle events name every
 /// market on the exchange; the table must not grow forever).
 const MAX_INTERNED: usize = 100_000;
-
-/// Market-data channels of Kalshi that tickd follows.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Channel {
-    /// `orderbook_delta`: snapshots then deltas, sequenced.
-    OrderbookDelta,
-    /// `ticker`: top of book and statistics, not sequenced.
-    Ticker,
-    /// `trade`: public trades.
-    Trade,
-    /// `market_lifecycle_v2`: lifecycle of every market (no market filter).
-    MarketLifecycle,
-}
-
-impl Channel {
-    /// The channel's wire name.
-    pub fn name(self) -> &'static str {
-        match self {
-            Channel::OrderbookDelta => "orderbook_delta",
-            Channel::Ticker => "ticker",
-            Channel::Trade => "trade",
-            Channel::MarketLifecycle => "market_lifecycle_v2",
-        }
-    }
-
-    /// Parses a wire name.
-    pub fn from_name(name: &str) -> Option<Channel> {
-        [Channel::OrderbookDelta, Channel::Ticker, Channel::Trade, Channel::MarketLifecycle]
-            .into_iter()
-            .find(|c| c.name() == name)
-    }
-
-    /// Whether subscriptions of this channel name markets (others cover every market).
-    pub fn takes_markets(self) -> bool {
-        self != Channel::MarketLifecycle
-    }
-}
 
 /// What a session follows and how.
 #[derive(Clone, Debug)]
@@ -313,7 +276,7 @@ impl Session {
             let Some(i) = self.sub_index(p.channel) else {
                 continue;
             };
-            warn!(feed = %self.cfg.feed, channel = p.channel.name(), id, "No reply to a command in time; sending it again.");
+            warn!(feed = %self.cfg.feed, channel = p.channel.as_str(), id, "No reply to a command in time; sending it again.");
             match p.what {
                 PendingKind::Subscribe(_) | PendingKind::Unsubscribe => {
                     FeedMetrics::inc(&self.metrics.resubscribes);
@@ -505,7 +468,7 @@ impl Session {
     fn on_gap(&mut self, sid: u64, expected: u64, got: u64, now: Instant, out: &mut Output) {
         FeedMetrics::inc(&self.metrics.gaps);
         let channel = self.sid_index.get(&sid).map(|&i| self.subs[i].channel);
-        warn!(feed = %self.cfg.feed, sid, expected, got, channel = channel.map(Channel::name), "Sequence gap.");
+        warn!(feed = %self.cfg.feed, sid, expected, got, channel = channel.map(Channel::as_str), "Sequence gap.");
         self.emit_event(out, FeedEvent::Gap { sid, expected, got });
         if channel == Some(Channel::OrderbookDelta) {
             // A lost frame could belong to any market of the sid: every book of it is suspect.
@@ -768,19 +731,28 @@ impl Session {
     /// Sends `subscribe` for sub `i` (or leaves it idle when it has nothing to cover).
     fn subscribe(&mut self, i: usize, now: Instant, out: &mut Output) {
         let channel = self.subs[i].channel;
-        if channel.takes_markets() && self.desired.is_empty() {
+        if channel.takes_market_filter() && self.desired.is_empty() {
             // Without a market filter Kalshi would send every market; wait for markets.
             self.subs[i].state = SubState::Idle;
             return;
         }
         let id = self.next_id();
-        let markets = if channel.takes_markets() { self.desired.clone() } else { BTreeSet::new() };
+        let markets = if channel.takes_market_filter() { self.desired.clone() } else { BTreeSet::new() };
         let market_tickers: Vec<String> = markets.iter().map(|m| m.to_string()).collect();
         self.subs[i].state = SubState::Subscribing(id);
         self.pending.insert(id, Pending { channel, what: PendingKind::Subscribe(markets), sent_at: now });
-        debug!(feed = %self.cfg.feed, channel = channel.name(), id, markets = market_tickers.len(), "Subscribing.");
+        debug!(feed = %self.cfg.feed, channel = channel.as_str(), id, markets = market_tickers.len(), "Subscribing.");
         let use_yes_price = self.cfg.use_yes_price;
-        send(out, Command::Subscribe { id, channel: channel.name(), market_tickers, use_yes_price });
+        send(
+            out,
+            Command::Subscribe {
+                id,
+                channels: vec![channel],
+                market_tickers,
+                use_yes_price,
+                send_initial_snapshot: None,
+            },
+        );
     }
 
     /// Drops sub `i`'s subscription and subscribes again (fresh sid, fresh snapshots).
@@ -815,7 +787,7 @@ impl Session {
         for i in 0..self.subs.len() {
             let sub = &self.subs[i];
             let (channel, state, updating, sid) = (sub.channel, sub.state, sub.updating, sub.sid);
-            if !channel.takes_markets() {
+            if !channel.takes_market_filter() {
                 continue;
             }
             match state {
@@ -862,7 +834,7 @@ impl Session {
         }
         let subscribed = self.subs.iter().all(|s| match s.state {
             SubState::Active => true,
-            SubState::Idle => s.channel.takes_markets() && self.desired.is_empty(),
+            SubState::Idle => s.channel.takes_market_filter() && self.desired.is_empty(),
             _ => false,
         });
         let books_ready = !self.subs.iter().any(|s| s.channel == Channel::OrderbookDelta)
