@@ -10,7 +10,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use tokio::io::AsyncBufReadExt as _;
 use tokio_util::sync::CancellationToken;
 
 use super::{SimAuth, SimConfig, Simulator, market_names};
@@ -251,6 +250,31 @@ fn load_auth(args: &SimArgs) -> anyhow::Result<Option<SimAuth>> {
     }))
 }
 
+/// Console lines waiting to be applied. The reader thread blocks when this is full.
+const CONSOLE_CAPACITY: usize = 16;
+
+/// Lines of stdin, read on a plain thread: a blocking stdin read cannot be cancelled, and on a
+/// tokio blocking thread it would hold up runtime shutdown until the next line arrives.
+fn console_lines() -> tokio::sync::mpsc::Receiver<String> {
+    let (tx, rx) = tokio::sync::mpsc::channel(CONSOLE_CAPACITY);
+    let spawned = std::thread::Builder::new()
+        .name("sim-console".into())
+        .spawn(move || {
+            use std::io::BufRead as _;
+            for line in std::io::stdin().lock().lines() {
+                let Ok(line) = line else { break };
+                if tx.blocking_send(line).is_err() {
+                    break;
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        // Without a console the simulator still serves; only stdin commands are lost.
+        println!("error: no console: {e}");
+    }
+    rx
+}
+
 /// Runs `tickd sim` until `shutdown` is cancelled: prints the URL, serves, obeys stdin.
 pub async fn run_cli(args: SimArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
     let mut schedule = Vec::new();
@@ -299,24 +323,20 @@ pub async fn run_cli(args: SimArgs, shutdown: CancellationToken) -> anyhow::Resu
         });
     }
 
-    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    let mut lines = console_lines();
     let mut stdin_open = true;
     loop {
         tokio::select! {
             // Shutdown requested by the binary (signal).
             _ = shutdown.cancelled() => break,
-            // Console input; after EOF only shutdown ends the loop.
-            line = lines.next_line(), if stdin_open => match line {
-                Ok(Some(line)) if line.trim().is_empty() => {}
-                Ok(Some(line)) => match parse_cmd(&line) {
+            // Console input; after EOF (channel closed) only shutdown ends the loop.
+            line = lines.recv(), if stdin_open => match line {
+                Some(line) if line.trim().is_empty() => {}
+                Some(line) => match parse_cmd(&line) {
                     Ok(cmd) => println!("{}", apply(&sim, &cmd)),
                     Err(e) => println!("error: {e}"),
                 },
-                Ok(None) => stdin_open = false,
-                Err(e) => {
-                    println!("error: reading stdin: {e}");
-                    stdin_open = false;
-                }
+                None => stdin_open = false,
             },
         }
     }

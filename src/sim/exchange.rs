@@ -280,7 +280,8 @@ impl Exchange {
     }
 
     /// Creates a market (its book seeded by the seed and its name) and returns its `created`
-    /// lifecycle update, or `None` if it already exists.
+    /// lifecycle update; `None` if it already exists, or for a multivariate (`KXMVE*`) market,
+    /// whose lifecycle belongs to a channel the simulator does not publish.
     pub fn add_market(&mut self, ticker: &str, ts_ms: i64) -> Option<Update> {
         if self.markets.contains_key(ticker) {
             return None;
@@ -290,6 +291,9 @@ impl Exchange {
         let tick = m.tick;
         self.order.push(info.ticker.clone());
         self.markets.insert(info.ticker.clone(), m);
+        if ticker.starts_with("KXMVE") {
+            return None;
+        }
         let secs = ts_ms.div_euclid(1000);
         let (structure, step) = grid_name(tick);
         let event_ticker = event_of(ticker);

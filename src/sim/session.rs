@@ -401,7 +401,8 @@ impl Session {
         if sids.is_empty() {
             return Err(4);
         }
-        sids.dedup();
+        let mut seen = std::collections::HashSet::new();
+        sids.retain(|s| seen.insert(*s));
         if sids.iter().any(|s| !self.subs.iter().any(|x| x.sid == *s)) {
             return Err(7);
         }
