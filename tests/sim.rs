@@ -395,6 +395,58 @@ async fn use_yes_price_renders_no_levels_on_the_yes_scale() {
     );
 }
 
+#[tokio::test(start_paused = true)]
+async fn older_server_mode_sends_trades_without_seq_and_frames_without_sending_ts() {
+    let sim = Simulator::start(SimConfig {
+        trade_seq: false,
+        sending_ts: false,
+        ..cfg(2_000)
+    });
+    let mut ws = mem(&sim).await;
+    send(
+        &mut ws,
+        json!({"id": 1, "cmd": "subscribe", "params": {"channels": ["trade"]}}),
+    )
+    .await;
+    let frames = read_until(&mut ws, |v| ty(v) == "trade").await;
+    let trade = frames.last().cloned().unwrap_or_default();
+    assert!(
+        trade.get("seq").is_none() && trade.get("sending_ts_ms").is_none(),
+        "{trade}"
+    );
+    sim.skip_seq(3);
+    // Unsequenced sids are untouched by a seq gap, and keep flowing.
+    let frames = read_until(&mut ws, |v| ty(v) == "trade").await;
+    assert!(frames.iter().all(|v| v.get("seq").is_none()));
+}
+
+#[tokio::test(start_paused = true)]
+async fn ticker_subscriptions_filter_by_market_id() {
+    let sim = Simulator::start(cfg(2_000));
+    let mut ws = mem(&sim).await;
+    send(&mut ws, json!({"id": 1, "cmd": "subscribe", "params": {"channels": ["orderbook_delta"], "market_ticker": "SIM-MKT-002"}})).await;
+    let frames = read_until(&mut ws, |v| ty(v) == "orderbook_snapshot").await;
+    let market_id = frames
+        .last()
+        .map(|v| v["msg"]["market_id"].clone())
+        .unwrap_or_default();
+    send(&mut ws, json!({"id": 2, "cmd": "subscribe", "params": {"channels": ["ticker"], "market_ids": [market_id], "send_initial_snapshot": true}})).await;
+    let mut tickers = 0;
+    while tickers < 5 {
+        let v = next_json(&mut ws).await;
+        if ty(&v) == "ticker" {
+            tickers += 1;
+            assert_eq!(
+                (v["msg"]["market_ticker"].as_str(), &v["msg"]["market_id"]),
+                (Some("SIM-MKT-002"), &market_id)
+            );
+            let bid = px(&v["msg"]["yes_bid_dollars"]);
+            let ask = px(&v["msg"]["yes_ask_dollars"]);
+            assert!(bid < ask, "top of book never crossed: {v}");
+        }
+    }
+}
+
 // ---------------------------------------------------------------- errors
 
 #[tokio::test(start_paused = true)]
