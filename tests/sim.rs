@@ -1101,13 +1101,17 @@ fn one_seed_gives_one_sequence_of_exchange_events() {
 
 // ---------------------------------------------------------------- throughput (manual)
 
-/// `cargo test --release --test sim -- --ignored --nocapture throughput`
+/// `SIM_RATE=100000 cargo test --release --test sim -- --ignored --nocapture throughput`
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "measurement, run in release mode by hand"]
 async fn throughput_to_one_tcp_client() {
+    let rate = std::env::var("SIM_RATE")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(100_000);
     let sim = Simulator::start(SimConfig {
         markets: market_names(50),
-        ..cfg(100_000)
+        ..cfg(rate)
     });
     let (mut ws, _) = tcp(&sim).await;
     send(&mut ws, json!({"id": 1, "cmd": "subscribe", "params": {"channels": ["orderbook_delta", "trade", "ticker"], "market_tickers": market_names(50)}})).await;
@@ -1120,9 +1124,11 @@ async fn throughput_to_one_tcp_client() {
         }
     }
     let secs = start.elapsed().as_secs_f64();
+    let s = sim.stats();
     println!(
-        "{frames} frames in {secs:.2} s = {:.0} frames/s; stats {:?}",
+        "rate {rate}: {frames} frames in {secs:.2} s = {:.0} frames/s, {:.0} events/s, lagged {}",
         frames as f64 / secs,
-        sim.stats()
+        s.events_generated as f64 / secs,
+        s.lagged
     );
 }
