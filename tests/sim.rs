@@ -1076,6 +1076,58 @@ async fn shutdown_closes_connections_with_1001() {
     }
 }
 
+#[tokio::test]
+async fn the_cli_serves_on_its_listen_address_until_cancelled() {
+    use clap::Parser as _;
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        sim: tickd::sim::SimArgs,
+    }
+    // Find a free port, then let the simulator bind it.
+    let port = std::net::TcpListener::bind(LOCAL)
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let cli = Cli::try_parse_from([
+        "sim",
+        "--listen",
+        &listen,
+        "--markets",
+        "2",
+        "--heartbeat",
+        "500ms",
+        "--fault-at",
+        "1h=drop",
+    ])
+    .expect("args");
+    let stop = tokio_util::sync::CancellationToken::new();
+    let run = tokio::spawn(tickd::sim::run_cli(cli.sim, stop.clone()));
+    let url = format!("ws://{listen}/trade-api/ws/v2");
+    let mut ws = None;
+    for _ in 0..100 {
+        if let Ok((w, _)) = tokio_tungstenite::connect_async(url.as_str()).await {
+            ws = Some(w);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut ws = ws.expect("the CLI simulator accepts connections");
+    send(&mut ws, json!({"id": 1, "cmd": "subscribe", "params": {"channels": ["orderbook_delta"], "market_ticker": "SIM-MKT-002"}})).await;
+    assert_eq!(next_json(&mut ws).await["type"], "subscribed");
+    stop.cancel();
+    assert!(run.await.expect("no panic").is_ok());
+    let closed = loop {
+        match ws.next().await {
+            Some(Ok(Message::Close(f))) => break f.map(|f| u16::from(f.code)),
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    assert_eq!(closed, Some(1001));
+}
+
 // ---------------------------------------------------------------- determinism
 
 #[test]

@@ -55,8 +55,9 @@ use exchange::Exchange;
 use hub::Hub;
 use session::FrameOpts;
 
-/// Trade ids kept for [`Simulator::trades_sent`]; older ones are forgotten.
-pub const TRADE_LOG_CAP: usize = 1_000_000;
+/// Trade ids kept for [`Simulator::trades_sent`]; older ones are forgotten (a long-running
+/// `tickd sim` would otherwise grow without bound).
+pub const TRADE_LOG_CAP: usize = 262_144;
 /// Commands kept for [`Simulator::commands_received`]; older ones are forgotten.
 pub const COMMAND_LOG_CAP: usize = 100_000;
 /// Buffer of each in-memory stream, per direction.
@@ -175,10 +176,15 @@ struct Counters {
 /// State shared by the handle, the generator, accept loops and connections.
 #[derive(Debug)]
 struct Shared {
+    /// The exchange and its update broadcast.
     hub: Hub,
+    /// Handshake verification, if required.
     auth: Option<SimAuth>,
+    /// Ping cadence.
     heartbeat: Duration,
+    /// Unanswered pings after which a connection is closed.
     missed_pongs_close: Option<u32>,
+    /// Frame shape switches (trade seq, sending_ts_ms).
     frame_opts: FrameOpts,
     /// Cancelled by `shutdown` (or when the last handle goes).
     shutdown: CancellationToken,
@@ -188,12 +194,17 @@ struct Shared {
     refuse: AtomicU32,
     /// Control channel of every open connection.
     conns: Mutex<HashMap<u64, mpsc::Sender<Control>>>,
+    /// Next connection id (from 1).
     next_conn: AtomicU64,
+    /// Counters behind [`SimStats`].
     stats: Counters,
+    /// Trade ids written, newest last, at most `TRADE_LOG_CAP`.
     trades: Mutex<VecDeque<String>>,
+    /// Commands received, at most `COMMAND_LOG_CAP`.
     commands: Mutex<VecDeque<(u64, serde_json::Value)>>,
     /// Events per second, read by the generator.
     rate: AtomicU64,
+    /// Guards against spawning the generator twice.
     generator_started: AtomicBool,
 }
 
@@ -226,7 +237,9 @@ impl Shared {
 /// Last handle gone: the exchange shuts down.
 #[derive(Debug)]
 struct Owner {
+    /// Everything the tasks share.
     shared: Arc<Shared>,
+    /// The runtime `start` ran on; later spawns go there even from outside it.
     runtime: tokio::runtime::Handle,
 }
 
