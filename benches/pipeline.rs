@@ -72,6 +72,11 @@ fn measure(
     Measured { frames: f1 - f0, wall: wall.as_secs_f64(), cpu: (c1 - c0).max(0.01) }
 }
 
+fn spawn_receiver(f: impl FnOnce() + Send + 'static) -> std::thread::JoinHandle<()> {
+    // A current-thread runtime runs on the thread that calls `block_on`: name that thread.
+    std::thread::Builder::new().name(RECEIVER_THREAD.into()).spawn(f).expect("thread starts")
+}
+
 fn receiver_runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -93,6 +98,10 @@ fn subscribe_texts(markets: &[String]) -> Vec<String> {
 }
 
 fn main() {
+    // `cargo test --all-targets` and nextest run bench binaries too: list nothing, run nothing.
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
     let _ = rustls::crypto::ring::default_provider().install_default();
     let secs: u64 = std::env::var("PIPELINE_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
     let rate: u32 = std::env::var("PIPELINE_RATE").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
@@ -114,7 +123,7 @@ fn main() {
 
     let baseline = measure(secs, |frames, stop| {
         let (url, markets) = (url.clone(), markets.clone());
-        std::thread::spawn(move || {
+        spawn_receiver(move || {
             receiver_runtime().block_on(async move {
                 let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str()).await.expect("connects");
                 for text in subscribe_texts(&markets) {
@@ -135,7 +144,7 @@ fn main() {
 
     let ours = measure(secs, |frames, stop| {
         let (url, markets) = (url.clone(), markets.clone());
-        std::thread::spawn(move || {
+        spawn_receiver(move || {
             receiver_runtime().block_on(async move {
                 let mut settings = FeedSettings::new("bench", url.as_str());
                 settings.markets = markets.clone();

@@ -19,10 +19,7 @@ use tracing::{error, info, warn};
 use tickd::config::{ConfigError, LogSettings, Settings};
 use tickd::telemetry;
 
-// TEMPORARY: `app::run` and `sim` are being written on other branches. At merge, delete
-// `mod pending` below and replace this line with `use tickd::{app, sim};`.
-use pending::sim;
-use tickd::app;
+use tickd::{app, sim};
 
 /// Settings reloads queued for the app. When full, the reload task waits for room (see
 /// `reload_configs`), so a reload is never dropped and the newest one always arrives last.
@@ -277,26 +274,6 @@ async fn reload_configs(
                 // The app dropped its receiver: it takes no more reloads.
                 Err(_) => return,
             },
-        }
-    }
-}
-
-/// TEMPORARY stand-ins for `tickd::app` and `tickd::sim` (other branches); deleted at merge.
-mod pending {
-    pub mod sim {
-        use tokio_util::sync::CancellationToken;
-
-        /// Stand-in for the simulator's options.
-        #[derive(clap::Args)]
-        pub struct SimArgs {
-            /// Address to listen on.
-            #[arg(long, default_value = "127.0.0.1:9100")]
-            pub listen: std::net::SocketAddr,
-        }
-
-        /// Stand-in: the simulator is not in this build.
-        pub async fn run_cli(args: SimArgs, _shutdown: CancellationToken) -> anyhow::Result<()> {
-            anyhow::bail!("no simulator in this build (would listen on {})", args.listen)
         }
     }
 }

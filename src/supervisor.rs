@@ -274,30 +274,12 @@ impl Supervisor {
 
     /// Spreads a feed's new market list over its connections, keeping markets where they are.
     async fn apply_markets(&mut self, feed: &FeedSettings) {
-        let cap = feed.max_markets_per_connection.max(1);
-        let wanted: HashSet<&String> = feed.markets.iter().collect();
-        let ids = self.conn_ids(&feed.name);
-        let mut plan: Vec<(Name, Vec<String>)> = ids
-            .iter()
-            .filter_map(|id| self.conns.get(id).map(|c| (id.clone(), c.cfg.markets.clone())))
+        let current: Vec<Shard> = self
+            .conn_ids(&feed.name)
+            .into_iter()
+            .filter_map(|id| self.conns.get(&id).map(|c| (id.clone(), c.cfg.markets.clone())))
             .collect();
-        let mut placed: HashSet<String> = HashSet::new();
-        for (_, markets) in &mut plan {
-            markets.retain(|m| wanted.contains(m) && placed.insert(m.clone()));
-        }
-        let mut fresh = feed.markets.iter().filter(|m| !placed.contains(*m)).cloned().peekable();
-        for (_, markets) in &mut plan {
-            while markets.len() < cap {
-                match fresh.next() {
-                    Some(m) => markets.push(m),
-                    None => break,
-                }
-            }
-        }
-        let mut extra: Vec<Vec<String>> = Vec::new();
-        while fresh.peek().is_some() {
-            extra.push(fresh.by_ref().take(cap).collect());
-        }
+        let (plan, extra) = plan_markets(current, &feed.markets, feed.max_markets_per_connection);
         for (n, (id, markets)) in plan.into_iter().enumerate() {
             if markets.is_empty() && n > 0 {
                 self.stop_conn(&id);
@@ -338,6 +320,34 @@ pub fn metrics_of(handles: &Handles) -> Vec<(Name, Arc<FeedMetrics>)> {
     handles.all().into_iter().map(|(id, h)| (id, h.metrics)).collect()
 }
 
+/// One connection's id and market list.
+pub type Shard = (Name, Vec<String>);
+
+/// Moves connections from their current market lists to `wanted`: markets stay where they are,
+/// removed ones leave, new ones fill connections with room (up to `cap`) in order. Returns the
+/// new list per existing connection, and the lists of connections to open for what is left.
+pub fn plan_markets(current: Vec<Shard>, wanted: &[String], cap: usize) -> (Vec<Shard>, Vec<Vec<String>>) {
+    let cap = cap.max(1);
+    let wanted_set: HashSet<&String> = wanted.iter().collect();
+    let mut plan = current;
+    let mut placed: HashSet<String> = HashSet::new();
+    for (_, markets) in &mut plan {
+        markets.retain(|m| wanted_set.contains(m) && placed.insert(m.clone()));
+    }
+    let mut fresh: Vec<String> = wanted.iter().filter(|m| !placed.contains(*m)).cloned().collect();
+    fresh.reverse();
+    for (_, markets) in &mut plan {
+        while markets.len() < cap
+            && let Some(m) = fresh.pop()
+        {
+            markets.push(m);
+        }
+    }
+    fresh.reverse();
+    let extra = fresh.chunks(cap).map(<[String]>::to_vec).collect();
+    (plan, extra)
+}
+
 /// Splits a market list into chunks of at most `cap` (always at least one, maybe empty).
 pub fn shard(markets: &[String], cap: usize) -> Vec<Vec<String>> {
     if markets.is_empty() {
@@ -376,5 +386,18 @@ mod tests {
         assert_eq!(shards.len(), 3);
         assert_eq!(shards[2], vec!["M6".to_string()]);
         assert_eq!(shard(&[], 3), vec![Vec::<String>::new()]);
+    }
+
+    #[test]
+    fn a_new_market_list_keeps_markets_on_their_connection_and_fills_the_rest() {
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let current = vec![(Name::from("f/0"), names(&["A", "B", "C"])), (Name::from("f/1"), names(&["D"]))];
+        let (plan, extra) = plan_markets(current, &names(&["B", "D", "E", "F", "G", "H"]), 3);
+        assert_eq!(plan[0].1, names(&["B", "E", "F"]));
+        assert_eq!(plan[1].1, names(&["D", "G", "H"]));
+        assert!(extra.is_empty());
+        let (plan, extra) = plan_markets(plan, &names(&["B", "X", "Y", "Z", "W"]), 2);
+        assert_eq!((plan[0].1.clone(), plan[1].1.clone()), (names(&["B", "X"]), names(&["Y", "Z"])));
+        assert_eq!(extra, vec![names(&["W"])]);
     }
 }

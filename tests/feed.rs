@@ -38,6 +38,26 @@ fn subscriptions(sim: &tickd::sim::Simulator, conn: u64) -> BTreeSet<(String, Ve
         .collect()
 }
 
+/// Every trade the exchange wrote arrived once, in order; on failure, says which differ.
+fn assert_same_trades(got: &[String], sent: &[String]) {
+    if got == sent {
+        return;
+    }
+    let (g, s): (HashSet<&String>, HashSet<&String>) = (got.iter().collect(), sent.iter().collect());
+    let missing: Vec<_> = sent.iter().enumerate().filter(|(_, t)| !g.contains(t)).collect();
+    let extra: Vec<_> = got.iter().enumerate().filter(|(_, t)| !s.contains(t)).collect();
+    let first = got.iter().zip(sent).position(|(a, b)| a != b);
+    panic!(
+        "published {} trades, exchange wrote {}; missing {missing:?}; extra {extra:?}; first difference at {first:?}",
+        got.len(),
+        sent.len()
+    );
+}
+
+fn trades(ticks: &[std::sync::Arc<tickd::tick::Tick>]) -> usize {
+    ticks.iter().filter(|t| matches!(t.kind, tickd::tick::TickKind::Trade(_))).count()
+}
+
 fn connection_ids(sim: &tickd::sim::Simulator) -> Vec<u64> {
     let ids: BTreeSet<u64> = sim.commands_received().into_iter().map(|(c, _)| c).collect();
     ids.into_iter().collect()
@@ -47,7 +67,7 @@ fn connection_ids(sim: &tickd::sim::Simulator) -> Vec<u64> {
 async fn fifty_markets_every_trade_reaches_the_bus_exactly_once_and_books_match_the_exchange() {
     let h = Harness::start(sim_config(50, 5_000), Transport::Tcp, |_| {}).await;
     h.wait_live(1, LIMIT).await;
-    h.ticks.wait_until("500 trades", LIMIT, |_| (h.ticks.trade_ids().len() >= 500).then_some(())).await;
+    h.ticks.wait_until("500 trades", LIMIT, |t| (trades(t) >= 500).then_some(())).await;
 
     h.quiesce(LIMIT).await;
 
@@ -55,7 +75,7 @@ async fn fifty_markets_every_trade_reaches_the_bus_exactly_once_and_books_match_
     let got = h.ticks.trade_ids();
     let unique: HashSet<&String> = got.iter().collect();
     assert_eq!(unique.len(), got.len(), "no trade is published twice");
-    assert_eq!(got, sent, "every trade the exchange wrote arrives, in order");
+    assert_same_trades(&got, &sent);
     h.assert_books_match().await;
     let m = h.metrics.snapshot();
     assert_eq!((m.gaps, m.parse_errors, m.book_errors, m.connects), (0, 0, 0, 1));
@@ -82,11 +102,9 @@ async fn a_dropped_connection_reconnects_replays_every_subscription_and_rebuilds
     assert!(replayed.iter().any(|(c, m, yes)| c == "orderbook_delta" && m.len() == 10 && *yes == Some(true)));
 
     // Trades sent on both connections all arrive exactly once.
-    h.ticks
-        .wait_until("trades after the reconnect", LIMIT, |_| (h.ticks.trade_ids().len() >= 50).then_some(()))
-        .await;
+    h.ticks.wait_until("trades after the reconnect", LIMIT, |t| (trades(t) >= 50).then_some(())).await;
     h.quiesce(LIMIT).await;
-    assert_eq!(h.ticks.trade_ids(), h.sim.trades_sent());
+    assert_same_trades(&h.ticks.trade_ids(), &h.sim.trades_sent());
     h.assert_books_match().await;
     assert_eq!(h.metrics.snapshot().connects, 2);
     h.stop().await;
@@ -230,7 +248,8 @@ async fn a_terminal_channel_error_resubscribes_and_rebuilds_books() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_unknown_and_oversized_frames_are_counted_and_the_connection_goes_on() {
-    let h = Harness::start(sim_config(5, 1_000), Transport::Tcp, |s| s.max_frame_bytes = 64 * 1024).await;
+    let cfg = SimConfig { extra_fields: true, ..sim_config(5, 1_000) };
+    let h = Harness::start(cfg, Transport::Tcp, |s| s.max_frame_bytes = 64 * 1024).await;
     h.wait_live(1, LIMIT).await;
 
     h.sim.send_malformed(3);
@@ -243,10 +262,8 @@ async fn malformed_unknown_and_oversized_frames_are_counted_and_the_connection_g
         s.parse_errors >= 3 && s.unknown_types >= 2 && s.oversized_frames == 1
     })
     .await;
-    let before = h.ticks.trade_ids().len();
-    h.ticks
-        .wait_until("more trades", LIMIT, |_| (h.ticks.trade_ids().len() > before + 10).then_some(()))
-        .await;
+    let before = trades(&h.ticks.all());
+    h.ticks.wait_until("more trades", LIMIT, |t| (trades(t) > before + 10).then_some(())).await;
     h.quiesce(LIMIT).await;
     h.assert_books_match().await;
     let s = h.metrics.snapshot();
@@ -320,7 +337,12 @@ async fn markets_added_and_removed_at_runtime_use_update_subscription_without_re
         if books().await == wanted {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "books follow the new market list");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "books follow the new market list: have {:?}, want {wanted:?}; commands {:?}",
+            books().await,
+            h.sim.commands_received()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(h.metrics.snapshot().connects, 1, "no reconnect");

@@ -25,34 +25,21 @@ const MEM_URL: &str = "ws://sim.invalid/trade-api/ws/v2";
 // ---------------------------------------------------------------- helpers
 
 fn cfg(rate: u32) -> SimConfig {
-    SimConfig {
-        rate,
-        lifecycle_every: 0,
-        ..SimConfig::default()
-    }
+    SimConfig { rate, lifecycle_every: 0, ..SimConfig::default() }
 }
 
 async fn mem(sim: &Simulator) -> WebSocketStream<tokio::io::DuplexStream> {
-    let (ws, _) = tokio_tungstenite::client_async(MEM_URL, sim.connect_in_memory())
-        .await
-        .expect("in-memory handshake");
+    let (ws, _) =
+        tokio_tungstenite::client_async(MEM_URL, sim.connect_in_memory()).await.expect("in-memory handshake");
     ws
 }
 
 async fn tcp(
     sim: &Simulator,
-) -> (
-    WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
-    String,
-) {
-    let addr = sim
-        .bind(LOCAL.parse::<SocketAddr>().expect("addr"))
-        .await
-        .expect("bind");
+) -> (WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>, String) {
+    let addr = sim.bind(LOCAL.parse::<SocketAddr>().expect("addr")).await.expect("bind");
     let url = sim.url(addr);
-    let (ws, _) = tokio_tungstenite::connect_async(url.as_str())
-        .await
-        .expect("tcp handshake");
+    let (ws, _) = tokio_tungstenite::connect_async(url.as_str()).await.expect("tcp handshake");
     (ws, url)
 }
 
@@ -126,18 +113,12 @@ struct ClientBook {
 }
 
 fn px(v: &Value) -> i64 {
-    Price::parse_dollars(v.as_str().expect("price string"))
-        .expect("exact price")
-        .0
+    Price::parse_dollars(v.as_str().expect("price string")).expect("exact price").0
 }
 
 fn qty(v: &Value) -> i64 {
     let s = v.as_str().expect("size string");
-    assert_eq!(
-        s.rsplit_once('.').map(|(_, f)| f.len()),
-        Some(2),
-        "two decimals: {s}"
-    );
+    assert_eq!(s.rsplit_once('.').map(|(_, f)| f.len()), Some(2), "two decimals: {s}");
     Qty::parse_fp(s).expect("exact size").0
 }
 
@@ -155,20 +136,12 @@ impl ClientBook {
                 let mut prev = i64::MIN;
                 for l in levels {
                     let p = px(&l[0]);
-                    let p4 = l[0]
-                        .as_str()
-                        .unwrap_or("")
-                        .rsplit_once('.')
-                        .map(|(_, f)| f.len());
+                    let p4 = l[0].as_str().unwrap_or("").rsplit_once('.').map(|(_, f)| f.len());
                     assert_eq!(p4, Some(4), "four decimals: {l}");
                     assert!(p > prev, "levels ascending as rendered");
                     prev = p;
                     let side = if is_no { &mut b.no } else { &mut b.yes };
-                    let p = if is_no {
-                        Self::no_px(p, use_yes_price)
-                    } else {
-                        p
-                    };
+                    let p = if is_no { Self::no_px(p, use_yes_price) } else { p };
                     side.insert(p, qty(&l[1]));
                 }
             }
@@ -179,11 +152,7 @@ impl ClientBook {
     fn apply(&mut self, msg: &Value, use_yes_price: bool) {
         let is_no = msg["side"] == "no";
         let p = px(&msg["price_dollars"]);
-        let p = if is_no {
-            Self::no_px(p, use_yes_price)
-        } else {
-            p
-        };
+        let p = if is_no { Self::no_px(p, use_yes_price) } else { p };
         let side = if is_no { &mut self.no } else { &mut self.yes };
         let level = side.entry(p).or_insert(0);
         *level += qty(&msg["delta_fp"]);
@@ -195,10 +164,7 @@ impl ClientBook {
 
     fn snapshot(&self) -> BookSnapshot {
         let conv = |m: &BTreeMap<i64, i64>| m.iter().map(|(p, q)| (Price(*p), Qty(*q))).collect();
-        BookSnapshot {
-            yes: conv(&self.yes),
-            no: conv(&self.no),
-        }
+        BookSnapshot { yes: conv(&self.yes), no: conv(&self.no) }
     }
 }
 
@@ -220,10 +186,7 @@ async fn subscribe_acknowledges_each_channel_then_sends_snapshots_then_contiguou
 
     for (want_sid, channel) in [(1, "orderbook_delta"), (2, "trade"), (3, "ticker")] {
         let v = next_json(&mut ws).await;
-        assert_eq!(
-            v,
-            json!({"id": 7, "type": "subscribed", "msg": {"channel": channel, "sid": want_sid}})
-        );
+        assert_eq!(v, json!({"id": 7, "type": "subscribed", "msg": {"channel": channel, "sid": want_sid}}));
     }
     let mut seqs = Seqs::default();
     let mut first_data = Vec::new();
@@ -238,18 +201,11 @@ async fn subscribe_acknowledges_each_channel_then_sends_snapshots_then_contiguou
     assert_eq!(first_data[0]["seq"], 1);
     assert_eq!(first_data[1]["msg"]["market_ticker"], m[1].as_str());
     assert_eq!(first_data[1]["seq"], 2);
-    assert!(
-        first_data[0].get("id").is_none(),
-        "subscribe snapshots carry no id"
-    );
+    assert!(first_data[0].get("id").is_none(), "subscribe snapshots carry no id");
     for (v, market) in first_data[2..].iter().zip(&m) {
         assert_eq!(ty(v), "ticker");
         assert_eq!(v["msg"]["market_ticker"], market.as_str());
-        assert_eq!(
-            v["msg"].as_object().map(|o| o.len()),
-            Some(15),
-            "all ticker fields: {v}"
-        );
+        assert_eq!(v["msg"].as_object().map(|o| o.len()), Some(15), "all ticker fields: {v}");
         assert!(v.get("seq").is_none());
     }
 
@@ -258,10 +214,7 @@ async fn subscribe_acknowledges_each_channel_then_sends_snapshots_then_contiguou
         let v = next_json(&mut ws).await;
         seqs.check(&v);
         *kinds.entry(ty(&v).to_owned()).or_default() += 1;
-        assert!(
-            v["sending_ts_ms"].is_i64(),
-            "sending_ts_ms on data frames: {v}"
-        );
+        assert!(v["sending_ts_ms"].is_i64(), "sending_ts_ms on data frames: {v}");
         match ty(&v) {
             "orderbook_delta" => {
                 assert_eq!(sid(&v), 1);
@@ -272,10 +225,7 @@ async fn subscribe_acknowledges_each_channel_then_sends_snapshots_then_contiguou
                 assert_eq!(sid(&v), 2);
                 assert!(v["seq"].is_u64(), "trade seq by default");
                 let msg = &v["msg"];
-                assert_eq!(
-                    px(&msg["yes_price_dollars"]) + px(&msg["no_price_dollars"]),
-                    10_000
-                );
+                assert_eq!(px(&msg["yes_price_dollars"]) + px(&msg["no_price_dollars"]), 10_000);
                 assert_eq!(msg["taker_side"], msg["taker_outcome_side"]);
                 assert_eq!(msg["trade_id"].as_str().map(str::len), Some(36));
                 assert!(msg["is_block_trade"].is_boolean());
@@ -284,19 +234,12 @@ async fn subscribe_acknowledges_each_channel_then_sends_snapshots_then_contiguou
             other => panic!("unexpected frame type {other}: {v}"),
         }
     }
-    assert!(
-        kinds.len() == 3,
-        "deltas, trades and tickers all flowed: {kinds:?}"
-    );
+    assert!(kinds.len() == 3, "deltas, trades and tickers all flowed: {kinds:?}");
 }
 
 #[tokio::test]
-async fn book_rebuilt_from_snapshot_and_deltas_equals_the_exchange_book_with_and_without_yes_prices()
- {
-    let sim = Simulator::start(SimConfig {
-        markets: market_names(4),
-        ..cfg(3_000)
-    });
+async fn book_rebuilt_from_snapshot_and_deltas_equals_the_exchange_book_with_and_without_yes_prices() {
+    let sim = Simulator::start(SimConfig { markets: market_names(4), ..cfg(3_000) });
     let (mut ws, _) = tcp(&sim).await;
     let m = market_names(4);
     send(&mut ws, json!({"id": 1, "cmd": "subscribe", "params": {"channels": ["orderbook_delta"], "market_tickers": m, "use_yes_price": false}})).await;
@@ -311,10 +254,7 @@ async fn book_rebuilt_from_snapshot_and_deltas_equals_the_exchange_book_with_and
         let market = v["msg"]["market_ticker"].as_str().unwrap_or("").to_owned();
         match ty(v) {
             "orderbook_snapshot" => {
-                books.insert(
-                    (sid(v), market),
-                    ClientBook::from_snapshot(&v["msg"], yes_prices),
-                );
+                books.insert((sid(v), market), ClientBook::from_snapshot(&v["msg"], yes_prices));
             }
             "orderbook_delta" => {
                 *deltas += 1;
@@ -347,7 +287,8 @@ async fn book_rebuilt_from_snapshot_and_deltas_equals_the_exchange_book_with_and
             let got = books.get(&(s, market.clone())).map(ClientBook::snapshot);
             assert_eq!(got.as_ref(), Some(&want), "sid {s} market {market}");
         }
-        let crossed = matches!((want.yes.last(), want.no.last()), (Some(y), Some(n)) if y.0.0 + n.0.0 >= 10_000);
+        let crossed =
+            matches!((want.yes.last(), want.no.last()), (Some(y), Some(n)) if y.0.0 + n.0.0 >= 10_000);
         assert!(!crossed, "{market} crossed");
     }
 }
@@ -362,58 +303,26 @@ async fn use_yes_price_renders_no_levels_on_the_yes_scale() {
         send(&mut ws, json!({"id": id, "cmd": "subscribe", "params": {"channels": ["orderbook_delta"], "market_ticker": m, "use_yes_price": flag}})).await;
     }
     let frames = read_until(&mut ws, |v| ty(v) == "orderbook_snapshot" && sid(v) == 2).await;
-    let plain = frames
-        .iter()
-        .find(|v| ty(v) == "orderbook_snapshot" && sid(v) == 1)
-        .expect("sid 1 snapshot");
+    let plain = frames.iter().find(|v| ty(v) == "orderbook_snapshot" && sid(v) == 1).expect("sid 1 snapshot");
     let yes_scale = frames.last().expect("sid 2 snapshot");
     let book = sim.book(m).expect("book");
-    let no_plain: Vec<i64> = plain["msg"]["no_dollars_fp"]
-        .as_array()
-        .expect("no side")
-        .iter()
-        .map(|l| px(&l[0]))
-        .collect();
-    let no_yes: Vec<i64> = yes_scale["msg"]["no_dollars_fp"]
-        .as_array()
-        .expect("no side")
-        .iter()
-        .map(|l| px(&l[0]))
-        .collect();
+    let no_plain: Vec<i64> =
+        plain["msg"]["no_dollars_fp"].as_array().expect("no side").iter().map(|l| px(&l[0])).collect();
+    let no_yes: Vec<i64> =
+        yes_scale["msg"]["no_dollars_fp"].as_array().expect("no side").iter().map(|l| px(&l[0])).collect();
     assert_eq!(no_plain, book.no.iter().map(|l| l.0.0).collect::<Vec<_>>());
-    assert_eq!(
-        no_yes,
-        book.no
-            .iter()
-            .rev()
-            .map(|l| 10_000 - l.0.0)
-            .collect::<Vec<_>>()
-    );
-    assert_eq!(
-        plain["msg"]["yes_dollars_fp"],
-        yes_scale["msg"]["yes_dollars_fp"]
-    );
+    assert_eq!(no_yes, book.no.iter().rev().map(|l| 10_000 - l.0.0).collect::<Vec<_>>());
+    assert_eq!(plain["msg"]["yes_dollars_fp"], yes_scale["msg"]["yes_dollars_fp"]);
 }
 
 #[tokio::test(start_paused = true)]
 async fn older_server_mode_sends_trades_without_seq_and_frames_without_sending_ts() {
-    let sim = Simulator::start(SimConfig {
-        trade_seq: false,
-        sending_ts: false,
-        ..cfg(2_000)
-    });
+    let sim = Simulator::start(SimConfig { trade_seq: false, sending_ts: false, ..cfg(2_000) });
     let mut ws = mem(&sim).await;
-    send(
-        &mut ws,
-        json!({"id": 1, "cmd": "subscribe", "params": {"channels": ["trade"]}}),
-    )
-    .await;
+    send(&mut ws, json!({"id": 1, "cmd": "subscribe", "params": {"channels": ["trade"]}})).await;
     let frames = read_until(&mut ws, |v| ty(v) == "trade").await;
     let trade = frames.last().cloned().unwrap_or_default();
-    assert!(
-        trade.get("seq").is_none() && trade.get("sending_ts_ms").is_none(),
-        "{trade}"
-    );
+    assert!(trade.get("seq").is_none() && trade.get("sending_ts_ms").is_none(), "{trade}");
     sim.skip_seq(3);
     // Unsequenced sids are untouched by a seq gap, and keep flowing.
     let frames = read_until(&mut ws, |v| ty(v) == "trade").await;
@@ -426,10 +335,7 @@ async fn ticker_subscriptions_filter_by_market_id() {
     let mut ws = mem(&sim).await;
     send(&mut ws, json!({"id": 1, "cmd": "subscribe", "params": {"channels": ["orderbook_delta"], "market_ticker": "SIM-MKT-002"}})).await;
     let frames = read_until(&mut ws, |v| ty(v) == "orderbook_snapshot").await;
-    let market_id = frames
-        .last()
-        .map(|v| v["msg"]["market_id"].clone())
-        .unwrap_or_default();
+    let market_id = frames.last().map(|v| v["msg"]["market_id"].clone()).unwrap_or_default();
     send(&mut ws, json!({"id": 2, "cmd": "subscribe", "params": {"channels": ["ticker"], "market_ids": [market_id], "send_initial_snapshot": true}})).await;
     let mut tickers = 0;
     while tickers < 5 {
@@ -451,10 +357,7 @@ async fn ticker_subscriptions_filter_by_market_id() {
 
 #[tokio::test(start_paused = true)]
 async fn every_implemented_error_code_is_answered_and_the_connection_survives() {
-    let sim = Simulator::start(SimConfig {
-        auto_create_markets: false,
-        ..cfg(1)
-    });
+    let sim = Simulator::start(SimConfig { auto_create_markets: false, ..cfg(1) });
     sim.pause();
     let mut ws = mem(&sim).await;
     send(&mut ws, json!({"id": 100, "cmd": "subscribe", "params": {"channels": ["ticker"], "market_ticker": "SIM-MKT-001"}})).await;
@@ -505,9 +408,7 @@ async fn every_implemented_error_code_is_answered_and_the_connection_survives() 
         assert_eq!(v["id"].as_u64(), *id, "{text} -> {v}");
     }
     // Binary frames are not commands either.
-    ws.send(Message::binary(vec![0u8, 1, 2]))
-        .await
-        .expect("send");
+    ws.send(Message::binary(vec![0u8, 1, 2])).await.expect("send");
     assert_eq!(next_json(&mut ws).await["msg"]["code"], 1);
 
     // Nothing was half-applied: the one subscription is intact and the connection lives.
@@ -516,11 +417,7 @@ async fn every_implemented_error_code_is_answered_and_the_connection_survives() 
         next_json(&mut ws).await,
         json!({"id": 99, "type": "ok", "msg": [{"channel": "ticker", "sid": 1}]})
     );
-    assert_eq!(
-        sim.commands_received().len(),
-        cases.len() + 2,
-        "text frames only"
-    );
+    assert_eq!(sim.commands_received().len(), cases.len() + 2, "text frames only");
 }
 
 // ---------------------------------------------------------------- subscription management
@@ -550,10 +447,7 @@ async fn update_subscription_adds_deletes_and_snapshots_on_the_same_sid_and_unsu
     frames.iter().for_each(|v| seqs.check(v));
     let ok = frames.last().cloned().unwrap_or_default();
     assert_eq!(ty(&ok), "ok");
-    assert_eq!(
-        (sid(&ok), ok["msg"]["market_tickers"].clone()),
-        (1, json!([m1, m2, m3]))
-    );
+    assert_eq!((sid(&ok), ok["msg"]["market_tickers"].clone()), (1, json!([m1, m2, m3])));
     for want in [m2, m3] {
         let v = next_json(&mut ws).await;
         seqs.check(&v);
@@ -571,13 +465,7 @@ async fn update_subscription_adds_deletes_and_snapshots_on_the_same_sid_and_unsu
     seqs.check(&v);
     let firsts: Vec<_> = [frames.last().cloned().unwrap_or_default(), v]
         .iter()
-        .map(|v| {
-            (
-                ty(v).to_owned(),
-                v["id"].clone(),
-                v["msg"]["market_ticker"].clone(),
-            )
-        })
+        .map(|v| (ty(v).to_owned(), v["id"].clone(), v["msg"]["market_ticker"].clone()))
         .collect();
     assert_eq!(
         firsts,
@@ -591,42 +479,25 @@ async fn update_subscription_adds_deletes_and_snapshots_on_the_same_sid_and_unsu
     send(&mut ws, json!({"id": 5, "cmd": "update_subscription", "params": {"sid": 1, "action": "delete_markets", "market_tickers": [m1]}})).await;
     let frames = read_until(&mut ws, |v| v["id"] == 5).await;
     frames.iter().for_each(|v| seqs.check(v));
-    assert_eq!(
-        frames.last().map(|v| v["msg"]["market_tickers"].clone()),
-        Some(json!([m2, m3]))
-    );
+    assert_eq!(frames.last().map(|v| v["msg"]["market_tickers"].clone()), Some(json!([m2, m3])));
     let mut deltas = 0;
     while deltas < 200 {
         let v = next_json(&mut ws).await;
         seqs.check(&v);
         if ty(&v) == "orderbook_delta" {
             deltas += 1;
-            assert_ne!(
-                v["msg"]["market_ticker"], m1,
-                "deleted market still flowing: {v}"
-            );
+            assert_ne!(v["msg"]["market_ticker"], m1, "deleted market still flowing: {v}");
         }
     }
 
     // unsubscribe: one unsubscribed per sid with its next seq, then silence on both.
-    send(
-        &mut ws,
-        json!({"id": 6, "cmd": "unsubscribe", "params": {"sids": [1, 2]}}),
-    )
-    .await;
+    send(&mut ws, json!({"id": 6, "cmd": "unsubscribe", "params": {"sids": [1, 2]}})).await;
     let frames = read_until(&mut ws, |v| ty(v) == "unsubscribed" && sid(v) == 2).await;
     frames.iter().for_each(|v| seqs.check(v));
-    let unsubs: Vec<_> = frames
-        .iter()
-        .filter(|v| ty(v) == "unsubscribed")
-        .map(|v| (v["id"].clone(), sid(v)))
-        .collect();
+    let unsubs: Vec<_> =
+        frames.iter().filter(|v| ty(v) == "unsubscribed").map(|v| (v["id"].clone(), sid(v))).collect();
     assert_eq!(unsubs, vec![(json!(6), 1), (json!(6), 2)]);
-    send(
-        &mut ws,
-        json!({"id": 7, "cmd": "subscribe", "params": {"channels": ["trade"]}}),
-    )
-    .await;
+    send(&mut ws, json!({"id": 7, "cmd": "subscribe", "params": {"channels": ["trade"]}})).await;
     let mut trades = 0;
     while trades < 20 {
         let v = next_json(&mut ws).await;
@@ -640,16 +511,10 @@ async fn update_subscription_adds_deletes_and_snapshots_on_the_same_sid_and_unsu
 
 #[tokio::test(start_paused = true)]
 async fn unknown_markets_are_created_on_demand_and_announced_on_the_lifecycle_channel() {
-    let sim = Simulator::start(SimConfig {
-        lifecycle_every: 3,
-        ..cfg(1_000)
-    });
+    let sim = Simulator::start(SimConfig { lifecycle_every: 3, ..cfg(1_000) });
     let mut ws = mem(&sim).await;
-    send(
-        &mut ws,
-        json!({"id": 1, "cmd": "subscribe", "params": {"channels": ["market_lifecycle_v2"]}}),
-    )
-    .await;
+    send(&mut ws, json!({"id": 1, "cmd": "subscribe", "params": {"channels": ["market_lifecycle_v2"]}}))
+        .await;
     assert_eq!(next_json(&mut ws).await["msg"]["sid"], 1);
     send(&mut ws, json!({"id": 2, "cmd": "subscribe", "params": {"channels": ["orderbook_delta"], "market_ticker": "NEW-MKT.5"}})).await;
     let mut seqs = Seqs::default();
@@ -660,16 +525,14 @@ async fn unknown_markets_are_created_on_demand_and_announced_on_the_lifecycle_ch
         seqs.check(&v);
         if sid(&v) == 1 {
             kinds.insert(ty(&v).to_owned());
-            created |=
-                v["msg"]["event_type"] == "created" && v["msg"]["market_ticker"] == "NEW-MKT.5";
+            created |= v["msg"]["event_type"] == "created" && v["msg"]["market_ticker"] == "NEW-MKT.5";
         }
     }
     assert!(created, "a created event for the new market");
     assert!(
-        kinds.iter().all(
-            |k| ["market_lifecycle_v2", "event_lifecycle", "event_fee_update"]
-                .contains(&k.as_str())
-        ),
+        kinds
+            .iter()
+            .all(|k| ["market_lifecycle_v2", "event_lifecycle", "event_fee_update"].contains(&k.as_str())),
         "{kinds:?}"
     );
     assert!(sim.markets().contains(&"NEW-MKT.5".to_owned()));
@@ -679,9 +542,7 @@ async fn unknown_markets_are_created_on_demand_and_announced_on_the_lifecycle_ch
 
 fn test_key() -> &'static rsa::RsaPrivateKey {
     static KEY: OnceLock<rsa::RsaPrivateKey> = OnceLock::new();
-    KEY.get_or_init(|| {
-        rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048).expect("key generation")
-    })
+    KEY.get_or_init(|| rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048).expect("key generation"))
 }
 
 /// Someone else's registered key (public half only): a handshake signed with [`test_key`]
@@ -701,9 +562,7 @@ jwIDAQAB
 const KEY_ID: &str = "a952bcbe-ec3b-4b5b-b8f9-11dae589608c";
 
 fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 fn signed_request(
@@ -715,10 +574,7 @@ fn signed_request(
     let mut req = url.into_client_request().expect("request");
     let ts = ts_ms.to_string();
     let signer = rsa::pss::BlindedSigningKey::<sha2::Sha256>::new(key.clone());
-    let sig = signer.sign_with_rng(
-        &mut rsa::rand_core::OsRng,
-        format!("{ts}GET/trade-api/ws/v2").as_bytes(),
-    );
+    let sig = signer.sign_with_rng(&mut rsa::rand_core::OsRng, format!("{ts}GET/trade-api/ws/v2").as_bytes());
     let sig = base64::engine::general_purpose::STANDARD.encode(sig.to_bytes());
     let h = req.headers_mut();
     if let Some(k) = key_id {
@@ -744,10 +600,7 @@ async fn signed_handshakes_are_accepted_and_bad_ones_get_401() {
         public_key: test_key().to_public_key(),
         max_skew: Duration::from_secs(5),
     };
-    let sim = Simulator::start(SimConfig {
-        auth: Some(auth),
-        ..cfg(1)
-    });
+    let sim = Simulator::start(SimConfig { auth: Some(auth), ..cfg(1) });
     let addr = sim.bind(LOCAL.parse().expect("addr")).await.expect("bind");
     let url = sim.url(addr);
 
@@ -756,11 +609,7 @@ async fn signed_handshakes_are_accepted_and_bad_ones_get_401() {
             .await
             .expect("signed handshake accepted");
     // A signed session may subscribe to private channels.
-    send(
-        &mut ws,
-        json!({"id": 1, "cmd": "subscribe", "params": {"channels": ["fill"]}}),
-    )
-    .await;
+    send(&mut ws, json!({"id": 1, "cmd": "subscribe", "params": {"channels": ["fill"]}})).await;
     assert_eq!(next_json(&mut ws).await["type"], "subscribed");
 
     let bad = [
@@ -782,15 +631,8 @@ async fn signed_handshakes_are_accepted_and_bad_ones_get_401() {
     // A valid signature by a key other than the registered one.
     use rsa::pkcs8::DecodePublicKey as _;
     let other = rsa::RsaPublicKey::from_public_key_pem(OTHER_PUBLIC_KEY).expect("fixture key");
-    let auth = SimAuth {
-        key_id: KEY_ID.into(),
-        public_key: other,
-        max_skew: Duration::from_secs(5),
-    };
-    let sim = Simulator::start(SimConfig {
-        auth: Some(auth),
-        ..cfg(1)
-    });
+    let auth = SimAuth { key_id: KEY_ID.into(), public_key: other, max_skew: Duration::from_secs(5) };
+    let sim = Simulator::start(SimConfig { auth: Some(auth), ..cfg(1) });
     let addr = sim.bind(LOCAL.parse().expect("addr")).await.expect("bind");
     let req = signed_request(&sim.url(addr), test_key(), Some(KEY_ID), now_ms());
     assert_eq!(status_of(tokio_tungstenite::connect_async(req).await), 401);
@@ -803,10 +645,7 @@ async fn refused_handshakes_get_503_n_times_then_succeed_and_wrong_paths_get_404
     let url = sim.url(addr);
     sim.refuse_handshakes(2);
     for _ in 0..2 {
-        assert_eq!(
-            status_of(tokio_tungstenite::connect_async(url.as_str()).await),
-            503
-        );
+        assert_eq!(status_of(tokio_tungstenite::connect_async(url.as_str()).await), 503);
     }
     assert!(tokio_tungstenite::connect_async(url.as_str()).await.is_ok());
     assert_eq!(
@@ -814,14 +653,7 @@ async fn refused_handshakes_get_503_n_times_then_succeed_and_wrong_paths_get_404
         404
     );
     let s = sim.stats();
-    assert_eq!(
-        (
-            s.handshakes_refused,
-            s.handshakes_not_found,
-            s.connections_total
-        ),
-        (2, 1, 1)
-    );
+    assert_eq!((s.handshakes_refused, s.handshakes_not_found, s.connections_total), (2, 1, 1));
 }
 
 // ---------------------------------------------------------------- faults
@@ -829,16 +661,9 @@ async fn refused_handshakes_get_503_n_times_then_succeed_and_wrong_paths_get_404
 #[tokio::test(start_paused = true)]
 async fn stall_silences_the_connection_for_a_heartbeat_and_pings_resume_after() {
     let hb = Duration::from_secs(10);
-    let sim = Simulator::start(SimConfig {
-        heartbeat: hb,
-        ..cfg(500)
-    });
+    let sim = Simulator::start(SimConfig { heartbeat: hb, ..cfg(500) });
     let mut ws = mem(&sim).await;
-    send(
-        &mut ws,
-        json!({"id": 1, "cmd": "subscribe", "params": {"channels": ["trade"]}}),
-    )
-    .await;
+    send(&mut ws, json!({"id": 1, "cmd": "subscribe", "params": {"channels": ["trade"]}})).await;
     read_until(&mut ws, |v| ty(v) == "trade").await;
     sim.pause();
     send(&mut ws, json!({"id": 2, "cmd": "list_subscriptions"})).await;
@@ -848,10 +673,7 @@ async fn stall_silences_the_connection_for_a_heartbeat_and_pings_resume_after() 
     tokio::task::yield_now().await;
     let pings = sim.stats().pings_sent;
     sim.resume();
-    assert!(
-        timeout(hb * 3 / 2, ws.next()).await.is_err(),
-        "no frame of any kind while stalled"
-    );
+    assert!(timeout(hb * 3 / 2, ws.next()).await.is_err(), "no frame of any kind while stalled");
     assert_eq!(sim.stats().pings_sent, pings);
 
     sim.set_stall(false);
@@ -878,10 +700,7 @@ async fn heartbeat_pings_arrive_on_cadence_and_answered_pings_keep_the_connectio
     let start = tokio::time::Instant::now();
     for i in 1..=5u64 {
         let m = ws.next().await;
-        assert!(
-            matches!(&m, Some(Ok(Message::Ping(p))) if &p[..] == b"heartbeat"),
-            "{m:?}"
-        );
+        assert!(matches!(&m, Some(Ok(Message::Ping(p))) if &p[..] == b"heartbeat"), "{m:?}");
         assert_eq!(start.elapsed(), Duration::from_secs(2 * i));
     }
     assert_eq!(sim.stats().connections_open, 1);
@@ -898,16 +717,9 @@ async fn a_client_that_never_answers_pings_is_closed_after_the_configured_misses
     let mut ws = mem(&sim).await;
     // Not reading means tungstenite never answers the pings.
     tokio::time::sleep(Duration::from_secs(5)).await;
-    assert_eq!(
-        (sim.stats().pings_sent, sim.stats().connections_open),
-        (2, 1)
-    );
+    assert_eq!((sim.stats().pings_sent, sim.stats().connections_open), (2, 1));
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(
-        sim.stats().connections_open,
-        0,
-        "closed at the third heartbeat"
-    );
+    assert_eq!(sim.stats().connections_open, 0, "closed at the third heartbeat");
     let first = ws.next().await;
     assert!(matches!(first, Some(Ok(Message::Ping(_)))), "{first:?}");
 }
@@ -920,24 +732,16 @@ async fn drop_all_drops_without_a_close_frame_and_close_all_sends_the_code() {
         tokio::task::yield_now().await;
     }
     sim.drop_all();
-    match timeout(Duration::from_secs(5), ws.next())
-        .await
-        .expect("dropped promptly")
-    {
+    match timeout(Duration::from_secs(5), ws.next()).await.expect("dropped promptly") {
         None | Some(Err(_)) => {}
         Some(Ok(m)) => panic!("expected an abrupt drop, got {m:?}"),
     }
-    let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
-        .await
-        .expect("reconnect");
+    let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str()).await.expect("reconnect");
     while sim.stats().connections_open < 1 {
         tokio::task::yield_now().await;
     }
     sim.close_all(4000);
-    match timeout(Duration::from_secs(5), ws.next())
-        .await
-        .expect("closed promptly")
-    {
+    match timeout(Duration::from_secs(5), ws.next()).await.expect("closed promptly") {
         Some(Ok(Message::Close(Some(f)))) => assert_eq!(u16::from(f.code), 4000),
         other => panic!("expected a close frame, got {other:?}"),
     }
@@ -1024,10 +828,7 @@ async fn injected_garbage_reaches_the_client_as_described() {
         let t = next_text(&mut ws).await;
         let v: Option<Value> = serde_json::from_str(&t).ok();
         // Invalid or truncated JSON, or JSON of the wrong shape.
-        malformed += usize::from(
-            v.as_ref()
-                .is_none_or(|v| !v["type"].is_string() || !v["sid"].is_u64()),
-        );
+        malformed += usize::from(v.as_ref().is_none_or(|v| !v["type"].is_string() || !v["sid"].is_u64()));
     }
     assert_eq!(malformed, 3);
     for _ in 0..2 {
@@ -1085,10 +886,7 @@ async fn the_cli_serves_on_its_listen_address_until_cancelled() {
         sim: tickd::sim::SimArgs,
     }
     // Find a free port, then let the simulator bind it.
-    let port = std::net::TcpListener::bind(LOCAL)
-        .and_then(|l| l.local_addr())
-        .expect("port")
-        .port();
+    let port = std::net::TcpListener::bind(LOCAL).and_then(|l| l.local_addr()).expect("port").port();
     let listen = format!("127.0.0.1:{port}");
     let cli = Cli::try_parse_from([
         "sim",
@@ -1135,9 +933,7 @@ fn one_seed_gives_one_sequence_of_exchange_events() {
     let names = market_names(5);
     let run = |seed: u64| {
         let mut ex = Exchange::new(seed, &names, 20);
-        (0..2_000)
-            .flat_map(|i| ex.step(1_700_000_000_000 + i))
-            .collect::<Vec<_>>()
+        (0..2_000).flat_map(|i| ex.step(1_700_000_000_000 + i)).collect::<Vec<_>>()
     };
     let a = run(42);
     assert!(a.len() > 2_000);
@@ -1157,14 +953,8 @@ fn one_seed_gives_one_sequence_of_exchange_events() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "measurement, run in release mode by hand"]
 async fn throughput_to_one_tcp_client() {
-    let rate = std::env::var("SIM_RATE")
-        .ok()
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(100_000);
-    let sim = Simulator::start(SimConfig {
-        markets: market_names(50),
-        ..cfg(rate)
-    });
+    let rate = std::env::var("SIM_RATE").ok().and_then(|r| r.parse().ok()).unwrap_or(100_000);
+    let sim = Simulator::start(SimConfig { markets: market_names(50), ..cfg(rate) });
     let (mut ws, _) = tcp(&sim).await;
     send(&mut ws, json!({"id": 1, "cmd": "subscribe", "params": {"channels": ["orderbook_delta", "trade", "ticker"], "market_tickers": market_names(50)}})).await;
     read_until(&mut ws, |v| ty(v) == "orderbook_delta").await;

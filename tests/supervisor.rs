@@ -21,7 +21,6 @@ use tokio_util::sync::CancellationToken;
 const LIMIT: Duration = Duration::from_secs(60);
 
 struct Running {
-    sim: Simulator,
     handles: Handles,
     reload: mpsc::Sender<Settings>,
     shutdown: CancellationToken,
@@ -34,7 +33,7 @@ fn settings(markets: &[String], cap: usize) -> Settings {
     Settings { feeds: vec![feed], ..Settings::default() }
 }
 
-async fn start(sim: Simulator, settings: &Settings, connector: Arc<dyn Connect>) -> Running {
+async fn start(settings: &Settings, connector: Arc<dyn Connect>) -> Running {
     let mut builder = BusBuilder::new(&BusSettings { lossless_capacity: 1 << 16, lossy_capacity: 16 });
     let mut rx = builder.lossless();
     tokio::spawn(async move { while rx.recv().await.is_some() {} });
@@ -45,7 +44,7 @@ async fn start(sim: Simulator, settings: &Settings, connector: Arc<dyn Connect>)
     let handles = sup.handles();
     let (reload, rx) = mpsc::channel(4);
     let task = tokio::spawn(sup.run(rx));
-    Running { sim, handles, reload, shutdown, task }
+    Running { handles, reload, shutdown, task }
 }
 
 fn all_live(handles: &Handles, n: usize) -> bool {
@@ -65,7 +64,7 @@ fn subscribes(sim: &Simulator, channel: &str) -> Vec<(u64, usize)> {
 async fn a_long_market_list_is_spread_over_connections_with_lifecycle_on_one() {
     let markets = market_names(7);
     let sim = Simulator::start(SimConfig { markets: markets.clone(), rate: 50, ..SimConfig::default() });
-    let run = start(sim.clone(), &settings(&markets, 3), Arc::new(InMemory(sim.clone()))).await;
+    let run = start(&settings(&markets, 3), Arc::new(InMemory(sim.clone()))).await;
 
     let handles = run.handles.clone();
     poll_until("three live connections", LIMIT, || all_live(&handles, 3)).await;
@@ -85,7 +84,7 @@ async fn a_long_market_list_is_spread_over_connections_with_lifecycle_on_one() {
 async fn a_reload_with_new_markets_updates_subscriptions_without_reconnecting() {
     let markets = market_names(8);
     let sim = Simulator::start(SimConfig { markets: markets.clone(), rate: 50, ..SimConfig::default() });
-    let run = start(sim.clone(), &settings(&markets[..4], 5), Arc::new(InMemory(sim.clone()))).await;
+    let run = start(&settings(&markets[..4], 5), Arc::new(InMemory(sim.clone()))).await;
     let handles = run.handles.clone();
     poll_until("one live connection", LIMIT, || all_live(&handles, 1)).await;
     let connects_before = sim.stats().connections_total;
@@ -143,7 +142,7 @@ async fn a_panicked_feed_actor_is_restarted() {
     let markets = market_names(2);
     let sim = Simulator::start(SimConfig { markets: markets.clone(), rate: 50, ..SimConfig::default() });
     let connector = Arc::new(PanicsOnce { inner: InMemory(sim.clone()), calls: AtomicU32::new(0) });
-    let run = start(sim.clone(), &settings(&markets, 10), connector.clone()).await;
+    let run = start(&settings(&markets, 10), connector.clone()).await;
 
     let handles = run.handles.clone();
     poll_until("live after the restart", LIMIT, || all_live(&handles, 1)).await;

@@ -623,6 +623,11 @@ impl Session {
         sending_ts_ms: Option<i64>,
         out: &mut Output,
     ) {
+        if !self.desired.contains(market) {
+            // A market being removed: its book is no longer kept.
+            FeedMetrics::inc(&self.metrics.stray_frames);
+            return;
+        }
         let market = self.intern(market);
         let mut no = no;
         if self.sid_uses_yes_scale(sid) {
@@ -670,6 +675,11 @@ impl Session {
         out: &mut Output,
     ) {
         let price = if side == Side::No && self.sid_uses_yes_scale(sid) { price.complement() } else { price };
+        if !self.desired.contains(market) {
+            // A market being removed: its book is no longer kept.
+            FeedMetrics::inc(&self.metrics.stray_frames);
+            return;
+        }
         let Some(entry) = self.books.get_mut(market) else {
             // Deltas come only after a market's snapshot: one was lost.
             FeedMetrics::inc(&self.metrics.stale_deltas);

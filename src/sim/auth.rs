@@ -34,9 +34,7 @@ pub(crate) enum AuthError {
 }
 
 fn header<'a>(h: &'a HeaderMap, name: &str) -> Result<&'a str, AuthError> {
-    h.get(name)
-        .and_then(|v| v.to_str().ok())
-        .ok_or(AuthError::MissingHeader)
+    h.get(name).and_then(|v| v.to_str().ok()).ok_or(AuthError::MissingHeader)
 }
 
 /// Checks the three headers against `auth` at time `now_ms`.
@@ -52,9 +50,7 @@ pub(crate) fn verify(auth: &SimAuth, headers: &HeaderMap, now_ms: i64) -> Result
     if now_ms.abs_diff(ts_ms) > skew.unsigned_abs() {
         return Err(AuthError::Timestamp);
     }
-    let raw = base64::engine::general_purpose::STANDARD
-        .decode(sig)
-        .map_err(|_| AuthError::Signature)?;
+    let raw = base64::engine::general_purpose::STANDARD.decode(sig).map_err(|_| AuthError::Signature)?;
     let sig = Signature::try_from(raw.as_slice()).map_err(|_| AuthError::Signature)?;
     let message = format!("{ts}GET{WS_PATH}");
     VerifyingKey::<Sha256>::new(auth.public_key.clone())

@@ -47,6 +47,9 @@ pub struct SimArgs {
     /// Data frames without `sending_ts_ms`.
     #[arg(long)]
     pub no_sending_ts: bool,
+    /// Data frames carry a top-level field no client knows.
+    #[arg(long)]
+    pub extra_fields: bool,
     /// Refuse unknown markets (error 11) instead of creating them.
     #[arg(long)]
     pub no_auto_create: bool,
@@ -95,15 +98,10 @@ fn parse_cmd(line: &str) -> Result<Cmd, String> {
     }
     fn num<T: std::str::FromStr>(name: &str, arg: Option<&str>) -> Result<T, String> {
         let a = arg.ok_or_else(|| format!("`{name}` needs a number"))?;
-        a.parse()
-            .map_err(|_| format!("`{name}`: not a valid number: {a}"))
+        a.parse().map_err(|_| format!("`{name}`: not a valid number: {a}"))
     }
     let no_arg = |c: Cmd| {
-        if arg.is_some() {
-            Err(format!("`{name}` takes no argument"))
-        } else {
-            Ok(c)
-        }
+        if arg.is_some() { Err(format!("`{name}` takes no argument")) } else { Ok(c) }
     };
     match name {
         "drop" => no_arg(Cmd::Drop),
@@ -207,17 +205,13 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "ms" => Ok(Duration::from_millis(n)),
         "m" => Ok(Duration::from_secs(n * 60)),
         "h" => Ok(Duration::from_secs(n * 3600)),
-        _ => Err(format!(
-            "unknown duration unit in {s:?} (use ms, s, m or h)"
-        )),
+        _ => Err(format!("unknown duration unit in {s:?} (use ms, s, m or h)")),
     }
 }
 
 /// Parses `DELAY=COMMAND`.
 fn parse_scheduled(s: &str) -> anyhow::Result<(Duration, Cmd)> {
-    let (when, cmd) = s
-        .split_once('=')
-        .with_context(|| format!("expected DELAY=COMMAND, got {s:?}"))?;
+    let (when, cmd) = s.split_once('=').with_context(|| format!("expected DELAY=COMMAND, got {s:?}"))?;
     let when = parse_duration(when).map_err(anyhow::Error::msg)?;
     let cmd = parse_cmd(cmd).map_err(anyhow::Error::msg)?;
     Ok((when, cmd))
@@ -229,25 +223,12 @@ fn load_auth(args: &SimArgs) -> anyhow::Result<Option<SimAuth>> {
     let Some(path) = &args.public_key else {
         return Ok(None);
     };
-    let pem =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let pem = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let key = rsa::RsaPublicKey::from_public_key_pem(&pem)
         .or_else(|_| rsa::RsaPublicKey::from_pkcs1_pem(&pem))
-        .with_context(|| {
-            format!(
-                "{} is not a PKCS#8 or PKCS#1 RSA public key",
-                path.display()
-            )
-        })?;
-    let key_id = args
-        .key_id
-        .clone()
-        .context("--key-id is required with --public-key")?;
-    Ok(Some(SimAuth {
-        key_id,
-        public_key: key,
-        max_skew: args.max_skew,
-    }))
+        .with_context(|| format!("{} is not a PKCS#8 or PKCS#1 RSA public key", path.display()))?;
+    let key_id = args.key_id.clone().context("--key-id is required with --public-key")?;
+    Ok(Some(SimAuth { key_id, public_key: key, max_skew: args.max_skew }))
 }
 
 /// Console lines waiting to be applied. The reader thread blocks when this is full.
@@ -257,17 +238,15 @@ const CONSOLE_CAPACITY: usize = 16;
 /// tokio blocking thread it would hold up runtime shutdown until the next line arrives.
 fn console_lines() -> tokio::sync::mpsc::Receiver<String> {
     let (tx, rx) = tokio::sync::mpsc::channel(CONSOLE_CAPACITY);
-    let spawned = std::thread::Builder::new()
-        .name("sim-console".into())
-        .spawn(move || {
-            use std::io::BufRead as _;
-            for line in std::io::stdin().lock().lines() {
-                let Ok(line) = line else { break };
-                if tx.blocking_send(line).is_err() {
-                    break;
-                }
+    let spawned = std::thread::Builder::new().name("sim-console".into()).spawn(move || {
+        use std::io::BufRead as _;
+        for line in std::io::stdin().lock().lines() {
+            let Ok(line) = line else { break };
+            if tx.blocking_send(line).is_err() {
+                break;
             }
-        });
+        }
+    });
     if let Err(e) = spawned {
         // Without a console the simulator still serves; only stdin commands are lost.
         println!("error: no console: {e}");
@@ -296,14 +275,12 @@ pub async fn run_cli(args: SimArgs, shutdown: CancellationToken) -> anyhow::Resu
         auth: load_auth(&args)?,
         trade_seq: !args.no_trade_seq,
         sending_ts: !args.no_sending_ts,
+        extra_fields: args.extra_fields,
         lifecycle_every: args.lifecycle_every,
         missed_pongs_close: args.missed_pongs_close,
     };
     let sim = Simulator::start(cfg);
-    let addr = sim
-        .bind(args.listen)
-        .await
-        .with_context(|| format!("binding {}", args.listen))?;
+    let addr = sim.bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
     println!("{}", sim.url(addr));
     tracing::info!(%addr, markets = args.markets, rate = args.rate, "Simulator listening.");
 
@@ -353,21 +330,9 @@ mod tests {
         assert_eq!(parse_cmd("close 1001"), Ok(Cmd::Close(1001)));
         assert_eq!(parse_cmd("stall on"), Ok(Cmd::Stall(true)));
         assert_eq!(parse_cmd(" gap 3 "), Ok(Cmd::Gap(3)));
-        assert_eq!(
-            parse_cmd("oversized 2000000"),
-            Ok(Cmd::Oversized(2_000_000))
-        );
+        assert_eq!(parse_cmd("oversized 2000000"), Ok(Cmd::Oversized(2_000_000)));
         assert_eq!(parse_cmd("terminal 10"), Ok(Cmd::Terminal(10)));
-        for bad in [
-            "",
-            "close",
-            "close abc",
-            "close 1006",
-            "stall maybe",
-            "terminal 7",
-            "fly",
-            "drop 3",
-        ] {
+        for bad in ["", "close", "close abc", "close 1006", "stall maybe", "terminal 7", "fly", "drop 3"] {
             assert!(parse_cmd(bad).is_err(), "{bad:?}");
         }
     }

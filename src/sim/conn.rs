@@ -111,10 +111,8 @@ fn check_request(shared: &Shared, req: &Request) -> Result<bool, (StatusCode, &'
         return Err((StatusCode::NOT_FOUND, "not found"));
     }
     // Take one refusal if any are pending; the update fails (None) once the budget is zero.
-    let refused = shared
-        .refuse
-        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-        .is_ok();
+    let refused =
+        shared.refuse.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
     if refused {
         stats.handshakes_refused.fetch_add(1, Ordering::Relaxed);
         return Err((StatusCode::SERVICE_UNAVAILABLE, "service unavailable"));
@@ -125,9 +123,7 @@ fn check_request(shared: &Shared, req: &Request) -> Result<bool, (StatusCode, &'
     match auth::verify(auth_cfg, req.headers(), now_ms()) {
         Ok(()) => Ok(true),
         Err(e) => {
-            stats
-                .handshakes_unauthorized
-                .fetch_add(1, Ordering::Relaxed);
+            stats.handshakes_unauthorized.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(reason = %e, "Handshake unauthorized.");
             Err((StatusCode::UNAUTHORIZED, "unauthorized"))
         }
@@ -147,20 +143,9 @@ impl Conn {
         let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(CONTROL_CAPACITY);
         shared.conns_lock().insert(id, tx);
-        shared
-            .stats
-            .connections_open
-            .fetch_add(1, Ordering::Relaxed);
-        shared
-            .stats
-            .connections_total
-            .fetch_add(1, Ordering::Relaxed);
-        Conn {
-            shared: shared.clone(),
-            id,
-            authed,
-            ctl: rx,
-        }
+        shared.stats.connections_open.fetch_add(1, Ordering::Relaxed);
+        shared.stats.connections_total.fetch_add(1, Ordering::Relaxed);
+        Conn { shared: shared.clone(), id, authed, ctl: rx }
     }
 
     async fn run<S>(mut self, mut ws: WebSocketStream<S>) -> Result<(), WsError>
@@ -292,10 +277,7 @@ impl Conn {
             Control::Malformed(n) => {
                 for i in 0..n {
                     let text = MALFORMED[i as usize % MALFORMED.len()];
-                    out.push(Out {
-                        text: text.to_owned(),
-                        trade_id: None,
-                    });
+                    out.push(Out { text: text.to_owned(), trade_id: None });
                 }
             }
             Control::Unknown(n) => {
@@ -304,10 +286,7 @@ impl Conn {
                         r#"{{"type":"sim_unknown_event","novel_field":{{"nested":[1,2,3],"flag":true}},"msg":{{"n":{i},"future_thing":"x"}},"sending_ts_ms":{}}}"#,
                         now_ms()
                     );
-                    out.push(Out {
-                        text,
-                        trade_id: None,
-                    });
+                    out.push(Out { text, trade_id: None });
                 }
             }
             Control::Oversized(bytes) => {
@@ -316,10 +295,7 @@ impl Conn {
                 text.push_str(r#"{"type":"sim_padding","msg":{"pad":""#);
                 text.extend(std::iter::repeat_n('x', pad));
                 text.push_str(r#""}}"#);
-                out.push(Out {
-                    text,
-                    trade_id: None,
-                });
+                out.push(Out { text, trade_id: None });
             }
             Control::Terminal(code) => session.terminal(code, out),
         }
@@ -328,12 +304,8 @@ impl Conn {
     }
 
     fn record_command(&self, text: &str) {
-        let value = serde_json::from_str(text)
-            .unwrap_or_else(|_| serde_json::Value::String(text.to_owned()));
-        self.shared
-            .stats
-            .commands_received
-            .fetch_add(1, Ordering::Relaxed);
+        let value = serde_json::from_str(text).unwrap_or_else(|_| serde_json::Value::String(text.to_owned()));
+        self.shared.stats.commands_received.fetch_add(1, Ordering::Relaxed);
         let mut log = self.shared.commands_lock();
         if log.len() >= super::COMMAND_LOG_CAP {
             log.pop_front();
@@ -361,9 +333,7 @@ impl Conn {
         let stats = &self.shared.stats;
         stats.frames_sent.fetch_add(frames, Ordering::Relaxed);
         if !trades.is_empty() {
-            stats
-                .trades_sent
-                .fetch_add(trades.len() as u64, Ordering::Relaxed);
+            stats.trades_sent.fetch_add(trades.len() as u64, Ordering::Relaxed);
             let mut log = self.shared.trades_lock();
             for t in trades {
                 if log.len() >= super::TRADE_LOG_CAP {
@@ -379,10 +349,7 @@ impl Conn {
 impl Drop for Conn {
     fn drop(&mut self) {
         self.shared.conns_lock().remove(&self.id);
-        self.shared
-            .stats
-            .connections_open
-            .fetch_sub(1, Ordering::Relaxed);
+        self.shared.stats.connections_open.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -402,10 +369,7 @@ async fn close<S>(ws: &mut WebSocketStream<S>, code: u16, reason: &str)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let frame = CloseFrame {
-        code: CloseCode::from(code),
-        reason: reason.into(),
-    };
+    let frame = CloseFrame { code: CloseCode::from(code), reason: reason.into() };
     let _ = timeout(CLOSE_TIMEOUT, ws.close(Some(frame))).await;
 }
 

@@ -139,10 +139,7 @@ impl Market {
         let tick = if h.is_multiple_of(4) { DECI_CENT } else { CENT };
         let id = uuid_from(h, rng.random());
         let mut m = Market {
-            info: Arc::new(MarketRef {
-                ticker: ticker.into(),
-                id: id.into(),
-            }),
+            info: Arc::new(MarketRef { ticker: ticker.into(), id: id.into() }),
             tick,
             yes: BTreeMap::new(),
             no: BTreeMap::new(),
@@ -198,10 +195,7 @@ impl Market {
 
     fn snapshot(&self) -> BookSnapshot {
         let conv = |l: &BTreeMap<i64, i64>| l.iter().map(|(p, q)| (Price(*p), Qty(*q))).collect();
-        BookSnapshot {
-            yes: conv(&self.yes),
-            no: conv(&self.no),
-        }
+        BookSnapshot { yes: conv(&self.yes), no: conv(&self.no) }
     }
 }
 
@@ -263,10 +257,7 @@ impl Exchange {
 
     /// The ticker of the market with that UUID.
     pub fn ticker_by_id(&self, id: &str) -> Option<Arc<str>> {
-        self.markets
-            .values()
-            .find(|m| &*m.info.id == id)
-            .map(|m| m.info.ticker.clone())
+        self.markets.values().find(|m| &*m.info.id == id).map(|m| m.info.ticker.clone())
     }
 
     /// The current book: both ladders ascending, each in its own contract's prices.
@@ -314,13 +305,7 @@ impl Exchange {
             s = structure,
             step = Price(step),
         );
-        Some(self.numbered(
-            info,
-            UpdateKind::Lifecycle {
-                msg_type: "market_lifecycle_v2",
-                msg,
-            },
-        ))
+        Some(self.numbered(info, UpdateKind::Lifecycle { msg_type: "market_lifecycle_v2", msg }))
     }
 
     /// Runs one exchange event at time `ts_ms` and returns the updates it caused (possibly none,
@@ -338,11 +323,7 @@ impl Exchange {
             return out;
         }
         let roll = self.rng.random_range(0..100u32);
-        let side = if self.rng.random_bool(0.5) {
-            Side::Yes
-        } else {
-            Side::No
-        };
+        let side = if self.rng.random_bool(0.5) { Side::Yes } else { Side::No };
         let Some(m) = self.markets.get(&name) else {
             return out;
         };
@@ -368,10 +349,7 @@ impl Exchange {
         self.trim(&name, ts_ms, &mut out);
         if let Some(m) = self.markets.get_mut(&name) {
             let q = m.quote(m.ticker.clone(), ts_ms);
-            let changed = TickerState {
-                ts_ms: 0,
-                ..q.clone()
-            } != TickerState { ts_ms: 0, ..before };
+            let changed = TickerState { ts_ms: 0, ..q.clone() } != TickerState { ts_ms: 0, ..before };
             m.ticker = q.clone();
             if changed {
                 let info = m.info.clone();
@@ -387,14 +365,7 @@ impl Exchange {
         Update { no, market, kind }
     }
 
-    fn delta(
-        &mut self,
-        name: &str,
-        side: Side,
-        price: i64,
-        delta: i64,
-        ts_ms: i64,
-    ) -> Option<Update> {
+    fn delta(&mut self, name: &str, side: Side, price: i64, delta: i64, ts_ms: i64) -> Option<Update> {
         let m = self.markets.get_mut(name)?;
         let ladder = m.ladder(side);
         let level = ladder.entry(price).or_default();
@@ -403,15 +374,7 @@ impl Exchange {
             ladder.remove(&price);
         }
         let info = m.info.clone();
-        Some(self.numbered(
-            info,
-            UpdateKind::Delta {
-                side,
-                price: Price(price),
-                delta: Qty(delta),
-                ts_ms,
-            },
-        ))
+        Some(self.numbered(info, UpdateKind::Delta { side, price: Price(price), delta: Qty(delta), ts_ms }))
     }
 
     /// Rests new size on `side` near the top of its ladder, never crossing the other side.
@@ -451,11 +414,7 @@ impl Exchange {
         let Some((&price, &size)) = ladder.iter().rev().nth(pick) else {
             return false;
         };
-        let amount = if self.rng.random_bool(0.4) {
-            size
-        } else {
-            self.rng.random_range(1..=size)
-        };
+        let amount = if self.rng.random_bool(0.4) { size } else { self.rng.random_range(1..=size) };
         out.extend(self.delta(name, side, price, -amount, ts_ms));
         true
     }
@@ -473,11 +432,7 @@ impl Exchange {
             let Some((price, size)) = m.best(maker) else {
                 break;
             };
-            let count = if self.rng.random_bool(0.5) {
-                size
-            } else {
-                self.rng.random_range(1..=size)
-            };
+            let count = if self.rng.random_bool(0.5) { size } else { self.rng.random_range(1..=size) };
             // The maker's bid is in its own contract: a NO bid at q trades YES at 1 - q.
             let yes_price = match maker {
                 Side::Yes => price,
@@ -486,14 +441,8 @@ impl Exchange {
             let trade_id = uuid_from(self.rng.random(), self.rng.random());
             let block = self.rng.random_range(0..50) == 0;
             let info = m.info.clone();
-            let trade = TradeUpdate {
-                trade_id,
-                yes_price: Price(yes_price),
-                count: Qty(count),
-                taker,
-                block,
-                ts_ms,
-            };
+            let trade =
+                TradeUpdate { trade_id, yes_price: Price(yes_price), count: Qty(count), taker, block, ts_ms };
             let opens = self.rng.random_bool(0.6);
             let u = self.numbered(info, UpdateKind::Trade(trade));
             out.push(u);
@@ -504,11 +453,7 @@ impl Exchange {
                 t.last_size = Qty(count);
                 t.volume = Qty(t.volume.0 + count);
                 t.dollar_volume += count * yes_price / (CONTRACT * 10_000);
-                let oi = if opens {
-                    t.open_interest.0 + count
-                } else {
-                    (t.open_interest.0 - count).max(0)
-                };
+                let oi = if opens { t.open_interest.0 + count } else { (t.open_interest.0 - count).max(0) };
                 t.open_interest = Qty(oi);
                 t.dollar_open_interest = oi / CONTRACT / 2;
             }
@@ -525,11 +470,7 @@ impl Exchange {
         for side in [Side::Yes, Side::No] {
             let worst = self.markets.get_mut(name).and_then(|m| {
                 let l = m.ladder(side);
-                if l.len() > MAX_LEVELS {
-                    l.first_key_value().map(|(p, q)| (*p, *q))
-                } else {
-                    None
-                }
+                if l.len() > MAX_LEVELS { l.first_key_value().map(|(p, q)| (*p, *q)) } else { None }
             });
             if let Some((price, size)) = worst {
                 out.extend(self.delta(name, side, price, -size, ts_ms));
@@ -626,11 +567,7 @@ impl SideExt for Side {
 
 /// The `price_level_structure` name and step of a grid.
 fn grid_name(tick: i64) -> (&'static str, i64) {
-    if tick == DECI_CENT {
-        ("deci_cent", DECI_CENT)
-    } else {
-        ("linear_cent", CENT)
-    }
+    if tick == DECI_CENT { ("deci_cent", DECI_CENT) } else { ("linear_cent", CENT) }
 }
 
 /// The event ticker of a market: everything before the last `-`.
@@ -686,12 +623,7 @@ mod tests {
         for n in &names {
             let b = ex.book(n).unwrap_or_default();
             assert!(!crossed(&b), "{n} crossed: {b:?}");
-            assert!(
-                b.yes
-                    .iter()
-                    .chain(&b.no)
-                    .all(|l| l.1.0 > 0 && l.0.0 > 0 && l.0.0 < 10_000)
-            );
+            assert!(b.yes.iter().chain(&b.no).all(|l| l.1.0 > 0 && l.0.0 > 0 && l.0.0 < 10_000));
         }
     }
 

@@ -41,11 +41,7 @@ pub(crate) struct Hub {
 impl Hub {
     pub(crate) fn new(ex: Exchange, auto_create: bool) -> Hub {
         let (tx, _) = broadcast::channel(BROADCAST_CAPACITY);
-        Hub {
-            state: Mutex::new(HubState { ex, paused: false }),
-            tx,
-            auto_create,
-        }
+        Hub { state: Mutex::new(HubState { ex, paused: false }), tx, auto_create }
     }
 
     /// Locks the exchange. A panic while holding the lock cannot leave a book half-updated in a
@@ -89,21 +85,14 @@ impl Hub {
         tickers: &[String],
         ts_ms: i64,
     ) -> Result<(), Vec<String>> {
-        let missing: Vec<String> = tickers
-            .iter()
-            .filter(|t| !st.ex.has_market(t))
-            .cloned()
-            .collect();
+        let missing: Vec<String> = tickers.iter().filter(|t| !st.ex.has_market(t)).cloned().collect();
         if missing.is_empty() {
             return Ok(());
         }
         if !self.auto_create {
             return Err(missing);
         }
-        let created: Vec<Update> = missing
-            .iter()
-            .filter_map(|t| st.ex.add_market(t, ts_ms))
-            .collect();
+        let created: Vec<Update> = missing.iter().filter_map(|t| st.ex.add_market(t, ts_ms)).collect();
         self.publish(st, created);
         Ok(())
     }

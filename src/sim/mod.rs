@@ -89,6 +89,9 @@ pub struct SimConfig {
     pub trade_seq: bool,
     /// Data frames carry a top-level `sending_ts_ms`.
     pub sending_ts: bool,
+    /// Data frames carry a top-level field no client knows (the protocol grows fields without
+    /// notice; clients must ignore them).
+    pub extra_fields: bool,
     /// About one lifecycle event per this many exchange events; 0 for none.
     pub lifecycle_every: u32,
     /// Close (code 1008) a connection that left this many pings unanswered; `None` never does.
@@ -106,6 +109,7 @@ impl Default for SimConfig {
             auth: None,
             trade_seq: true,
             sending_ts: true,
+            extra_fields: false,
             lifecycle_every: 200,
             missed_pongs_close: None,
         }
@@ -272,6 +276,7 @@ impl Simulator {
             frame_opts: FrameOpts {
                 trade_seq: cfg.trade_seq,
                 sending_ts: cfg.sending_ts,
+                extra_fields: cfg.extra_fields,
             },
             shutdown: CancellationToken::new(),
             stall,
@@ -284,9 +289,7 @@ impl Simulator {
             rate: AtomicU64::new(u64::from(cfg.rate.max(1))),
             generator_started: AtomicBool::new(false),
         });
-        let sim = Simulator {
-            owner: Arc::new(Owner { shared, runtime }),
-        };
+        let sim = Simulator { owner: Arc::new(Owner { shared, runtime }) };
         sim.spawn_generator();
         sim
     }
@@ -363,9 +366,7 @@ impl Simulator {
     /// upgrade, auth, faults). Works under paused tokio time.
     pub fn connect_in_memory(&self) -> tokio::io::DuplexStream {
         let (client, server) = tokio::io::duplex(DUPLEX_BUFFER);
-        self.owner
-            .runtime
-            .spawn(conn::serve(self.shared().clone(), server));
+        self.owner.runtime.spawn(conn::serve(self.shared().clone(), server));
         client
     }
 
@@ -434,9 +435,7 @@ impl Simulator {
 
     /// Changes the event rate (events per second, at least 1).
     pub fn set_rate(&self, rate: u32) {
-        self.shared()
-            .rate
-            .store(u64::from(rate.max(1)), Ordering::Relaxed);
+        self.shared().rate.store(u64::from(rate.max(1)), Ordering::Relaxed);
     }
 
     /// The exchange's current book: each side priced in its own contract, ascending.

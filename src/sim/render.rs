@@ -16,6 +16,8 @@ use crate::tick::{BookSnapshot, Price, Qty, Side};
 pub(crate) struct Envelope {
     /// Top-level `sending_ts_ms` to add to data frames.
     pub sending_ts: Option<i64>,
+    /// Add a field no client knows (clients must ignore unknown fields).
+    pub extra_field: bool,
 }
 
 fn side_name(s: Side) -> &'static str {
@@ -29,6 +31,9 @@ fn side_name(s: Side) -> &'static str {
 fn close(out: &mut String, env: Envelope) {
     if let Some(ts) = env.sending_ts {
         let _ = write!(out, r#","sending_ts_ms":{ts}"#);
+    }
+    if env.extra_field {
+        out.push_str(r#","sim_future_field":{"added":"later"}"#);
     }
     out.push('}');
 }
@@ -45,21 +50,13 @@ pub(crate) fn subscribed(id: Option<u64>, channel: &str, sid: u64) -> String {
     let mut s = String::with_capacity(80);
     s.push('{');
     id_field(&mut s, id);
-    let _ = write!(
-        s,
-        r#""type":"subscribed","msg":{{"channel":"{channel}","sid":{sid}}}}}"#
-    );
+    let _ = write!(s, r#""type":"subscribed","msg":{{"channel":"{channel}","sid":{sid}}}}}"#);
     s
 }
 
 /// `{"id":1,"type":"error","msg":{"code":7,"msg":"Unknown subscription ID"}}`, optionally scoped
 /// to a sid (with its seq) and naming markets.
-pub(crate) fn error(
-    id: Option<u64>,
-    sid: Option<(u64, Option<u64>)>,
-    code: u32,
-    markets: &[&str],
-) -> String {
+pub(crate) fn error(id: Option<u64>, sid: Option<(u64, Option<u64>)>, code: u32, markets: &[&str]) -> String {
     let mut s = String::with_capacity(96);
     s.push('{');
     id_field(&mut s, id);
@@ -69,11 +66,7 @@ pub(crate) fn error(
             let _ = write!(s, r#""seq":{seq},"#);
         }
     }
-    let _ = write!(
-        s,
-        r#""type":"error","msg":{{"code":{code},"msg":"{}""#,
-        error_text(code)
-    );
+    let _ = write!(s, r#""type":"error","msg":{{"code":{code},"msg":"{}""#, error_text(code));
     if let [one] = markets {
         let _ = write!(s, r#","market_ticker":"{one}""#);
     }
@@ -239,11 +232,7 @@ pub(crate) fn delta(
     use_yes_price: bool,
     env: Envelope,
 ) -> String {
-    let price = if side == Side::No {
-        no_price(price, use_yes_price)
-    } else {
-        price
-    };
+    let price = if side == Side::No { no_price(price, use_yes_price) } else { price };
     let mut s = String::with_capacity(260);
     let _ = write!(
         s,
@@ -342,10 +331,7 @@ pub(crate) fn ticker(sid: u64, market: &MarketRef, t: &TickerState, env: Envelop
 /// A lifecycle-channel frame around a pre-rendered `msg` object.
 pub(crate) fn lifecycle(sid: u64, seq: u64, msg_type: &str, msg: &str, env: Envelope) -> String {
     let mut s = String::with_capacity(64 + msg.len());
-    let _ = write!(
-        s,
-        r#"{{"type":"{msg_type}","sid":{sid},"seq":{seq},"msg":{msg}"#
-    );
+    let _ = write!(s, r#"{{"type":"{msg_type}","sid":{sid},"seq":{seq},"msg":{msg}"#);
     close(&mut s, env);
     s
 }
@@ -369,13 +355,7 @@ impl std::fmt::Display for Rfc3339 {
         let d = doy - (153 * mp + 2) / 5 + 1;
         let m = if mp < 10 { mp + 3 } else { mp - 9 };
         let y = yoe + era * 400 + i64::from(m <= 2);
-        write!(
-            f,
-            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{ms:03}Z",
-            sod / 3600,
-            (sod / 60) % 60,
-            sod % 60
-        )
+        write!(f, "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{ms:03}Z", sod / 3600, (sod / 60) % 60, sod % 60)
     }
 }
 
@@ -386,29 +366,15 @@ mod tests {
     #[test]
     fn rfc3339_matches_known_instants() {
         assert_eq!(Rfc3339(0).to_string(), "1970-01-01T00:00:00.000Z");
-        assert_eq!(
-            Rfc3339(1_669_149_841_000).to_string(),
-            "2022-11-22T20:44:01.000Z"
-        );
-        assert_eq!(
-            Rfc3339(951_782_400_123).to_string(),
-            "2000-02-29T00:00:00.123Z"
-        );
+        assert_eq!(Rfc3339(1_669_149_841_000).to_string(), "2022-11-22T20:44:01.000Z");
+        assert_eq!(Rfc3339(951_782_400_123).to_string(), "2000-02-29T00:00:00.123Z");
     }
 
     #[test]
     fn frames_are_valid_json() {
-        let m = MarketRef {
-            ticker: "A-B".into(),
-            id: "x".into(),
-        };
-        let env = Envelope {
-            sending_ts: Some(5),
-        };
-        let book = BookSnapshot {
-            yes: vec![(Price(100), Qty(200))],
-            no: vec![(Price(300), Qty(1))],
-        };
+        let m = MarketRef { ticker: "A-B".into(), id: "x".into() };
+        let env = Envelope { sending_ts: Some(5), extra_field: false };
+        let book = BookSnapshot { yes: vec![(Price(100), Qty(200))], no: vec![(Price(300), Qty(1))] };
         for f in [
             subscribed(Some(1), "ticker", 2),
             error(None, Some((1, Some(2))), 25, &["A", "B"]),

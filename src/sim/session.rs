@@ -57,10 +57,7 @@ pub(crate) struct Out {
 
 impl Out {
     fn text(text: String) -> Out {
-        Out {
-            text,
-            trade_id: None,
-        }
+        Out { text, trade_id: None }
     }
 }
 
@@ -152,10 +149,7 @@ impl Sub {
     fn wants(&self, u: &Update) -> bool {
         match self.all {
             Some(as_of) => u.no >= as_of,
-            None => self
-                .filter
-                .get(&*u.market.ticker)
-                .is_some_and(|as_of| u.no >= *as_of),
+            None => self.filter.get(&*u.market.ticker).is_some_and(|as_of| u.no >= *as_of),
         }
     }
 
@@ -175,6 +169,8 @@ pub(crate) struct FrameOpts {
     pub trade_seq: bool,
     /// Data frames carry `sending_ts_ms`.
     pub sending_ts: bool,
+    /// Data frames carry an unknown top-level field.
+    pub extra_fields: bool,
 }
 
 /// Per-connection protocol state.
@@ -197,18 +193,11 @@ type Reply<T> = Result<T, u32>;
 
 impl Session {
     pub(crate) fn new(authed: bool, opts: FrameOpts) -> Session {
-        Session {
-            authed,
-            opts,
-            next_sid: 1,
-            subs: Vec::new(),
-        }
+        Session { authed, opts, next_sid: 1, subs: Vec::new() }
     }
 
     fn env(&self) -> Envelope {
-        Envelope {
-            sending_ts: self.opts.sending_ts.then(now_ms),
-        }
+        Envelope { sending_ts: self.opts.sending_ts.then(now_ms), extra_field: self.opts.extra_fields }
     }
 
     fn sequenced(&self, c: Channel) -> bool {
@@ -254,11 +243,7 @@ impl Session {
         };
         let needs_params = matches!(cmd, "subscribe" | "unsubscribe" | "update_subscription");
         if cmd == "list_subscriptions" {
-            let list: Vec<(&str, u64)> = self
-                .subs
-                .iter()
-                .map(|s| (s.channel.name(), s.sid))
-                .collect();
+            let list: Vec<(&str, u64)> = self.subs.iter().map(|s| (s.channel.name(), s.sid)).collect();
             out.push(Out::text(render::ok_list(id, &list)));
             return Ok(());
         }
@@ -314,12 +299,7 @@ impl Session {
             Filter::None => None,
             Filter::Tickers(t) => {
                 hub.ensure_markets(&mut st, t, now).map_err(|_| 11u32)?;
-                Some(
-                    t.iter()
-                        .filter_map(|t| st.ex.market_ref(t))
-                        .map(|m| m.ticker.clone())
-                        .collect(),
-                )
+                Some(t.iter().filter_map(|t| st.ex.market_ref(t)).map(|m| m.ticker.clone()).collect())
             }
             Filter::Ids(ids) => {
                 let mut found = Vec::with_capacity(ids.len());
@@ -391,12 +371,7 @@ impl Session {
         Ok(())
     }
 
-    fn unsubscribe(
-        &mut self,
-        id: Option<u64>,
-        p: &Map<String, Value>,
-        out: &mut Vec<Out>,
-    ) -> Reply<()> {
+    fn unsubscribe(&mut self, id: Option<u64>, p: &Map<String, Value>, out: &mut Vec<Out>) -> Reply<()> {
         let mut sids = u64_list(p, "sids")?.ok_or(4u32)?;
         if sids.is_empty() {
             return Err(4);
@@ -437,10 +412,7 @@ impl Session {
         let all = self.subs[pos].all.is_some();
         match action {
             "add_markets" | "delete_markets"
-                if matches!(
-                    channel,
-                    Channel::Orderbook | Channel::Ticker | Channel::Trade
-                ) && !all => {}
+                if matches!(channel, Channel::Orderbook | Channel::Ticker | Channel::Trade) && !all => {}
             "get_snapshot" if channel == Channel::Orderbook => {}
             _ => return Err(13),
         }
@@ -481,11 +453,8 @@ impl Session {
         let sub = &mut self.subs[pos];
         match action {
             "add_markets" => {
-                let new: Vec<Arc<str>> = tickers
-                    .iter()
-                    .filter(|t| !sub.filter.contains_key(*t))
-                    .cloned()
-                    .collect();
+                let new: Vec<Arc<str>> =
+                    tickers.iter().filter(|t| !sub.filter.contains_key(*t)).cloned().collect();
                 sub.set_markets(&new, as_of);
                 let seq = sub.next_seq();
                 let list: Vec<&str> = sub.markets.iter().map(|m| &**m).collect();
@@ -544,15 +513,7 @@ impl Session {
                         *as_of_t = as_of;
                     }
                     let seq = sub.next_seq();
-                    out.push(Out::text(render::snapshot(
-                        id,
-                        sid,
-                        seq,
-                        &m,
-                        &book,
-                        sub.use_yes_price,
-                        env,
-                    )));
+                    out.push(Out::text(render::snapshot(id, sid, seq, &m, &book, sub.use_yes_price, env)));
                 }
             }
         }
@@ -580,12 +541,7 @@ impl Session {
                 }
                 let m = &u.market;
                 match &u.kind {
-                    UpdateKind::Delta {
-                        side,
-                        price,
-                        delta,
-                        ts_ms,
-                    } => {
+                    UpdateKind::Delta { side, price, delta, ts_ms } => {
                         let seq = sub.next_seq();
                         let f = render::delta(
                             sub.sid,
@@ -603,19 +559,12 @@ impl Session {
                     UpdateKind::Trade(t) => {
                         let seq = trade_seq.then(|| sub.next_seq());
                         let f = render::trade(sub.sid, seq, m, t, env);
-                        out.push(Out {
-                            text: f,
-                            trade_id: Some(t.trade_id.clone()),
-                        });
+                        out.push(Out { text: f, trade_id: Some(t.trade_id.clone()) });
                     }
-                    UpdateKind::Ticker(q) => {
-                        out.push(Out::text(render::ticker(sub.sid, m, q, env)))
-                    }
+                    UpdateKind::Ticker(q) => out.push(Out::text(render::ticker(sub.sid, m, q, env))),
                     UpdateKind::Lifecycle { msg_type, msg } => {
                         let seq = sub.next_seq();
-                        out.push(Out::text(render::lifecycle(
-                            sub.sid, seq, msg_type, msg, env,
-                        )));
+                        out.push(Out::text(render::lifecycle(sub.sid, seq, msg_type, msg, env)));
                     }
                 }
             }
@@ -645,23 +594,14 @@ impl Session {
                 _ => false,
             };
             let seq = sequenced.then(|| sub.next_seq());
-            out.push(Out::text(render::error(
-                None,
-                Some((sub.sid, seq)),
-                code,
-                &[],
-            )));
+            out.push(Out::text(render::error(None, Some((sub.sid, seq)), code, &[])));
             false
         });
     }
 
     /// The next sequenced frame of every live sequenced sid jumps by `n`.
     pub(crate) fn skip_seq(&mut self, n: u64) {
-        let seqd: Vec<bool> = self
-            .subs
-            .iter()
-            .map(|s| self.sequenced(s.channel))
-            .collect();
+        let seqd: Vec<bool> = self.subs.iter().map(|s| self.sequenced(s.channel)).collect();
         for (sub, s) in self.subs.iter_mut().zip(seqd) {
             if s {
                 sub.skip += n;
@@ -672,9 +612,7 @@ impl Session {
 
 /// Current Unix time in ms.
 pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Rejects known parameters of the wrong JSON type with code 1.
@@ -705,11 +643,9 @@ fn check_types(p: &Map<String, Value>) -> Reply<()> {
 fn str_list<'a>(p: &'a Map<String, Value>, key: &str) -> Reply<Option<Vec<&'a str>>> {
     match p.get(key) {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::Array(a)) => a
-            .iter()
-            .map(|v| v.as_str().ok_or(1u32))
-            .collect::<Reply<Vec<_>>>()
-            .map(Some),
+        Some(Value::Array(a)) => {
+            a.iter().map(|v| v.as_str().ok_or(1u32)).collect::<Reply<Vec<_>>>().map(Some)
+        }
         Some(_) => Err(1),
     }
 }
@@ -717,11 +653,9 @@ fn str_list<'a>(p: &'a Map<String, Value>, key: &str) -> Reply<Option<Vec<&'a st
 fn u64_list(p: &Map<String, Value>, key: &str) -> Reply<Option<Vec<u64>>> {
     match p.get(key) {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::Array(a)) => a
-            .iter()
-            .map(|v| v.as_u64().ok_or(1u32))
-            .collect::<Reply<Vec<_>>>()
-            .map(Some),
+        Some(Value::Array(a)) => {
+            a.iter().map(|v| v.as_u64().ok_or(1u32)).collect::<Reply<Vec<_>>>().map(Some)
+        }
         Some(_) => Err(1),
     }
 }
@@ -751,27 +685,21 @@ fn check_shards(p: &Map<String, Value>) -> Reply<()> {
 fn valid_ticker(t: &str) -> bool {
     !t.is_empty()
         && t.len() <= 128
-        && t.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && t.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 fn valid_uuid(s: &str) -> bool {
     s.len() == 36
-        && s.bytes().enumerate().all(|(i, b)| {
-            if matches!(i, 8 | 13 | 18 | 23) {
-                b == b'-'
-            } else {
-                b.is_ascii_hexdigit()
-            }
-        })
+        && s.bytes()
+            .enumerate()
+            .all(|(i, b)| if matches!(i, 8 | 13 | 18 | 23) { b == b'-' } else { b.is_ascii_hexdigit() })
 }
 
 /// The market filter of a command: ticker(s) or id(s), mutually exclusive, well formed.
 fn market_filter(p: &Map<String, Value>) -> Reply<Filter> {
     let one = |k: &str| p.get(k).and_then(Value::as_str).map(str::to_owned);
-    let many = |k: &str| {
-        str_list(p, k).map(|o| o.map(|v| v.into_iter().map(str::to_owned).collect::<Vec<_>>()))
-    };
+    let many =
+        |k: &str| str_list(p, k).map(|o| o.map(|v| v.into_iter().map(str::to_owned).collect::<Vec<_>>()));
     let tickers = match (one("market_ticker"), many("market_tickers")?) {
         (Some(_), Some(_)) => return Err(11),
         (Some(t), None) => Some(vec![t]),

@@ -8,7 +8,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tickd::bus::BusBuilder;
+use tickd::bus::{Bus, BusBuilder};
 use tickd::config::{BusSettings, FeedSettings};
 use tickd::feed::alert::Alerter;
 use tickd::feed::{BoxIo, Connect, FeedConfig, FeedContext, FeedExit, FeedHandle, TcpConnector, feed};
@@ -143,6 +143,7 @@ pub struct Harness {
     pub shutdown: CancellationToken,
     pub task: JoinHandle<FeedExit>,
     pub markets: Vec<String>,
+    pub bus: Bus,
 }
 
 /// Feed settings for tests: quick backoff so real-time tests do not wait seconds.
@@ -203,7 +204,7 @@ impl Harness {
         let shutdown = CancellationToken::new();
         let metrics = Arc::new(FeedMetrics::default());
         let ctx = FeedContext {
-            bus,
+            bus: bus.clone(),
             shutdown: shutdown.clone(),
             metrics: metrics.clone(),
             connector,
@@ -220,7 +221,7 @@ impl Harness {
         });
         let (handle, run) = feed(cfg, ctx);
         let task = tokio::spawn(run);
-        Harness { sim, handle, metrics, ticks, shutdown, task, markets }
+        Harness { sim, handle, metrics, ticks, shutdown, task, markets, bus }
     }
 
     /// Waits until the feed publishes `Live` for the `n`-th time (1-based).
@@ -242,6 +243,11 @@ impl Harness {
         self.sim.send_unknown(1);
         let metrics = self.metrics.clone();
         poll_until("the marker frame", limit, || metrics.snapshot().unknown_types > before).await;
+        // Everything the feed published before the marker must also have reached the collector.
+        let published = self.bus.stats().published as usize;
+        self.ticks
+            .wait_until("the collector to catch up", limit, |t| (t.len() >= published).then_some(()))
+            .await;
     }
 
     /// The feed's books and the simulator's books for every followed market.
