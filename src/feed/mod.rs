@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, MissedTickBehavior, sleep_until};
@@ -50,6 +50,10 @@ use backoff::Backoff;
 /// Commands queued for a feed actor. A full queue makes the caller wait (they are rare:
 /// reloads and book queries).
 const COMMAND_CAPACITY: usize = 16;
+
+/// Most frames handled per turn of the connection loop when they are already buffered; bounds
+/// how long commands, pings and shutdown wait behind a burst.
+const BURST: usize = 64;
 
 /// How long a clean close may take at shutdown before the socket is simply dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -415,7 +419,6 @@ impl FeedActor {
         let s = &self.cfg.settings;
         let (ping_interval, window, healthy_after) =
             (s.ping_interval, s.ping_interval + s.pong_timeout, self.backoff.healthy_after());
-        let max_frame = s.max_frame_bytes;
         let id = self.cfg.conn_id.clone();
 
         let started = Instant::now();
@@ -444,44 +447,27 @@ impl FeedActor {
                     let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.send(Message::Close(Some(close)))).await;
                     return Ended::Shutdown;
                 }
-                // Frames (cancel-safe): any frame at all proves the connection alive.
+                // Frames (cancel-safe): any frame at all proves the connection alive. Frames
+                // already buffered are taken in the same turn (up to BURST), so the select and
+                // the flush are paid once per burst rather than once per frame.
                 frame = stream.next() => {
                     let now = Instant::now();
                     last_frame = now;
-                    let recv_ts = now_micros();
-                    let m = &self.ctx.metrics;
-                    FeedMetrics::inc(&m.frames);
-                    m.last_frame_us.store(recv_ts as u64, Ordering::Relaxed);
-                    match frame {
-                        Some(Ok(Message::Text(text))) => {
-                            m.bytes.fetch_add(text.len() as u64, Ordering::Relaxed);
-                            if text.len() > max_frame {
-                                FeedMetrics::inc(&m.oversized_frames);
-                                warn!(feed = %id, bytes = text.len(), limit = max_frame, "Oversized frame dropped.");
-                                continue;
+                    if let Err(ended) = self.on_message(frame, now) {
+                        return ended;
+                    }
+                    for _ in 1..BURST {
+                        match stream.next().now_or_never() {
+                            Some(frame) => {
+                                if let Err(ended) = self.on_message(frame, now) {
+                                    return ended;
+                                }
                             }
-                            // Owned bytes from the socket: parsed in place, no copy when unshared.
-                            let mut buf: Vec<u8> = bytes::Bytes::from(text).into();
-                            if let Err(e) = self.session.on_frame(&mut buf, recv_ts, now, &mut self.out) {
-                                let sample = String::from_utf8_lossy(&buf[..buf.len().min(200)]).into_owned();
-                                warn!(feed = %id, error = %e, frame = %sample, "Unusable frame dropped.");
-                            }
-                            if let Err(e) = self.flush(&mut sink).await {
-                                return e;
-                            }
+                            None => break,
                         }
-                        Some(Ok(Message::Binary(data))) => {
-                            m.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
-                            FeedMetrics::inc(&m.binary_frames);
-                            warn!(feed = %id, bytes = data.len(), "Binary frame dropped (the protocol is text).");
-                        }
-                        // The library queues the Pong reply itself; it goes out with the next write or read.
-                        Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
-                        Some(Ok(Message::Close(frame))) => {
-                            return Ended::Closed(frame.map(|f| (u16::from(f.code), f.reason.to_string())));
-                        }
-                        Some(Err(e)) => return Ended::Error(e.to_string()),
-                        None => return Ended::Eof,
+                    }
+                    if let Err(e) = self.flush(&mut sink).await {
+                        return e;
                     }
                 }
                 // Our own ping, so that a quiet but healthy connection still shows life.
@@ -531,6 +517,50 @@ impl FeedActor {
                 deadline = next;
                 timer.as_mut().reset(deadline);
             }
+        }
+    }
+
+    /// Handles one read result; `Err` ends the connection.
+    fn on_message(
+        &mut self,
+        frame: Option<Result<Message, tungstenite::Error>>,
+        now: Instant,
+    ) -> Result<(), Ended> {
+        let recv_ts = now_micros();
+        let m = &self.ctx.metrics;
+        FeedMetrics::inc(&m.frames);
+        m.last_frame_us.store(recv_ts as u64, Ordering::Relaxed);
+        let id = &self.cfg.conn_id;
+        match frame {
+            Some(Ok(Message::Text(text))) => {
+                m.bytes.fetch_add(text.len() as u64, Ordering::Relaxed);
+                let limit = self.cfg.settings.max_frame_bytes;
+                if text.len() > limit {
+                    FeedMetrics::inc(&m.oversized_frames);
+                    warn!(feed = %id, bytes = text.len(), limit, "Oversized frame dropped.");
+                    return Ok(());
+                }
+                // Owned bytes from the socket: parsed in place, no copy when unshared.
+                let mut buf: Vec<u8> = bytes::Bytes::from(text).into();
+                if let Err(e) = self.session.on_frame(&mut buf, recv_ts, now, &mut self.out) {
+                    let sample = String::from_utf8_lossy(&buf[..buf.len().min(200)]);
+                    warn!(feed = %id, error = %e, frame = %sample, "Unusable frame dropped.");
+                }
+                Ok(())
+            }
+            Some(Ok(Message::Binary(data))) => {
+                m.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+                FeedMetrics::inc(&m.binary_frames);
+                warn!(feed = %id, bytes = data.len(), "Binary frame dropped (the protocol is text).");
+                Ok(())
+            }
+            // The library queues the Pong reply itself; it goes out with the next write or read.
+            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => Ok(()),
+            Some(Ok(Message::Close(frame))) => {
+                Err(Ended::Closed(frame.map(|f| (u16::from(f.code), f.reason.to_string()))))
+            }
+            Some(Err(e)) => Err(Ended::Error(e.to_string())),
+            None => Err(Ended::Eof),
         }
     }
 

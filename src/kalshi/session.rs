@@ -141,6 +141,9 @@ pub struct Session {
     books: HashMap<Name, MarketBook>,
     connected: bool,
     live: bool,
+    /// Something that can change `live` happened since the last check (keeps the per-frame
+    /// path free of the O(markets) check).
+    dirty: bool,
     recv_ts: i64,
 }
 
@@ -171,6 +174,7 @@ impl Session {
             books: HashMap::new(),
             connected: false,
             live: false,
+            dirty: false,
             recv_ts: 0,
             cfg,
         };
@@ -331,7 +335,9 @@ impl Session {
             }
         };
         self.handle(frame, now, out);
-        self.update_state(out);
+        if std::mem::take(&mut self.dirty) {
+            self.update_state(out);
+        }
         Ok(())
     }
 
@@ -466,6 +472,7 @@ impl Session {
     }
 
     fn on_gap(&mut self, sid: u64, expected: u64, got: u64, now: Instant, out: &mut Output) {
+        self.dirty = true;
         FeedMetrics::inc(&self.metrics.gaps);
         let channel = self.sid_index.get(&sid).map(|&i| self.subs[i].channel);
         warn!(feed = %self.cfg.feed, sid, expected, got, channel = channel.map(Channel::as_str), "Sequence gap.");
@@ -489,6 +496,7 @@ impl Session {
     }
 
     fn on_subscribed(&mut self, id: Option<u64>, channel: &str, sid: u64, now: Instant, out: &mut Output) {
+        self.dirty = true;
         let pending = id.and_then(|id| self.pending.remove(&id));
         let Some(Pending { channel: pending_channel, what: PendingKind::Subscribe(markets), .. }) = pending
         else {
@@ -513,6 +521,7 @@ impl Session {
     }
 
     fn on_ok(&mut self, id: Option<u64>, markets: Option<Vec<&str>>, now: Instant, out: &mut Output) {
+        self.dirty = true;
         let Some(pending) = id.and_then(|id| self.pending.remove(&id)) else {
             return;
         };
@@ -541,6 +550,7 @@ impl Session {
     }
 
     fn on_unsubscribed(&mut self, id: Option<u64>, sid: u64, now: Instant, out: &mut Output) {
+        self.dirty = true;
         if let Some(id) = id {
             self.pending.remove(&id);
         }
@@ -569,6 +579,7 @@ impl Session {
         now: Instant,
         out: &mut Output,
     ) {
+        self.dirty = true;
         FeedMetrics::inc(&self.metrics.exchange_errors);
         let pending = id.and_then(|id| self.pending.remove(&id));
         warn!(feed = %self.cfg.feed, code, msg, ?id, ?sid, ?market, "Exchange error.");
@@ -623,6 +634,7 @@ impl Session {
         sending_ts_ms: Option<i64>,
         out: &mut Output,
     ) {
+        self.dirty = true;
         if !self.desired.contains(market) {
             // A market being removed: its book is no longer kept.
             FeedMetrics::inc(&self.metrics.stray_frames);
@@ -716,6 +728,7 @@ impl Session {
     /// Sends one `get_snapshot` for every market of the orderbook sub whose book is stale and
     /// not already requested.
     fn request_missing_snapshots(&mut self, i: usize, now: Instant, out: &mut Output) {
+        self.dirty = true;
         let sub = &self.subs[i];
         let Some(sid) = sub.sid.filter(|_| sub.state == SubState::Active) else {
             return;
