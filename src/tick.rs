@@ -261,7 +261,14 @@ pub enum FeedEvent {
     },
     /// The WebSocket handshake succeeded.
     Connected,
-    /// Every desired subscription is acknowledged; data is flowing.
+    /// The exchange acknowledged one channel's subscription.
+    Subscribed {
+        /// The channel.
+        channel: String,
+        /// Its subscription id on this connection.
+        sid: u64,
+    },
+    /// Every desired subscription is acknowledged and every book built; data is flowing.
     Live,
     /// The connection ended.
     Disconnected {

@@ -283,14 +283,16 @@ async fn a_signed_handshake_is_accepted_and_a_wrong_key_is_reported_as_rejected_
 
     let good = Credentials::load("test-key-id", &fixture("test_key_pkcs8.pem")).unwrap();
     let cfg = SimConfig { auth: Some(auth()), ..sim_config(3, 100) };
-    let h = Harness::start_with(cfg, Transport::Tcp, |_| {}, |c| c.credentials = Some(good.into())).await;
+    let h =
+        Harness::start_with(cfg, Transport::Tcp, |_| {}, |c| c.credentials = Some(good.into()), None).await;
     h.wait_live(1, LIMIT).await;
     assert_eq!(h.sim.stats().handshakes_unauthorized, 0);
     h.stop().await;
 
     let wrong = Credentials::load("test-key-id", &fixture("test_key_other_pkcs8.pem")).unwrap();
     let cfg = SimConfig { auth: Some(auth()), ..sim_config(3, 100) };
-    let h = Harness::start_with(cfg, Transport::Tcp, |_| {}, |c| c.credentials = Some(wrong.into())).await;
+    let h =
+        Harness::start_with(cfg, Transport::Tcp, |_| {}, |c| c.credentials = Some(wrong.into()), None).await;
     let alert = h
         .ticks
         .wait_event(
@@ -346,5 +348,45 @@ async fn markets_added_and_removed_at_runtime_use_update_subscription_without_re
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(h.metrics.snapshot().connects, 1, "no reconnect");
+    h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_alert_command_runs_once_per_incident_with_the_details_in_its_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("alerts.log");
+    let script = dir.path().join("alert.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\necho \"$TICKD_ALERT_FEED|$TICKD_ALERT_KIND|$TICKD_ALERT_MESSAGE|$TICKD_ALERT_TIME\" >> {}\n",
+            log.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let h = Harness::start_with(
+        sim_config(2, 50),
+        Transport::Tcp,
+        |s| s.max_reconnects = 3,
+        |_| {},
+        Some(script.clone()),
+    )
+    .await;
+    h.wait_live(1, LIMIT).await;
+
+    h.sim.refuse_handshakes(6);
+    h.sim.drop_all();
+    h.wait_live(2, LIMIT).await;
+
+    let read = || std::fs::read_to_string(&log).unwrap_or_default();
+    poll_until("the alert command to write", LIMIT, || !read().is_empty()).await;
+    let lines: Vec<String> = read().lines().map(str::to_owned).collect();
+    assert_eq!(lines.len(), 1, "one alert for one incident: {lines:?}");
+    let fields: Vec<&str> = lines[0].split('|').collect();
+    assert_eq!(fields[0], "sim");
+    assert_eq!(fields[1], "max_reconnects");
+    assert!(fields[2].contains("3 consecutive connection failures"), "{}", fields[2]);
+    assert!(fields[3].parse::<i64>().unwrap() > 1_700_000_000, "a Unix time in seconds");
     h.stop().await;
 }

@@ -510,6 +510,7 @@ impl Session {
             return;
         };
         info!(feed = %self.cfg.feed, channel, sid, "Subscribed.");
+        self.emit_event(out, FeedEvent::Subscribed { channel: channel.to_owned(), sid });
         let sub = &mut self.subs[i];
         sub.state = SubState::Active;
         sub.sid = Some(sid);

@@ -167,7 +167,7 @@ impl Harness {
         transport: Transport,
         tune: impl FnOnce(&mut FeedSettings),
     ) -> Harness {
-        Self::start_with(sim_cfg, transport, tune, |_| {}).await
+        Self::start_with(sim_cfg, transport, tune, |_| {}, None).await
     }
 
     /// Like [`Harness::start`], with a hook on the feed config (credentials, alerts).
@@ -176,6 +176,7 @@ impl Harness {
         transport: Transport,
         tune: impl FnOnce(&mut FeedSettings),
         tune_cfg: impl FnOnce(&mut FeedConfig),
+        alert_command: Option<PathBuf>,
     ) -> Harness {
         let markets = sim_cfg.markets.clone();
         let sim = Simulator::start(sim_cfg);
@@ -208,7 +209,7 @@ impl Harness {
             shutdown: shutdown.clone(),
             metrics: metrics.clone(),
             connector,
-            alerter: Alerter::new(None),
+            alerter: Alerter::new(alert_command),
             jitter_seed: Some(7),
         };
         let ticks = Collected::default();
