@@ -135,7 +135,8 @@ impl LosslessReceiver {
         self.rx.recv().await
     }
 
-    /// Moves up to `limit` queued ticks into `out` without waiting; returns how many.
+    /// Waits for at least one tick, then moves up to `limit` queued ticks into `out`; returns
+    /// how many (0 once every publisher is gone and the queue is drained).
     pub async fn recv_many(&mut self, out: &mut Vec<Arc<Tick>>, limit: usize) -> usize {
         self.rx.recv_many(out, limit).await
     }

@@ -89,12 +89,12 @@ struct Sub {
 enum SubState {
     /// Not subscribed (disconnected, or nothing to subscribe).
     Idle,
-    /// `subscribe` sent with this id, waiting for `subscribed`.
-    Subscribing(u64),
+    /// `subscribe` sent, waiting for `subscribed` (the command is in `pending`).
+    Subscribing,
     /// Subscribed: `sid` is set.
     Active,
-    /// `unsubscribe` sent with this id; subscribe again once acknowledged when `then_subscribe`.
-    Unsubscribing { id: u64, then_subscribe: bool },
+    /// `unsubscribe` sent; subscribe again once acknowledged when `then_subscribe`.
+    Unsubscribing { then_subscribe: bool },
     /// A command failed; subscribe again at this time.
     RetryAt(Instant),
 }
@@ -562,7 +562,7 @@ impl Session {
         let sub = &mut self.subs[i];
         sub.sid = None;
         sub.markets.clear();
-        let then_subscribe = matches!(sub.state, SubState::Unsubscribing { then_subscribe: true, .. });
+        let then_subscribe = matches!(sub.state, SubState::Unsubscribing { then_subscribe: true });
         sub.state = SubState::Idle;
         if then_subscribe {
             self.subscribe(i, now, out);
@@ -643,7 +643,7 @@ impl Session {
         }
         let market = self.intern(market);
         let mut no = no;
-        if self.sid_uses_yes_scale(sid) {
+        if self.cfg.use_yes_price {
             // NO levels came on the YES scale: back to NO contract prices, ascending.
             for level in &mut no {
                 level.0 = level.0.complement();
@@ -687,7 +687,7 @@ impl Session {
         now: Instant,
         out: &mut Output,
     ) {
-        let price = if side == Side::No && self.sid_uses_yes_scale(sid) { price.complement() } else { price };
+        let price = if side == Side::No && self.cfg.use_yes_price { price.complement() } else { price };
         if !self.desired.contains(market) {
             // A market being removed: its book is no longer kept.
             FeedMetrics::inc(&self.metrics.stray_frames);
@@ -763,7 +763,7 @@ impl Session {
         let id = self.next_id();
         let markets = if channel.takes_market_filter() { self.desired.clone() } else { BTreeSet::new() };
         let market_tickers: Vec<String> = markets.iter().map(|m| m.to_string()).collect();
-        self.subs[i].state = SubState::Subscribing(id);
+        self.subs[i].state = SubState::Subscribing;
         self.pending.insert(id, Pending { channel, what: PendingKind::Subscribe(markets), sent_at: now });
         debug!(feed = %self.cfg.feed, channel = channel.as_str(), id, markets = market_tickers.len(), "Subscribing.");
         let use_yes_price = self.cfg.use_yes_price;
@@ -789,7 +789,7 @@ impl Session {
         self.mark_channel_stale(i, out, &format!("resubscribing sid {sid}"));
         let id = self.next_id();
         let channel = self.subs[i].channel;
-        self.subs[i].state = SubState::Unsubscribing { id, then_subscribe: true };
+        self.subs[i].state = SubState::Unsubscribing { then_subscribe: true };
         self.pending.insert(id, Pending { channel, what: PendingKind::Unsubscribe, sent_at: now });
         send(out, Command::Unsubscribe { id, sids: vec![sid] });
     }
@@ -829,7 +829,7 @@ impl Session {
             if self.desired.is_empty() {
                 // Deleting the last market would leave an unfiltered subscription.
                 let id = self.next_id();
-                self.subs[i].state = SubState::Unsubscribing { id, then_subscribe: false };
+                self.subs[i].state = SubState::Unsubscribing { then_subscribe: false };
                 self.pending.insert(id, Pending { channel, what: PendingKind::Unsubscribe, sent_at: now });
                 send(out, Command::Unsubscribe { id, sids: vec![sid] });
                 continue;
@@ -876,12 +876,6 @@ impl Session {
         } else if !live && self.metrics.state() == FeedState::Live {
             self.metrics.set_state(FeedState::Subscribing);
         }
-    }
-
-    fn sid_uses_yes_scale(&self, sid: u64) -> bool {
-        // Only orderbook sids exist with books; the flag is the same for all of them.
-        let _ = sid;
-        self.cfg.use_yes_price
     }
 
     fn sub_index(&self, channel: Channel) -> Option<usize> {
