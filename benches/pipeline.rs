@@ -164,6 +164,7 @@ fn main() {
                 };
                 let cfg = FeedConfig {
                     conn_id: "bench/0".into(),
+                    conn: 0,
                     settings,
                     markets,
                     lifecycle: false,

@@ -164,6 +164,7 @@ mod tests {
     fn tick(n: i64) -> Arc<Tick> {
         Arc::new(Tick {
             feed: "f".into(),
+            conn: 0,
             market: "".into(),
             exch_ts: None,
             recv_ts: n,

@@ -191,6 +191,7 @@ impl Supervisor {
         for (n, markets) in shards.into_iter().enumerate() {
             let cfg = FeedConfig {
                 conn_id: conn_id(&settings.name, n),
+                conn: conn_index(n),
                 settings: settings.clone(),
                 markets,
                 lifecycle: n == 0 && settings.lifecycle,
@@ -301,6 +302,7 @@ impl Supervisor {
             let n = (0..).find(|n| !self.conns.contains_key(&conn_id(&feed.name, *n))).unwrap_or(0);
             let cfg = FeedConfig {
                 conn_id: conn_id(&feed.name, n),
+                conn: conn_index(n),
                 settings: feed.clone(),
                 markets,
                 lifecycle: false,
@@ -358,6 +360,12 @@ pub fn shard(markets: &[String], cap: usize) -> Vec<Vec<String>> {
 
 fn conn_id(feed: &str, n: usize) -> Name {
     Arc::from(format!("{feed}/{n}"))
+}
+
+/// `n` as stamped on ticks. A feed would need 65,536 connections (tens of millions of
+/// markets) to overflow it; past that every index reads 65535, which only blurs the ledger.
+fn conn_index(n: usize) -> u16 {
+    u16::try_from(n).unwrap_or(u16::MAX)
 }
 
 fn same_except_markets(a: &FeedSettings, b: &FeedSettings) -> bool {

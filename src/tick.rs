@@ -7,6 +7,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
@@ -113,10 +114,31 @@ pub fn parse_fixed(s: &[u8], decimals: u32) -> Option<i64> {
     Some(if negative { -value } else { value })
 }
 
-/// Microseconds since the Unix epoch, read once per received frame.
+/// Microseconds since the Unix epoch.
 pub fn now_micros() -> i64 {
     // A clock before 1970 is a broken host; treat it as the epoch rather than panic.
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64)
+}
+
+/// The last value [`recv_micros`] returned, process-wide.
+static LAST_RECV: AtomicI64 = AtomicI64::new(0);
+
+/// Microseconds since the Unix epoch, strictly increasing across the whole process: read once
+/// per received frame (and per locally made feed event) for [`Tick::recv_ts`].
+///
+/// Two frames read in the same microsecond get consecutive values, so `(feed, market,
+/// recv_ts)` names one tick, which the store uses as the key of everything but trades. When
+/// the wall clock steps back, values keep counting up from the last one until it catches up.
+pub fn recv_micros() -> i64 {
+    let now = now_micros();
+    let mut last = LAST_RECV.load(Ordering::Relaxed);
+    loop {
+        let next = now.max(last + 1);
+        match LAST_RECV.compare_exchange_weak(last, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return next,
+            Err(seen) => last = seen,
+        }
+    }
 }
 
 /// A cheaply cloned, interned name (feed id or market ticker).
@@ -137,11 +159,14 @@ pub enum Side {
 pub struct Tick {
     /// The feed (configured connection group) that produced it.
     pub feed: Name,
+    /// Which of the feed's connections received it (`feed/conn` in logs).
+    pub conn: u16,
     /// The market ticker as the exchange spells it; empty for feed-wide events.
     pub market: Name,
     /// Exchange time in ms since the epoch, when the frame carries one.
     pub exch_ts: Option<i64>,
-    /// Local receive time in µs since the epoch (one clock read per frame).
+    /// Local receive time in µs since the epoch: one [`recv_micros`] read per frame, so
+    /// strictly increasing within the process.
     pub recv_ts: i64,
     /// What happened.
     pub kind: TickKind,

@@ -13,7 +13,7 @@ use tracing::{error, warn};
 
 use crate::bus::Bus;
 use crate::metrics::FeedMetrics;
-use crate::tick::{FeedEvent, Name, Tick, TickKind, now_micros};
+use crate::tick::{FeedEvent, Name, Tick, TickKind, now_micros, recv_micros};
 
 /// How long an alert command may run before it is killed.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
@@ -31,15 +31,16 @@ impl Alerter {
     }
 
     /// Logs, counts, publishes and runs the command for one alert.
-    pub async fn raise(&self, feed: &Name, bus: &Bus, metrics: &FeedMetrics, kind: &str, message: &str) {
+    pub async fn raise(&self, feed: &Name, conn: u16, bus: &Bus, metrics: &FeedMetrics, kind: &str, message: &str) {
         error!(%feed, alert = kind, "{message}");
         FeedMetrics::inc(&metrics.alerts);
         let event = FeedEvent::Alert { kind: kind.to_owned(), message: message.to_owned() };
         let tick = Tick {
             feed: feed.clone(),
+            conn,
             market: Arc::from(""),
             exch_ts: None,
-            recv_ts: now_micros(),
+            recv_ts: recv_micros(),
             kind: TickKind::Feed(event),
         };
         bus.publish(Arc::new(tick)).await;

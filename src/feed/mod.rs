@@ -43,7 +43,7 @@ use crate::kalshi::command::Channel;
 use crate::kalshi::session::{Output, Session, SessionConfig};
 use crate::kalshi::sign::Credentials;
 use crate::metrics::{FeedMetrics, FeedState};
-use crate::tick::{BookSnapshot, FeedEvent, Name, Tick, TickKind, now_micros};
+use crate::tick::{BookSnapshot, FeedEvent, Name, Tick, TickKind, now_micros, recv_micros};
 use alert::Alerter;
 use backoff::Backoff;
 
@@ -176,6 +176,8 @@ pub struct FeedConfig {
     pub settings: FeedSettings,
     /// Names this connection in logs: the feed name, plus `/n` for the n-th shard.
     pub conn_id: Name,
+    /// The `n` of `conn_id`, stamped on every tick as [`Tick::conn`].
+    pub conn: u16,
     /// Markets this connection follows.
     pub markets: Vec<String>,
     /// Whether this connection also carries `market_lifecycle_v2`.
@@ -261,6 +263,7 @@ impl FeedActor {
         let session = Session::new(
             SessionConfig {
                 feed: Arc::from(s.name.as_str()),
+                conn: cfg.conn,
                 channels,
                 markets: cfg.markets.clone(),
                 use_yes_price: s.use_yes_price,
@@ -526,7 +529,7 @@ impl FeedActor {
         frame: Option<Result<Message, tungstenite::Error>>,
         now: Instant,
     ) -> Result<(), Ended> {
-        let recv_ts = now_micros();
+        let recv_ts = recv_micros();
         let m = &self.ctx.metrics;
         FeedMetrics::inc(&m.frames);
         m.last_frame_us.store(recv_ts as u64, Ordering::Relaxed);
@@ -600,9 +603,10 @@ impl FeedActor {
     async fn publish_event(&self, event: FeedEvent) {
         let tick = Tick {
             feed: Arc::from(self.cfg.settings.name.as_str()),
+            conn: self.cfg.conn,
             market: Arc::from(""),
             exch_ts: None,
-            recv_ts: now_micros(),
+            recv_ts: recv_micros(),
             kind: TickKind::Feed(event),
         };
         self.ctx.bus.publish(Arc::new(tick)).await;
@@ -610,6 +614,6 @@ impl FeedActor {
 
     async fn alert(&self, kind: &str, message: &str) {
         let feed: Name = Arc::from(self.cfg.settings.name.as_str());
-        self.ctx.alerter.raise(&feed, &self.ctx.bus, &self.ctx.metrics, kind, message).await;
+        self.ctx.alerter.raise(&feed, self.cfg.conn, &self.ctx.bus, &self.ctx.metrics, kind, message).await;
     }
 }

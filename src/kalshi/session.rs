@@ -45,6 +45,8 @@ const MAX_INTERNED: usize = 100_000;
 pub struct SessionConfig {
     /// The feed name stamped on every tick.
     pub feed: Name,
+    /// The connection's index within the feed, stamped on every tick.
+    pub conn: u16,
     /// Channels to subscribe (market channels get the market list).
     pub channels: Vec<Channel>,
     /// Markets wanted at start.
@@ -918,7 +920,7 @@ impl Session {
     }
 
     fn emit(&self, out: &mut Output, market: Name, exch_ts: Option<i64>, kind: TickKind) {
-        out.ticks.push(Tick { feed: self.cfg.feed.clone(), market, exch_ts, recv_ts: self.recv_ts, kind });
+        out.ticks.push(Tick { feed: self.cfg.feed.clone(), conn: self.cfg.conn, market, exch_ts, recv_ts: self.recv_ts, kind });
     }
 }
 

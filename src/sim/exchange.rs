@@ -204,6 +204,9 @@ impl Market {
 pub struct Exchange {
     seed: u64,
     rng: ChaCha8Rng,
+    /// Mixed into trade ids so that two runs with one seed never repeat an id: a real
+    /// exchange's trade ids are unique forever, and the store dedupes on them.
+    trade_id_salt: u64,
     lifecycle_every: u32,
     order: Vec<Arc<str>>,
     markets: HashMap<Arc<str>, Market>,
@@ -218,6 +221,7 @@ impl Exchange {
         let mut ex = Exchange {
             seed,
             rng: ChaCha8Rng::seed_from_u64(seed),
+            trade_id_salt: rand::random(),
             lifecycle_every,
             order: Vec::new(),
             markets: HashMap::new(),
@@ -438,7 +442,7 @@ impl Exchange {
                 Side::Yes => price,
                 Side::No => 10_000 - price,
             };
-            let trade_id = uuid_from(self.rng.random(), self.rng.random());
+            let trade_id = uuid_from(self.rng.random::<u64>() ^ self.trade_id_salt, self.rng.random());
             let block = self.rng.random_range(0..50) == 0;
             let info = m.info.clone();
             let trade =

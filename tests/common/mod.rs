@@ -193,6 +193,7 @@ impl Harness {
         tune(&mut settings);
         let mut cfg = FeedConfig {
             conn_id: "sim/0".into(),
+            conn: 0,
             markets: settings.markets.clone(),
             settings,
             lifecycle: true,
