@@ -186,16 +186,15 @@ impl StoreSettings {
     fn validate_into(&self, problems: &mut Problems) {
         match url::Url::parse(self.url.expose()) {
             Ok(url) if matches!(url.scheme(), "postgres" | "postgresql") => {}
-            Ok(url) => problems.push(
-                "store.url",
-                format!("has scheme `{}`; expected `postgres`", url.scheme()),
-            ),
+            Ok(url) => {
+                problems.push("store.url", format!("has scheme `{}`; expected `postgres`", url.scheme()))
+            }
             Err(e) => problems.push("store.url", format!("is not a URL: {e}")),
         }
-        if let Some(path) = self.password_path() {
-            if let Err(e) = std::fs::metadata(&path) {
-                problems.push("store.password_file", format!("{} cannot be read: {e}", path.display()));
-            }
+        if let Some(path) = self.password_path()
+            && let Err(e) = std::fs::metadata(&path)
+        {
+            problems.push("store.password_file", format!("{} cannot be read: {e}", path.display()));
         }
         problems.at_least_one("store.pool_size", self.pool_size as usize);
         problems.at_least_one("store.batch_size", self.batch_size);

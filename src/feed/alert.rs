@@ -31,7 +31,15 @@ impl Alerter {
     }
 
     /// Logs, counts, publishes and runs the command for one alert.
-    pub async fn raise(&self, feed: &Name, conn: u16, bus: &Bus, metrics: &FeedMetrics, kind: &str, message: &str) {
+    pub async fn raise(
+        &self,
+        feed: &Name,
+        conn: u16,
+        bus: &Bus,
+        metrics: &FeedMetrics,
+        kind: &str,
+        message: &str,
+    ) {
         error!(%feed, alert = kind, "{message}");
         FeedMetrics::inc(&metrics.alerts);
         let event = FeedEvent::Alert { kind: kind.to_owned(), message: message.to_owned() };

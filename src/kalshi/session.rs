@@ -920,7 +920,14 @@ impl Session {
     }
 
     fn emit(&self, out: &mut Output, market: Name, exch_ts: Option<i64>, kind: TickKind) {
-        out.ticks.push(Tick { feed: self.cfg.feed.clone(), conn: self.cfg.conn, market, exch_ts, recv_ts: self.recv_ts, kind });
+        out.ticks.push(Tick {
+            feed: self.cfg.feed.clone(),
+            conn: self.cfg.conn,
+            market,
+            exch_ts,
+            recv_ts: self.recv_ts,
+            kind,
+        });
     }
 }
 
