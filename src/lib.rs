@@ -15,6 +15,7 @@
 //!   sans-IO protocol session that turns frames into ticks. No Kalshi type leaves it.
 //! - [`feed`]: the feed actor: one WebSocket connection, heartbeat, backoff, alerts.
 //! - [`supervisor`]: one feed actor per connection, market sharding, restarts, reloads.
+//! - [`store`]: recording ticks in PostgreSQL, with a disk spool for database outages.
 //! - [`sim`]: a faithful Kalshi exchange simulator with fault switches (`tickd sim`).
 //! - [`config`]: the layered settings tree (defaults < TOML < `TICKD_` environment).
 //! - [`app`]: wires the parts together for `tickd run`.
@@ -29,6 +30,7 @@ pub mod feed;
 pub mod kalshi;
 pub mod metrics;
 pub mod sim;
+pub mod store;
 pub mod supervisor;
 pub mod telemetry;
 pub mod tick;
