@@ -1,18 +1,22 @@
-//! `tickd run`: the bus, the supervisor and its feeds, wired together until shutdown.
+//! `tickd run`: the bus, the supervisor and its feeds, and the store writer, wired together
+//! until shutdown.
 //!
-//! Until the store lands, the only consumer is a summary line per feed connection every
-//! `summary_interval`, so an operator sees what is being received.
+//! Shutdown runs in order: the feeds close their connections, then the bus closes (every
+//! publisher is gone), then the writer commits or spools its last batch. A summary line per
+//! feed connection and one for the store are logged every `summary_interval`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{error, info, warn};
 
 use crate::bus::BusBuilder;
 use crate::config::Settings;
 use crate::feed::TcpConnector;
+use crate::feed::alert::Alerter;
+use crate::store::{StoreHandle, StoreMetrics, Writer, WriterContext};
 use crate::supervisor::{Handles, Supervisor, SupervisorDeps, metrics_of};
 use crate::tick::now_micros;
 
@@ -26,7 +30,31 @@ pub struct AppControl {
 
 /// Runs the daemon until `control.shutdown` is cancelled.
 pub async fn run(settings: Settings, control: AppControl) -> anyhow::Result<()> {
-    let bus = BusBuilder::new(&settings.bus).build();
+    let mut builder = BusBuilder::new(&settings.bus);
+    let (store, writer) = match &settings.store {
+        Some(store_settings) => {
+            std::fs::create_dir_all(&settings.state_dir).map_err(|e| {
+                anyhow::anyhow!(
+                    "state_dir {} cannot be created: {e}; set `state_dir` to a writable directory",
+                    settings.state_dir.display()
+                )
+            })?;
+            let ctx = WriterContext {
+                settings: store_settings.clone(),
+                state_dir: settings.state_dir.clone(),
+                alerter: Alerter::new(settings.alert_command.clone()),
+                metrics: Arc::new(StoreMetrics::default()),
+            };
+            let (handle, writer) = Writer::start(ctx, builder.lossless())?;
+            info!(url = %store_settings.url.redacted(), "Recording ticks in PostgreSQL.");
+            (Some(handle), Some(tokio::spawn(writer)))
+        }
+        None => {
+            warn!("No [store] configured: ticks are not recorded.");
+            (None, None)
+        }
+    };
+    let bus = builder.build();
     let deps = SupervisorDeps {
         bus: bus.clone(),
         shutdown: control.shutdown.clone(),
@@ -34,17 +62,30 @@ pub async fn run(settings: Settings, control: AppControl) -> anyhow::Result<()> 
         jitter_seed: None,
     };
     let supervisor = Supervisor::start(&settings, deps)?;
-    let summary =
-        tokio::spawn(summarize(supervisor.handles(), settings.summary_interval, control.shutdown.clone()));
+    let summary = tokio::spawn(summarize(
+        supervisor.handles(),
+        store.clone(),
+        settings.summary_interval,
+        control.shutdown.clone(),
+    ));
     let result = supervisor.run(control.reload).await;
     summary.abort();
     let stats = bus.stats();
+    // The feeds are gone; dropping the last publisher closes the bus, and the writer then
+    // commits (or spools) what it holds and returns.
+    drop(bus);
+    if let Some(writer) = writer {
+        if let Err(e) = writer.await {
+            error!(error = %e, "Store writer ended abnormally.");
+        }
+    }
     info!(published = stats.published, lossy_missed = stats.lossy_missed, "tickd stopped.");
     Ok(result?)
 }
 
-/// Logs one line per connection every `every`: state and what arrived since start.
-async fn summarize(handles: Handles, every: Duration, shutdown: CancellationToken) {
+/// Logs one line per connection and one for the store every `every`: state and what arrived
+/// since start.
+async fn summarize(handles: Handles, store: Option<StoreHandle>, every: Duration, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(every);
     tick.tick().await;
     loop {
@@ -71,6 +112,22 @@ async fn summarize(handles: Handles, every: Duration, shutdown: CancellationToke
                 parse_errors = s.parse_errors,
                 last_frame_age_ms = age_ms,
                 "Feed summary."
+            );
+        }
+        if let Some(store) = &store {
+            let m = store.metrics();
+            info!(
+                state = m.state().as_str(),
+                committed = StoreMetrics::get(&m.committed),
+                duplicates = StoreMetrics::get(&m.duplicates),
+                batches = StoreMetrics::get(&m.batches),
+                queued = StoreMetrics::get(&m.queued),
+                spooled = StoreMetrics::get(&m.spooled),
+                spool_bytes = StoreMetrics::get(&m.spool_bytes),
+                replayed = StoreMetrics::get(&m.replayed),
+                lost = StoreMetrics::get(&m.lost),
+                commit_p99_ms = m.latency_quantile_ms(0.99).unwrap_or(0),
+                "Store summary."
             );
         }
     }

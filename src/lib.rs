@@ -5,7 +5,7 @@
 //! Data flows left to right:
 //!
 //! ```text
-//! exchange ─ws─► feed (one actor per connection, under the supervisor) ─► bus ─► consumers
+//! exchange ─ws─► feed (one actor per connection, under the supervisor) ─► bus ─► store writer ─► PostgreSQL
 //! ```
 //!
 //! - [`tick`]: the normalized tick model and exact fixed-point prices and sizes.
@@ -18,6 +18,9 @@
 //! - [`store`]: recording ticks in PostgreSQL, with a disk spool for database outages.
 //! - [`sim`]: a faithful Kalshi exchange simulator with fault switches (`tickd sim`).
 //! - [`config`]: the layered settings tree (defaults < TOML < `TICKD_` environment).
+//! - [`store`]: the lossless store writer, its disk spool, and the PostgreSQL schema.
+//! - [`localpg`]: a private PostgreSQL from the installed binaries (tests, `tickd demo`).
+//! - [`demo`]: `tickd demo`, everything on one machine.
 //! - [`app`]: wires the parts together for `tickd run`.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -26,6 +29,7 @@ pub mod app;
 pub mod book;
 pub mod bus;
 pub mod config;
+pub mod demo;
 pub mod feed;
 pub mod kalshi;
 pub mod metrics;

@@ -47,8 +47,19 @@ enum Command {
     /// Connects every configured feed and keeps it streaming. SIGTERM/SIGINT stop it
     /// gracefully (a second one at once); SIGHUP reloads the configuration.
     Run(ConfigArgs),
+    /// Run everything on this machine: simulator, a private PostgreSQL and the daemon.
+    ///
+    /// Nothing to set up: the PostgreSQL server binaries must be installed. Prints the psql
+    /// connection string and example queries; Ctrl-C stops everything and keeps the data
+    /// for the next run.
+    Demo(tickd::demo::DemoArgs),
     /// Run the Kalshi exchange simulator alone, for tests and demos.
     Sim(sim::SimArgs),
+    /// Apply the database schema migrations and check the schema, then exit.
+    ///
+    /// Uses the `[store]` settings. Exits 0 when the schema is up to date, 1 with the
+    /// reason otherwise (unreachable database, a schema changed by hand).
+    Migrate(ConfigArgs),
     /// Validate the configuration and print it, secrets redacted.
     ///
     /// Prints the effective configuration (defaults, file and environment) as TOML and exits
@@ -71,7 +82,9 @@ fn main() -> ExitCode {
     match cli.command {
         Command::CheckConfig(args) => check_config(args.config.as_deref()),
         Command::Run(args) => run(args.config),
+        Command::Migrate(args) => migrate(args.config.as_deref()),
         Command::Sim(args) => simulate(args),
+        Command::Demo(args) => demo(args),
     }
 }
 
@@ -119,6 +132,57 @@ fn run(path: Option<PathBuf>) -> ExitCode {
                 info!("Stopped.");
                 ExitCode::SUCCESS
             }
+            Err(e) => runtime_error(&e),
+        }
+    })
+}
+
+/// `tickd migrate`: the schema, applied and checked.
+fn migrate(path: Option<&Path>) -> ExitCode {
+    let settings = match load_settings(path) {
+        Ok(settings) => settings,
+        Err(e) => return config_error(&e),
+    };
+    telemetry::init(&settings.log);
+    install_crypto_provider();
+    let Some(store) = settings.store else {
+        eprintln!("error: no [store] table in the configuration: nothing to migrate");
+        return ExitCode::from(EXIT_CONFIG_ERROR);
+    };
+    let runtime = match runtime() {
+        Ok(runtime) => runtime,
+        Err(e) => return runtime_error(&e),
+    };
+    runtime.block_on(async move {
+        match tickd::store::pg::migrate_now(&store).await {
+            Ok(applied) => {
+                info!(url = %store.url.redacted(), migrations = applied, "Schema up to date.");
+                ExitCode::SUCCESS
+            }
+            Err(e) => runtime_error(&anyhow::Error::new(e).context("tickd migrate")),
+        }
+    })
+}
+
+/// `tickd demo`: simulator, private PostgreSQL and daemon until SIGINT/SIGTERM.
+fn demo(args: tickd::demo::DemoArgs) -> ExitCode {
+    telemetry::init(&LogSettings::default());
+    install_crypto_provider();
+    let runtime = match runtime() {
+        Ok(runtime) => runtime,
+        Err(e) => return runtime_error(&e),
+    };
+    runtime.block_on(async move {
+        let shutdown = CancellationToken::new();
+        let signals = match handle_signals(shutdown.clone(), None) {
+            Ok(signals) => signals,
+            Err(e) => return runtime_error(&e),
+        };
+        let result = tickd::demo::run(args, shutdown.clone()).await;
+        shutdown.cancel();
+        signals.close();
+        match result {
+            Ok(()) => ExitCode::SUCCESS,
             Err(e) => runtime_error(&e),
         }
     })

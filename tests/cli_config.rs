@@ -125,7 +125,11 @@ fn the_shipped_example_and_sim_configs_are_valid() {
 fn the_example_documents_every_key() {
     // Every optional key set, so that the effective config prints every key there is.
     let alert = Path::new("/bin/true");
-    let text = format!("alert_command = \"{}\"\n{}", alert.display(), signed_feed(test_key_pem()));
+    let store = format!(
+        "\n[store]\nurl = \"postgres://tickd@db/tickd\"\npassword_file = \"{}\"\nretention_days = 30\n",
+        test_key_pem().display()
+    );
+    let text = format!("alert_command = \"{}\"\n{}{store}", alert.display(), signed_feed(test_key_pem()));
     let (_dir, file) = config_file(&text);
     let out = checked(check_config(&file, &[]));
     assert_eq!(out.code, Some(0), "{}", out.stderr);
@@ -393,4 +397,28 @@ fn run_reloads_on_sighup_keeps_the_old_config_when_invalid_and_stops_cleanly() {
 
     assert!(rejected.contains("feeds[0].urll"), "{rejected}");
     assert_eq!(code, Some(0));
+}
+
+#[test]
+fn a_database_password_never_shows_in_check_config() {
+    let text = format!("{SIM_FEED}\n[store]\nurl = \"postgres://tickd:hunter2-secret@db.internal:5432/ticks\"\n");
+    let (_dir, file) = config_file(&text);
+
+    let out = checked(check_config(&file, &[]));
+
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(!out.stdout.contains("hunter2-secret"), "{}", out.stdout);
+    assert!(out.stdout.contains("url = \"postgres://tickd:%3Credacted%3E@db.internal:5432/ticks\""), "{}", out.stdout);
+}
+
+#[test]
+fn a_store_url_that_is_not_postgres_is_named() {
+    let text = format!("{SIM_FEED}\n[store]\nurl = \"mysql://db/ticks\"\nbatch_size = 0\n");
+    let (_dir, file) = config_file(&text);
+
+    let out = checked(check_config(&file, &[]));
+
+    assert_eq!(out.code, Some(2));
+    assert!(out.stderr.contains("invalid `store.url`"), "{}", out.stderr);
+    assert!(out.stderr.contains("invalid `store.batch_size`"), "{}", out.stderr);
 }

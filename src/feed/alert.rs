@@ -57,6 +57,14 @@ impl Alerter {
         }
     }
 
+    /// Runs the alert command (if any) for an alert raised outside a feed, such as the
+    /// store's; `source` goes in `TICKD_ALERT_FEED`. Logging and counting are the caller's.
+    pub fn notify(&self, source: &Name, kind: &str, message: &str) {
+        if let Some(command) = &self.command {
+            self.spawn_command(command.clone(), source, kind, message);
+        }
+    }
+
     fn spawn_command(&self, command: PathBuf, feed: &Name, kind: &str, message: &str) {
         let mut cmd = tokio::process::Command::new(&command);
         cmd.env("TICKD_ALERT_FEED", &**feed)

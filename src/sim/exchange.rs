@@ -204,8 +204,7 @@ impl Market {
 pub struct Exchange {
     seed: u64,
     rng: ChaCha8Rng,
-    /// Mixed into trade ids so that two runs with one seed never repeat an id: a real
-    /// exchange's trade ids are unique forever, and the store dedupes on them.
+    /// Mixed into trade ids (see [`Exchange::salt_trade_ids`]).
     trade_id_salt: u64,
     lifecycle_every: u32,
     order: Vec<Arc<str>>,
@@ -221,7 +220,7 @@ impl Exchange {
         let mut ex = Exchange {
             seed,
             rng: ChaCha8Rng::seed_from_u64(seed),
-            trade_id_salt: rand::random(),
+            trade_id_salt: 0,
             lifecycle_every,
             order: Vec::new(),
             markets: HashMap::new(),
@@ -232,6 +231,14 @@ impl Exchange {
             ex.add_market(m, 0);
         }
         ex
+    }
+
+    /// Mixes `salt` into every trade id, so that two runs with one seed never repeat an id:
+    /// a real exchange's trade ids are unique forever, and the store dedupes on them. The
+    /// event sequence is otherwise unchanged.
+    pub fn salt_trade_ids(mut self, salt: u64) -> Exchange {
+        self.trade_id_salt = salt;
+        self
     }
 
     /// The number the next update will get; every update already returned is below it.

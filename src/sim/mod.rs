@@ -266,7 +266,7 @@ impl Simulator {
     /// Outside a tokio runtime (a start-up invariant: every caller is async code).
     pub fn start(cfg: SimConfig) -> Simulator {
         let runtime = tokio::runtime::Handle::current();
-        let ex = Exchange::new(cfg.seed, &cfg.markets, cfg.lifecycle_every);
+        let ex = Exchange::new(cfg.seed, &cfg.markets, cfg.lifecycle_every).salt_trade_ids(rand::random());
         let (stall, _) = watch::channel(false);
         let shared = Arc::new(Shared {
             hub: Hub::new(ex, cfg.auto_create_markets),

@@ -1,0 +1,422 @@
+//! A batch of ticks in columns, the unit the writer commits, spools and replays.
+//!
+//! In: `Tick`s, one at a time ([`Batch::push`]). Out: one column vector per table field,
+//! ready to bind as PostgreSQL arrays, and a self-contained encoding for the spool
+//! ([`Batch::encode`] / [`Batch::decode`]). Feed and market names are interned per batch
+//! (`names`, 1-based indices, as SQL arrays count), so a batch of 5,000 deltas carries each
+//! ticker once.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::tick::{FeedEvent, LifecycleScope, Name, Side, Tick, TickKind};
+
+/// One batch. Field vectors of a table always have equal lengths.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Batch {
+    /// Interned feed and market names; the `*_ix` columns index it from 1.
+    pub names: Vec<String>,
+    #[serde(skip)]
+    index: HashMap<Name, i32>,
+    /// Rows of `trades`.
+    pub trades: Trades,
+    /// Rows of `quotes`.
+    pub quotes: Quotes,
+    /// Rows of `book_snapshots`.
+    pub snapshots: Snapshots,
+    /// Rows of `book_deltas`.
+    pub deltas: Deltas,
+    /// Rows of `lifecycle_events`.
+    pub lifecycle: Lifecycles,
+    /// Rows of `feed_events`.
+    pub events: Events,
+    /// Per market name index: (feed index, first recv_ts, last recv_ts) for `markets`.
+    pub markets: HashMap<i32, (i32, i64, i64)>,
+    /// Ticks pushed.
+    pub ticks: usize,
+    /// The smallest `recv_ts` pushed (0 when empty): how stale the batch's oldest tick is.
+    pub oldest_recv_ts: i64,
+}
+
+/// Columns common to every data table.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Keys {
+    /// Feed name index.
+    pub feed: Vec<i32>,
+    /// Market name index.
+    pub market: Vec<i32>,
+    /// Exchange time, µs since the epoch.
+    pub exch_ts: Vec<Option<i64>>,
+    /// Receive time, µs since the epoch.
+    pub recv_ts: Vec<i64>,
+}
+
+/// `trades` columns.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Trades {
+    /// Feed, market and times; `exch_ts` is never `None` here (see [`Batch::push`]).
+    pub keys: Keys,
+    /// Exchange trade ids.
+    pub trade_id: Vec<String>,
+    /// YES prices.
+    pub price: Vec<i64>,
+    /// Sizes.
+    pub size: Vec<i64>,
+    /// Whether the taker bought YES.
+    pub taker_yes: Vec<bool>,
+    /// Block trades.
+    pub block: Vec<bool>,
+}
+
+/// `quotes` columns.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Quotes {
+    /// Feed, market and times.
+    pub keys: Keys,
+    /// Last price.
+    pub last: Vec<Option<i64>>,
+    /// Best bid.
+    pub bid: Vec<Option<i64>>,
+    /// Best ask.
+    pub ask: Vec<Option<i64>>,
+    /// Size at the bid.
+    pub bid_size: Vec<i64>,
+    /// Size at the ask.
+    pub ask_size: Vec<i64>,
+    /// Last trade size.
+    pub last_size: Vec<i64>,
+    /// Volume.
+    pub volume: Vec<i64>,
+    /// Open interest.
+    pub open_interest: Vec<i64>,
+    /// Dollar volume.
+    pub dollar_volume: Vec<i64>,
+    /// Dollar open interest.
+    pub dollar_open_interest: Vec<i64>,
+}
+
+/// `book_snapshots` columns.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Snapshots {
+    /// Feed, market and times.
+    pub keys: Keys,
+    /// YES levels as JSON `[[price, size], ...]`.
+    pub yes: Vec<String>,
+    /// NO levels as JSON.
+    pub no: Vec<String>,
+}
+
+/// `book_deltas` columns.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Deltas {
+    /// Feed, market and times.
+    pub keys: Keys,
+    /// Whether the level is on the YES ladder.
+    pub side_yes: Vec<bool>,
+    /// Level price in the side's contract.
+    pub price: Vec<i64>,
+    /// Signed size change.
+    pub delta: Vec<i64>,
+}
+
+/// `lifecycle_events` columns.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Lifecycles {
+    /// Feed, market and times.
+    pub keys: Keys,
+    /// Whether `market` is a market ticker (else an event ticker).
+    pub scope_market: Vec<bool>,
+    /// Event names.
+    pub event: Vec<String>,
+    /// The message bodies, valid JSON.
+    pub detail: Vec<String>,
+}
+
+/// `feed_events` columns.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Events {
+    /// Local time, µs.
+    pub ts: Vec<i64>,
+    /// Feed name index.
+    pub feed: Vec<i32>,
+    /// Connection index.
+    pub conn: Vec<i32>,
+    /// Market name index (the empty name for connection-wide events).
+    pub market: Vec<i32>,
+    /// Event name (`disconnected`, `gap`, `store_loss`...).
+    pub event: Vec<String>,
+    /// Reason or message, where the event has one.
+    pub reason: Vec<Option<String>>,
+    /// Subscription id.
+    pub sid: Vec<Option<i64>>,
+    /// Expected sequence number (gaps).
+    pub expected: Vec<Option<i64>>,
+    /// Received sequence number (gaps).
+    pub got: Vec<Option<i64>>,
+    /// The whole event as JSON.
+    pub detail: Vec<String>,
+}
+
+/// Ticks a full spool could not keep, per feed, recorded as one `store_loss` row each.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Loss {
+    /// Ticks dropped.
+    pub ticks: u64,
+    /// Of which trades.
+    pub trades: u64,
+    /// Receive time of the first dropped tick, µs.
+    pub from_us: i64,
+    /// Receive time of the last dropped tick, µs.
+    pub to_us: i64,
+}
+
+impl Loss {
+    /// Counts the ticks of `batch` as lost, per feed name.
+    pub fn add_batch(losses: &mut HashMap<String, Loss>, batch: &Batch) {
+        let mut add = |feed: i32, ts: i64, trade: bool| {
+            let name = batch.name(feed).to_owned();
+            let loss = losses.entry(name).or_insert(Loss { from_us: ts, to_us: ts, ..Loss::default() });
+            loss.ticks += 1;
+            loss.trades += u64::from(trade);
+            loss.from_us = loss.from_us.min(ts);
+            loss.to_us = loss.to_us.max(ts);
+        };
+        for (f, ts) in batch.trades.keys.feed.iter().zip(&batch.trades.keys.recv_ts) {
+            add(*f, *ts, true);
+        }
+        for keys in [&batch.quotes.keys, &batch.snapshots.keys, &batch.deltas.keys, &batch.lifecycle.keys] {
+            for (f, ts) in keys.feed.iter().zip(&keys.recv_ts) {
+                add(*f, *ts, false);
+            }
+        }
+        let events = &batch.events;
+        for ((f, ts), event) in events.feed.iter().zip(&events.ts).zip(&events.event) {
+            // Loss records riding in the batch are not ticks; they stay pending themselves.
+            if event != "store_loss" {
+                add(*f, *ts, false);
+            }
+        }
+    }
+}
+
+impl Batch {
+    /// An empty batch.
+    pub fn new() -> Batch {
+        Batch::default()
+    }
+
+    /// Whether nothing has been pushed.
+    pub fn is_empty(&self) -> bool {
+        self.ticks == 0 && self.events.ts.is_empty()
+    }
+
+    /// The name behind a 1-based index.
+    pub fn name(&self, ix: i32) -> &str {
+        usize::try_from(ix - 1).ok().and_then(|i| self.names.get(i)).map_or("", String::as_str)
+    }
+
+    fn intern(&mut self, name: &Name) -> i32 {
+        if let Some(&ix) = self.index.get(name) {
+            return ix;
+        }
+        self.names.push(name.to_string());
+        // A batch holds at most `batch_size` ticks, far below i32::MAX names.
+        let ix = i32::try_from(self.names.len()).unwrap_or(i32::MAX);
+        self.index.insert(name.clone(), ix);
+        ix
+    }
+
+    fn keys(&mut self, tick: &Tick) -> (i32, i32) {
+        let feed = self.intern(&tick.feed);
+        let market = self.intern(&tick.market);
+        if !tick.market.is_empty() {
+            let seen = self.markets.entry(market).or_insert((feed, tick.recv_ts, tick.recv_ts));
+            seen.1 = seen.1.min(tick.recv_ts);
+            seen.2 = seen.2.max(tick.recv_ts);
+        }
+        (feed, market)
+    }
+
+    /// Adds one tick to the columns of its table.
+    pub fn push(&mut self, tick: &Tick) {
+        let (feed, market) = self.keys(tick);
+        let exch_us = tick.exch_ts.map(|ms| ms.saturating_mul(1000));
+        if self.ticks == 0 || tick.recv_ts < self.oldest_recv_ts {
+            self.oldest_recv_ts = tick.recv_ts;
+        }
+        self.ticks += 1;
+        let push_keys = |k: &mut Keys| {
+            k.feed.push(feed);
+            k.market.push(market);
+            k.exch_ts.push(exch_us);
+            k.recv_ts.push(tick.recv_ts);
+        };
+        match &tick.kind {
+            TickKind::Trade(t) => {
+                let k = &mut self.trades.keys;
+                k.feed.push(feed);
+                k.market.push(market);
+                // Trades are partitioned and deduplicated on exchange time; Kalshi always
+                // sends it. Were it ever missing, the receive time is the best stand-in.
+                k.exch_ts.push(Some(exch_us.unwrap_or(tick.recv_ts)));
+                k.recv_ts.push(tick.recv_ts);
+                self.trades.trade_id.push(t.trade_id.clone());
+                self.trades.price.push(t.price.0);
+                self.trades.size.push(t.size.0);
+                self.trades.taker_yes.push(t.taker_side == Side::Yes);
+                self.trades.block.push(t.block);
+            }
+            TickKind::Quote(q) => {
+                push_keys(&mut self.quotes.keys);
+                let c = &mut self.quotes;
+                c.last.push(q.last.map(|p| p.0));
+                c.bid.push(q.bid.map(|p| p.0));
+                c.ask.push(q.ask.map(|p| p.0));
+                c.bid_size.push(q.bid_size.0);
+                c.ask_size.push(q.ask_size.0);
+                c.last_size.push(q.last_size.0);
+                c.volume.push(q.volume.0);
+                c.open_interest.push(q.open_interest.0);
+                c.dollar_volume.push(q.dollar_volume);
+                c.dollar_open_interest.push(q.dollar_open_interest);
+            }
+            TickKind::BookSnapshot(b) => {
+                push_keys(&mut self.snapshots.keys);
+                self.snapshots.yes.push(levels_json(&b.yes));
+                self.snapshots.no.push(levels_json(&b.no));
+            }
+            TickKind::BookDelta(d) => {
+                push_keys(&mut self.deltas.keys);
+                self.deltas.side_yes.push(d.side == Side::Yes);
+                self.deltas.price.push(d.price.0);
+                self.deltas.delta.push(d.delta.0);
+            }
+            TickKind::Lifecycle(l) => {
+                push_keys(&mut self.lifecycle.keys);
+                self.lifecycle.scope_market.push(l.scope == LifecycleScope::Market);
+                self.lifecycle.event.push(l.event.clone());
+                // The column is jsonb: a body that is not JSON (never seen) is kept as a
+                // JSON string rather than failing the whole batch.
+                let detail = if serde_json::from_str::<serde::de::IgnoredAny>(&l.detail).is_ok() {
+                    l.detail.clone()
+                } else {
+                    serde_json::Value::String(l.detail.clone()).to_string()
+                };
+                self.lifecycle.detail.push(detail);
+            }
+            TickKind::Feed(event) => self.push_event(tick, feed, market, event),
+        }
+    }
+
+    fn push_event(&mut self, tick: &Tick, feed: i32, market: i32, event: &FeedEvent) {
+        let (reason, sid, expected, got) = match event {
+            FeedEvent::Disconnected { reason } | FeedEvent::Stale { reason } | FeedEvent::GivenUp { reason } => {
+                (Some(reason.clone()), None, None, None)
+            }
+            FeedEvent::Alert { kind, message } => (Some(format!("{kind}: {message}")), None, None, None),
+            FeedEvent::Gap { sid, expected, got } => {
+                (None, Some(to_i64(*sid)), Some(to_i64(*expected)), Some(to_i64(*got)))
+            }
+            FeedEvent::Subscribed { sid, .. } | FeedEvent::Resynced { sid } => {
+                (None, Some(to_i64(*sid)), None, None)
+            }
+            FeedEvent::Connecting { .. } | FeedEvent::Connected | FeedEvent::Live | FeedEvent::BackingOff { .. } => {
+                (None, None, None, None)
+            }
+        };
+        let detail = serde_json::to_value(event).unwrap_or(serde_json::Value::Null);
+        let name = detail.get("event").and_then(|v| v.as_str()).unwrap_or("unknown").to_owned();
+        let e = &mut self.events;
+        e.ts.push(tick.recv_ts);
+        e.feed.push(feed);
+        e.conn.push(i32::from(tick.conn));
+        e.market.push(market);
+        e.event.push(name);
+        e.reason.push(reason);
+        e.sid.push(sid);
+        e.expected.push(expected);
+        e.got.push(got);
+        e.detail.push(detail.to_string());
+    }
+
+    /// Adds one `store_loss` row per feed to the ledger, timed at the first lost tick (so a
+    /// retried write of the same record is recognised as a duplicate).
+    pub fn push_losses(&mut self, losses: &HashMap<String, Loss>) {
+        for (feed, loss) in losses {
+            let ts = loss.from_us;
+            let feed = self.intern(&Name::from(feed.as_str()));
+            let market = self.intern(&Name::from(""));
+            let detail = serde_json::json!({
+                "event": "store_loss",
+                "ticks": loss.ticks,
+                "trades": loss.trades,
+                "from_us": loss.from_us,
+                "to_us": loss.to_us,
+            });
+            let e = &mut self.events;
+            e.ts.push(ts);
+            e.feed.push(feed);
+            e.conn.push(0);
+            e.market.push(market);
+            e.event.push("store_loss".into());
+            e.reason.push(Some(format!("spool full: {} ticks ({} trades) not kept", loss.ticks, loss.trades)));
+            e.sid.push(None);
+            e.expected.push(None);
+            e.got.push(None);
+            e.detail.push(detail.to_string());
+        }
+    }
+
+    /// Every UTC day (days since the epoch) that some row's partition key falls on.
+    pub fn days(&self) -> Vec<i64> {
+        const DAY_US: i64 = 86_400_000_000;
+        let mut days: Vec<i64> = Vec::new();
+        let mut add = |ts: i64| {
+            let day = ts.div_euclid(DAY_US);
+            if !days.contains(&day) {
+                days.push(day);
+            }
+        };
+        self.trades.keys.exch_ts.iter().flatten().for_each(|&ts| add(ts));
+        for keys in [&self.quotes.keys, &self.snapshots.keys, &self.deltas.keys, &self.lifecycle.keys] {
+            // Receive times only grow within a batch; first and last bound every day between.
+            if let (Some(&a), Some(&b)) = (keys.recv_ts.first(), keys.recv_ts.last()) {
+                (a.div_euclid(DAY_US)..=b.div_euclid(DAY_US)).for_each(|d| add(d * DAY_US));
+            }
+        }
+        self.events.ts.iter().for_each(|&ts| add(ts));
+        days.sort_unstable();
+        days
+    }
+
+    /// The spool encoding (JSON; self-describing, so a spool written by one version of tickd
+    /// replays in the next).
+    pub fn encode(&self) -> Vec<u8> {
+        // Serializing plain vectors, strings and integer maps cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Reads a spooled batch back.
+    pub fn decode(bytes: &[u8]) -> Result<Batch, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+}
+
+fn levels_json(levels: &[(crate::tick::Price, crate::tick::Qty)]) -> String {
+    let mut out = String::with_capacity(2 + levels.len() * 16);
+    out.push('[');
+    for (i, (price, size)) in levels.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&format!("[{},{}]", price.0, size.0));
+    }
+    out.push(']');
+    out
+}
+
+/// Sequence numbers and sids fit in i64 for any real exchange; saturate rather than wrap.
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}

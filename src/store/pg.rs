@@ -1,0 +1,496 @@
+//! Everything that talks SQL: the connection pool, migrations and the schema check, daily
+//! partitions and retention, and the one-statement batch write.
+//!
+//! The batch write is a single `INSERT` statement whose data-modifying CTEs fill every table
+//! from typed arrays (`unnest`), each with `ON CONFLICT DO NOTHING`: one round trip and one
+//! implicit transaction per batch, idempotent by the primary keys. `BENCHMARKS.md` compares
+//! it with a binary `COPY` of the same rows.
+
+use std::path::Path;
+use std::time::Duration;
+
+use sqlx::encode::IsNull;
+use sqlx::error::BoxDynError;
+use sqlx::migrate::{MigrateError, Migrator};
+use sqlx::postgres::types::Oid;
+use sqlx::postgres::{PgArgumentBuffer, PgConnectOptions, PgHasArrayType, PgPool, PgPoolOptions, PgTypeInfo};
+use sqlx::{Encode, Postgres, Row, Type};
+
+use super::StoreError;
+use super::batch::Batch;
+use crate::config::StoreSettings;
+
+/// The schema migrations in `migrations/`, embedded in the binary.
+pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+
+/// Microseconds between the Unix epoch and PostgreSQL's (2000-01-01).
+const PG_EPOCH_US: i64 = 946_684_800_000_000;
+
+/// A `timestamptz` bound straight from µs since the Unix epoch: exact, no float, no calendar.
+#[derive(Clone, Copy, Debug)]
+struct Ts(i64);
+
+impl Type<Postgres> for Ts {
+    fn type_info() -> PgTypeInfo {
+        PgTypeInfo::with_oid(Oid(1184))
+    }
+}
+
+impl PgHasArrayType for Ts {
+    fn array_type_info() -> PgTypeInfo {
+        PgTypeInfo::with_oid(Oid(1185))
+    }
+}
+
+impl Encode<'_, Postgres> for Ts {
+    fn encode_by_ref(&self, buf: &mut PgArgumentBuffer) -> Result<IsNull, BoxDynError> {
+        buf.extend_from_slice(&(self.0 - PG_EPOCH_US).to_be_bytes());
+        Ok(IsNull::No)
+    }
+
+    fn size_hint(&self) -> usize {
+        8
+    }
+}
+
+fn ts(v: &[i64]) -> Vec<Ts> {
+    v.iter().map(|&t| Ts(t)).collect()
+}
+
+fn opt_ts(v: &[Option<i64>]) -> Vec<Option<Ts>> {
+    v.iter().map(|t| t.map(Ts)).collect()
+}
+
+/// Connection options from the settings: the URL, the password file, a server-side statement
+/// timeout equal to `write_timeout`, and the application name.
+pub fn connect_options(settings: &StoreSettings) -> Result<PgConnectOptions, StoreError> {
+    let mut options: PgConnectOptions = settings
+        .url
+        .expose()
+        .parse()
+        .map_err(|e| StoreError::Config(format!("store.url {}: {e}", settings.url.redacted())))?;
+    if let Some(path) = settings.password_path() {
+        options = options.password(&read_password(&path)?);
+    }
+    let timeout_ms = settings.write_timeout.as_millis().to_string();
+    Ok(options.application_name("tickd").options([("statement_timeout", timeout_ms.as_str())]))
+}
+
+fn read_password(path: &Path) -> Result<String, StoreError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| StoreError::Config(format!("store.password_file {}: {e}", path.display())))?;
+    Ok(text.lines().next().unwrap_or("").to_owned())
+}
+
+/// A pool that connects on first use, so the daemon starts while the database is away.
+pub fn lazy_pool(settings: &StoreSettings) -> Result<PgPool, StoreError> {
+    let options = connect_options(settings)?;
+    Ok(PgPoolOptions::new()
+        .max_connections(settings.pool_size)
+        .acquire_timeout(settings.connect_timeout)
+        .connect_lazy_with(options))
+}
+
+/// Connects (waiting at most `connect_timeout`), applies the migrations and checks the
+/// schema; for `tickd migrate` and `tickd demo`. Returns how many migrations tickd embeds.
+pub async fn migrate_now(settings: &StoreSettings) -> Result<usize, StoreError> {
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(settings.connect_timeout)
+        .connect_with(connect_options(settings)?)
+        .await
+        .map_err(classify)?;
+    let result = migrate(&pool).await;
+    pool.close().await;
+    result.map(|()| MIGRATOR.iter().count())
+}
+
+/// Applies the embedded migrations, then checks that the tables look as tickd needs them.
+pub async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
+    MIGRATOR.run(pool).await.map_err(migrate_error)?;
+    verify_schema(pool).await
+}
+
+fn migrate_error(e: MigrateError) -> StoreError {
+    match e {
+        MigrateError::Execute(sqlx::Error::Database(db)) | MigrateError::ExecuteMigration(sqlx::Error::Database(db), _) => {
+            StoreError::Migration(format!(
+                "{} (SQLSTATE {}). The database holds objects tickd did not create or that \
+                 were changed by hand: use an empty database for tickd, or repair them.",
+                db.message(),
+                db.code().unwrap_or_default()
+            ))
+        }
+        MigrateError::Execute(e) | MigrateError::ExecuteMigration(e, _) if is_retriable_sqlx(&e) => {
+            StoreError::Unreachable(e.to_string())
+        }
+        MigrateError::VersionMismatch(v) => StoreError::Migration(format!(
+            "migration {v} was applied to this database with different contents than this tickd \
+             embeds; the schema was changed outside tickd"
+        )),
+        MigrateError::VersionMissing(v) => StoreError::Migration(format!(
+            "the database has migration {v}, which this tickd does not know: it was migrated by \
+             a newer tickd"
+        )),
+        other => StoreError::Migration(other.to_string()),
+    }
+}
+
+/// What each table must have for the writer's statement: column name and type.
+const EXPECTED: &[(&str, &[(&str, &str)])] = &[
+    (
+        "trades",
+        &[
+            ("feed", "text"),
+            ("market", "text"),
+            ("trade_id", "text"),
+            ("exch_ts", "timestamp with time zone"),
+            ("recv_ts", "timestamp with time zone"),
+            ("price", "bigint"),
+            ("size", "bigint"),
+            ("taker_side", "text"),
+            ("block", "boolean"),
+        ],
+    ),
+    (
+        "quotes",
+        &[
+            ("feed", "text"),
+            ("market", "text"),
+            ("exch_ts", "timestamp with time zone"),
+            ("recv_ts", "timestamp with time zone"),
+            ("last", "bigint"),
+            ("bid", "bigint"),
+            ("ask", "bigint"),
+            ("bid_size", "bigint"),
+            ("ask_size", "bigint"),
+            ("last_size", "bigint"),
+            ("volume", "bigint"),
+            ("open_interest", "bigint"),
+            ("dollar_volume", "bigint"),
+            ("dollar_open_interest", "bigint"),
+        ],
+    ),
+    (
+        "book_snapshots",
+        &[
+            ("feed", "text"),
+            ("market", "text"),
+            ("exch_ts", "timestamp with time zone"),
+            ("recv_ts", "timestamp with time zone"),
+            ("yes", "jsonb"),
+            ("no", "jsonb"),
+        ],
+    ),
+    (
+        "book_deltas",
+        &[
+            ("feed", "text"),
+            ("market", "text"),
+            ("exch_ts", "timestamp with time zone"),
+            ("recv_ts", "timestamp with time zone"),
+            ("side", "text"),
+            ("price", "bigint"),
+            ("delta", "bigint"),
+        ],
+    ),
+    (
+        "lifecycle_events",
+        &[
+            ("feed", "text"),
+            ("market", "text"),
+            ("exch_ts", "timestamp with time zone"),
+            ("recv_ts", "timestamp with time zone"),
+            ("scope", "text"),
+            ("event", "text"),
+            ("detail", "jsonb"),
+        ],
+    ),
+    (
+        "feed_events",
+        &[
+            ("ts", "timestamp with time zone"),
+            ("feed", "text"),
+            ("conn", "integer"),
+            ("market", "text"),
+            ("event", "text"),
+            ("reason", "text"),
+            ("sid", "bigint"),
+            ("expected", "bigint"),
+            ("got", "bigint"),
+            ("detail", "jsonb"),
+        ],
+    ),
+    (
+        "markets",
+        &[
+            ("market", "text"),
+            ("feed", "text"),
+            ("first_seen", "timestamp with time zone"),
+            ("last_seen", "timestamp with time zone"),
+        ],
+    ),
+];
+
+/// Compares the live tables with [`EXPECTED`] and reports every difference at once: a
+/// missing table or column, a changed type, or a column added by hand that the writer cannot
+/// fill (NOT NULL without a default).
+pub async fn verify_schema(pool: &PgPool) -> Result<(), StoreError> {
+    let rows = sqlx::query(
+        "SELECT table_name::text, column_name::text, data_type::text, \
+                (is_nullable = 'NO' AND column_default IS NULL) AS required \
+         FROM information_schema.columns \
+         WHERE table_schema = current_schema() AND table_name = ANY($1)",
+    )
+    .bind(EXPECTED.iter().map(|(t, _)| *t).collect::<Vec<_>>())
+    .fetch_all(pool)
+    .await
+    .map_err(classify)?;
+    let mut problems = Vec::new();
+    for (table, columns) in EXPECTED {
+        let live: Vec<_> = rows.iter().filter(|r| r.get::<String, _>(0) == *table).collect();
+        if live.is_empty() {
+            problems.push(format!("table `{table}` is missing"));
+            continue;
+        }
+        for (column, ty) in *columns {
+            match live.iter().find(|r| r.get::<String, _>(1) == *column) {
+                None => problems.push(format!("table `{table}`: column `{column}` ({ty}) is missing")),
+                Some(r) if r.get::<String, _>(2) != *ty => problems.push(format!(
+                    "table `{table}`: column `{column}` is {}, expected {ty}",
+                    r.get::<String, _>(2)
+                )),
+                Some(_) => {}
+            }
+        }
+        for r in &live {
+            let name: String = r.get(1);
+            if r.get::<bool, _>(3) && !columns.iter().any(|(c, _)| *c == name) {
+                problems.push(format!(
+                    "table `{table}`: column `{name}` was added by hand and is NOT NULL without a \
+                     default, so tickd cannot insert rows"
+                ));
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(StoreError::Schema(problems.join("; ")))
+    }
+}
+
+/// Creates the daily partitions of every table for `days` (days since the epoch, UTC) that do
+/// not exist yet. Returns how many tables it created.
+pub async fn ensure_partitions(pool: &PgPool, days: &[i64]) -> Result<u64, StoreError> {
+    let mut made = 0u64;
+    for &day in days {
+        let n: i32 = sqlx::query_scalar("SELECT tickd_create_partitions(date '1970-01-01' + $1::int)")
+            .bind(i32::try_from(day).unwrap_or(i32::MAX))
+            .fetch_one(pool)
+            .await
+            .map_err(classify)?;
+        made += u64::try_from(n).unwrap_or(0);
+    }
+    Ok(made)
+}
+
+/// Drops partitions for days more than `retention_days` before today (UTC); returns their
+/// names.
+pub async fn drop_expired(pool: &PgPool, retention_days: u32) -> Result<Vec<String>, StoreError> {
+    sqlx::query_scalar(
+        "SELECT tickd_drop_partitions_before((now() AT TIME ZONE 'UTC')::date - $1::int)",
+    )
+    .bind(i32::try_from(retention_days).unwrap_or(i32::MAX))
+    .fetch_all(pool)
+    .await
+    .map_err(classify)
+}
+
+/// Rows a batch write inserted per table; the rest of the batch were duplicates.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Inserted {
+    /// New rows in any tick table (markets not counted).
+    pub rows: u64,
+    /// Of which trades.
+    pub trades: u64,
+}
+
+/// The batch statement; see the module doc. Names are bound once (`$1`) and every table's
+/// feed and market columns are 1-based indices into them.
+const WRITE_SQL: &str = "
+WITH n AS (SELECT $1::text[] AS names),
+t AS (
+    INSERT INTO trades (feed, market, trade_id, exch_ts, recv_ts, price, size, taker_side, block)
+    SELECT n.names[c.f], n.names[c.m], c.id, c.et, c.rt, c.p, c.s,
+           CASE WHEN c.ty THEN 'yes' ELSE 'no' END, c.b
+    FROM n, unnest($2::int4[], $3::int4[], $4::text[], $5::timestamptz[], $6::timestamptz[],
+                   $7::int8[], $8::int8[], $9::bool[], $10::bool[]) AS c(f, m, id, et, rt, p, s, ty, b)
+    ON CONFLICT DO NOTHING RETURNING 1),
+q AS (
+    INSERT INTO quotes (feed, market, exch_ts, recv_ts, last, bid, ask, bid_size, ask_size,
+                        last_size, volume, open_interest, dollar_volume, dollar_open_interest)
+    SELECT n.names[c.f], n.names[c.m], c.et, c.rt, c.l, c.b, c.a, c.bs, c.as_, c.ls, c.v, c.oi, c.dv, c.doi
+    FROM n, unnest($11::int4[], $12::int4[], $13::timestamptz[], $14::timestamptz[], $15::int8[],
+                   $16::int8[], $17::int8[], $18::int8[], $19::int8[], $20::int8[], $21::int8[],
+                   $22::int8[], $23::int8[], $24::int8[])
+            AS c(f, m, et, rt, l, b, a, bs, as_, ls, v, oi, dv, doi)
+    ON CONFLICT DO NOTHING RETURNING 1),
+s AS (
+    INSERT INTO book_snapshots (feed, market, exch_ts, recv_ts, yes, no)
+    SELECT n.names[c.f], n.names[c.m], c.et, c.rt, c.y::jsonb, c.n::jsonb
+    FROM n, unnest($25::int4[], $26::int4[], $27::timestamptz[], $28::timestamptz[], $29::text[],
+                   $30::text[]) AS c(f, m, et, rt, y, n)
+    ON CONFLICT DO NOTHING RETURNING 1),
+d AS (
+    INSERT INTO book_deltas (feed, market, exch_ts, recv_ts, side, price, delta)
+    SELECT n.names[c.f], n.names[c.m], c.et, c.rt, CASE WHEN c.y THEN 'yes' ELSE 'no' END, c.p, c.d
+    FROM n, unnest($31::int4[], $32::int4[], $33::timestamptz[], $34::timestamptz[], $35::bool[],
+                   $36::int8[], $37::int8[]) AS c(f, m, et, rt, y, p, d)
+    ON CONFLICT DO NOTHING RETURNING 1),
+l AS (
+    INSERT INTO lifecycle_events (feed, market, exch_ts, recv_ts, scope, event, detail)
+    SELECT n.names[c.f], n.names[c.m], c.et, c.rt, CASE WHEN c.mk THEN 'market' ELSE 'event' END,
+           c.ev, c.dt::jsonb
+    FROM n, unnest($38::int4[], $39::int4[], $40::timestamptz[], $41::timestamptz[], $42::bool[],
+                   $43::text[], $44::text[]) AS c(f, m, et, rt, mk, ev, dt)
+    ON CONFLICT DO NOTHING RETURNING 1),
+e AS (
+    INSERT INTO feed_events (ts, feed, conn, market, event, reason, sid, expected, got, detail)
+    SELECT c.ts, n.names[c.f], c.cn, n.names[c.m], c.ev, c.r, c.sid, c.ex, c.g, c.dt::jsonb
+    FROM n, unnest($45::timestamptz[], $46::int4[], $47::int4[], $48::int4[], $49::text[],
+                   $50::text[], $51::int8[], $52::int8[], $53::int8[], $54::text[])
+            AS c(ts, f, cn, m, ev, r, sid, ex, g, dt)
+    ON CONFLICT DO NOTHING RETURNING 1),
+mk AS (
+    INSERT INTO markets AS k (market, feed, first_seen, last_seen)
+    SELECT n.names[c.m], n.names[c.f], c.a, c.z
+    FROM n, unnest($55::int4[], $56::int4[], $57::timestamptz[], $58::timestamptz[]) AS c(m, f, a, z)
+    ON CONFLICT (market) DO UPDATE
+        SET first_seen = least(k.first_seen, excluded.first_seen),
+            last_seen = greatest(k.last_seen, excluded.last_seen)
+        WHERE excluded.last_seen > k.last_seen OR excluded.first_seen < k.first_seen
+    RETURNING 1)
+SELECT (SELECT count(*) FROM t),
+       (SELECT count(*) FROM q) + (SELECT count(*) FROM s) + (SELECT count(*) FROM d)
+         + (SELECT count(*) FROM l) + (SELECT count(*) FROM e),
+       (SELECT count(*) FROM mk)";
+
+/// Writes one batch in one statement. Safe to repeat: rows already present are skipped.
+pub async fn write(pool: &PgPool, b: &Batch) -> Result<Inserted, StoreError> {
+    let mut markets: Vec<(i32, i32, i64, i64)> = b.markets.iter().map(|(m, (f, a, z))| (*m, *f, *a, *z)).collect();
+    // A stable order keeps concurrent upserts of the same markets from deadlocking.
+    markets.sort_unstable_by(|x, y| b.name(x.0).cmp(b.name(y.0)));
+    let (t, q, s, d, l, e) = (&b.trades, &b.quotes, &b.snapshots, &b.deltas, &b.lifecycle, &b.events);
+    let row = sqlx::query(WRITE_SQL)
+        .bind(&b.names)
+        .bind(&t.keys.feed)
+        .bind(&t.keys.market)
+        .bind(&t.trade_id)
+        .bind(opt_ts(&t.keys.exch_ts))
+        .bind(ts(&t.keys.recv_ts))
+        .bind(&t.price)
+        .bind(&t.size)
+        .bind(&t.taker_yes)
+        .bind(&t.block)
+        .bind(&q.keys.feed)
+        .bind(&q.keys.market)
+        .bind(opt_ts(&q.keys.exch_ts))
+        .bind(ts(&q.keys.recv_ts))
+        .bind(&q.last)
+        .bind(&q.bid)
+        .bind(&q.ask)
+        .bind(&q.bid_size)
+        .bind(&q.ask_size)
+        .bind(&q.last_size)
+        .bind(&q.volume)
+        .bind(&q.open_interest)
+        .bind(&q.dollar_volume)
+        .bind(&q.dollar_open_interest)
+        .bind(&s.keys.feed)
+        .bind(&s.keys.market)
+        .bind(opt_ts(&s.keys.exch_ts))
+        .bind(ts(&s.keys.recv_ts))
+        .bind(&s.yes)
+        .bind(&s.no)
+        .bind(&d.keys.feed)
+        .bind(&d.keys.market)
+        .bind(opt_ts(&d.keys.exch_ts))
+        .bind(ts(&d.keys.recv_ts))
+        .bind(&d.side_yes)
+        .bind(&d.price)
+        .bind(&d.delta)
+        .bind(&l.keys.feed)
+        .bind(&l.keys.market)
+        .bind(opt_ts(&l.keys.exch_ts))
+        .bind(ts(&l.keys.recv_ts))
+        .bind(&l.scope_market)
+        .bind(&l.event)
+        .bind(&l.detail)
+        .bind(ts(&e.ts))
+        .bind(&e.feed)
+        .bind(&e.conn)
+        .bind(&e.market)
+        .bind(&e.event)
+        .bind(&e.reason)
+        .bind(&e.sid)
+        .bind(&e.expected)
+        .bind(&e.got)
+        .bind(&e.detail)
+        .bind(markets.iter().map(|m| m.0).collect::<Vec<_>>())
+        .bind(markets.iter().map(|m| m.1).collect::<Vec<_>>())
+        .bind(markets.iter().map(|m| Ts(m.2)).collect::<Vec<_>>())
+        .bind(markets.iter().map(|m| Ts(m.3)).collect::<Vec<_>>())
+        .fetch_one(pool)
+        .await
+        .map_err(classify)?;
+    let trades: i64 = row.get(0);
+    let others: i64 = row.get(1);
+    Ok(Inserted { rows: (trades + others).max(0) as u64, trades: trades.max(0) as u64 })
+}
+
+/// Checks the database answers at all.
+pub async fn ping(pool: &PgPool) -> Result<(), StoreError> {
+    sqlx::query("SELECT 1").execute(pool).await.map(|_| ()).map_err(classify)
+}
+
+/// Whether a driver error means "try again later" (the database or the network is away)
+/// rather than "this input can never be written".
+fn is_retriable_sqlx(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(db) => {
+            let code = db.code().unwrap_or_default();
+            // 22: data exceptions and 23: integrity violations are about this input; the one
+            // exception is 23514 for a row with no partition, which creating it repairs.
+            !(code.starts_with("22") || (code.starts_with("23") && code != "23514"))
+        }
+        _ => false,
+    }
+}
+
+/// Sorts a driver error into [`StoreError`].
+pub fn classify(e: sqlx::Error) -> StoreError {
+    match &e {
+        sqlx::Error::Database(db) => StoreError::Database {
+            code: db.code().map(|c| c.into_owned()).unwrap_or_default(),
+            message: db.message().to_owned(),
+            retriable: is_retriable_sqlx(&e),
+        },
+        _ if is_retriable_sqlx(&e) => StoreError::Unreachable(e.to_string()),
+        _ => StoreError::Database { code: String::new(), message: e.to_string(), retriable: false },
+    }
+}
+
+/// Runs `fut` for at most `limit`; a timeout is a retriable error.
+pub async fn within<T>(
+    limit: Duration,
+    fut: impl Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    tokio::time::timeout(limit, fut).await.unwrap_or(Err(StoreError::Timeout(limit)))
+}

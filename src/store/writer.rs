@@ -1,0 +1,567 @@
+//! The store writer: the bus's lossless consumer.
+//!
+//! One task, one `select!`. It takes ticks from the bus into a [`Batch`] and hands a batch to
+//! PostgreSQL once it holds `batch_size` ticks or its oldest tick is `batch_age` old. One
+//! write is in flight at a time while the next batch fills; if the next batch fills before
+//! the write ends, the writer stops taking ticks (the bus then pushes back on the feeds) for
+//! at most `write_timeout`, after which the write is abandoned and its batch spooled.
+//!
+//! While the database is unreachable, batches go to the [`Spool`] under `state_dir/spool`
+//! and a probe tries the database every `retry_interval`. Once it answers (and the schema is
+//! migrated and checked), new batches are written directly and the spool is replayed, oldest
+//! first, whenever no new batch is waiting. Every write is idempotent, so a batch that was
+//! committed but whose answer was lost is simply skipped the second time.
+//!
+//! Nothing is dropped without a record: a full spool drops the batch, counts it per feed,
+//! alerts at once, and writes a `store_loss` row to `feed_events` when the database is back;
+//! a batch the database refuses for its content is kept under `state_dir/rejected` with an
+//! alert. On shutdown (the bus closes once every feed has stopped) the last batch is written
+//! or spooled before the writer returns.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::postgres::PgPool;
+use tokio::time::{Instant, sleep_until};
+use tracing::{debug, error, info, warn};
+
+use super::batch::{Batch, Loss};
+use super::pg::{self, Inserted};
+use super::spool::{RecordId, Spool};
+use super::{StoreError, StoreMetrics, StoreState};
+use crate::bus::LosslessReceiver;
+use crate::config::StoreSettings;
+use crate::feed::alert::Alerter;
+use crate::tick::{Name, Tick, now_micros};
+
+/// Ticks taken from the bus per receive call; bounds the work done per loop turn.
+const RECV_CHUNK: usize = 1024;
+
+/// How often partitions ahead and retention are looked after while the database is up.
+const MAINTENANCE_EVERY: Duration = Duration::from_secs(3600);
+
+/// How long to wait before trying again after a schema or migration problem, which needs a
+/// person to fix it.
+const SCHEMA_RETRY: Duration = Duration::from_secs(30);
+
+/// Everything the writer runs with.
+pub struct WriterContext {
+    /// The `[store]` settings.
+    pub settings: StoreSettings,
+    /// The state directory; the spool lives in `spool/`, refused batches in `rejected/`.
+    pub state_dir: PathBuf,
+    /// Runs the alert command.
+    pub alerter: Alerter,
+    /// Where the writer reports.
+    pub metrics: Arc<StoreMetrics>,
+}
+
+/// A cheap handle on a running writer.
+#[derive(Clone, Debug)]
+pub struct StoreHandle {
+    metrics: Arc<StoreMetrics>,
+    pool: PgPool,
+}
+
+impl StoreHandle {
+    /// The writer's counters and state.
+    pub fn metrics(&self) -> &Arc<StoreMetrics> {
+        &self.metrics
+    }
+
+    /// The connection pool (for read queries beside the writer).
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+/// Starts the store writer.
+pub struct Writer;
+
+impl Writer {
+    /// Opens the spool and a lazy pool; returns a handle and the future that runs the writer
+    /// until `rx` closes (every publisher gone) and the last batch is committed or spooled.
+    /// Does not touch the database: an unreachable one is found (and reported) by the
+    /// writer itself, which then spools.
+    pub fn start(
+        ctx: WriterContext,
+        rx: LosslessReceiver,
+    ) -> Result<(StoreHandle, impl Future<Output = ()> + Send + 'static), StoreError> {
+        let spool_dir = ctx.state_dir.join("spool");
+        let (spool, recovery) = Spool::open(&spool_dir, ctx.settings.spool_max_bytes)?;
+        if recovery.records > 0 {
+            info!(
+                dir = %spool_dir.display(),
+                batches = recovery.records,
+                bytes = recovery.bytes,
+                "Spool holds batches from an earlier run; they are replayed once the database answers."
+            );
+        }
+        if recovery.torn_bytes > 0 || recovery.corrupt_records > 0 {
+            warn!(
+                dir = %spool_dir.display(),
+                torn_bytes = recovery.torn_bytes,
+                corrupt_records = recovery.corrupt_records,
+                "Spool had an incomplete or damaged record (a crash during a write); it was dropped."
+            );
+        }
+        let pool = pg::lazy_pool(&ctx.settings)?;
+        ctx.metrics.set_state(StoreState::Starting);
+        ctx.metrics.spool_bytes.store(spool.bytes(), std::sync::atomic::Ordering::Relaxed);
+        ctx.metrics.spool_batches.store(spool.len(), std::sync::atomic::Ordering::Relaxed);
+        let handle = StoreHandle { metrics: ctx.metrics.clone(), pool: pool.clone() };
+        let actor = Actor {
+            ctx,
+            pool,
+            spool,
+            up: false,
+            checked: false,
+            known_days: HashSet::new(),
+            losses: HashMap::new(),
+            loss_alerted: false,
+            last_problem: None,
+        };
+        Ok((handle, actor.run(rx)))
+    }
+}
+
+/// Where a batch in flight came from.
+#[derive(Clone, Copy, Debug)]
+enum Origin {
+    /// Straight from the bus.
+    Live,
+    /// Replayed from the spool.
+    Spool(RecordId),
+}
+
+/// A finished write.
+struct Done {
+    batch: Batch,
+    origin: Origin,
+    /// Partition days the write ensured before inserting.
+    days: Vec<i64>,
+    /// Whether the batch carried `store_loss` rows.
+    with_losses: bool,
+    result: Result<Inserted, StoreError>,
+}
+
+type BoxFut<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// A successful probe: the database answers and its schema is good.
+struct ProbeOk {
+    days: Vec<i64>,
+    created: u64,
+    dropped: Vec<String>,
+}
+
+struct Actor {
+    ctx: WriterContext,
+    pool: PgPool,
+    spool: Spool,
+    /// The database answered the last probe or write.
+    up: bool,
+    /// Migrations were applied (or the schema checked) in this process.
+    checked: bool,
+    /// Days whose partitions exist.
+    known_days: HashSet<i64>,
+    /// Ticks dropped by a full spool, per feed, not yet recorded in the ledger.
+    losses: HashMap<String, Loss>,
+    /// The current loss incident was alerted.
+    loss_alerted: bool,
+    /// The last probe problem logged, so an outage logs once, not every retry.
+    last_problem: Option<String>,
+}
+
+/// Awaits an optional boxed future; pending forever when there is none.
+async fn maybe<T>(f: &mut Option<BoxFut<T>>) -> T {
+    match f {
+        Some(f) => f.await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Actor {
+    async fn run(mut self, mut rx: LosslessReceiver) {
+        let batch_size = self.ctx.settings.batch_size;
+        let batch_age = self.ctx.settings.batch_age;
+        let mut batch = Batch::new();
+        let mut deadline = Instant::now();
+        let mut buf: Vec<Arc<Tick>> = Vec::with_capacity(RECV_CHUNK);
+        let mut open = true;
+        let mut inflight: Option<BoxFut<Done>> = None;
+        // Try the database straight away.
+        let mut probe: Option<BoxFut<Result<ProbeOk, StoreError>>> = Some(self.probe());
+        let mut retry_at: Option<Instant> = None;
+        let mut maintain_at = Instant::now() + MAINTENANCE_EVERY;
+
+        loop {
+            let due = !batch.is_empty() && (batch.ticks >= batch_size || !open || Instant::now() >= deadline);
+            if due {
+                if !self.up {
+                    self.spool_batch(std::mem::take(&mut batch));
+                } else if inflight.is_none() {
+                    let with_losses = self.attach_losses(&mut batch);
+                    inflight = Some(self.write(std::mem::take(&mut batch), Origin::Live, with_losses));
+                }
+                // Otherwise the batch waits for the write in flight; intake pauses when full.
+            }
+            if self.up && inflight.is_none() && open && !self.spool.is_empty() {
+                // Replay only while no new batch is due, so live data is never held back.
+                match self.spool.front() {
+                    Ok(Some((id, bytes))) => match Batch::decode(&bytes) {
+                        Ok(b) => inflight = Some(self.write(b, Origin::Spool(id), false)),
+                        Err(e) => self.reject_spooled(id, &bytes, &e.to_string()),
+                    },
+                    Ok(None) => {}
+                    Err(e) => {
+                        error!(error = %e, "Spool cannot be read; replay paused until restart.");
+                        self.alert("spool_unreadable", &format!("the spool cannot be read: {e}"));
+                        self.up = false;
+                        retry_at = Some(Instant::now() + SCHEMA_RETRY);
+                    }
+                }
+            }
+            self.update_state();
+            if !open && batch.is_empty() && inflight.is_none() {
+                break;
+            }
+            if !self.up && probe.is_none() && retry_at.is_none() {
+                retry_at = Some(Instant::now() + self.ctx.settings.retry_interval);
+            }
+
+            tokio::select! {
+                // A write finished: account for it, spool it on failure.
+                done = maybe(&mut inflight) => {
+                    inflight = None;
+                    if let Some(wait) = self.on_done(done) {
+                        retry_at = Some(Instant::now() + wait);
+                    }
+                }
+                // The database answered a probe, or did not.
+                result = maybe(&mut probe) => {
+                    probe = None;
+                    if let Some(wait) = self.on_probe(result) {
+                        retry_at = Some(Instant::now() + wait);
+                    }
+                }
+                // Time to try the database again.
+                _ = sleep_until(retry_at.unwrap_or_else(Instant::now)), if retry_at.is_some() && probe.is_none() => {
+                    retry_at = None;
+                    probe = Some(self.probe());
+                }
+                // Ticks (cancel-safe). Paused while a full batch waits for the write in
+                // flight: the bus then pushes back, for at most `write_timeout`.
+                n = rx.recv_many(&mut buf, RECV_CHUNK), if open && batch.ticks < batch_size => {
+                    if n == 0 {
+                        open = false;
+                        debug!("Bus closed; writing the last batch.");
+                    }
+                    if batch.is_empty() && n > 0 {
+                        deadline = Instant::now() + batch_age;
+                    }
+                    for tick in buf.drain(..) {
+                        batch.push(&tick);
+                    }
+                    StoreMetrics::add(&self.ctx.metrics.received, n as u64);
+                }
+                // The batch is old enough to write.
+                _ = sleep_until(deadline), if !batch.is_empty() && batch.ticks < batch_size && open => {}
+                // Partitions ahead and retention, hourly while the database is up.
+                _ = sleep_until(maintain_at), if self.up && probe.is_none() => {
+                    maintain_at = Instant::now() + MAINTENANCE_EVERY;
+                    probe = Some(self.probe());
+                }
+            }
+            self.ctx.metrics.queued.store(batch.ticks as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+        self.ctx.metrics.set_state(StoreState::Stopped);
+        info!(spooled_batches = self.spool.len(), "Store writer stopped.");
+        self.pool.close().await;
+    }
+
+    /// Connects, migrates or checks the schema once per process, then makes sure partitions
+    /// exist from yesterday to `partitions_ahead_days` ahead and applies retention.
+    fn probe(&self) -> BoxFut<Result<ProbeOk, StoreError>> {
+        let pool = self.pool.clone();
+        let settings = self.ctx.settings.clone();
+        let checked = self.checked;
+        Box::pin(async move {
+            let limit = settings.connect_timeout + settings.write_timeout;
+            pg::within(limit, async {
+                pg::ping(&pool).await?;
+                if !checked {
+                    if settings.migrate {
+                        pg::migrate(&pool).await?;
+                    } else {
+                        pg::verify_schema(&pool).await?;
+                    }
+                }
+                let today = now_micros().div_euclid(86_400_000_000);
+                let days: Vec<i64> = (today - 1..=today + i64::from(settings.partitions_ahead_days)).collect();
+                let created = pg::ensure_partitions(&pool, &days).await?;
+                let dropped = match settings.retention_days {
+                    Some(keep) => pg::drop_expired(&pool, keep).await?,
+                    None => Vec::new(),
+                };
+                Ok(ProbeOk { days, created, dropped })
+            })
+            .await
+        })
+    }
+
+    /// Returns how long to wait before the next probe, if one is needed.
+    fn on_probe(&mut self, result: Result<ProbeOk, StoreError>) -> Option<Duration> {
+        match result {
+            Ok(ok) => {
+                let m = &self.ctx.metrics;
+                StoreMetrics::add(&m.partitions_created, ok.created);
+                StoreMetrics::add(&m.partitions_dropped, ok.dropped.len() as u64);
+                if !ok.dropped.is_empty() {
+                    info!(tables = ?ok.dropped, "Retention dropped old partitions.");
+                }
+                self.known_days.extend(ok.days);
+                self.checked = true;
+                if !self.up {
+                    info!(spooled_batches = self.spool.len(), "Database reachable; writing.");
+                }
+                self.up = true;
+                self.last_problem = None;
+                None
+            }
+            Err(e) => {
+                self.up = false;
+                let problem = e.to_string();
+                let first = self.last_problem.as_deref() != Some(problem.as_str());
+                if e.is_retriable() {
+                    if first {
+                        warn!(
+                            error = %e,
+                            spool = %self.spool_dir().display(),
+                            "Store not ready: the database is unreachable; spooling ticks to disk."
+                        );
+                    }
+                    self.last_problem = Some(problem);
+                    Some(self.ctx.settings.retry_interval)
+                } else {
+                    if first {
+                        error!(
+                            error = %e,
+                            spool = %self.spool_dir().display(),
+                            "Store not ready: the database cannot be used until this is fixed; spooling ticks to disk."
+                        );
+                        self.alert("store_schema", &problem);
+                    }
+                    self.last_problem = Some(problem);
+                    Some(SCHEMA_RETRY)
+                }
+            }
+        }
+    }
+
+    /// Starts writing `batch`; the returned future never fails, it reports.
+    fn write(&self, batch: Batch, origin: Origin, with_losses: bool) -> BoxFut<Done> {
+        let pool = self.pool.clone();
+        let limit = self.ctx.settings.write_timeout;
+        let days: Vec<i64> = batch.days().into_iter().filter(|d| !self.known_days.contains(d)).collect();
+        Box::pin(async move {
+            let result = pg::within(limit, async {
+                if !days.is_empty() {
+                    pg::ensure_partitions(&pool, &days).await?;
+                }
+                pg::write(&pool, &batch).await
+            })
+            .await;
+            Done { batch, origin, days, with_losses, result }
+        })
+    }
+
+    /// Accounts for a finished write. Returns a probe delay when the database went away.
+    fn on_done(&mut self, done: Done) -> Option<Duration> {
+        let Done { batch, origin, days, with_losses, result } = done;
+        let m = self.ctx.metrics.clone();
+        let ticks = batch.ticks as u64;
+        match result {
+            Ok(inserted) => {
+                self.known_days.extend(days);
+                StoreMetrics::add(&m.committed, ticks);
+                StoreMetrics::add(&m.inserted, inserted.rows);
+                StoreMetrics::add(&m.trades_inserted, inserted.trades);
+                StoreMetrics::add(&m.duplicates, ticks.saturating_sub(inserted.rows));
+                StoreMetrics::inc(&m.batches);
+                m.last_batch_ticks.store(ticks, std::sync::atomic::Ordering::Relaxed);
+                if with_losses {
+                    self.recorded_losses();
+                }
+                match origin {
+                    Origin::Live => {
+                        let age = now_micros().saturating_sub(batch.oldest_recv_ts).max(0) as u64;
+                        if ticks > 0 {
+                            m.observe_latency(age);
+                        }
+                    }
+                    Origin::Spool(id) => {
+                        StoreMetrics::add(&m.replayed, ticks);
+                        if let Err(e) = self.spool.consume(id) {
+                            error!(error = %e, "Spool progress could not be saved; the batch may be replayed again (harmless).");
+                        }
+                        self.sync_spool_metrics();
+                        if self.spool.is_empty() {
+                            info!("Spool replayed; writing directly.");
+                        }
+                    }
+                }
+                None
+            }
+            Err(e) if e.is_retriable() => {
+                StoreMetrics::inc(&m.retriable_errors);
+                if matches!(&e, StoreError::Database { code, .. } if code == "23514") {
+                    // A row with no partition: partitions may have been dropped by hand.
+                    self.known_days.clear();
+                }
+                warn!(error = %e, ticks, "Batch write failed; keeping it in the spool and retrying the database.");
+                if let Origin::Live = origin {
+                    let kept = self.spool_batch(batch);
+                    if with_losses && kept {
+                        self.recorded_losses();
+                    }
+                }
+                self.up = false;
+                Some(self.ctx.settings.retry_interval)
+            }
+            Err(e) => {
+                match origin {
+                    Origin::Live => self.reject(&batch, &e.to_string()),
+                    Origin::Spool(id) => {
+                        self.reject(&batch, &e.to_string());
+                        if let Err(e) = self.spool.consume(id) {
+                            error!(error = %e, "Spool progress could not be saved.");
+                        }
+                        self.sync_spool_metrics();
+                    }
+                }
+                if with_losses {
+                    self.recorded_losses();
+                }
+                None
+            }
+        }
+    }
+
+    /// Appends a batch to the spool; when that is impossible (full, disk error) counts its
+    /// ticks as lost and alerts. Returns whether the batch was kept.
+    fn spool_batch(&mut self, batch: Batch) -> bool {
+        if batch.is_empty() {
+            return true;
+        }
+        let ticks = batch.ticks as u64;
+        match self.spool.append(&batch.encode()) {
+            Ok(_) => {
+                StoreMetrics::add(&self.ctx.metrics.spooled, ticks);
+                self.sync_spool_metrics();
+                true
+            }
+            Err(e) => {
+                Loss::add_batch(&mut self.losses, &batch);
+                StoreMetrics::add(&self.ctx.metrics.lost, ticks);
+                if !self.loss_alerted {
+                    self.loss_alerted = true;
+                    let message = format!(
+                        "ticks are being dropped: the spool cannot take more ({e}); the loss is \
+                         recorded in feed_events (store_loss) when the database is back"
+                    );
+                    error!(ticks, spool = %self.spool_dir().display(), "Store: {message}");
+                    self.alert("spool_full", &message);
+                }
+                false
+            }
+        }
+    }
+
+    /// Adds pending `store_loss` rows to a live batch; returns whether it did.
+    fn attach_losses(&self, batch: &mut Batch) -> bool {
+        if self.losses.is_empty() {
+            return false;
+        }
+        batch.push_losses(&self.losses);
+        true
+    }
+
+    fn recorded_losses(&mut self) {
+        if !self.losses.is_empty() {
+            let ticks: u64 = self.losses.values().map(|l| l.ticks).sum();
+            info!(ticks, "Store loss recorded in feed_events.");
+        }
+        self.losses.clear();
+        self.loss_alerted = false;
+    }
+
+    /// Keeps a batch the database refused under `state_dir/rejected`, with an alert.
+    fn reject(&self, batch: &Batch, why: &str) {
+        let m = &self.ctx.metrics;
+        StoreMetrics::inc(&m.rejected_batches);
+        StoreMetrics::add(&m.rejected_ticks, batch.ticks as u64);
+        let path = self.save_rejected(&batch.encode());
+        let message = format!("the database refused a batch of {} ticks: {why}; kept in {path}", batch.ticks);
+        error!(ticks = batch.ticks, "Store: {message}");
+        self.alert("batch_rejected", &message);
+    }
+
+    /// A spooled record that no longer decodes: kept aside, then skipped.
+    fn reject_spooled(&mut self, id: RecordId, bytes: &[u8], why: &str) {
+        StoreMetrics::inc(&self.ctx.metrics.rejected_batches);
+        let path = self.save_rejected(bytes);
+        let message = format!("a spooled batch cannot be decoded ({why}); kept in {path}");
+        error!("Store: {message}");
+        self.alert("batch_rejected", &message);
+        if let Err(e) = self.spool.consume(id) {
+            error!(error = %e, "Spool progress could not be saved.");
+        }
+        self.sync_spool_metrics();
+    }
+
+    fn save_rejected(&self, bytes: &[u8]) -> String {
+        let dir = self.ctx.state_dir.join("rejected");
+        let path = dir.join(format!("{}.json", now_micros()));
+        match std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, bytes)) {
+            Ok(()) => path.display().to_string(),
+            Err(e) => {
+                error!(path = %path.display(), error = %e, "Refused batch could not be saved either.");
+                format!("nowhere ({} could not be written: {e})", path.display())
+            }
+        }
+    }
+
+    fn alert(&self, kind: &str, message: &str) {
+        StoreMetrics::inc(&self.ctx.metrics.alerts);
+        error!(alert = kind, "Store alert: {message}");
+        self.ctx.alerter.notify(&Name::from("store"), kind, message);
+    }
+
+    fn spool_dir(&self) -> PathBuf {
+        self.ctx.state_dir.join("spool")
+    }
+
+    fn sync_spool_metrics(&self) {
+        let m = &self.ctx.metrics;
+        m.spool_bytes.store(self.spool.bytes(), std::sync::atomic::Ordering::Relaxed);
+        m.spool_batches.store(self.spool.len(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn update_state(&self) {
+        let state = match (self.up, self.spool.is_empty(), self.checked) {
+            (false, _, false) if self.last_problem.is_none() => StoreState::Starting,
+            (false, _, _) => StoreState::Spooling,
+            (true, true, _) => StoreState::Ready,
+            (true, false, _) => StoreState::Replaying,
+        };
+        let before = self.ctx.metrics.state();
+        if before != state {
+            info!(from = before.as_str(), to = state.as_str(), "Store state changed.");
+            self.ctx.metrics.set_state(state);
+        }
+    }
+}

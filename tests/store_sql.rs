@@ -1,0 +1,364 @@
+//! The schema and the batch statement against a real PostgreSQL: exact values, idempotent
+//! writes, partitions and retention, the query functions, and the schema check.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::pg::TestDb;
+use sqlx::postgres::PgPool;
+use sqlx::{AssertSqlSafe, Row};
+use tickd::store::StoreError;
+use tickd::store::batch::{Batch, Loss};
+use tickd::store::pg;
+use tickd::tick::{
+    BookDelta, BookSnapshot, FeedEvent, Lifecycle, LifecycleScope, Price, Qty, Quote, Side, Tick, TickKind, Trade,
+};
+
+/// 2026-11-20 12:00:00 UTC in µs.
+const T0: i64 = 1_763_640_000_000_000;
+const DAY_US: i64 = 86_400_000_000;
+
+async fn migrated() -> (TestDb, PgPool) {
+    let db = TestDb::new().await;
+    let pool = PgPool::connect(&db.url).await.expect("connect");
+    pg::migrate(&pool).await.expect("migrate");
+    (db, pool)
+}
+
+fn tick(market: &str, recv_ts: i64, exch_ms: Option<i64>, kind: TickKind) -> Tick {
+    Tick { feed: Arc::from("sim"), conn: 0, market: Arc::from(market), exch_ts: exch_ms, recv_ts, kind }
+}
+
+fn trade(market: &str, id: &str, exch_ms: i64, price: i64, size: i64) -> Tick {
+    tick(
+        market,
+        exch_ms * 1000 + 250,
+        Some(exch_ms),
+        TickKind::Trade(Trade {
+            trade_id: id.into(),
+            price: Price(price),
+            size: Qty(size),
+            taker_side: Side::No,
+            block: false,
+        }),
+    )
+}
+
+fn event(recv_ts: i64, event: FeedEvent) -> Tick {
+    tick("", recv_ts, None, TickKind::Feed(event))
+}
+
+/// One tick of every kind, at T0 and just after.
+fn one_of_each() -> Vec<Tick> {
+    vec![
+        trade("MKT-A", "8d3a0b6e-1", T0 / 1000, 4801, 12_345),
+        tick(
+            "MKT-A",
+            T0 + 1,
+            Some(T0 / 1000),
+            TickKind::Quote(Quote {
+                last: Some(Price(4801)),
+                bid: Some(Price(4800)),
+                ask: None,
+                bid_size: Qty(100),
+                volume: Qty(999_999_900),
+                dollar_volume: 123,
+                ..Quote::default()
+            }),
+        ),
+        tick(
+            "MKT-A",
+            T0 + 2,
+            None,
+            TickKind::BookSnapshot(BookSnapshot {
+                yes: vec![(Price(4700), Qty(500)), (Price(4800), Qty(100))],
+                no: vec![(Price(5100), Qty(250))],
+            }),
+        ),
+        tick(
+            "MKT-A",
+            T0 + 3,
+            None,
+            TickKind::BookDelta(BookDelta { side: Side::No, price: Price(5100), delta: Qty(-250) }),
+        ),
+        tick(
+            "EVT-A",
+            T0 + 4,
+            Some(T0 / 1000),
+            TickKind::Lifecycle(Lifecycle {
+                scope: LifecycleScope::Event,
+                event: "created".into(),
+                detail: r#"{"event_ticker":"EVT-A","collateral_return_type":"MECNET"}"#.into(),
+            }),
+        ),
+        event(T0 + 5, FeedEvent::Gap { sid: 3, expected: 41, got: 44 }),
+    ]
+}
+
+fn batch_of(ticks: &[Tick]) -> Batch {
+    let mut batch = Batch::new();
+    for t in ticks {
+        batch.push(t);
+    }
+    batch
+}
+
+async fn count(pool: &PgPool, table: &str) -> i64 {
+    sqlx::query_scalar(AssertSqlSafe(format!("SELECT count(*) FROM {table}"))).fetch_one(pool).await.expect("count")
+}
+
+#[tokio::test]
+async fn a_batch_written_twice_is_stored_once() {
+    let (_db, pool) = migrated().await;
+    let batch = batch_of(&one_of_each());
+    pg::ensure_partitions(&pool, &batch.days()).await.expect("partitions");
+
+    let first = pg::write(&pool, &batch).await.expect("first write");
+    let again = pg::write(&pool, &Batch::decode(&batch.encode()).expect("decode")).await.expect("second write");
+
+    assert_eq!(first.rows, 6);
+    assert_eq!(first.trades, 1);
+    assert_eq!(again.rows, 0, "a replayed batch must insert nothing");
+    for table in ["trades", "quotes", "book_snapshots", "book_deltas", "lifecycle_events", "feed_events"] {
+        assert_eq!(count(&pool, table).await, 1, "{table}");
+    }
+    assert_eq!(count(&pool, "markets").await, 2, "MKT-A and EVT-A");
+}
+
+#[tokio::test]
+async fn prices_sizes_and_times_are_stored_exactly() {
+    let (_db, pool) = migrated().await;
+    let batch = batch_of(&one_of_each());
+    pg::ensure_partitions(&pool, &batch.days()).await.expect("partitions");
+    pg::write(&pool, &batch).await.expect("write");
+
+    let t = sqlx::query(
+        "SELECT price, size, taker_side, block, \
+                (extract(epoch FROM exch_ts) * 1000000)::bigint AS exch_us, \
+                (extract(epoch FROM recv_ts) * 1000000)::bigint AS recv_us, \
+                tickd_dollars(price)::text AS dollars, tickd_contracts(size)::text AS contracts \
+         FROM trades",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("trade row");
+    assert_eq!(t.get::<i64, _>("price"), 4801);
+    assert_eq!(t.get::<i64, _>("size"), 12_345);
+    assert_eq!(t.get::<String, _>("taker_side"), "no");
+    assert!(!t.get::<bool, _>("block"));
+    assert_eq!(t.get::<i64, _>("exch_us"), T0);
+    assert_eq!(t.get::<i64, _>("recv_us"), T0 + 250);
+    assert_eq!(t.get::<String, _>("dollars"), "0.48010000000000000000");
+    assert_eq!(t.get::<String, _>("contracts"), "123.4500000000000000");
+
+    let q = sqlx::query("SELECT last, bid, ask, bid_size, volume, dollar_volume FROM quotes")
+        .fetch_one(&pool)
+        .await
+        .expect("quote row");
+    assert_eq!(q.get::<Option<i64>, _>("last"), Some(4801));
+    assert_eq!(q.get::<Option<i64>, _>("bid"), Some(4800));
+    assert_eq!(q.get::<Option<i64>, _>("ask"), None);
+    assert_eq!(q.get::<i64, _>("bid_size"), 100);
+    assert_eq!(q.get::<i64, _>("volume"), 999_999_900);
+    assert_eq!(q.get::<i64, _>("dollar_volume"), 123);
+
+    let s = sqlx::query("SELECT yes::text, no::text, exch_ts IS NULL AS no_exch FROM book_snapshots")
+        .fetch_one(&pool)
+        .await
+        .expect("snapshot row");
+    assert_eq!(s.get::<String, _>("yes"), "[[4700, 500], [4800, 100]]");
+    assert_eq!(s.get::<String, _>("no"), "[[5100, 250]]");
+    assert!(s.get::<bool, _>("no_exch"));
+
+    let d = sqlx::query("SELECT side, price, delta FROM book_deltas").fetch_one(&pool).await.expect("delta");
+    assert_eq!((d.get::<String, _>(0), d.get::<i64, _>(1), d.get::<i64, _>(2)), ("no".into(), 5100, -250));
+
+    let l = sqlx::query("SELECT scope, event, detail->>'collateral_return_type' FROM lifecycle_events")
+        .fetch_one(&pool)
+        .await
+        .expect("lifecycle");
+    assert_eq!(l.get::<String, _>(0), "event");
+    assert_eq!(l.get::<String, _>(1), "created");
+    assert_eq!(l.get::<String, _>(2), "MECNET");
+
+    let e = sqlx::query("SELECT event, sid, expected, got, feed, conn FROM feed_events").fetch_one(&pool).await.expect("event");
+    assert_eq!(e.get::<String, _>("event"), "gap");
+    assert_eq!(
+        (e.get::<Option<i64>, _>("sid"), e.get::<Option<i64>, _>("expected"), e.get::<Option<i64>, _>("got")),
+        (Some(3), Some(41), Some(44))
+    );
+    assert_eq!((e.get::<String, _>("feed"), e.get::<i32, _>("conn")), ("sim".into(), 0));
+}
+
+#[tokio::test]
+async fn a_market_ticker_with_unusual_characters_is_stored_as_is() {
+    let (_db, pool) = migrated().await;
+    let weird = "KX'; DROP TABLE trades;--\\\"Ünï/%_€";
+    let batch = batch_of(&[trade(weird, "t-weird", T0 / 1000, 1, 100)]);
+    pg::ensure_partitions(&pool, &batch.days()).await.expect("partitions");
+
+    pg::write(&pool, &batch).await.expect("write");
+
+    let stored: String = sqlx::query_scalar("SELECT market FROM trades").fetch_one(&pool).await.expect("row");
+    assert_eq!(stored, weird);
+    let listed: String = sqlx::query_scalar("SELECT market FROM markets").fetch_one(&pool).await.expect("row");
+    assert_eq!(listed, weird);
+}
+
+#[tokio::test]
+async fn a_row_without_a_partition_is_retriable_and_partitions_repair_it() {
+    let (_db, pool) = migrated().await;
+    let old_ms = (T0 - 40 * DAY_US) / 1000;
+    let batch = batch_of(&[trade("MKT-A", "old-1", old_ms, 5000, 100)]);
+
+    let err = pg::write(&pool, &batch).await.expect_err("no partition for that day yet");
+    assert!(matches!(&err, StoreError::Database { code, .. } if code == "23514"), "{err}");
+    assert!(err.is_retriable());
+
+    let made = pg::ensure_partitions(&pool, &batch.days()).await.expect("partitions");
+    assert_eq!(made, 6, "one partition per table");
+    pg::write(&pool, &batch).await.expect("write after the partition exists");
+    assert_eq!(count(&pool, "trades").await, 1);
+}
+
+#[tokio::test]
+async fn retention_drops_whole_days_older_than_the_limit() {
+    let (_db, pool) = migrated().await;
+    let today = tickd::tick::now_micros().div_euclid(DAY_US);
+    pg::ensure_partitions(&pool, &[today - 40, today - 10, today]).await.expect("partitions");
+    let old = batch_of(&[trade("MKT-A", "old", (today - 40) * DAY_US / 1000, 1, 1)]);
+    let recent = batch_of(&[trade("MKT-A", "recent", (today - 10) * DAY_US / 1000, 1, 1)]);
+    pg::write(&pool, &old).await.expect("old");
+    pg::write(&pool, &recent).await.expect("recent");
+
+    let dropped = pg::drop_expired(&pool, 30).await.expect("retention");
+
+    assert_eq!(dropped.len(), 6, "{dropped:?}");
+    assert!(dropped.iter().all(|t| t.ends_with(&day_suffix(today - 40))), "{dropped:?}");
+    let left: Vec<String> = sqlx::query_scalar("SELECT trade_id FROM trades").fetch_all(&pool).await.expect("rows");
+    assert_eq!(left, vec!["recent".to_string()]);
+}
+
+fn day_suffix(day: i64) -> String {
+    // Civil date of a day number (days since 1970-01-01), proleptic Gregorian.
+    let z = day + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("_{y:04}{m:02}{d:02}")
+}
+
+#[tokio::test]
+async fn ohlcv_trades_in_and_latest_quotes_answer_from_the_stored_rows() {
+    let (_db, pool) = migrated().await;
+    let ms = T0 / 1000;
+    let mut ticks = vec![
+        trade("MKT-A", "a1", ms, 4000, 100),
+        trade("MKT-A", "a2", ms + 10_000, 4500, 200),
+        trade("MKT-A", "a3", ms + 20_000, 3900, 300),
+        trade("MKT-A", "a4", ms + 50_000, 4200, 400),
+        // The next minute.
+        trade("MKT-A", "a5", ms + 61_000, 4300, 500),
+        trade("MKT-B", "b1", ms + 5_000, 9900, 100),
+    ];
+    for (i, bid) in [4100, 4150].into_iter().enumerate() {
+        let q = Quote { bid: Some(Price(bid)), ..Quote::default() };
+        ticks.push(tick("MKT-A", T0 + 100 + i as i64, Some(ms), TickKind::Quote(q)));
+    }
+    let batch = batch_of(&ticks);
+    pg::ensure_partitions(&pool, &batch.days()).await.expect("partitions");
+    pg::write(&pool, &batch).await.expect("write");
+
+    let bars = sqlx::query(
+        "SELECT open, high, low, close, volume, trades FROM ohlcv('MKT-A', '1 minute', \
+         to_timestamp($1::bigint / 1000), to_timestamp($1::bigint / 1000) + interval '1 hour')",
+    )
+    .bind(ms)
+    .fetch_all(&pool)
+    .await
+    .expect("ohlcv");
+    let bars: Vec<(i64, i64, i64, i64, i64, i64)> =
+        bars.iter().map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5))).collect();
+    assert_eq!(bars, vec![(4000, 4500, 3900, 4200, 1000, 4), (4300, 4300, 4300, 4300, 500, 1)]);
+
+    let ids: Vec<String> = sqlx::query_scalar(
+        "SELECT trade_id FROM trades_in('MKT-A', to_timestamp($1::bigint / 1000), \
+         to_timestamp($1::bigint / 1000) + interval '30 seconds')",
+    )
+    .bind(ms)
+    .fetch_all(&pool)
+    .await
+    .expect("trades_in");
+    assert_eq!(ids, ["a1", "a2", "a3"]);
+
+    let latest: Vec<(String, Option<i64>)> =
+        sqlx::query_as("SELECT market, bid FROM latest_quotes ORDER BY market").fetch_all(&pool).await.expect("latest");
+    assert_eq!(latest, vec![("MKT-A".to_string(), Some(4150))]);
+}
+
+#[tokio::test]
+async fn gaps_lists_disconnects_seq_gaps_and_store_losses() {
+    let (_db, pool) = migrated().await;
+    let s = 1_000_000;
+    let mut ticks = vec![
+        event(T0, FeedEvent::Live),
+        event(T0 + 10 * s, FeedEvent::Disconnected { reason: "connection reset".into() }),
+        event(T0 + 11 * s, FeedEvent::Connecting { attempt: 1 }),
+        event(T0 + 12 * s, FeedEvent::Disconnected { reason: "connect failed".into() }),
+        event(T0 + 15 * s, FeedEvent::Connected),
+        event(T0 + 16 * s, FeedEvent::Live),
+        event(T0 + 20 * s, FeedEvent::Gap { sid: 1, expected: 10, got: 12 }),
+        event(T0 + 21 * s, FeedEvent::Resynced { sid: 1 }),
+    ];
+    ticks.push(trade("MKT-A", "x", T0 / 1000, 1, 1));
+    let mut batch = batch_of(&ticks);
+    let mut losses = std::collections::HashMap::new();
+    losses.insert("sim".to_string(), Loss { ticks: 7, trades: 2, from_us: T0 + 30 * s, to_us: T0 + 31 * s });
+    batch.push_losses(&losses);
+    pg::ensure_partitions(&pool, &batch.days()).await.expect("partitions");
+    pg::write(&pool, &batch).await.expect("write");
+
+    let rows = sqlx::query(
+        "SELECT kind, (extract(epoch FROM started) * 1000000)::bigint, \
+                (extract(epoch FROM ended) * 1000000)::bigint, detail \
+         FROM gaps(to_timestamp($1::bigint / 1000000), to_timestamp($1::bigint / 1000000) + interval '1 hour')",
+    )
+    .bind(T0)
+    .fetch_all(&pool)
+    .await
+    .expect("gaps");
+    let got: Vec<(String, i64, Option<i64>)> = rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect();
+    assert_eq!(
+        got,
+        vec![
+            ("disconnected".to_string(), T0 + 10 * s, Some(T0 + 16 * s)),
+            ("seq_gap".to_string(), T0 + 20 * s, Some(T0 + 21 * s)),
+            ("store_loss".to_string(), T0 + 30 * s, Some(T0 + 31 * s)),
+        ]
+    );
+    let loss: serde_json::Value = rows[2].get(3);
+    assert_eq!((loss["ticks"].as_u64(), loss["trades"].as_u64()), (Some(7), Some(2)));
+}
+
+#[tokio::test]
+async fn the_schema_check_names_a_column_changed_by_hand() {
+    let (_db, pool) = migrated().await;
+    sqlx::raw_sql("ALTER TABLE trades DROP COLUMN block; ALTER TABLE book_deltas ALTER COLUMN price TYPE numeric")
+        .execute(&pool)
+        .await
+        .expect("hand change");
+
+    let err = pg::migrate(&pool).await.expect_err("schema drift must be reported");
+
+    let text = err.to_string();
+    assert!(matches!(err, StoreError::Schema(_)), "{text}");
+    assert!(text.contains("table `trades`: column `block` (boolean) is missing"), "{text}");
+    assert!(text.contains("table `book_deltas`: column `price` is numeric, expected bigint"), "{text}");
+    assert!(!err.is_retriable());
+}
