@@ -18,6 +18,7 @@
 //! - [`sim`]: a faithful Kalshi exchange simulator with fault switches (`tickd sim`).
 //! - [`config`]: the layered settings tree (defaults < TOML < `TICKD_` environment).
 //! - [`app`]: wires the parts together for `tickd run`.
+//! - [`localpg`]: a private PostgreSQL server from the installed binaries, for tests and `tickd demo`.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -27,6 +28,7 @@ pub mod bus;
 pub mod config;
 pub mod feed;
 pub mod kalshi;
+pub mod localpg;
 pub mod metrics;
 pub mod sim;
 pub mod supervisor;
