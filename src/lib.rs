@@ -22,6 +22,7 @@
 //! - [`localpg`]: a private PostgreSQL from the installed binaries (tests, `tickd demo`).
 //! - [`demo`]: `tickd demo`, everything on one machine.
 //! - [`app`]: wires the parts together for `tickd run`.
+//! - [`localpg`]: a private PostgreSQL server from the installed binaries, for tests and `tickd demo`.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -32,6 +33,7 @@ pub mod config;
 pub mod demo;
 pub mod feed;
 pub mod kalshi;
+pub mod localpg;
 pub mod metrics;
 pub mod sim;
 pub mod store;

@@ -1,6 +1,8 @@
 //! Test harness: a simulator, a feed actor against it, and everything the feed publishes.
 #![allow(dead_code)]
 
+pub mod pg;
+
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::PathBuf;
