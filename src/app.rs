@@ -74,10 +74,10 @@ pub async fn run(settings: Settings, control: AppControl) -> anyhow::Result<()> 
     // The feeds are gone; dropping the last publisher closes the bus, and the writer then
     // commits (or spools) what it holds and returns.
     drop(bus);
-    if let Some(writer) = writer {
-        if let Err(e) = writer.await {
-            error!(error = %e, "Store writer ended abnormally.");
-        }
+    if let Some(writer) = writer
+        && let Err(e) = writer.await
+    {
+        error!(error = %e, "Store writer ended abnormally.");
     }
     info!(published = stats.published, lossy_missed = stats.lossy_missed, "tickd stopped.");
     Ok(result?)
@@ -85,7 +85,12 @@ pub async fn run(settings: Settings, control: AppControl) -> anyhow::Result<()> 
 
 /// Logs one line per connection and one for the store every `every`: state and what arrived
 /// since start.
-async fn summarize(handles: Handles, store: Option<StoreHandle>, every: Duration, shutdown: CancellationToken) {
+async fn summarize(
+    handles: Handles,
+    store: Option<StoreHandle>,
+    every: Duration,
+    shutdown: CancellationToken,
+) {
     let mut tick = tokio::time::interval(every);
     tick.tick().await;
     loop {

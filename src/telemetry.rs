@@ -40,10 +40,10 @@ fn filter(log: &LogSettings) -> (EnvFilter, Option<String>) {
     let mut filter = EnvFilter::try_new(&log.level).unwrap_or_else(|_| EnvFilter::new("info"));
     // PostgreSQL's NOTICEs ("relation already exists, skipping" on every migration check)
     // are not news; a level that names sqlx itself decides otherwise.
-    if !log.level.contains("sqlx") {
-        if let Ok(quiet) = "sqlx::postgres::notice=warn".parse() {
-            filter = filter.add_directive(quiet);
-        }
+    if !log.level.contains("sqlx")
+        && let Ok(quiet) = "sqlx::postgres::notice=warn".parse()
+    {
+        filter = filter.add_directive(quiet);
     }
     (filter, rust_log_error)
 }

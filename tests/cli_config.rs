@@ -401,14 +401,19 @@ fn run_reloads_on_sighup_keeps_the_old_config_when_invalid_and_stops_cleanly() {
 
 #[test]
 fn a_database_password_never_shows_in_check_config() {
-    let text = format!("{SIM_FEED}\n[store]\nurl = \"postgres://tickd:hunter2-secret@db.internal:5432/ticks\"\n");
+    let text =
+        format!("{SIM_FEED}\n[store]\nurl = \"postgres://tickd:hunter2-secret@db.internal:5432/ticks\"\n");
     let (_dir, file) = config_file(&text);
 
     let out = checked(check_config(&file, &[]));
 
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     assert!(!out.stdout.contains("hunter2-secret"), "{}", out.stdout);
-    assert!(out.stdout.contains("url = \"postgres://tickd:%3Credacted%3E@db.internal:5432/ticks\""), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("url = \"postgres://tickd:%3Credacted%3E@db.internal:5432/ticks\""),
+        "{}",
+        out.stdout
+    );
 }
 
 #[test]

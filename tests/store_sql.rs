@@ -12,7 +12,8 @@ use tickd::store::StoreError;
 use tickd::store::batch::{Batch, Loss};
 use tickd::store::pg;
 use tickd::tick::{
-    BookDelta, BookSnapshot, FeedEvent, Lifecycle, LifecycleScope, Price, Qty, Quote, Side, Tick, TickKind, Trade,
+    BookDelta, BookSnapshot, FeedEvent, Lifecycle, LifecycleScope, Price, Qty, Quote, Side, Tick, TickKind,
+    Trade,
 };
 
 /// 2026-11-20 12:00:00 UTC in µs.
@@ -105,7 +106,10 @@ fn batch_of(ticks: &[Tick]) -> Batch {
 }
 
 async fn count(pool: &PgPool, table: &str) -> i64 {
-    sqlx::query_scalar(AssertSqlSafe(format!("SELECT count(*) FROM {table}"))).fetch_one(pool).await.expect("count")
+    sqlx::query_scalar(AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
+        .fetch_one(pool)
+        .await
+        .expect("count")
 }
 
 #[tokio::test]
@@ -115,7 +119,8 @@ async fn a_batch_written_twice_is_stored_once() {
     pg::ensure_partitions(&pool, &batch.days()).await.expect("partitions");
 
     let first = pg::write(&pool, &batch).await.expect("first write");
-    let again = pg::write(&pool, &Batch::decode(&batch.encode()).expect("decode")).await.expect("second write");
+    let again =
+        pg::write(&pool, &Batch::decode(&batch.encode()).expect("decode")).await.expect("second write");
 
     assert_eq!(first.rows, 6);
     assert_eq!(first.trades, 1);
@@ -182,7 +187,10 @@ async fn prices_sizes_and_times_are_stored_exactly() {
     assert_eq!(l.get::<String, _>(1), "created");
     assert_eq!(l.get::<String, _>(2), "MECNET");
 
-    let e = sqlx::query("SELECT event, sid, expected, got, feed, conn FROM feed_events").fetch_one(&pool).await.expect("event");
+    let e = sqlx::query("SELECT event, sid, expected, got, feed, conn FROM feed_events")
+        .fetch_one(&pool)
+        .await
+        .expect("event");
     assert_eq!(e.get::<String, _>("event"), "gap");
     assert_eq!(
         (e.get::<Option<i64>, _>("sid"), e.get::<Option<i64>, _>("expected"), e.get::<Option<i64>, _>("got")),
@@ -202,7 +210,8 @@ async fn a_market_ticker_with_unusual_characters_is_stored_as_is() {
 
     let stored: String = sqlx::query_scalar("SELECT market FROM trades").fetch_one(&pool).await.expect("row");
     assert_eq!(stored, weird);
-    let listed: String = sqlx::query_scalar("SELECT market FROM markets").fetch_one(&pool).await.expect("row");
+    let listed: String =
+        sqlx::query_scalar("SELECT market FROM markets").fetch_one(&pool).await.expect("row");
     assert_eq!(listed, weird);
 }
 
@@ -236,7 +245,8 @@ async fn retention_drops_whole_days_older_than_the_limit() {
 
     assert_eq!(dropped.len(), 6, "{dropped:?}");
     assert!(dropped.iter().all(|t| t.ends_with(&day_suffix(today - 40))), "{dropped:?}");
-    let left: Vec<String> = sqlx::query_scalar("SELECT trade_id FROM trades").fetch_all(&pool).await.expect("rows");
+    let left: Vec<String> =
+        sqlx::query_scalar("SELECT trade_id FROM trades").fetch_all(&pool).await.expect("rows");
     assert_eq!(left, vec!["recent".to_string()]);
 }
 
@@ -298,7 +308,10 @@ async fn ohlcv_trades_in_and_latest_quotes_answer_from_the_stored_rows() {
     assert_eq!(ids, ["a1", "a2", "a3"]);
 
     let latest: Vec<(String, Option<i64>)> =
-        sqlx::query_as("SELECT market, bid FROM latest_quotes ORDER BY market").fetch_all(&pool).await.expect("latest");
+        sqlx::query_as("SELECT market, bid FROM latest_quotes ORDER BY market")
+            .fetch_all(&pool)
+            .await
+            .expect("latest");
     assert_eq!(latest, vec![("MKT-A".to_string(), Some(4150))]);
 }
 
@@ -349,10 +362,12 @@ async fn gaps_lists_disconnects_seq_gaps_and_store_losses() {
 #[tokio::test]
 async fn the_schema_check_names_a_column_changed_by_hand() {
     let (_db, pool) = migrated().await;
-    sqlx::raw_sql("ALTER TABLE trades DROP COLUMN block; ALTER TABLE book_deltas ALTER COLUMN price TYPE numeric")
-        .execute(&pool)
-        .await
-        .expect("hand change");
+    sqlx::raw_sql(
+        "ALTER TABLE trades DROP COLUMN block; ALTER TABLE book_deltas ALTER COLUMN price TYPE numeric",
+    )
+    .execute(&pool)
+    .await
+    .expect("hand change");
 
     let err = pg::migrate(&pool).await.expect_err("schema drift must be reported");
 

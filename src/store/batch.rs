@@ -311,9 +311,9 @@ impl Batch {
 
     fn push_event(&mut self, tick: &Tick, feed: i32, market: i32, event: &FeedEvent) {
         let (reason, sid, expected, got) = match event {
-            FeedEvent::Disconnected { reason } | FeedEvent::Stale { reason } | FeedEvent::GivenUp { reason } => {
-                (Some(reason.clone()), None, None, None)
-            }
+            FeedEvent::Disconnected { reason }
+            | FeedEvent::Stale { reason }
+            | FeedEvent::GivenUp { reason } => (Some(reason.clone()), None, None, None),
             FeedEvent::Alert { kind, message } => (Some(format!("{kind}: {message}")), None, None, None),
             FeedEvent::Gap { sid, expected, got } => {
                 (None, Some(to_i64(*sid)), Some(to_i64(*expected)), Some(to_i64(*got)))
@@ -321,9 +321,10 @@ impl Batch {
             FeedEvent::Subscribed { sid, .. } | FeedEvent::Resynced { sid } => {
                 (None, Some(to_i64(*sid)), None, None)
             }
-            FeedEvent::Connecting { .. } | FeedEvent::Connected | FeedEvent::Live | FeedEvent::BackingOff { .. } => {
-                (None, None, None, None)
-            }
+            FeedEvent::Connecting { .. }
+            | FeedEvent::Connected
+            | FeedEvent::Live
+            | FeedEvent::BackingOff { .. } => (None, None, None, None),
         };
         let detail = serde_json::to_value(event).unwrap_or(serde_json::Value::Null);
         let name = detail.get("event").and_then(|v| v.as_str()).unwrap_or("unknown").to_owned();
@@ -360,7 +361,8 @@ impl Batch {
             e.conn.push(0);
             e.market.push(market);
             e.event.push("store_loss".into());
-            e.reason.push(Some(format!("spool full: {} ticks ({} trades) not kept", loss.ticks, loss.trades)));
+            e.reason
+                .push(Some(format!("spool full: {} ticks ({} trades) not kept", loss.ticks, loss.trades)));
             e.sid.push(None);
             e.expected.push(None);
             e.got.push(None);

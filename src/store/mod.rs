@@ -60,9 +60,10 @@ impl StoreError {
         match self {
             StoreError::Unreachable(_) | StoreError::Timeout(_) => true,
             StoreError::Database { retriable, .. } => *retriable,
-            StoreError::Schema(_) | StoreError::Migration(_) | StoreError::Config(_) | StoreError::Spool(_) => {
-                false
-            }
+            StoreError::Schema(_)
+            | StoreError::Migration(_)
+            | StoreError::Config(_)
+            | StoreError::Spool(_) => false,
         }
     }
 }

@@ -113,14 +113,13 @@ pub async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
 
 fn migrate_error(e: MigrateError) -> StoreError {
     match e {
-        MigrateError::Execute(sqlx::Error::Database(db)) | MigrateError::ExecuteMigration(sqlx::Error::Database(db), _) => {
-            StoreError::Migration(format!(
-                "{} (SQLSTATE {}). The database holds objects tickd did not create or that \
+        MigrateError::Execute(sqlx::Error::Database(db))
+        | MigrateError::ExecuteMigration(sqlx::Error::Database(db), _) => StoreError::Migration(format!(
+            "{} (SQLSTATE {}). The database holds objects tickd did not create or that \
                  were changed by hand: use an empty database for tickd, or repair them.",
-                db.message(),
-                db.code().unwrap_or_default()
-            ))
-        }
+            db.message(),
+            db.code().unwrap_or_default()
+        )),
         MigrateError::Execute(e) | MigrateError::ExecuteMigration(e, _) if is_retriable_sqlx(&e) => {
             StoreError::Unreachable(e.to_string())
         }
@@ -273,11 +272,7 @@ pub async fn verify_schema(pool: &PgPool) -> Result<(), StoreError> {
             }
         }
     }
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(StoreError::Schema(problems.join("; ")))
-    }
+    if problems.is_empty() { Ok(()) } else { Err(StoreError::Schema(problems.join("; "))) }
 }
 
 /// Creates the daily partitions of every table for `days` (days since the epoch, UTC) that do
@@ -298,13 +293,11 @@ pub async fn ensure_partitions(pool: &PgPool, days: &[i64]) -> Result<u64, Store
 /// Drops partitions for days more than `retention_days` before today (UTC); returns their
 /// names.
 pub async fn drop_expired(pool: &PgPool, retention_days: u32) -> Result<Vec<String>, StoreError> {
-    sqlx::query_scalar(
-        "SELECT tickd_drop_partitions_before((now() AT TIME ZONE 'UTC')::date - $1::int)",
-    )
-    .bind(i32::try_from(retention_days).unwrap_or(i32::MAX))
-    .fetch_all(pool)
-    .await
-    .map_err(classify)
+    sqlx::query_scalar("SELECT tickd_drop_partitions_before((now() AT TIME ZONE 'UTC')::date - $1::int)")
+        .bind(i32::try_from(retention_days).unwrap_or(i32::MAX))
+        .fetch_all(pool)
+        .await
+        .map_err(classify)
 }
 
 /// Rows a batch write inserted per table; the rest of the batch were duplicates.
@@ -378,7 +371,8 @@ SELECT (SELECT count(*) FROM t),
 
 /// Writes one batch in one statement. Safe to repeat: rows already present are skipped.
 pub async fn write(pool: &PgPool, b: &Batch) -> Result<Inserted, StoreError> {
-    let mut markets: Vec<(i32, i32, i64, i64)> = b.markets.iter().map(|(m, (f, a, z))| (*m, *f, *a, *z)).collect();
+    let mut markets: Vec<(i32, i32, i64, i64)> =
+        b.markets.iter().map(|(m, (f, a, z))| (*m, *f, *a, *z)).collect();
     // A stable order keeps concurrent upserts of the same markets from deadlocking.
     markets.sort_unstable_by(|x, y| b.name(x.0).cmp(b.name(y.0)));
     let (t, q, s, d, l, e) = (&b.trades, &b.quotes, &b.snapshots, &b.deltas, &b.lifecycle, &b.events);

@@ -301,7 +301,8 @@ impl Actor {
                     }
                 }
                 let today = now_micros().div_euclid(86_400_000_000);
-                let days: Vec<i64> = (today - 1..=today + i64::from(settings.partitions_ahead_days)).collect();
+                let days: Vec<i64> =
+                    (today - 1..=today + i64::from(settings.partitions_ahead_days)).collect();
                 let created = pg::ensure_partitions(&pool, &days).await?;
                 let dropped = match settings.retention_days {
                     Some(keep) => pg::drop_expired(&pool, keep).await?,
