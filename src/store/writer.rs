@@ -279,7 +279,17 @@ impl Actor {
             self.ctx.metrics.queued.store(batch.ticks as u64, std::sync::atomic::Ordering::Relaxed);
         }
         self.ctx.metrics.set_state(StoreState::Stopped);
-        info!(spooled_batches = self.spool.len(), "Store writer stopped.");
+        let m = &self.ctx.metrics;
+        info!(
+            received = StoreMetrics::get(&m.received),
+            committed = StoreMetrics::get(&m.committed),
+            inserted = StoreMetrics::get(&m.inserted),
+            spooled = StoreMetrics::get(&m.spooled),
+            lost = StoreMetrics::get(&m.lost),
+            rejected = StoreMetrics::get(&m.rejected_ticks),
+            spooled_batches = self.spool.len(),
+            "Store writer stopped."
+        );
         self.pool.close().await;
     }
 
