@@ -125,7 +125,8 @@ fn migrate_error(e: MigrateError) -> StoreError {
         }
         MigrateError::VersionMismatch(v) => StoreError::Migration(format!(
             "migration {v} was applied to this database with different contents than this tickd \
-             embeds; the schema was changed outside tickd"
+             embeds: the database was migrated by a different tickd build, or its migration \
+             history was changed by hand"
         )),
         MigrateError::VersionMissing(v) => StoreError::Migration(format!(
             "the database has migration {v}, which this tickd does not know: it was migrated by \

@@ -200,7 +200,11 @@ impl Actor {
 
         loop {
             let due = !batch.is_empty() && (batch.ticks >= batch_size || !open || Instant::now() >= deadline);
-            if due {
+            // At start the first probe is usually about to succeed: let the first batch wait
+            // for it (until full) rather than spool it.
+            let first_probe = probe.is_some() && !self.checked && self.last_problem.is_none();
+            let wait_for_probe = first_probe && open && batch.ticks < batch_size;
+            if due && !wait_for_probe {
                 if !self.up {
                     self.spool_batch(std::mem::take(&mut batch));
                 } else if inflight.is_none() {
@@ -268,8 +272,9 @@ impl Actor {
                     }
                     StoreMetrics::add(&self.ctx.metrics.received, n as u64);
                 }
-                // The batch is old enough to write.
-                _ = sleep_until(deadline), if !batch.is_empty() && batch.ticks < batch_size && open => {}
+                // The batch is old enough to write (not while it waits for the first probe,
+                // whose answer wakes the loop instead).
+                _ = sleep_until(deadline), if !batch.is_empty() && batch.ticks < batch_size && open && !wait_for_probe => {}
                 // Partitions ahead and retention, hourly while the database is up.
                 _ = sleep_until(maintain_at), if self.up && probe.is_none() => {
                     maintain_at = Instant::now() + MAINTENANCE_EVERY;
