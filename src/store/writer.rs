@@ -259,7 +259,7 @@ impl Actor {
                 }
                 // Ticks (cancel-safe). Paused while a full batch waits for the write in
                 // flight: the bus then pushes back, for at most `write_timeout`.
-                n = rx.recv_many(&mut buf, RECV_CHUNK), if open && batch.ticks < batch_size => {
+                n = rx.recv_many(&mut buf, RECV_CHUNK.min(batch_size - batch.ticks)), if open && batch.ticks < batch_size => {
                     if n == 0 {
                         open = false;
                         debug!("Bus closed; writing the last batch.");
@@ -579,5 +579,81 @@ impl Actor {
             info!(from = before.as_str(), to = state.as_str(), "Store state changed.");
             self.ctx.metrics.set_state(state);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use super::*;
+    use crate::bus::BusBuilder;
+    use crate::config::{BusSettings, DatabaseUrl};
+    use crate::tick::{FeedEvent, TickKind};
+
+    fn tick(n: i64) -> Arc<Tick> {
+        Arc::new(Tick {
+            feed: "sim".into(),
+            conn: 0,
+            market: "".into(),
+            exch_ts: None,
+            recv_ts: 1_763_640_000_000_000 + n,
+            kind: TickKind::Feed(FeedEvent::Connecting { attempt: 1 }),
+        })
+    }
+
+    /// Yields until `cond` holds, letting paused time run forward 1 ms per turn.
+    async fn until(what: &str, cond: impl Fn() -> bool) {
+        for _ in 0..10_000 {
+            if cond() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        panic!("timed out waiting for {what}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn batches_are_cut_by_count_at_once_and_by_age_after_batch_age() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // Nothing listens on port 1: the database is unreachable, so batches go to the spool,
+        // where they can be counted.
+        let settings = StoreSettings {
+            url: DatabaseUrl::new("postgres://tickd@127.0.0.1:1/tickd"),
+            batch_size: 100,
+            batch_age: Duration::from_millis(50),
+            retry_interval: Duration::from_secs(3600),
+            ..StoreSettings::default()
+        };
+        let metrics = Arc::new(StoreMetrics::default());
+        let ctx = WriterContext {
+            settings,
+            state_dir: dir.path().to_owned(),
+            alerter: Alerter::new(None),
+            metrics: metrics.clone(),
+        };
+        let mut builder = BusBuilder::new(&BusSettings::default());
+        let (_handle, run) = Writer::start(ctx, builder.lossless()).expect("writer");
+        let bus = builder.build();
+        let writer = tokio::spawn(run);
+        until("the failed first probe", || metrics.state() == StoreState::Spooling).await;
+        let spooled = || metrics.spooled.load(Ordering::Relaxed);
+
+        for n in 0..250 {
+            bus.publish(tick(n)).await;
+        }
+        until("two full batches", || spooled() == 200).await;
+        let full_at = Instant::now();
+        tokio::time::sleep(Duration::from_millis(45)).await;
+        assert_eq!(spooled(), 200, "the rest waits for batch_age");
+        until("the aged batch", || spooled() == 250).await;
+        let waited = full_at.elapsed();
+
+        assert!(waited >= Duration::from_millis(45) && waited <= Duration::from_millis(55), "{waited:?}");
+        assert_eq!(metrics.spool_batches.load(Ordering::Relaxed), 3);
+        drop(bus);
+        writer.await.expect("the writer ends when the bus closes");
+        assert_eq!(metrics.state(), StoreState::Stopped);
+        assert_eq!(metrics.received.load(Ordering::Relaxed), 250);
     }
 }
