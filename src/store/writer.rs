@@ -290,6 +290,10 @@ impl Actor {
             spooled_batches = self.spool.len(),
             "Store writer stopped."
         );
+        // A probe may still be trying to connect (the database is away). Closing the pool
+        // waits for every connection slot to come back, and that one never would: the probe
+        // is no longer polled. Drop it first.
+        drop(probe);
         self.pool.close().await;
     }
 
