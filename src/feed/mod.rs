@@ -373,9 +373,23 @@ impl FeedActor {
         }
     }
 
+    /// Logs what the connection carried in its lifetime (the periodic summary stops before
+    /// the feeds do, so this is the only complete count).
     fn stopped(&self) -> FeedExit {
         self.ctx.metrics.set_state(FeedState::Stopped);
-        info!(feed = %self.cfg.conn_id, "Feed stopped.");
+        let s = self.ctx.metrics.snapshot();
+        info!(
+            feed = %self.cfg.conn_id,
+            frames = s.frames,
+            trades = s.trades,
+            quotes = s.quotes,
+            deltas = s.deltas,
+            snapshots = s.snapshots,
+            lifecycle = s.lifecycles,
+            gaps = s.gaps,
+            reconnects = s.connects.saturating_sub(1),
+            "Feed stopped."
+        );
         FeedExit::Shutdown
     }
 
