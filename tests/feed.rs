@@ -110,6 +110,36 @@ async fn a_dropped_connection_reconnects_replays_every_subscription_and_rebuilds
     h.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trades_read_with_the_end_of_a_dropped_connection_are_published_before_its_disconnect() {
+    // A busy exchange, so that the last read before the drop carries trades and the end of
+    // the stream together.
+    let h = Harness::start(sim_config(10, 5_000), Transport::Tcp, |_| {}).await;
+    h.wait_live(1, LIMIT).await;
+    h.ticks.wait_until("trades", LIMIT, |t| (trades(t) >= 200).then_some(())).await;
+    let skip = h.ticks.event_count();
+
+    // No reconnect: whatever is published late is published never.
+    h.sim.refuse_handshakes(u32::MAX);
+    h.sim.drop_all();
+    h.ticks.wait_event("Disconnected", LIMIT, skip, |e| matches!(e, FeedEvent::Disconnected { .. })).await;
+
+    let ticks = h.ticks.all();
+    let disconnect = ticks
+        .iter()
+        .position(|t| matches!(&t.kind, tickd::tick::TickKind::Feed(FeedEvent::Disconnected { .. })))
+        .expect("the Disconnected tick");
+    let before: Vec<String> = ticks[..disconnect]
+        .iter()
+        .filter_map(|t| match &t.kind {
+            tickd::tick::TickKind::Trade(trade) => Some(trade.trade_id.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_same_trades(&before, &h.sim.trades_sent());
+    h.stop().await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_half_open_connection_is_detected_within_ping_interval_plus_pong_timeout() {
     let h = Harness::start(sim_config(3, 50), Transport::InMemory, |s| {

@@ -300,6 +300,11 @@ impl FeedActor {
                     self.ctx.metrics.set_state(FeedState::Subscribing);
                     self.publish_event(FeedEvent::Connected).await;
                     let ended = self.run_connection(ws).await;
+                    // A burst that ends with the connection ends without a flush: ticks parsed
+                    // from its frames go out now, before the disconnect, and commands meant for
+                    // this connection are void.
+                    self.out.send.clear();
+                    self.publish_ticks().await;
                     self.session.on_disconnected();
                     FeedMetrics::inc(&self.ctx.metrics.disconnects);
                     if matches!(ended, Ended::Shutdown) {
@@ -368,9 +373,23 @@ impl FeedActor {
         }
     }
 
+    /// Logs what the connection carried in its lifetime (the periodic summary stops before
+    /// the feeds do, so this is the only complete count).
     fn stopped(&self) -> FeedExit {
         self.ctx.metrics.set_state(FeedState::Stopped);
-        info!(feed = %self.cfg.conn_id, "Feed stopped.");
+        let s = self.ctx.metrics.snapshot();
+        info!(
+            feed = %self.cfg.conn_id,
+            frames = s.frames,
+            trades = s.trades,
+            quotes = s.quotes,
+            deltas = s.deltas,
+            snapshots = s.snapshots,
+            lifecycle = s.lifecycles,
+            gaps = s.gaps,
+            reconnects = s.connects.saturating_sub(1),
+            "Feed stopped."
+        );
         FeedExit::Shutdown
     }
 
@@ -591,13 +610,18 @@ impl FeedActor {
                 return Err(Ended::Error(e.to_string()));
             }
         }
+        self.publish_ticks().await;
+        Ok(())
+    }
+
+    /// Publishes the session's ticks, in order.
+    async fn publish_ticks(&mut self) {
         for tick in self.out.ticks.drain(..) {
             if let TickKind::Feed(event) = &tick.kind {
                 debug!(feed = %self.cfg.conn_id, ?event, "Feed event.");
             }
             self.ctx.bus.publish(Arc::new(tick)).await;
         }
-        Ok(())
     }
 
     async fn publish_event(&self, event: FeedEvent) {

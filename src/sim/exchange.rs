@@ -18,6 +18,7 @@ use std::sync::Arc;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use super::render::Esc;
 use crate::tick::{BookSnapshot, Price, Qty, Side};
 
 /// $0.01 in price units.
@@ -309,8 +310,8 @@ impl Exchange {
                 r#""strike_type":"greater","floor_strike":50}},"price_level_structure":"{s}","#,
                 r#""price_ranges":[{{"start":"0.0000","end":"1.0000","step":"{step}"}}]}}"#
             ),
-            t = ticker,
-            e = event_ticker,
+            t = Esc(ticker),
+            e = Esc(event_ticker),
             open = secs,
             close = secs + 86_400,
             s = structure,
@@ -498,9 +499,9 @@ impl Exchange {
             return;
         };
         let info = m.info.clone();
-        let t = &info.ticker;
         let secs = ts_ms.div_euclid(1000);
-        let event = event_of(t);
+        let event = Esc(event_of(&info.ticker));
+        let t = Esc(&info.ticker);
         let kind = self.rng.random_range(0..5u32);
         let (msg_type, msg) = match kind {
             0 => {

@@ -3,8 +3,9 @@
 //! Written by hand with `write!` into a `String` rather than through `serde_json`: the simulator
 //! must sustain 100,000 frames a second, and it must stay an independent implementation of the
 //! wire format so that the client parser is checked against it. Every string placed in a frame is
-//! either produced here or a market ticker validated to `[A-Za-z0-9._-]`, so nothing needs
-//! escaping. Prices are rendered with four decimals, sizes with two.
+//! either produced here (nothing to escape) or a market or event ticker, which goes through
+//! [`Esc`]: tickers are plain ASCII in practice, but a client must cope with any, so the
+//! simulator serves them too. Prices are rendered with four decimals, sizes with two.
 
 use std::fmt::Write as _;
 
@@ -18,6 +19,28 @@ pub(crate) struct Envelope {
     pub sending_ts: Option<i64>,
     /// Add a field no client knows (clients must ignore unknown fields).
     pub extra_field: bool,
+}
+
+/// A string as the inside of a JSON string literal: `"`, `\` and control characters escaped.
+/// Writes the string as is when nothing needs escaping (every ordinary ticker).
+pub(crate) struct Esc<'a>(pub &'a str);
+
+impl std::fmt::Display for Esc<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let plain = |c: char| c != '"' && c != '\\' && !c.is_control();
+        if self.0.chars().all(plain) {
+            return f.write_str(self.0);
+        }
+        for c in self.0.chars() {
+            match c {
+                '"' => f.write_str("\\\"")?,
+                '\\' => f.write_str("\\\\")?,
+                c if c.is_control() => write!(f, "\\u{:04x}", u32::from(c))?,
+                c => f.write_char(c)?,
+            }
+        }
+        Ok(())
+    }
 }
 
 fn side_name(s: Side) -> &'static str {
@@ -68,7 +91,7 @@ pub(crate) fn error(id: Option<u64>, sid: Option<(u64, Option<u64>)>, code: u32,
     }
     let _ = write!(s, r#""type":"error","msg":{{"code":{code},"msg":"{}""#, error_text(code));
     if let [one] = markets {
-        let _ = write!(s, r#","market_ticker":"{one}""#);
+        let _ = write!(s, r#","market_ticker":"{}""#, Esc(one));
     }
     if !markets.is_empty() {
         s.push_str(r#","market_tickers":"#);
@@ -116,7 +139,7 @@ fn string_array<'a>(out: &mut String, items: impl Iterator<Item = &'a str>) {
         if i > 0 {
             out.push(',');
         }
-        let _ = write!(out, r#""{m}""#);
+        let _ = write!(out, r#""{}""#, Esc(m));
     }
     out.push(']');
 }
@@ -185,7 +208,8 @@ pub(crate) fn snapshot(
     let _ = write!(
         s,
         r#""type":"orderbook_snapshot","sid":{sid},"seq":{seq},"msg":{{"market_ticker":"{}","market_id":"{}""#,
-        market.ticker, market.id
+        Esc(&market.ticker),
+        market.id
     );
     let level = |s: &mut String, i: usize, p: Price, q: Qty| {
         if i > 0 {
@@ -242,7 +266,7 @@ pub(crate) fn delta(
         ),
         sid,
         seq,
-        market.ticker,
+        Esc(&market.ticker),
         market.id,
         price,
         delta,
@@ -280,7 +304,7 @@ pub(crate) fn trade(
             r#""taker_book_side":"{}","is_block_trade":{},"ts":{},"ts_ms":{}}}"#
         ),
         t.trade_id,
-        market.ticker,
+        Esc(&market.ticker),
         t.yes_price,
         t.yes_price.complement(),
         t.count,
@@ -309,7 +333,7 @@ pub(crate) fn ticker(sid: u64, market: &MarketRef, t: &TickerState, env: Envelop
         ),
         sid,
         market.id,
-        market.ticker,
+        Esc(&market.ticker),
         t.last,
         t.yes_bid,
         t.yes_ask,
@@ -389,6 +413,32 @@ mod tests {
             lifecycle(1, 2, "event_lifecycle", r#"{"a":1}"#, env),
         ] {
             assert!(serde_json::from_str::<serde_json::Value>(&f).is_ok(), "{f}");
+        }
+    }
+
+    #[test]
+    fn a_ticker_that_needs_escaping_reads_back_as_itself() {
+        let ticker = "KX-ÜÑÎ'\"\\;--%_/€-1";
+        let m = MarketRef { ticker: ticker.into(), id: "x".into() };
+        let env = Envelope { sending_ts: None, extra_field: false };
+        let trade = TradeUpdate {
+            trade_id: "t".into(),
+            yes_price: Price(4800),
+            count: Qty(100),
+            taker: Side::Yes,
+            block: false,
+            ts_ms: 0,
+        };
+        let frames = [
+            snapshot(None, 1, 1, &m, &BookSnapshot::default(), true, env),
+            delta(1, 2, &m, Side::Yes, Price(300), Qty(5), 0, true, env),
+            self::trade(1, Some(3), &m, &trade, env),
+            self::ticker(1, &m, &TickerState::default(), env),
+            error(None, None, 11, &[ticker]),
+        ];
+        for f in frames {
+            let v: serde_json::Value = serde_json::from_str(&f).unwrap_or_else(|e| panic!("{e}: {f}"));
+            assert_eq!(v["msg"]["market_ticker"], ticker, "{f}");
         }
     }
 }

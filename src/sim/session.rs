@@ -681,11 +681,11 @@ fn check_shards(p: &Map<String, Value>) -> Reply<()> {
     }
 }
 
-/// A plausible market ticker: what Kalshi uses, and nothing that would need escaping in JSON.
+/// A usable market ticker: up to 128 bytes, no whitespace or control characters. Kalshi's own
+/// are `[A-Z0-9._-]`, but any other character is accepted (and escaped in frames), so that a
+/// client's handling of unusual tickers can be tested end to end.
 fn valid_ticker(t: &str) -> bool {
-    !t.is_empty()
-        && t.len() <= 128
-        && t.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    !t.is_empty() && t.len() <= 128 && !t.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
 fn valid_uuid(s: &str) -> bool {

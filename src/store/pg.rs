@@ -14,7 +14,7 @@ use sqlx::error::BoxDynError;
 use sqlx::migrate::{MigrateError, Migrator};
 use sqlx::postgres::types::Oid;
 use sqlx::postgres::{PgArgumentBuffer, PgConnectOptions, PgHasArrayType, PgPool, PgPoolOptions, PgTypeInfo};
-use sqlx::{Encode, Postgres, Row, Type};
+use sqlx::{ConnectOptions as _, Connection as _, Encode, Postgres, Row, Type};
 
 use super::StoreError;
 use super::batch::Batch;
@@ -446,7 +446,26 @@ pub async fn write(pool: &PgPool, b: &Batch) -> Result<Inserted, StoreError> {
 
 /// Checks the database answers at all.
 pub async fn ping(pool: &PgPool) -> Result<(), StoreError> {
-    sqlx::query("SELECT 1").execute(pool).await.map(|_| ()).map_err(classify)
+    match sqlx::query("SELECT 1").execute(pool).await {
+        Ok(_) => Ok(()),
+        Err(sqlx::Error::PoolTimedOut) => Err(why_unreachable(pool).await),
+        Err(e) => Err(classify(e)),
+    }
+}
+
+/// The pool retries a refused connection until its timeout and then reports only that it
+/// timed out; one direct attempt, with the same limit, says why the database is unreachable.
+async fn why_unreachable(pool: &PgPool) -> StoreError {
+    let limit = pool.options().get_acquire_timeout();
+    match tokio::time::timeout(limit, pool.connect_options().connect()).await {
+        Ok(Err(e)) => classify(e),
+        Ok(Ok(conn)) => {
+            // It answers now; the next probe will find that out.
+            let _ = conn.close().await;
+            classify(sqlx::Error::PoolTimedOut)
+        }
+        Err(_) => StoreError::Unreachable(format!("no connection within {limit:?}")),
+    }
 }
 
 /// Whether a driver error means "try again later" (the database or the network is away)

@@ -16,7 +16,8 @@
 //! alerts at once, and writes a `store_loss` row to `feed_events` when the database is back;
 //! a batch the database refuses for its content is kept under `state_dir/rejected` with an
 //! alert. On shutdown (the bus closes once every feed has stopped) the last batch is written
-//! or spooled before the writer returns.
+//! or spooled before the writer returns, and while the database answers, the spool is replayed
+//! to its end first: a clean stop leaves nothing on disk that the database could have taken.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -84,7 +85,8 @@ pub struct Writer;
 
 impl Writer {
     /// Opens the spool and a lazy pool; returns a handle and the future that runs the writer
-    /// until `rx` closes (every publisher gone) and the last batch is committed or spooled.
+    /// until `rx` closes (every publisher gone), the last batch is committed or spooled and,
+    /// while the database answers, the spool is replayed.
     /// Does not touch the database: an unreachable one is found (and reported) by the
     /// writer itself, which then spools.
     pub fn start(
@@ -213,8 +215,10 @@ impl Actor {
                 }
                 // Otherwise the batch waits for the write in flight; intake pauses when full.
             }
-            if self.up && inflight.is_none() && open && !self.spool.is_empty() {
-                // Replay only while no new batch is due, so live data is never held back.
+            if self.up && inflight.is_none() && !self.spool.is_empty() {
+                // Replay only while no new batch is due, so live data is never held back. At
+                // shutdown, after the last batch, replay goes on until the spool is empty or
+                // the database goes away.
                 match self.spool.front() {
                     Ok(Some((id, bytes))) => match Batch::decode(&bytes) {
                         Ok(b) => inflight = Some(self.write(b, Origin::Spool(id), false)),
@@ -230,7 +234,7 @@ impl Actor {
                 }
             }
             self.update_state();
-            if !open && batch.is_empty() && inflight.is_none() {
+            if !open && batch.is_empty() && inflight.is_none() && (self.spool.is_empty() || !self.up) {
                 break;
             }
             if !self.up && probe.is_none() && retry_at.is_none() {
@@ -295,6 +299,10 @@ impl Actor {
             spooled_batches = self.spool.len(),
             "Store writer stopped."
         );
+        // A probe may still be trying to connect (the database is away). Closing the pool
+        // waits for every connection slot to come back, and that one never would: the probe
+        // is no longer polled. Drop it first.
+        drop(probe);
         self.pool.close().await;
     }
 
