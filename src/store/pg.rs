@@ -107,7 +107,18 @@ pub async fn migrate_now(settings: &StoreSettings) -> Result<usize, StoreError> 
 
 /// Applies the embedded migrations, then checks that the tables look as tickd needs them.
 pub async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
-    MIGRATOR.run(pool).await.map_err(migrate_error)?;
+    // The migrator takes a session-level advisory lock and does not release it when it fails
+    // half way (or when a probe past its time limit drops this future). Back in `pool`, its
+    // connection would keep holding the lock, and every later migration would wait for it
+    // until its statement timeout. So it runs on a one-connection pool of its own, closed
+    // (with the lock) when done or dropped.
+    let own = PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(pool.options().get_acquire_timeout())
+        .connect_lazy_with((*pool.connect_options()).clone());
+    let result = MIGRATOR.run(&own).await.map_err(migrate_error);
+    own.close().await;
+    result?;
     verify_schema(pool).await
 }
 
