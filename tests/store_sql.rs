@@ -396,6 +396,24 @@ fn impatient_pool(db: &TestDb) -> PgPool {
 }
 
 #[tokio::test]
+async fn a_migration_that_times_out_is_retriable_and_not_blamed_on_the_schema() {
+    let (db, _pool) = migrated().await;
+    let pool = impatient_pool(&db);
+    let mut holder = db.connect().await;
+    sqlx::raw_sql("BEGIN; LOCK TABLE _sqlx_migrations IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut holder)
+        .await
+        .expect("lock");
+
+    let err = pg::migrate(&pool).await.expect_err("the migration cannot read its table");
+
+    let text = err.to_string();
+    assert!(err.is_retriable(), "a timeout may succeed later: {text}");
+    assert!(text.contains("57014"), "{text}");
+    assert!(!text.contains("changed by hand"), "{text}");
+}
+
+#[tokio::test]
 async fn a_migration_that_failed_half_way_leaves_no_lock_behind() {
     let (db, _pool) = migrated().await;
     let pool = impatient_pool(&db);

@@ -124,6 +124,17 @@ pub async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
 
 fn migrate_error(e: MigrateError) -> StoreError {
     match e {
+        // The server was busy, going away or out of resources: nothing about the schema.
+        MigrateError::Execute(sqlx::Error::Database(db))
+        | MigrateError::ExecuteMigration(sqlx::Error::Database(db), _)
+            if db.code().is_some_and(|code| is_transient(&code)) =>
+        {
+            StoreError::Database {
+                code: db.code().map(|c| c.into_owned()).unwrap_or_default(),
+                message: db.message().to_owned(),
+                retriable: true,
+            }
+        }
         MigrateError::Execute(sqlx::Error::Database(db))
         | MigrateError::ExecuteMigration(sqlx::Error::Database(db), _) => StoreError::Migration(format!(
             "{} (SQLSTATE {}). The database holds objects tickd did not create or that \
@@ -476,6 +487,14 @@ async fn why_unreachable(pool: &PgPool) -> StoreError {
         }
         Err(_) => StoreError::Unreachable(format!("no connection within {limit:?}")),
     }
+}
+
+/// SQLSTATEs that say nothing about the statement or the schema, only about the server at
+/// that moment: connection exceptions (08), transaction rollbacks such as deadlocks (40),
+/// insufficient resources (53), operator intervention such as a statement timeout or a
+/// shutdown (57), system errors (58) and a lock not available (55P03).
+fn is_transient(code: &str) -> bool {
+    matches!(code.get(..2), Some("08" | "40" | "53" | "57" | "58")) || code == "55P03"
 }
 
 /// Whether a driver error means "try again later" (the database or the network is away)
