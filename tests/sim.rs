@@ -858,6 +858,39 @@ async fn trades_sent_lists_trade_ids_in_the_order_the_client_received_them() {
     assert_eq!(unique.len(), sent.len());
 }
 
+#[tokio::test]
+async fn once_caught_up_after_a_pause_every_trade_sent_is_written_and_no_more_come() {
+    let sim = Simulator::start(cfg(5_000));
+    let (mut ws, _) = tcp(&sim).await;
+    send(&mut ws, json!({"id": 1, "cmd": "subscribe", "params": {"channels": ["trade"], "market_tickers": market_names(3)}})).await;
+    let mut ids = Vec::new();
+    while ids.len() < 50 {
+        let v = next_json(&mut ws).await;
+        if ty(&v) == "trade" {
+            ids.push(v["msg"]["trade_id"].as_str().unwrap_or("").to_owned());
+        }
+    }
+
+    sim.pause();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !sim.caught_up() {
+        assert!(std::time::Instant::now() < deadline, "caught up within 10 s of the pause");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let sent = sim.trades_sent();
+    while ids.len() < sent.len() {
+        let v = next_json(&mut ws).await;
+        if ty(&v) == "trade" {
+            ids.push(v["msg"]["trade_id"].as_str().unwrap_or("").to_owned());
+        }
+    }
+    let more = timeout(Duration::from_millis(300), next_text(&mut ws)).await;
+
+    assert_eq!(ids, sent, "the client read exactly the trades listed");
+    assert!(more.is_err(), "nothing more after catching up: {more:?}");
+    assert_eq!(sim.trades_sent(), sent);
+}
+
 #[tokio::test(start_paused = true)]
 async fn shutdown_closes_connections_with_1001() {
     let sim = Simulator::start(cfg(10));

@@ -4,10 +4,12 @@
 mod common;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use common::pg::TestDb;
 use sqlx::postgres::PgPool;
 use sqlx::{AssertSqlSafe, Row};
+use tickd::config::{DatabaseUrl, StoreSettings};
 use tickd::store::StoreError;
 use tickd::store::batch::{Batch, Loss};
 use tickd::store::pg;
@@ -395,4 +397,77 @@ async fn the_schema_check_names_a_column_changed_by_hand() {
     assert!(text.contains("table `trades`: column `block` (boolean) is missing"), "{text}");
     assert!(text.contains("table `book_deltas`: column `price` is numeric, expected bigint"), "{text}");
     assert!(!err.is_retriable());
+}
+
+/// A pool on `db` whose statements time out after `limit`, as the store's own pools do after
+/// `write_timeout`.
+fn pool_with_timeout(db: &TestDb, limit: Duration) -> PgPool {
+    let settings = StoreSettings {
+        url: DatabaseUrl::new(db.url.clone()),
+        write_timeout: limit,
+        ..StoreSettings::default()
+    };
+    pg::lazy_pool(&settings).expect("pool")
+}
+
+fn impatient_pool(db: &TestDb) -> PgPool {
+    pool_with_timeout(db, Duration::from_millis(300))
+}
+
+#[tokio::test]
+async fn a_migration_that_times_out_is_retriable_and_not_blamed_on_the_schema() {
+    let (db, _pool) = migrated().await;
+    let pool = impatient_pool(&db);
+    let mut holder = db.connect().await;
+    sqlx::raw_sql("BEGIN; LOCK TABLE _sqlx_migrations IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut holder)
+        .await
+        .expect("lock");
+
+    let err = pg::migrate(&pool).await.expect_err("the migration cannot read its table");
+
+    let text = err.to_string();
+    assert!(err.is_retriable(), "a timeout may succeed later: {text}");
+    assert!(text.contains("57014"), "{text}");
+    assert!(!text.contains("changed by hand"), "{text}");
+}
+
+#[tokio::test]
+async fn a_migration_that_failed_half_way_leaves_no_lock_behind() {
+    let (db, _pool) = migrated().await;
+    let pool = impatient_pool(&db);
+    let mut holder = db.connect().await;
+    sqlx::raw_sql("BEGIN; LOCK TABLE _sqlx_migrations IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut holder)
+        .await
+        .expect("lock");
+    pg::migrate(&pool).await.expect_err("the migration cannot read its table");
+    sqlx::raw_sql("COMMIT").execute(&mut holder).await.expect("unlock");
+    // Whatever connection the failed migration left in the pool is now taken, so the next
+    // migration runs on another one.
+    let _idle = pool.acquire().await.expect("a connection");
+
+    let second = pg::migrate(&pool).await;
+
+    assert!(second.is_ok(), "the next migration is not blocked: {second:?}");
+}
+
+#[tokio::test]
+async fn a_migration_abandoned_half_way_leaves_no_lock_behind() {
+    let (db, _pool) = migrated().await;
+    let patient = pool_with_timeout(&db, Duration::from_secs(30));
+    let mut holder = db.connect().await;
+    sqlx::raw_sql("BEGIN; LOCK TABLE _sqlx_migrations IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut holder)
+        .await
+        .expect("lock");
+    // A probe past its time limit drops the migration while it waits.
+    let abandoned = tokio::time::timeout(Duration::from_millis(300), pg::migrate(&patient)).await;
+    assert!(abandoned.is_err(), "the migration was still waiting: {abandoned:?}");
+    sqlx::raw_sql("COMMIT").execute(&mut holder).await.expect("unlock");
+    let _idle = patient.acquire().await.expect("a connection");
+
+    let next = pg::migrate(&impatient_pool(&db)).await;
+
+    assert!(next.is_ok(), "the next migration is not blocked: {next:?}");
 }

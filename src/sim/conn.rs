@@ -5,7 +5,7 @@
 //! fault switches arriving on its control channel or the shared stall switch.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures_util::{SinkExt as _, StreamExt as _};
@@ -20,10 +20,10 @@ use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
-use super::Shared;
 use super::auth::{self, WS_PATH};
 use super::hub::Batch;
 use super::session::{Out, Session, now_ms};
+use super::{ConnEntry, Shared};
 
 /// Fault commands queued per connection. Switches are rare and tiny; when a connection's queue
 /// is full (it is stalled or writing a huge backlog) the switch is not delivered to it and
@@ -136,16 +136,19 @@ struct Conn {
     id: u64,
     authed: bool,
     ctl: mpsc::Receiver<Control>,
+    /// Shared with the handle: updates numbered below it are written (`Simulator::caught_up`).
+    handled: Arc<AtomicU64>,
 }
 
 impl Conn {
     fn register(shared: &Arc<Shared>, authed: bool) -> Conn {
         let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(CONTROL_CAPACITY);
-        shared.conns_lock().insert(id, tx);
+        let handled = Arc::new(AtomicU64::new(0));
+        shared.conns_lock().insert(id, ConnEntry { ctl: tx, handled: handled.clone() });
         shared.stats.connections_open.fetch_add(1, Ordering::Relaxed);
         shared.stats.connections_total.fetch_add(1, Ordering::Relaxed);
-        Conn { shared: shared.clone(), id, authed, ctl: rx }
+        Conn { shared: shared.clone(), id, authed, ctl: rx, handled }
     }
 
     async fn run<S>(mut self, mut ws: WebSocketStream<S>) -> Result<(), WsError>
@@ -153,7 +156,12 @@ impl Conn {
         S: AsyncRead + AsyncWrite + Unpin,
     {
         let shared = self.shared.clone();
-        let mut events = shared.hub.subscribe();
+        // Subscribed under the exchange's lock, so that no update falls between the first one
+        // this connection sees and `taken`.
+        let (mut events, mut taken) = {
+            let st = shared.hub.lock();
+            (shared.hub.subscribe(), st.ex.next_update_no())
+        };
         let mut stall = shared.stall.subscribe();
         let hb_every = shared.heartbeat.max(Duration::from_millis(1));
         let mut hb = interval_at(Instant::now() + hb_every, hb_every);
@@ -166,6 +174,8 @@ impl Conn {
         let mut deferred: Vec<Control> = Vec::new();
 
         loop {
+            // Every branch below writes what it took before the loop comes round again.
+            self.handled.store(taken, Ordering::Release);
             if *stall.borrow_and_update() {
                 // Half-open: no reads, no writes, no pings; only the stall switch, shutdown and
                 // drop/close (which simply drop the socket) are looked at.
@@ -221,7 +231,7 @@ impl Conn {
                         Message::Text(text) => {
                             // Updates published before the command go out first, so replies
                             // and snapshots follow every delta already generated.
-                            drain(&mut events, &mut session, &mut out);
+                            taken = taken.max(drain(&mut events, &mut session, &mut out));
                             self.record_command(&text);
                             session.command(&shared.hub, &text, &mut out);
                             self.write(&mut ws, &mut out).await?;
@@ -241,8 +251,9 @@ impl Conn {
                 batch = events.recv() => {
                     match batch {
                         Ok(batch) => {
+                            taken = taken.max(after(&batch));
                             session.on_batch(&batch, &mut out);
-                            drain(&mut events, &mut session, &mut out);
+                            taken = taken.max(drain(&mut events, &mut session, &mut out));
                         }
                         Err(broadcast::error::RecvError::Lagged(_)) => {
                             shared.stats.lagged.fetch_add(1, Ordering::Relaxed);
@@ -353,15 +364,26 @@ impl Drop for Conn {
     }
 }
 
-/// Renders batches already queued (at most `MAX_BATCHES_PER_WRITE`) without waiting.
-fn drain(events: &mut broadcast::Receiver<Batch>, session: &mut Session, out: &mut Vec<Out>) {
+/// Renders batches already queued (at most `MAX_BATCHES_PER_WRITE`) without waiting. Returns
+/// the number after the last update taken (0 for none).
+fn drain(events: &mut broadcast::Receiver<Batch>, session: &mut Session, out: &mut Vec<Out>) -> u64 {
+    let mut taken = 0;
     for _ in 0..MAX_BATCHES_PER_WRITE {
         match events.try_recv() {
-            Ok(batch) => session.on_batch(&batch, out),
+            Ok(batch) => {
+                taken = after(&batch);
+                session.on_batch(&batch, out);
+            }
             Err(broadcast::error::TryRecvError::Lagged(_)) => session.on_lag(out),
             Err(_) => break,
         }
     }
+    taken
+}
+
+/// The number after the last update of `batch`.
+fn after(batch: &Batch) -> u64 {
+    batch.last().map_or(0, |u| u.no + 1)
 }
 
 /// Sends a close frame, giving up after `CLOSE_TIMEOUT` (the socket is dropped either way).

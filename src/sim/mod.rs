@@ -196,8 +196,8 @@ struct Shared {
     stall: watch::Sender<bool>,
     /// Upgrades still to refuse with 503.
     refuse: AtomicU32,
-    /// Control channel of every open connection.
-    conns: Mutex<HashMap<u64, mpsc::Sender<Control>>>,
+    /// Every open connection, by id.
+    conns: Mutex<HashMap<u64, ConnEntry>>,
     /// Next connection id (from 1).
     next_conn: AtomicU64,
     /// Counters behind [`SimStats`].
@@ -212,13 +212,23 @@ struct Shared {
     generator_started: AtomicBool,
 }
 
+/// What the handle keeps of an open connection.
+#[derive(Debug)]
+struct ConnEntry {
+    /// Its fault switches.
+    ctl: mpsc::Sender<Control>,
+    /// Every update numbered below this has been written to its socket (or had nothing for
+    /// it); the connection updates it each time it has written what it took.
+    handled: Arc<AtomicU64>,
+}
+
 fn relock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // These locks guard plain collections that stay valid even if a holder panicked.
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Shared {
-    fn conns_lock(&self) -> MutexGuard<'_, HashMap<u64, mpsc::Sender<Control>>> {
+    fn conns_lock(&self) -> MutexGuard<'_, HashMap<u64, ConnEntry>> {
         relock(&self.conns)
     }
     fn trades_lock(&self) -> MutexGuard<'_, VecDeque<String>> {
@@ -230,8 +240,8 @@ impl Shared {
 
     /// Sends a switch to every open connection without waiting.
     fn broadcast(&self, ctl: Control) {
-        for tx in self.conns_lock().values() {
-            if tx.try_send(ctl).is_err() {
+        for conn in self.conns_lock().values() {
+            if conn.ctl.try_send(ctl).is_err() {
                 self.stats.faults_dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -426,6 +436,15 @@ impl Simulator {
     /// update will be published until [`Simulator::resume`].
     pub fn pause(&self) {
         self.shared().hub.lock().paused = true;
+    }
+
+    /// Whether every open connection has written all it will of every update generated so
+    /// far. After [`Simulator::pause`], once this holds, no more market data is written until
+    /// [`Simulator::resume`], so [`Simulator::trades_sent`] is final; updates generated
+    /// before the pause may still be on their way to a socket until then.
+    pub fn caught_up(&self) -> bool {
+        let next = self.shared().hub.lock().ex.next_update_no();
+        self.shared().conns_lock().values().all(|c| c.handled.load(Ordering::Acquire) >= next)
     }
 
     /// Resumes generating exchange events.

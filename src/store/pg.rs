@@ -109,12 +109,34 @@ pub async fn migrate_now(settings: &StoreSettings) -> Result<usize, StoreError> 
 
 /// Applies the embedded migrations, then checks that the tables look as tickd needs them.
 pub async fn migrate(pool: &PgPool) -> Result<(), StoreError> {
-    MIGRATOR.run(pool).await.map_err(migrate_error)?;
+    // The migrator takes a session-level advisory lock and does not release it when it fails
+    // half way (or when a probe past its time limit drops this future). Back in `pool`, its
+    // connection would keep holding the lock, and every later migration would wait for it
+    // until its statement timeout. So it runs on a one-connection pool of its own, closed
+    // (with the lock) when done or dropped.
+    let own = PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(pool.options().get_acquire_timeout())
+        .connect_lazy_with((*pool.connect_options()).clone());
+    let result = MIGRATOR.run(&own).await.map_err(migrate_error);
+    own.close().await;
+    result?;
     verify_schema(pool).await
 }
 
 fn migrate_error(e: MigrateError) -> StoreError {
     match e {
+        // The server was busy, going away or out of resources: nothing about the schema.
+        MigrateError::Execute(sqlx::Error::Database(db))
+        | MigrateError::ExecuteMigration(sqlx::Error::Database(db), _)
+            if db.code().is_some_and(|code| is_transient(&code)) =>
+        {
+            StoreError::Database {
+                code: db.code().map(|c| c.into_owned()).unwrap_or_default(),
+                message: db.message().to_owned(),
+                retriable: true,
+            }
+        }
         MigrateError::Execute(sqlx::Error::Database(db))
         | MigrateError::ExecuteMigration(sqlx::Error::Database(db), _) => StoreError::Migration(format!(
             "{} (SQLSTATE {}). The database holds objects tickd did not create or that \
@@ -510,6 +532,14 @@ async fn why_unreachable(pool: &PgPool) -> StoreError {
         }
         Err(_) => StoreError::Unreachable(format!("no connection within {limit:?}")),
     }
+}
+
+/// SQLSTATEs that say nothing about the statement or the schema, only about the server at
+/// that moment: connection exceptions (08), transaction rollbacks such as deadlocks (40),
+/// insufficient resources (53), operator intervention such as a statement timeout or a
+/// shutdown (57), system errors (58) and a lock not available (55P03).
+fn is_transient(code: &str) -> bool {
+    matches!(code.get(..2), Some("08" | "40" | "53" | "57" | "58")) || code == "55P03"
 }
 
 /// Whether a driver error means "try again later" (the database or the network is away)
