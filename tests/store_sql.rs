@@ -132,6 +132,25 @@ async fn a_batch_written_twice_is_stored_once() {
 }
 
 #[tokio::test]
+async fn a_batch_overlapping_one_already_written_adds_only_its_new_rows() {
+    let (_db, pool) = migrated().await;
+    let ticks = one_of_each();
+    let first = batch_of(&ticks[..4]);
+    pg::ensure_partitions(&pool, &first.days()).await.expect("partitions");
+    pg::write(&pool, &first).await.expect("first write");
+    // The trade, quote, snapshot and delta again (a replay), plus a lifecycle event and a gap.
+    let overlapping = batch_of(&ticks);
+
+    let inserted = pg::write(&pool, &overlapping).await.expect("overlapping write");
+
+    assert_eq!(inserted.rows, 2, "only the lifecycle event and the gap are new");
+    assert_eq!(inserted.trades, 0);
+    for table in ["trades", "quotes", "book_snapshots", "book_deltas", "lifecycle_events", "feed_events"] {
+        assert_eq!(count(&pool, table).await, 1, "{table}");
+    }
+}
+
+#[tokio::test]
 async fn prices_sizes_and_times_are_stored_exactly() {
     let (_db, pool) = migrated().await;
     let batch = batch_of(&one_of_each());

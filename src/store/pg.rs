@@ -2,11 +2,13 @@
 //! partitions and retention, and the one-statement batch write.
 //!
 //! The batch write is a single `INSERT` statement whose data-modifying CTEs fill every table
-//! from typed arrays (`unnest`), each with `ON CONFLICT DO NOTHING`: one round trip and one
-//! implicit transaction per batch, idempotent by the primary keys. `BENCHMARKS.md` compares
-//! it with a binary `COPY` of the same rows.
+//! from typed arrays (`unnest`), skipping rows already present (`ON CONFLICT DO NOTHING`, or a
+//! second try with it; see [`write`]): one round trip and one implicit transaction per batch,
+//! idempotent by the primary keys. `BENCHMARKS.md` compares it with a binary `COPY` of the
+//! same rows.
 
 use std::path::Path;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use sqlx::encode::IsNull;
@@ -310,55 +312,69 @@ pub struct Inserted {
 }
 
 /// The batch statement; see the module doc. Names are bound once (`$1`) and every table's
-/// feed and market columns are 1-based indices into them.
-const WRITE_SQL: &str = "
+/// feed and market columns are 1-based indices into them. `{keyed}` stands for the conflict
+/// clause of the tables keyed by receive time (see [`write`]).
+///
+/// The arrays are unnested in a select list (a `ProjectSet` that streams rows, the arrays of a
+/// table always being of one length) rather than by `unnest(a, b, ...)` in `FROM`, which first
+/// copies every row into a tuplestore: 10 % less server time per batch (`BENCHMARKS.md`).
+const WRITE_SQL_TEMPLATE: &str = "
 WITH n AS (SELECT $1::text[] AS names),
 t AS (
     INSERT INTO trades (feed, market, trade_id, exch_ts, recv_ts, price, size, taker_side, block)
     SELECT n.names[c.f], n.names[c.m], c.id, c.et, c.rt, c.p, c.s,
            CASE WHEN c.ty THEN 'yes' ELSE 'no' END, c.b
-    FROM n, unnest($2::int4[], $3::int4[], $4::text[], $5::timestamptz[], $6::timestamptz[],
-                   $7::int8[], $8::int8[], $9::bool[], $10::bool[]) AS c(f, m, id, et, rt, p, s, ty, b)
+    FROM n, (SELECT unnest($2::int4[]) AS f, unnest($3::int4[]) AS m, unnest($4::text[]) AS id,
+                    unnest($5::timestamptz[]) AS et, unnest($6::timestamptz[]) AS rt,
+                    unnest($7::int8[]) AS p, unnest($8::int8[]) AS s, unnest($9::bool[]) AS ty,
+                    unnest($10::bool[]) AS b) AS c
     ON CONFLICT DO NOTHING RETURNING 1),
 q AS (
     INSERT INTO quotes (feed, market, exch_ts, recv_ts, last, bid, ask, bid_size, ask_size,
                         last_size, volume, open_interest, dollar_volume, dollar_open_interest)
     SELECT n.names[c.f], n.names[c.m], c.et, c.rt, c.l, c.b, c.a, c.bs, c.as_, c.ls, c.v, c.oi, c.dv, c.doi
-    FROM n, unnest($11::int4[], $12::int4[], $13::timestamptz[], $14::timestamptz[], $15::int8[],
-                   $16::int8[], $17::int8[], $18::int8[], $19::int8[], $20::int8[], $21::int8[],
-                   $22::int8[], $23::int8[], $24::int8[])
-            AS c(f, m, et, rt, l, b, a, bs, as_, ls, v, oi, dv, doi)
-    ON CONFLICT DO NOTHING RETURNING 1),
+    FROM n, (SELECT unnest($11::int4[]) AS f, unnest($12::int4[]) AS m,
+                    unnest($13::timestamptz[]) AS et, unnest($14::timestamptz[]) AS rt,
+                    unnest($15::int8[]) AS l, unnest($16::int8[]) AS b, unnest($17::int8[]) AS a,
+                    unnest($18::int8[]) AS bs, unnest($19::int8[]) AS as_, unnest($20::int8[]) AS ls,
+                    unnest($21::int8[]) AS v, unnest($22::int8[]) AS oi, unnest($23::int8[]) AS dv,
+                    unnest($24::int8[]) AS doi) AS c
+    {keyed} RETURNING 1),
 s AS (
     INSERT INTO book_snapshots (feed, market, exch_ts, recv_ts, yes, no)
     SELECT n.names[c.f], n.names[c.m], c.et, c.rt, c.y::jsonb, c.n::jsonb
-    FROM n, unnest($25::int4[], $26::int4[], $27::timestamptz[], $28::timestamptz[], $29::text[],
-                   $30::text[]) AS c(f, m, et, rt, y, n)
-    ON CONFLICT DO NOTHING RETURNING 1),
+    FROM n, (SELECT unnest($25::int4[]) AS f, unnest($26::int4[]) AS m,
+                    unnest($27::timestamptz[]) AS et, unnest($28::timestamptz[]) AS rt,
+                    unnest($29::text[]) AS y, unnest($30::text[]) AS n) AS c
+    {keyed} RETURNING 1),
 d AS (
     INSERT INTO book_deltas (feed, market, exch_ts, recv_ts, side, price, delta)
     SELECT n.names[c.f], n.names[c.m], c.et, c.rt, CASE WHEN c.y THEN 'yes' ELSE 'no' END, c.p, c.d
-    FROM n, unnest($31::int4[], $32::int4[], $33::timestamptz[], $34::timestamptz[], $35::bool[],
-                   $36::int8[], $37::int8[]) AS c(f, m, et, rt, y, p, d)
-    ON CONFLICT DO NOTHING RETURNING 1),
+    FROM n, (SELECT unnest($31::int4[]) AS f, unnest($32::int4[]) AS m,
+                    unnest($33::timestamptz[]) AS et, unnest($34::timestamptz[]) AS rt,
+                    unnest($35::bool[]) AS y, unnest($36::int8[]) AS p, unnest($37::int8[]) AS d) AS c
+    {keyed} RETURNING 1),
 l AS (
     INSERT INTO lifecycle_events (feed, market, exch_ts, recv_ts, scope, event, detail)
     SELECT n.names[c.f], n.names[c.m], c.et, c.rt, CASE WHEN c.mk THEN 'market' ELSE 'event' END,
            c.ev, c.dt::jsonb
-    FROM n, unnest($38::int4[], $39::int4[], $40::timestamptz[], $41::timestamptz[], $42::bool[],
-                   $43::text[], $44::text[]) AS c(f, m, et, rt, mk, ev, dt)
-    ON CONFLICT DO NOTHING RETURNING 1),
+    FROM n, (SELECT unnest($38::int4[]) AS f, unnest($39::int4[]) AS m,
+                    unnest($40::timestamptz[]) AS et, unnest($41::timestamptz[]) AS rt,
+                    unnest($42::bool[]) AS mk, unnest($43::text[]) AS ev, unnest($44::text[]) AS dt) AS c
+    {keyed} RETURNING 1),
 e AS (
     INSERT INTO feed_events (ts, feed, conn, market, event, reason, sid, expected, got, detail)
     SELECT c.ts, n.names[c.f], c.cn, n.names[c.m], c.ev, c.r, c.sid, c.ex, c.g, c.dt::jsonb
-    FROM n, unnest($45::timestamptz[], $46::int4[], $47::int4[], $48::int4[], $49::text[],
-                   $50::text[], $51::int8[], $52::int8[], $53::int8[], $54::text[])
-            AS c(ts, f, cn, m, ev, r, sid, ex, g, dt)
+    FROM n, (SELECT unnest($45::timestamptz[]) AS ts, unnest($46::int4[]) AS f,
+                    unnest($47::int4[]) AS cn, unnest($48::int4[]) AS m, unnest($49::text[]) AS ev,
+                    unnest($50::text[]) AS r, unnest($51::int8[]) AS sid, unnest($52::int8[]) AS ex,
+                    unnest($53::int8[]) AS g, unnest($54::text[]) AS dt) AS c
     ON CONFLICT DO NOTHING RETURNING 1),
 mk AS (
     INSERT INTO markets AS k (market, feed, first_seen, last_seen)
     SELECT n.names[c.m], n.names[c.f], c.a, c.z
-    FROM n, unnest($55::int4[], $56::int4[], $57::timestamptz[], $58::timestamptz[]) AS c(m, f, a, z)
+    FROM n, (SELECT unnest($55::int4[]) AS m, unnest($56::int4[]) AS f,
+                    unnest($57::timestamptz[]) AS a, unnest($58::timestamptz[]) AS z) AS c
     ON CONFLICT (market) DO UPDATE
         SET first_seen = least(k.first_seen, excluded.first_seen),
             last_seen = greatest(k.last_seen, excluded.last_seen)
@@ -369,14 +385,42 @@ SELECT (SELECT count(*) FROM t),
          + (SELECT count(*) FROM l) + (SELECT count(*) FROM e),
        (SELECT count(*) FROM mk)";
 
+/// The batch statement as first tried: no conflict check on the tables keyed by receive time.
+static FIRST_WRITE_SQL: LazyLock<String> = LazyLock::new(|| WRITE_SQL_TEMPLATE.replace("{keyed}", ""));
+
+/// The batch statement that skips every row already present.
+static DEDUPE_WRITE_SQL: LazyLock<String> =
+    LazyLock::new(|| WRITE_SQL_TEMPLATE.replace("{keyed}", "ON CONFLICT DO NOTHING"));
+
+/// SQLSTATE unique_violation.
+const UNIQUE_VIOLATION: &str = "23505";
+
 /// Writes one batch in one statement. Safe to repeat: rows already present are skipped.
+///
+/// `ON CONFLICT DO NOTHING` costs an extra index probe per row (about a quarter of the
+/// server's time on a batch; see `BENCHMARKS.md`), and the rows of `quotes`, `book_snapshots`,
+/// `book_deltas` and `lifecycle_events` are keyed by a receive time that is new for every tick,
+/// so only a batch written before (a spool replay of a batch whose commit went unanswered) can
+/// hit their keys. The statement is therefore first tried without the check on those four
+/// tables; a unique violation rolls it back whole, and the batch is written again with the
+/// check everywhere. `trades` (the exchange's id, which two connections can both deliver),
+/// `feed_events` (loss records are written again on purpose) and `markets` always keep it.
 pub async fn write(pool: &PgPool, b: &Batch) -> Result<Inserted, StoreError> {
+    match write_with(pool, b, FIRST_WRITE_SQL.as_str()).await {
+        Err(StoreError::Database { code, .. }) if code == UNIQUE_VIOLATION => {
+            write_with(pool, b, DEDUPE_WRITE_SQL.as_str()).await
+        }
+        result => result,
+    }
+}
+
+async fn write_with(pool: &PgPool, b: &Batch, sql: &'static str) -> Result<Inserted, StoreError> {
     let mut markets: Vec<(i32, i32, i64, i64)> =
         b.markets.iter().map(|(m, (f, a, z))| (*m, *f, *a, *z)).collect();
     // A stable order keeps concurrent upserts of the same markets from deadlocking.
     markets.sort_unstable_by(|x, y| b.name(x.0).cmp(b.name(y.0)));
     let (t, q, s, d, l, e) = (&b.trades, &b.quotes, &b.snapshots, &b.deltas, &b.lifecycle, &b.events);
-    let row = sqlx::query(WRITE_SQL)
+    let row = sqlx::query(sql)
         .bind(&b.names)
         .bind(&t.keys.feed)
         .bind(&t.keys.market)
