@@ -355,6 +355,12 @@ impl LocalPg {
         Ok(())
     }
 
+    /// The directory of the server's Unix socket (`.s.PGSQL.{port}`), for clients that would
+    /// rather not go through TCP (`?host={dir}` in a URL).
+    pub fn socket_dir(&self) -> &Path {
+        &self.socket_dir
+    }
+
     /// The cluster's data directory.
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
