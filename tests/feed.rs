@@ -89,9 +89,9 @@ async fn a_dropped_connection_reconnects_replays_every_subscription_and_rebuilds
     h.wait_live(1, LIMIT).await;
     let first = connection_ids(&h.sim)[0];
 
+    let skip = h.ticks.event_count();
     h.sim.drop_all();
 
-    let skip = h.ticks.event_count();
     h.ticks.wait_event("Disconnected", LIMIT, skip, |e| matches!(e, FeedEvent::Disconnected { .. })).await;
     h.ticks.wait_event("Connected again", LIMIT, skip, |e| matches!(e, FeedEvent::Connected)).await;
     h.wait_live(2, LIMIT).await;

@@ -1,0 +1,706 @@
+//! The whole system, end to end: the simulator (in this process, on 127.0.0.1) feeds the real
+//! `tickd run` binary, which records into PostgreSQL. Each test has its own database (or its
+//! own server, where the test stops it), its own state directory and its own simulator, and
+//! asserts on what an operator sees: rows, exit codes and log lines.
+//!
+//! "Every trade sent" means [`Simulator::trades_sent`]: the trades written to a client socket.
+//! After the simulator drops a socket, everything written to it still reaches tickd: the
+//! kernel delivers queued bytes before the FIN, and only unread bytes on the simulator's side
+//! would turn the close into a reset. Once subscribed, tickd sends nothing (its pings are a
+//! minute apart in these configs, as are the simulator's), so there is none, and a trade
+//! written is a trade received. Before comparing, a test pauses the simulator and waits until
+//! it has caught up ([`Simulator::caught_up`]): from then on `trades_sent` is final.
+//!
+//! Every wait is a bounded poll of something a user can see (rows, log lines, the process);
+//! only the thirty-second outage sleeps, since the outage itself is what it tests.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::net::TcpListener;
+use std::time::Duration;
+
+use common::daemon::{
+    Daemon, DaemonConfig, EventRow, LogLine, event_count, feed_events, migrated, run_command, scalar, serve,
+    spool_segments, stopped_on, stored_trade_ids, texts, us, wait_caught_up, wait_sent_trades_stored,
+    wait_until, write_config,
+};
+use common::pg::{TestDb, private_server};
+use sqlx::{AssertSqlSafe, Row};
+use tickd::localpg::{LocalPg, LocalPgOptions};
+use tickd::sim::{SimConfig, Simulator, market_names};
+use tickd::tick::now_micros;
+
+/// How long a daemon may take to connect, subscribe and build its books.
+const LIVE: Duration = Duration::from_secs(60);
+/// How long a daemon may take to exit after SIGTERM.
+const STOP: Duration = Duration::from_secs(30);
+/// How long the database may take to catch up with what the simulator wrote.
+const SETTLE: Duration = Duration::from_secs(60);
+
+/// A simulator of `markets` at `rate` events per second, whose heartbeats are too rare to
+/// matter (see the module doc).
+fn simulator(markets: Vec<String>, rate: u32) -> Simulator {
+    Simulator::start(SimConfig { markets, rate, heartbeat: Duration::from_secs(60), ..SimConfig::default() })
+}
+
+fn workdir() -> tempfile::TempDir {
+    tempfile::tempdir().expect("temp dir")
+}
+
+/// Rows in `trades`, 0 before tickd created the table.
+async fn trade_count(url: &str) -> i64 {
+    if !migrated(url).await {
+        return 0;
+    }
+    scalar(url, "SELECT count(*) FROM trades").await
+}
+
+/// Waits until `url` holds `lives` live events.
+async fn wait_live(daemon: &mut Daemon, url: &str, lives: i64) {
+    let what = format!("{lives} live event(s)");
+    daemon.wait_until(&what, LIVE, || async { event_count(url, "live").await >= lives }).await;
+}
+
+/// Waits until `url` holds `lives` live events and more than `trades` trades.
+async fn wait_live_with_trades(daemon: &mut Daemon, url: &str, lives: i64, trades: i64) {
+    let what = format!("{lives} live event(s) and more than {trades} trades");
+    daemon
+        .wait_until(&what, LIVE, || async {
+            event_count(url, "live").await >= lives && trade_count(url).await > trades
+        })
+        .await;
+}
+
+/// Waits until the store writes directly with nothing spooled: what arrived while the first
+/// probe migrated the database has been replayed.
+async fn wait_store_ready(daemon: &mut Daemon) {
+    daemon
+        .wait_for("the store writing directly", LIVE, |l| {
+            l.message() == "Store summary." && l.str("state") == "ready"
+        })
+        .await;
+}
+
+fn spool_replayed(line: &LogLine) -> bool {
+    line.message() == "Spool replayed; writing directly."
+}
+
+/// The same trades on both sides, each once.
+fn assert_same_trades(stored: &[String], sent: &[String]) {
+    let stored_set: HashSet<&String> = stored.iter().collect();
+    let sent_set: HashSet<&String> = sent.iter().collect();
+    let missing: Vec<&&String> = sent_set.difference(&stored_set).collect();
+    let extra: Vec<&&String> = stored_set.difference(&sent_set).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "{} trades sent but not stored (e.g. {:?}); {} stored but never sent (e.g. {:?})",
+        missing.len(),
+        missing.iter().take(3).collect::<Vec<_>>(),
+        extra.len(),
+        extra.iter().take(3).collect::<Vec<_>>()
+    );
+    assert_eq!(sent.len(), sent_set.len(), "the simulator wrote some trade twice");
+    assert_eq!(stored.len(), stored_set.len(), "some trade is stored twice");
+}
+
+/// `count(*) - count(DISTINCT trade_id)` of `trades`: 0 when no trade is stored twice.
+async fn duplicate_trades(url: &str) -> i64 {
+    scalar(url, "SELECT count(*) - count(DISTINCT trade_id) FROM trades").await
+}
+
+/// An exact `timestamptz` literal for µs since the Unix epoch.
+fn at(us: i64) -> String {
+    format!("(timestamptz 'epoch' + {us} * interval '1 microsecond')")
+}
+
+/// One row of `gaps()`; times in µs.
+#[derive(Debug)]
+struct Gap {
+    kind: String,
+    started: i64,
+    ended: Option<i64>,
+    detail: serde_json::Value,
+}
+
+async fn gaps(url: &str, from: i64, to: i64) -> Vec<Gap> {
+    let mut conn = common::daemon::connect(url).await;
+    let sql = format!(
+        "SELECT kind, {}, {}, detail::text FROM gaps({}, {})",
+        us("started"),
+        us("ended"),
+        at(from),
+        at(to)
+    );
+    let rows = sqlx::query(AssertSqlSafe(sql)).fetch_all(&mut conn).await.expect("gaps()");
+    rows.iter()
+        .map(|r| Gap {
+            kind: r.get(0),
+            started: r.get(1),
+            ended: r.get(2),
+            detail: serde_json::from_str(&r.get::<String, _>(3)).expect("detail is JSON"),
+        })
+        .collect()
+}
+
+/// The first event named `event` at or after `from`.
+fn first<'a>(events: &'a [EventRow], event: &str, from: i64) -> &'a EventRow {
+    events
+        .iter()
+        .find(|e| e.event == event && e.ts >= from)
+        .unwrap_or_else(|| panic!("no `{event}` at or after {from} in {events:#?}"))
+}
+
+/// A port of 127.0.0.1 where nothing listens (bound, then released), for a server started
+/// later. Below Linux's ephemeral range (32768 and up), so that no client socket of this run
+/// takes it meanwhile.
+fn free_port() -> u16 {
+    loop {
+        let port = 20_000 + rand::random::<u16>() % 12_768;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_trade_sent_to_a_connected_feed_is_stored_once_across_a_dropped_connection_and_a_restart() {
+    // Arrange
+    let db = TestDb::new().await;
+    let sim = simulator(market_names(50), 1000);
+    let dir = workdir();
+    let config = DaemonConfig::new(&dir.path().join("state"), &db.url, &serve(&sim).await, &sim.markets());
+
+    // Act: run A sees a dropped connection, reconnects and stops cleanly once everything
+    // written is stored; run B carries on with the same database and state directory.
+    let mut a = Daemon::start(dir.path(), "a", &config);
+    wait_live_with_trades(&mut a, &db.url, 1, 100).await;
+    let before_drop = trade_count(&db.url).await;
+    let dropped_at = now_micros();
+    sim.drop_all();
+    wait_live_with_trades(&mut a, &db.url, 2, before_drop + 100).await;
+    sim.pause();
+    wait_sent_trades_stored(&sim, &db.url, SETTLE).await;
+    let a_exit = a.stop(STOP).await;
+
+    let b_started_at = now_micros();
+    let mut b = Daemon::start(dir.path(), "b", &config);
+    wait_live(&mut b, &db.url, 3).await;
+    let before_resume = trade_count(&db.url).await;
+    sim.resume();
+    wait_live_with_trades(&mut b, &db.url, 3, before_resume + 100).await;
+    sim.pause();
+    let sent = wait_sent_trades_stored(&sim, &db.url, SETTLE).await;
+    let b_exit = b.stop(STOP).await;
+
+    // Assert
+    assert_eq!(a_exit, Some(0), "run A's exit code; log:\n{}", a.log_text());
+    assert_eq!(b_exit, Some(0), "run B's exit code; log:\n{}", b.log_text());
+    assert_same_trades(&stored_trade_ids(&db.url).await, &sent);
+    assert_eq!(duplicate_trades(&db.url).await, 0);
+    let events = feed_events(&db.url).await;
+    let drop = first(&events, "disconnected", dropped_at);
+    assert!(drop.ts < b_started_at, "the drop is recorded during run A: {drop:?}");
+    assert!(
+        drop.reason.as_deref().is_some_and(|r| !r.is_empty() && r != "shutdown"),
+        "the drop has a reason: {drop:?}"
+    );
+    let lives: Vec<i64> = events.iter().filter(|e| e.event == "live").map(|e| e.ts).collect();
+    let live_in = |from: i64, to: i64| lives.iter().any(|&ts| from < ts && ts < to);
+    assert!(live_in(0, drop.ts), "run A is live before the drop at {}: {lives:?}", drop.ts);
+    assert!(live_in(drop.ts, b_started_at), "run A is live again after the drop at {}: {lives:?}", drop.ts);
+    assert!(live_in(b_started_at, i64::MAX), "run B is live after its start at {b_started_at}: {lives:?}");
+    let clean_stop =
+        events.iter().filter(|e| e.event == "disconnected" && e.reason.as_deref() == Some("shutdown"));
+    assert_eq!(clean_stop.count(), 2, "each run records its stop as a disconnect: {events:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trades_read_as_the_connection_drops_are_stored_even_if_the_daemon_stops_before_reconnecting() {
+    // Arrange: a busy feed, so that the last read before the drop carries trades too.
+    let db = TestDb::new().await;
+    let sim = simulator(market_names(20), 2000);
+    let dir = workdir();
+    let config = DaemonConfig::new(&dir.path().join("state"), &db.url, &serve(&sim).await, &sim.markets());
+    let mut daemon = Daemon::start(dir.path(), "tickd", &config);
+    wait_live_with_trades(&mut daemon, &db.url, 1, 200).await;
+
+    // Act: the exchange drops the connection and refuses every new one; stop meanwhile.
+    sim.refuse_handshakes(u32::MAX);
+    sim.drop_all();
+    daemon
+        .wait_until("the connection gone", LIVE, || {
+            let open = sim.stats().connections_open;
+            async move { open == 0 }
+        })
+        .await;
+    let sent = sim.trades_sent();
+    daemon
+        .wait_until("a refused reconnect", LIVE, || async {
+            scalar(&db.url, "SELECT count(*) FROM feed_events WHERE reason LIKE '%HTTP 503%'").await > 0
+        })
+        .await;
+    let exit = daemon.stop(STOP).await;
+
+    // Assert
+    assert_eq!(exit, Some(0), "exit code; log:\n{}", daemon.log_text());
+    assert_same_trades(&stored_trade_ids(&db.url).await, &sent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thirty_seconds_without_the_database_lose_and_duplicate_nothing_and_leave_the_spool_empty() {
+    // Arrange
+    let pg = private_server().await;
+    let url = pg.create_database("tickd").await.expect("database");
+    let sim = simulator(market_names(10), 1000);
+    let dir = workdir();
+    let state = dir.path().join("state");
+    let mut daemon = Daemon::start(
+        dir.path(),
+        "tickd",
+        &DaemonConfig::new(&state, &url, &serve(&sim).await, &sim.markets()),
+    );
+    wait_live_with_trades(&mut daemon, &url, 1, 100).await;
+    wait_store_ready(&mut daemon).await;
+    let spooled = |d: &Daemon| d.last("Store summary.").map_or(0, |l| l.u64("spooled"));
+    let spooled_before = spooled(&daemon);
+    let replays_before = daemon.count(spool_replayed);
+
+    // Act
+    let down_at = now_micros();
+    pg.stop().await.expect("server stops");
+    // This one needs the wall clock: a real outage, with ticks arriving all along.
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let spooled_during_outage = spooled(&daemon) - spooled_before;
+    pg.restart().await.expect("server restarts");
+    let up_at = now_micros();
+    daemon.wait_for_nth("the spool replayed", replays_before + 1, SETTLE, spool_replayed).await;
+    sim.pause();
+    let sent = wait_sent_trades_stored(&sim, &url, SETTLE).await;
+    let exit = daemon.stop(STOP).await;
+
+    // Assert
+    assert_eq!(exit, Some(0), "exit code; log:\n{}", daemon.log_text());
+    assert!(spooled_during_outage > 10_000, "ticks spooled during the outage: {spooled_during_outage}");
+    assert_same_trades(&stored_trade_ids(&url).await, &sent);
+    assert_eq!(duplicate_trades(&url).await, 0);
+    let stopped = daemon.last("Store writer stopped.").expect("the writer's last line");
+    assert_eq!((stopped.u64("lost"), stopped.u64("spooled_batches")), (0, 0), "{}", stopped.raw);
+    assert_eq!(spool_segments(&state), Vec::<std::path::PathBuf>::new(), "the spool is drained");
+    assert_eq!(event_count(&url, "store_loss").await, 0);
+    let outage = gaps(&url, down_at, up_at).await;
+    assert!(outage.is_empty(), "nothing is missing during the outage, and gaps() says so: {outage:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_full_spool_the_trades_missing_are_exactly_those_the_store_loss_rows_record() {
+    // Arrange: a 1 MiB spool against a busy feed fills in seconds. The feed is quiet until
+    // the store is ready, so that nothing arriving while the first probe migrates the
+    // database can fill it before the outage.
+    let pg = private_server().await;
+    let url = pg.create_database("tickd").await.expect("database");
+    let sim = simulator(market_names(10), 3000);
+    sim.pause();
+    let dir = workdir();
+    let mut config = DaemonConfig::new(&dir.path().join("state"), &url, &serve(&sim).await, &sim.markets());
+    config.store("spool_max_bytes", "1048576");
+    let mut daemon = Daemon::start(dir.path(), "tickd", &config);
+    wait_live(&mut daemon, &url, 1).await;
+    wait_store_ready(&mut daemon).await;
+    sim.resume();
+    wait_live_with_trades(&mut daemon, &url, 1, 100).await;
+    let spool_full = |l: &LogLine| l.str("alert") == "spool_full";
+    let reachable = |l: &LogLine| l.message() == "Database reachable; writing.";
+    let (alerts_before, reachable_before) = (daemon.count(spool_full), daemon.count(reachable));
+    let replays_before = daemon.count(spool_replayed);
+
+    // Act: keep the database away until the spool is full and ticks are being dropped.
+    let down_at = now_micros();
+    pg.stop().await.expect("server stops");
+    let alert = daemon.wait_for("the spool_full alert", SETTLE, spool_full).await;
+    pg.restart().await.expect("server restarts");
+    daemon.wait_for_nth("the database back", reachable_before + 1, SETTLE, reachable).await;
+    let up_at = now_micros();
+    daemon.wait_for_message("Store loss recorded in feed_events.", SETTLE).await;
+    daemon.wait_for_nth("the spool replayed", replays_before + 1, SETTLE, spool_replayed).await;
+    sim.pause();
+    let sent = wait_caught_up(&sim, SETTLE).await;
+    let last = sent.last().expect("trades were sent").clone();
+    daemon
+        .wait_until("the last trade sent to be stored", SETTLE, || async {
+            stored_trade_ids(&url).await.contains(&last)
+        })
+        .await;
+    let exit = daemon.stop(STOP).await;
+
+    // Assert
+    assert_eq!(exit, Some(0), "exit code; log:\n{}", daemon.log_text());
+    assert_eq!(alerts_before, 0, "nothing was dropped before the outage");
+    assert_eq!(alert.level(), "ERROR", "{}", alert.raw);
+    assert_eq!(duplicate_trades(&url).await, 0);
+    let stored: HashSet<String> = stored_trade_ids(&url).await.into_iter().collect();
+    assert!(stored.iter().all(|t| sent.contains(t)), "only trades that were sent are stored");
+    let missing: Vec<&String> = sent.iter().filter(|t| !stored.contains(*t)).collect();
+    let recorded = scalar(
+        &url,
+        "SELECT sum((detail->>'trades')::bigint)::int8 FROM feed_events WHERE event = 'store_loss'",
+    )
+    .await;
+    assert!(!missing.is_empty(), "the full spool dropped trades");
+    assert_eq!(missing.len() as i64, recorded, "trades missing vs trades the store_loss rows count");
+    let lost = daemon.last("Store writer stopped.").expect("the writer's last line").u64("lost");
+    let recorded_ticks = scalar(
+        &url,
+        "SELECT sum((detail->>'ticks')::bigint)::int8 FROM feed_events WHERE event = 'store_loss'",
+    )
+    .await;
+    assert_eq!(recorded_ticks, lost as i64, "every tick lost is recorded");
+
+    // Each run of missing trades was received between the stored trades around it (receive
+    // times only grow along one connection); a loss window must cover part of that span, and
+    // every window lies within the outage.
+    let windows: Vec<Gap> =
+        gaps(&url, down_at, now_micros()).await.into_iter().filter(|g| g.kind == "store_loss").collect();
+    assert!(!windows.is_empty(), "gaps() lists the loss");
+    for w in &windows {
+        let ended = w.ended.expect("a loss window has an end");
+        assert!(down_at <= w.started && ended <= up_at, "{w:?} lies within the outage [{down_at}, {up_at}]");
+    }
+    let recv: HashMap<String, i64> = {
+        let sql = format!("SELECT trade_id || ' ' || {} FROM trades", us("recv_ts"));
+        texts(&url, &sql)
+            .await
+            .iter()
+            .map(|row| {
+                let (id, ts) = row.split_once(' ').expect("id and time");
+                (id.to_owned(), ts.parse().expect("µs"))
+            })
+            .collect()
+    };
+    let mut before = i64::MIN;
+    let mut run = 0;
+    for trade in &sent {
+        match recv.get(trade) {
+            Some(&ts) => {
+                if run > 0 {
+                    let covered =
+                        windows.iter().any(|w| w.started < ts && w.ended.is_some_and(|e| e > before));
+                    assert!(
+                        covered,
+                        "{run} missing trades received in ({before}, {ts}) are in no window: {windows:?}"
+                    );
+                }
+                before = ts;
+                run = 0;
+            }
+            None => run += 1,
+        }
+    }
+    assert_eq!(run, 0, "the last trades sent are stored");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_commits_every_tick_received_before_the_process_exits_0() {
+    // Arrange
+    let db = TestDb::new().await;
+    let sim = simulator(market_names(20), 3000);
+    let dir = workdir();
+    let mut config =
+        DaemonConfig::new(&dir.path().join("state"), &db.url, &serve(&sim).await, &sim.markets());
+    // A write abandoned at its time limit may still commit, and its replay then finds the rows
+    // there already (counted as duplicates, not inserted); a generous limit keeps the count of
+    // inserted rows exact on a loaded machine.
+    config.store("write_timeout", "\"30s\"");
+    let mut daemon = Daemon::start(dir.path(), "tickd", &config);
+    wait_live_with_trades(&mut daemon, &db.url, 1, 500).await;
+    // Ticks that arrive before the first probe has migrated the database are spooled, and
+    // replayed once it has; from then on nothing is spooled while the database answers.
+    wait_store_ready(&mut daemon).await;
+    let spooled_before = daemon.last("Store summary.").expect("a store summary").u64("spooled");
+
+    // Act: stop in full flow.
+    let exit = daemon.stop(STOP).await;
+
+    // Assert
+    assert_eq!(exit, Some(0), "exit code; log:\n{}", daemon.log_text());
+    let writer = daemon.last("Store writer stopped.").expect("the writer's last line");
+    let stopped = daemon.last("tickd stopped.").expect("the last line");
+    let feed = daemon.last("Feed stopped.").expect("the feed's last line");
+    let (received, committed, published) =
+        (writer.u64("received"), writer.u64("committed"), stopped.u64("published"));
+    assert_eq!((received, committed), (published, published), "{}\n{}", writer.raw, stopped.raw);
+    let (spooled, lost, left) = (writer.u64("spooled"), writer.u64("lost"), writer.u64("spooled_batches"));
+    assert_eq!(
+        (spooled, lost, left),
+        (spooled_before, 0, 0),
+        "the stop spooled and lost nothing: {}",
+        writer.raw
+    );
+    let rows = scalar(
+        &db.url,
+        "SELECT ((SELECT count(*) FROM trades) + (SELECT count(*) FROM quotes) \
+                + (SELECT count(*) FROM book_snapshots) + (SELECT count(*) FROM book_deltas) \
+                + (SELECT count(*) FROM lifecycle_events) + (SELECT count(*) FROM feed_events))::int8",
+    )
+    .await;
+    assert_eq!(rows, writer.u64("inserted") as i64, "rows in the database vs rows inserted");
+    // The feed reads one socket in order, so the trades it received are the first ones sent.
+    let stored = stored_trade_ids(&db.url).await;
+    assert_eq!(stored.len() as u64, feed.u64("trades"), "trades stored vs trades received; {}", feed.raw);
+    let sent = sim.trades_sent();
+    assert!(sent.len() >= stored.len(), "{} sent, {} stored", sent.len(), stored.len());
+    assert_same_trades(&stored, &sent[..stored.len()]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seq_gap_and_a_reconnect_show_up_in_feed_events_and_gaps_with_their_times() {
+    // Arrange: the order book is the only sequenced channel, so the skip makes one gap.
+    let db = TestDb::new().await;
+    let sim = simulator(market_names(3), 500);
+    let dir = workdir();
+    let mut config =
+        DaemonConfig::new(&dir.path().join("state"), &db.url, &serve(&sim).await, &sim.markets());
+    config.feed("channels", "[\"orderbook_delta\"]").feed("lifecycle", "false");
+    let mut daemon = Daemon::start(dir.path(), "tickd", &config);
+    wait_live(&mut daemon, &db.url, 1).await;
+
+    // Act
+    let gap_before = now_micros();
+    sim.skip_seq(5);
+    daemon
+        .wait_until("the gap repaired", LIVE, || async { event_count(&db.url, "resynced").await >= 1 })
+        .await;
+    let gap_after = now_micros();
+    let drop_before = now_micros();
+    sim.drop_all();
+    let live_again =
+        format!("SELECT count(*) FROM feed_events WHERE event = 'live' AND ts > {}", at(drop_before));
+    daemon.wait_until("live again", LIVE, || async { scalar(&db.url, &live_again).await > 0 }).await;
+    let drop_after = now_micros();
+    let exit = daemon.stop(STOP).await;
+
+    // Assert
+    assert_eq!(exit, Some(0), "exit code; log:\n{}", daemon.log_text());
+    let events = feed_events(&db.url).await;
+    let gap_rows: Vec<&EventRow> = events.iter().filter(|e| e.event == "gap").collect();
+    assert_eq!(gap_rows.len(), 1, "{events:#?}");
+    let gap = gap_rows[0];
+    let book_sid = events
+        .iter()
+        .find(|e| e.event == "subscribed" && e.detail["channel"] == "orderbook_delta" && e.ts < gap.ts)
+        .and_then(|e| e.sid);
+    assert_eq!(gap.sid, book_sid, "the gap is on the order book's subscription: {gap:?}");
+    let (expected, got) = (gap.expected.expect("expected"), gap.got.expect("got"));
+    assert_eq!(expected + 5, got, "{gap:?}");
+    assert!(gap_before <= gap.ts && gap.ts <= gap_after, "{gap:?} within [{gap_before}, {gap_after}]");
+    let resynced = first(&events, "resynced", gap.ts);
+    assert!(resynced.ts <= gap_after, "{resynced:?}");
+
+    let disconnected = first(&events, "disconnected", drop_before);
+    let connecting = first(&events, "connecting", disconnected.ts);
+    let connected = first(&events, "connected", connecting.ts);
+    let live = first(&events, "live", connected.ts);
+    assert!(disconnected.reason.as_deref().is_some_and(|r| !r.is_empty()), "{disconnected:?}");
+    assert!(
+        drop_before <= disconnected.ts
+            && disconnected.ts < connecting.ts
+            && connecting.ts < connected.ts
+            && connected.ts < live.ts
+            && live.ts <= drop_after,
+        "disconnected, connecting, connected, live in order within [{drop_before}, {drop_after}]: \
+         {disconnected:?} {connecting:?} {connected:?} {live:?}"
+    );
+
+    let windows = gaps(&db.url, gap_before, drop_after).await;
+    let seq_gap = windows.iter().find(|g| g.kind == "seq_gap").unwrap_or_else(|| panic!("{windows:#?}"));
+    assert_eq!((seq_gap.started, seq_gap.ended), (gap.ts, Some(resynced.ts)), "{seq_gap:?}");
+    assert_eq!(
+        (seq_gap.detail["expected"].as_i64(), seq_gap.detail["got"].as_i64()),
+        (Some(expected), Some(got))
+    );
+    let outage = windows.iter().find(|g| g.kind == "disconnected").unwrap_or_else(|| panic!("{windows:#?}"));
+    assert_eq!((outage.started, outage.ended), (disconnected.ts, Some(live.ts)), "{outage:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_database_unreachable_at_start_the_daemon_spools_says_why_and_catches_up_when_it_appears() {
+    // Arrange: the config names a server that is not there yet.
+    let port = free_port();
+    let url = format!("postgres://postgres@127.0.0.1:{port}/tickd");
+    let sim = simulator(market_names(5), 500);
+    let dir = workdir();
+    let state = dir.path().join("state");
+    let mut daemon = Daemon::start(
+        dir.path(),
+        "tickd",
+        &DaemonConfig::new(&state, &url, &serve(&sim).await, &sim.markets()),
+    );
+
+    // Act
+    let not_ready = daemon
+        .wait_for_message("Store not ready: the database is unreachable; spooling ticks to disk.", LIVE)
+        .await;
+    daemon
+        .wait_until("spool segments", LIVE, || {
+            let segments = spool_segments(&state);
+            async move { !segments.is_empty() }
+        })
+        .await;
+    let pg =
+        LocalPg::start(LocalPgOptions { data_dir: None, port: Some(port) }).await.expect("server starts");
+    pg.create_database("tickd").await.expect("database");
+    daemon.wait_for_message("Database reachable; writing.", SETTLE).await;
+    daemon.wait_for_message("Spool replayed; writing directly.", SETTLE).await;
+    wait_live_with_trades(&mut daemon, &url, 1, 100).await;
+    sim.pause();
+    let sent = wait_sent_trades_stored(&sim, &url, SETTLE).await;
+    let exit = daemon.stop(STOP).await;
+
+    // Assert
+    assert_eq!(not_ready.level(), "WARN", "{}", not_ready.raw);
+    assert!(not_ready.str("error").contains("Connection refused"), "the warning says why: {}", not_ready.raw);
+    assert!(not_ready.str("spool").ends_with("state/spool"), "and where the ticks go: {}", not_ready.raw);
+    assert_eq!(exit, Some(0), "exit code; log:\n{}", daemon.log_text());
+    assert_same_trades(&stored_trade_ids(&url).await, &sent);
+    assert_eq!(duplicate_trades(&url).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_stopped_while_the_database_is_unreachable_exits_0_and_the_next_run_stores_its_spool() {
+    // Arrange
+    let port = free_port();
+    let url = format!("postgres://postgres@127.0.0.1:{port}/tickd");
+    let sim = simulator(market_names(5), 500);
+    let dir = workdir();
+    let state = dir.path().join("state");
+    let config = DaemonConfig::new(&state, &url, &serve(&sim).await, &sim.markets());
+    let mut a = Daemon::start(dir.path(), "a", &config);
+    a.wait_for_message("Store not ready: the database is unreachable; spooling ticks to disk.", LIVE).await;
+    wait_until("trades spooled", LIVE, || {
+        let spooled = a.last("Store summary.").map_or(0, |l| l.u64("spooled"));
+        async move { spooled > 100 }
+    })
+    .await;
+
+    // Act: stop while the database is still away (once the feed has read every trade
+    // written), then start again once it is there.
+    sim.pause();
+    let written = wait_caught_up(&sim, SETTLE).await.len() as u64;
+    a.wait_for("the feed to have read every trade written", SETTLE, |l| {
+        l.message() == "Feed summary." && l.u64("trades") == written
+    })
+    .await;
+    let a_exit = a.stop(STOP).await;
+    let pg =
+        LocalPg::start(LocalPgOptions { data_dir: None, port: Some(port) }).await.expect("server starts");
+    pg.create_database("tickd").await.expect("database");
+    let mut b = Daemon::start(dir.path(), "b", &config);
+    b.wait_for_message("Spool replayed; writing directly.", SETTLE).await;
+    let sent = wait_sent_trades_stored(&sim, &url, SETTLE).await;
+    let b_exit = b.stop(STOP).await;
+
+    // Assert
+    assert_eq!(a_exit, Some(0), "exit code of the run without a database; log:\n{}", a.log_text());
+    let a_writer = a.last("Store writer stopped.").expect("the writer's last line");
+    assert_eq!(a_writer.u64("received"), a_writer.u64("spooled"), "all kept in the spool: {}", a_writer.raw);
+    assert!(a_writer.u64("spooled_batches") > 0, "{}", a_writer.raw);
+    assert!(
+        b.last("Spool holds batches from an earlier run; they are replayed once the database answers.")
+            .is_some()
+    );
+    assert_eq!(b_exit, Some(0), "exit code; log:\n{}", b.log_text());
+    assert_same_trades(&stored_trade_ids(&url).await, &sent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrating_a_database_whose_schema_was_changed_by_hand_fails_and_says_what_changed() {
+    // Arrange: (a) someone made `trades` first; (b) someone dropped a column after tickd migrated.
+    let made_by_hand = TestDb::new().await;
+    sqlx::raw_sql("CREATE TABLE trades (id int)")
+        .execute(&mut made_by_hand.connect().await)
+        .await
+        .expect("create");
+    let altered = TestDb::new().await;
+    let sim = simulator(market_names(3), 500);
+    let dir = workdir();
+    let state = dir.path().join("state");
+    let sim_url = serve(&sim).await;
+    let config_a = DaemonConfig::new(&state, &made_by_hand.url, &sim_url, &sim.markets());
+    let config_b = DaemonConfig::new(&state, &altered.url, &sim_url, &sim.markets());
+    let file_a = write_config(dir.path(), "a", &config_a.toml());
+    let file_b = write_config(dir.path(), "b", &config_b.toml());
+    let (first_exit, first_err) = run_command("migrate", &file_b);
+    assert_eq!(first_exit, Some(0), "a good migrate: {first_err}");
+    sqlx::raw_sql("ALTER TABLE trades DROP COLUMN block")
+        .execute(&mut altered.connect().await)
+        .await
+        .expect("alter");
+
+    // Act
+    let (a_exit, a_err) = run_command("migrate", &file_a);
+    let (b_exit, b_err) = run_command("migrate", &file_b);
+    let mut daemon = Daemon::start(dir.path(), "run", &config_b);
+    let not_ready = daemon
+        .wait_for_message(
+            "Store not ready: the database cannot be used until this is fixed; spooling ticks to disk.",
+            LIVE,
+        )
+        .await;
+    daemon
+        .wait_until("spool segments", LIVE, || {
+            let segments = spool_segments(&state);
+            async move { !segments.is_empty() }
+        })
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let still_running = daemon.running();
+    let exit = daemon.stop(STOP).await;
+
+    // Assert
+    assert_eq!(a_exit, Some(1), "{a_err}");
+    let a_error = stopped_on(&a_err);
+    assert!(a_error.contains(r#"relation "trades" already exists"#), "names the relation: {a_err}");
+    assert!(a_error.contains("did not create") && a_error.contains("changed by hand"), "{a_err}");
+    assert_eq!(b_exit, Some(1), "{b_err}");
+    let b_error = stopped_on(&b_err);
+    assert!(b_error.contains("table `trades`: column `block` (boolean) is missing"), "{b_err}");
+    assert!(still_running, "tickd run keeps running; log:\n{}", daemon.log_text());
+    assert_eq!(not_ready.level(), "ERROR", "{}", not_ready.raw);
+    assert!(not_ready.str("error").contains("column `block`"), "{}", not_ready.raw);
+    assert_eq!(exit, Some(0), "exit code; log:\n{}", daemon.log_text());
+    let writer = daemon.last("Store writer stopped.").expect("the writer's last line");
+    assert!(
+        writer.u64("spooled") > 0 && writer.u64("spooled_batches") > 0,
+        "ticks kept in the spool: {}",
+        writer.raw
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_market_ticker_with_unusual_characters_is_stored_as_is() {
+    // Arrange
+    let ticker = "KX-ÜÑÎ'\"\\;--%_/€-1";
+    let db = TestDb::new().await;
+    let sim = simulator(vec![ticker.to_owned()], 500);
+    let dir = workdir();
+    let config =
+        DaemonConfig::new(&dir.path().join("state"), &db.url, &serve(&sim).await, &[ticker.to_owned()]);
+
+    // Act
+    let mut daemon = Daemon::start(dir.path(), "tickd", &config);
+    let fewest = "SELECT least((SELECT count(*) FROM trades), (SELECT count(*) FROM quotes), \
+                  (SELECT count(*) FROM book_deltas))";
+    daemon
+        .wait_until("trades, quotes and deltas", LIVE, || async {
+            migrated(&db.url).await && scalar(&db.url, fewest).await >= 3
+        })
+        .await;
+    let exit = daemon.stop(STOP).await;
+
+    // Assert
+    assert_eq!(exit, Some(0), "exit code; log:\n{}", daemon.log_text());
+    for table in ["trades", "quotes", "book_snapshots", "book_deltas", "markets"] {
+        let markets = texts(&db.url, &format!("SELECT DISTINCT market FROM {table}")).await;
+        assert_eq!(markets, [ticker], "{table}");
+    }
+}
