@@ -86,6 +86,18 @@ fn spool_replayed(line: &LogLine) -> bool {
     line.message() == "Spool replayed; writing directly."
 }
 
+/// The receive time of the newest tick stored, in µs.
+async fn newest_receive_time(url: &str) -> i64 {
+    let newest = |table: &str| format!("(SELECT max(recv_ts) FROM {table})");
+    let tables = ["trades", "quotes", "book_snapshots", "book_deltas", "lifecycle_events"];
+    let sql = format!(
+        "SELECT {} FROM (SELECT greatest({}, (SELECT max(ts) FROM feed_events)) AS t) newest",
+        us("t"),
+        tables.map(newest).join(", ")
+    );
+    scalar(url, &sql).await
+}
+
 /// The same trades on both sides, each once.
 fn assert_same_trades(stored: &[String], sent: &[String]) {
     let stored_set: HashSet<&String> = stored.iter().collect();
@@ -315,7 +327,9 @@ async fn with_a_full_spool_the_trades_missing_are_exactly_those_the_store_loss_r
     let replays_before = daemon.count(spool_replayed);
 
     // Act: keep the database away until the spool is full and ticks are being dropped.
-    let down_at = now_micros();
+    // The writer stores ticks in the order they were received, so none received up to the
+    // newest one committed now can be lost.
+    let committed_to = newest_receive_time(&url).await;
     pg.stop().await.expect("server stops");
     let alert = daemon.wait_for("the spool_full alert", SETTLE, spool_full).await;
     pg.restart().await.expect("server restarts");
@@ -357,14 +371,18 @@ async fn with_a_full_spool_the_trades_missing_are_exactly_those_the_store_loss_r
     assert_eq!(recorded_ticks, lost as i64, "every tick lost is recorded");
 
     // Each run of missing trades was received between the stored trades around it (receive
-    // times only grow along one connection); a loss window must cover part of that span, and
-    // every window lies within the outage.
+    // times only grow along one connection); a loss window must cover part of that span.
+    // Every window lies between the newest tick committed before the outage and the
+    // database's return.
     let windows: Vec<Gap> =
-        gaps(&url, down_at, now_micros()).await.into_iter().filter(|g| g.kind == "store_loss").collect();
+        gaps(&url, committed_to, now_micros()).await.into_iter().filter(|g| g.kind == "store_loss").collect();
     assert!(!windows.is_empty(), "gaps() lists the loss");
     for w in &windows {
         let ended = w.ended.expect("a loss window has an end");
-        assert!(down_at <= w.started && ended <= up_at, "{w:?} lies within the outage [{down_at}, {up_at}]");
+        assert!(
+            committed_to < w.started && ended <= up_at,
+            "{w:?} lies within the outage ({committed_to}, {up_at}]"
+        );
     }
     let recv: HashMap<String, i64> = {
         let sql = format!("SELECT trade_id || ' ' || {} FROM trades", us("recv_ts"));

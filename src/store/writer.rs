@@ -17,7 +17,8 @@
 //! a batch the database refuses for its content is kept under `state_dir/rejected` with an
 //! alert. On shutdown (the bus closes once every feed has stopped) the last batch is written
 //! or spooled before the writer returns, and while the database answers, the spool is replayed
-//! to its end first: a clean stop leaves nothing on disk that the database could have taken.
+//! first (for at most `STOP_REPLAY_LIMIT`; the rest waits for the next start), so that a clean
+//! stop leaves nothing on disk that the database could have taken.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -48,6 +49,10 @@ const MAINTENANCE_EVERY: Duration = Duration::from_secs(3600);
 /// How long to wait before trying again after a schema or migration problem, which needs a
 /// person to fix it.
 const SCHEMA_RETRY: Duration = Duration::from_secs(30);
+
+/// How long a stop goes on replaying the spool while the database answers; what is left then
+/// is replayed at the next start. Well inside the shipped unit's stop timeout (30 s).
+const STOP_REPLAY_LIMIT: Duration = Duration::from_secs(10);
 
 /// Everything the writer runs with.
 pub struct WriterContext {
@@ -199,6 +204,8 @@ impl Actor {
         let mut probe: Option<BoxFut<Result<ProbeOk, StoreError>>> = Some(self.probe());
         let mut retry_at: Option<Instant> = None;
         let mut maintain_at = Instant::now() + MAINTENANCE_EVERY;
+        // Set when the bus closes: until then a stop may go on replaying the spool.
+        let mut replay_until: Option<Instant> = None;
 
         loop {
             let due = !batch.is_empty() && (batch.ticks >= batch_size || !open || Instant::now() >= deadline);
@@ -215,7 +222,8 @@ impl Actor {
                 }
                 // Otherwise the batch waits for the write in flight; intake pauses when full.
             }
-            if self.up && inflight.is_none() && !self.spool.is_empty() {
+            let replaying = replay_until.is_none_or(|until| Instant::now() < until);
+            if self.up && inflight.is_none() && !self.spool.is_empty() && replaying {
                 // Replay only while no new batch is due, so live data is never held back. At
                 // shutdown, after the last batch, replay goes on until the spool is empty or
                 // the database goes away.
@@ -234,7 +242,11 @@ impl Actor {
                 }
             }
             self.update_state();
-            if !open && batch.is_empty() && inflight.is_none() && (self.spool.is_empty() || !self.up) {
+            if !open
+                && batch.is_empty()
+                && inflight.is_none()
+                && (self.spool.is_empty() || !self.up || !replaying)
+            {
                 break;
             }
             if !self.up && probe.is_none() && retry_at.is_none() {
@@ -266,6 +278,7 @@ impl Actor {
                 n = rx.recv_many(&mut buf, RECV_CHUNK.min(batch_size - batch.ticks)), if open && batch.ticks < batch_size => {
                     if n == 0 {
                         open = false;
+                        replay_until = Some(Instant::now() + STOP_REPLAY_LIMIT);
                         debug!("Bus closed; writing the last batch.");
                     }
                     if batch.is_empty() && n > 0 {
