@@ -166,30 +166,21 @@ fn migrate(path: Option<&Path>) -> ExitCode {
 
 /// `tickd demo`: simulator, private PostgreSQL and daemon until SIGINT/SIGTERM.
 fn demo(args: tickd::demo::DemoArgs) -> ExitCode {
-    telemetry::init(&LogSettings::default());
-    install_crypto_provider();
-    let runtime = match runtime() {
-        Ok(runtime) => runtime,
-        Err(e) => return runtime_error(&e),
-    };
-    runtime.block_on(async move {
-        let shutdown = CancellationToken::new();
-        let signals = match handle_signals(shutdown.clone(), None) {
-            Ok(signals) => signals,
-            Err(e) => return runtime_error(&e),
-        };
-        let result = tickd::demo::run(args, shutdown.clone()).await;
-        shutdown.cancel();
-        signals.close();
-        match result {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => runtime_error(&e),
-        }
-    })
+    until_stopped(|shutdown| tickd::demo::run(args, shutdown))
 }
 
 /// `tickd sim`: the simulator; stops on SIGTERM/SIGINT like the daemon, ignores SIGHUP.
 fn simulate(args: sim::SimArgs) -> ExitCode {
+    until_stopped(|shutdown| sim::run_cli(args, shutdown))
+}
+
+/// Runs `body` with default logging on a fresh runtime until it returns; the first
+/// SIGTERM/SIGINT cancels its token, a second exits at once, SIGHUP is ignored.
+fn until_stopped<F, Fut>(body: F) -> ExitCode
+where
+    F: FnOnce(CancellationToken) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
     telemetry::init(&LogSettings::default());
     install_crypto_provider();
     let runtime = match runtime() {
@@ -202,7 +193,8 @@ fn simulate(args: sim::SimArgs) -> ExitCode {
             Ok(signals) => signals,
             Err(e) => return runtime_error(&e),
         };
-        let result = sim::run_cli(args, shutdown).await;
+        let result = body(shutdown.clone()).await;
+        shutdown.cancel();
         signals.close();
         match result {
             Ok(()) => ExitCode::SUCCESS,

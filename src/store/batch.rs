@@ -174,9 +174,10 @@ pub struct Loss {
 impl Loss {
     /// Counts the ticks of `batch` as lost, per feed name.
     pub fn add_batch(losses: &mut HashMap<String, Loss>, batch: &Batch) {
+        // Per feed index first: names are looked up once per feed, not once per tick.
+        let mut by_feed: HashMap<i32, Loss> = HashMap::new();
         let mut add = |feed: i32, ts: i64, trade: bool| {
-            let name = batch.name(feed).to_owned();
-            let loss = losses.entry(name).or_insert(Loss { from_us: ts, to_us: ts, ..Loss::default() });
+            let loss = by_feed.entry(feed).or_insert(Loss { from_us: ts, to_us: ts, ..Loss::default() });
             loss.ticks += 1;
             loss.trades += u64::from(trade);
             loss.from_us = loss.from_us.min(ts);
@@ -196,6 +197,17 @@ impl Loss {
             if event != "store_loss" {
                 add(*f, *ts, false);
             }
+        }
+        for (feed, add) in by_feed {
+            let loss = losses.entry(batch.name(feed).to_owned()).or_insert(Loss {
+                from_us: add.from_us,
+                to_us: add.to_us,
+                ..Loss::default()
+            });
+            loss.ticks += add.ticks;
+            loss.trades += add.trades;
+            loss.from_us = loss.from_us.min(add.from_us);
+            loss.to_us = loss.to_us.max(add.to_us);
         }
     }
 }
