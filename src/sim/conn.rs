@@ -340,11 +340,22 @@ impl Conn {
             }
             ws.feed(Message::text(o.text)).await?;
         }
+        // Bench switch: the frames above are buffered, and this flush is their write.
+        let sent = self.shared.record_send_times.load(Ordering::Relaxed).then(std::time::Instant::now);
         ws.flush().await?;
         let stats = &self.shared.stats;
         stats.frames_sent.fetch_add(frames, Ordering::Relaxed);
         if !trades.is_empty() {
             stats.trades_sent.fetch_add(trades.len() as u64, Ordering::Relaxed);
+            if let Some(sent) = sent {
+                let mut times = self.shared.send_times_lock();
+                for t in &trades {
+                    if times.len() >= super::TRADE_LOG_CAP {
+                        times.pop_front();
+                    }
+                    times.push_back((t.clone(), sent));
+                }
+            }
             let mut log = self.shared.trades_lock();
             for t in trades {
                 if log.len() >= super::TRADE_LOG_CAP {

@@ -25,7 +25,8 @@
 //! falls behind gets error 25 on its data sids) and each connection's control channel
 //! (`conn::CONTROL_CAPACITY`; a full one loses the switch, counted in [`SimStats`]). The logs
 //! behind [`Simulator::trades_sent`] and [`Simulator::commands_received`] keep the most recent
-//! entries only.
+//! entries only, and so does the send-time log of [`Simulator::record_send_times`] (off unless a
+//! benchmark turns it on).
 
 pub mod cli;
 pub mod exchange;
@@ -206,6 +207,10 @@ struct Shared {
     trades: Mutex<VecDeque<String>>,
     /// Commands received, at most `COMMAND_LOG_CAP`.
     commands: Mutex<VecDeque<(u64, serde_json::Value)>>,
+    /// Whether `send_times` is kept (`Simulator::record_send_times`).
+    record_send_times: AtomicBool,
+    /// Trade id and the instant just before the write that carried it, at most `TRADE_LOG_CAP`.
+    send_times: Mutex<VecDeque<(String, std::time::Instant)>>,
     /// Events per second, read by the generator.
     rate: AtomicU64,
     /// Guards against spawning the generator twice.
@@ -236,6 +241,9 @@ impl Shared {
     }
     fn commands_lock(&self) -> MutexGuard<'_, VecDeque<(u64, serde_json::Value)>> {
         relock(&self.commands)
+    }
+    fn send_times_lock(&self) -> MutexGuard<'_, VecDeque<(String, std::time::Instant)>> {
+        relock(&self.send_times)
     }
 
     /// Sends a switch to every open connection without waiting.
@@ -296,6 +304,8 @@ impl Simulator {
             stats: Counters::default(),
             trades: Mutex::new(VecDeque::new()),
             commands: Mutex::new(VecDeque::new()),
+            record_send_times: AtomicBool::new(false),
+            send_times: Mutex::new(VecDeque::new()),
             rate: AtomicU64::new(u64::from(cfg.rate.max(1))),
             generator_started: AtomicBool::new(false),
         });
@@ -470,6 +480,20 @@ impl Simulator {
     /// Trade ids in the order written to client sockets (one entry per socket write).
     pub fn trades_sent(&self) -> Vec<String> {
         self.shared().trades_lock().iter().cloned().collect()
+    }
+
+    /// Starts (or stops) keeping, for every trade frame written, its trade id and the
+    /// `std::time::Instant` taken just before the socket write that carried it (the flush of
+    /// the frames a connection wrote together): the send time for latency measurements in the
+    /// same process. Off by default; at most `TRADE_LOG_CAP` entries are kept, oldest dropped.
+    pub fn record_send_times(&self, on: bool) {
+        self.shared().record_send_times.store(on, Ordering::Relaxed);
+    }
+
+    /// Takes the send times kept so far (see [`Simulator::record_send_times`]), oldest first,
+    /// one entry per socket write of a trade.
+    pub fn take_send_times(&self) -> Vec<(String, std::time::Instant)> {
+        self.shared().send_times_lock().drain(..).collect()
     }
 
     /// Every client command, in order, with its connection id (unparseable ones as a string).
