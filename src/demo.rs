@@ -92,7 +92,7 @@ async fn run_with(
     // The demo has no config file, so there is nothing to reload; keep the sender so the
     // app does not see the reload channel close.
     let (_reload_tx, reload_rx) = mpsc::channel(1);
-    let result = app::run(settings, AppControl { shutdown, reload: reload_rx }).await;
+    let result = app::run(settings, AppControl { shutdown, reload: reload_rx, dashboard_bound: None }).await;
     sim.shutdown();
     result
 }
