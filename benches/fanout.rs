@@ -32,8 +32,9 @@
 //! frames per exchange event are measured first and its event rate set from them.
 //!
 //! Run: `cargo bench --bench fanout`. Optional env: `FANOUT_CLIENTS` (100,1000), `FANOUT_RATE`
-//! (ticks/s for each client count: 5000,500), `FANOUT_SECS` (10), `FANOUT_REPS` (3),
-//! `FANOUT_MARKETS` (50), `FANOUT_SERVERS` (tickd,reference), `FANOUT_LAT_RATE` (10000 ticks/s),
+//! (ticks/s for each client count: 2000,200), `FANOUT_SECS` (10), `FANOUT_REPS` (3),
+//! `FANOUT_MARKETS` (50), `FANOUT_SERVERS` (tickd,reference), `FANOUT_LAT_RATE` (ticks/s, a list:
+//! 10000),
 //! `FANOUT_LAT_CLIENTS` (100), `FANOUT_LAT_SECS` (10), `FANOUT_ONLY` (`throughput` or
 //! `latency`), `FANOUT_NODE` (node).
 
@@ -383,7 +384,9 @@ async fn client(
     let mut ws = {
         let mut attempt = 0;
         loop {
-            match tokio_tungstenite::connect_async(url.as_str()).await {
+            match tokio_tungstenite::connect_async_with_config(url.as_str(), Some(client_config()), true)
+                .await
+            {
                 Ok((ws, _)) => break ws,
                 Err(e) if attempt < 20 => {
                     attempt += 1;
@@ -455,6 +458,14 @@ async fn client(
         }
     }
     log
+}
+
+/// Each client's WebSocket settings. tungstenite zeroes the free part of its read buffer
+/// before every read (`read_buffer_size`, 128 KiB by default): with one frame per read that
+/// memset, not the frame, is most of a client's CPU, and these clients share the cores with the
+/// servers. 16 KiB holds the biggest burst a server writes at these rates.
+fn client_config() -> tokio_tungstenite::tungstenite::protocol::WebSocketConfig {
+    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().read_buffer_size(16 * 1024)
 }
 
 /// The value of the first `"type":"..."` in a frame.
@@ -626,7 +637,11 @@ struct Latency {
     unmatched: usize,
     /// (client, trade) pairs the simulator sent but a client did not receive.
     lost: u64,
+    /// `lagged` frames received, and clients the server closed.
+    lagged: u64,
+    closed: usize,
     server_cpu: f64,
+    client_cpu: f64,
     load: f64,
 }
 
@@ -647,7 +662,8 @@ async fn latency(
     sim.resume();
     // Warm-up, then count from a clean log on both sides.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let (data0, cpu0, sent0) = (clients.data(), process_cpu_secs(server.pid()), sim.stats().frames_sent);
+    let (cpu0, ccpu0, sent0) =
+        (process_cpu_secs(server.pid()), threads_cpu_secs(CLIENT_THREAD), sim.stats().frames_sent);
     sim.take_send_times();
     clients.recording.store(true, Ordering::Relaxed);
     let t0 = Instant::now();
@@ -660,7 +676,9 @@ async fn latency(
     }
     clients.settle(Duration::from_millis(500)).await;
     let cpu = process_cpu_secs(server.pid()) - cpu0;
-    let received: u64 = clients.data().iter().zip(&data0).map(|(a, b)| a - b).sum();
+    let client_cpu = threads_cpu_secs(CLIENT_THREAD) - ccpu0;
+    let lagged = clients.counts.iter().map(|c| c.lagged.load(Ordering::Relaxed)).sum();
+    let closed = clients.counts.iter().filter(|c| c.closed.load(Ordering::Relaxed) != 0).count();
     let load = load_average();
     sim.record_send_times(false);
     let sent: HashMap<u64, Instant> =
@@ -681,7 +699,6 @@ async fn latency(
     }
     samples.sort_by(f64::total_cmp);
     let lost = (sent.len() * n).saturating_sub(samples.len()) as u64;
-    let _ = received;
     Latency {
         kind,
         clients: n,
@@ -689,7 +706,10 @@ async fn latency(
         samples,
         unmatched,
         lost,
+        lagged,
+        closed,
         server_cpu: cpu,
+        client_cpu,
         load,
     }
 }
@@ -705,7 +725,8 @@ fn print_latency(l: &Latency) {
     let s = &l.samples;
     println!(
         "  {:<9} {} clients at {:.0} ticks/s: {} samples; p50 {:.0} µs, p90 {:.0} µs, p99 {:.0} µs, \
-         p99.9 {:.0} µs, max {:.0} µs; unmatched {}, lost {}; server {:.2} CPU-s; load {:.2}",
+         p99.9 {:.0} µs, max {:.0} µs; unmatched {}, lost {}, lagged {}, closed {}; server {:.2} CPU-s, \
+         clients {:.2} CPU-s; load {:.2}",
         l.kind.name(),
         l.clients,
         l.ticks_per_sec,
@@ -717,7 +738,10 @@ fn print_latency(l: &Latency) {
         s.last().copied().unwrap_or(f64::NAN),
         l.unmatched,
         l.lost,
+        l.lagged,
+        l.closed,
         l.server_cpu,
+        l.client_cpu,
         l.load
     );
 }
@@ -791,10 +815,10 @@ fn main() {
 
 async fn run(sim: Simulator, sim_url: String, markets: Vec<String>) {
     let counts: Vec<usize> = env_list("FANOUT_CLIENTS", "100,1000");
-    let rates: Vec<f64> = env_list("FANOUT_RATE", "5000,500");
+    let rates: Vec<f64> = env_list("FANOUT_RATE", "2000,200");
     let secs: f64 = env_or("FANOUT_SECS", 10.0);
     let reps: usize = env_or("FANOUT_REPS", 3);
-    let lat_rate: f64 = env_or("FANOUT_LAT_RATE", 10_000.0);
+    let lat_rates: Vec<f64> = env_list("FANOUT_LAT_RATE", "10000");
     let lat_clients: usize = env_or("FANOUT_LAT_CLIENTS", 100);
     let lat_secs: f64 = env_or("FANOUT_LAT_SECS", 10.0);
     let only = std::env::var("FANOUT_ONLY").unwrap_or_default();
@@ -873,11 +897,14 @@ async fn run(sim: Simulator, sim_url: String, markets: Vec<String>) {
     }
 
     if only != "throughput" {
-        println!();
-        println!("latency: {lat_clients} clients, {lat_rate:.0} ticks/s, {lat_secs} s");
-        for &kind in &kinds {
-            let l = latency(kind, &sim, &sim_url, &markets, lat_clients, lat_secs, events(lat_rate)).await;
-            print_latency(&l);
+        for &lat_rate in &lat_rates {
+            println!();
+            println!("latency: {lat_clients} clients, {lat_rate:.0} ticks/s, {lat_secs} s");
+            for &kind in &kinds {
+                let l =
+                    latency(kind, &sim, &sim_url, &markets, lat_clients, lat_secs, events(lat_rate)).await;
+                print_latency(&l);
+            }
         }
     }
     sim.shutdown();
