@@ -307,8 +307,15 @@ struct Counts {
     closed: AtomicU64,
 }
 
-/// A receive log entry: the trade id's hash and when the frame was read.
-type Received = (u64, Instant);
+/// A receive log entry: a trade frame's id (hashed), when it was read (`Instant` and µs since
+/// the epoch), and tickd's `recv_ts` in it (µs since the epoch; the reference has none).
+#[derive(Clone, Copy, Debug)]
+struct Received {
+    id: u64,
+    at: Instant,
+    wall_us: i64,
+    recv_ts: Option<i64>,
+}
 
 /// The connected clients of one measurement.
 struct Clients {
@@ -439,7 +446,8 @@ async fn client(
                             && recording.load(Ordering::Relaxed)
                             && let Some(id) = trade_id(text)
                         {
-                            log.push((fnv1a(id), at));
+                            let recv_ts = number_after(text, "\"recv_ts\":").map(|v| v as i64);
+                            log.push(Received { id: fnv1a(id), at, wall_us: wall_micros(), recv_ts });
                         }
                     }
                 }
@@ -485,6 +493,11 @@ fn number_after(text: &str, key: &str) -> Option<u64> {
     let rest = text[text.find(key)? + key.len()..].trim_start();
     let end = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
     rest[..end].parse().ok()
+}
+
+/// Microseconds since the Unix epoch: the clock of tickd's `recv_ts`.
+fn wall_micros() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as i64)
 }
 
 /// FNV-1a: trade ids are matched by hash to keep the receive logs small.
@@ -633,6 +646,10 @@ struct Latency {
     ticks_per_sec: f64,
     /// One latency per (client, trade) pair, sorted, in µs.
     samples: Vec<f64>,
+    /// tickd only, the same pairs cut at tickd's `recv_ts` (sorted, µs): simulator's send to
+    /// tickd's receive stamp, and that stamp to the client's receive.
+    to_stamp: Vec<f64>,
+    from_stamp: Vec<f64>,
     /// Trades received that the simulator has no send time for (should be none).
     unmatched: usize,
     /// (client, trade) pairs the simulator sent but a client did not receive.
@@ -686,24 +703,36 @@ async fn latency(
     let logs = clients.close().await;
     drop(server);
 
-    let mut samples = Vec::new();
+    let (mut samples, mut to_stamp, mut from_stamp) = (Vec::new(), Vec::new(), Vec::new());
     let mut unmatched = 0;
     for log in &logs {
-        for (id, at) in log {
-            match sent.get(id) {
-                Some(s) => samples.push(at.saturating_duration_since(*s).as_secs_f64() * 1e6),
+        for r in log {
+            match sent.get(&r.id) {
+                Some(s) => {
+                    let total = r.at.saturating_duration_since(*s).as_secs_f64() * 1e6;
+                    samples.push(total);
+                    if let Some(recv_ts) = r.recv_ts {
+                        let after = (r.wall_us - recv_ts) as f64;
+                        from_stamp.push(after);
+                        to_stamp.push(total - after);
+                    }
+                }
                 // Trades written before the log was cleared, still on their way.
                 None => unmatched += 1,
             }
         }
     }
-    samples.sort_by(f64::total_cmp);
+    for v in [&mut samples, &mut to_stamp, &mut from_stamp] {
+        v.sort_by(f64::total_cmp);
+    }
     let lost = (sent.len() * n).saturating_sub(samples.len()) as u64;
     Latency {
         kind,
         clients: n,
         ticks_per_sec: upstream as f64 / elapsed,
         samples,
+        to_stamp,
+        from_stamp,
         unmatched,
         lost,
         lagged,
@@ -744,6 +773,18 @@ fn print_latency(l: &Latency) {
         l.client_cpu,
         l.load
     );
+    if !l.from_stamp.is_empty() {
+        for (name, v) in [("send -> tickd recv_ts", &l.to_stamp), ("tickd recv_ts -> client", &l.from_stamp)]
+        {
+            println!(
+                "    {name:<24} p50 {:.0} µs, p90 {:.0} µs, p99 {:.0} µs, max {:.0} µs",
+                quantile(v, 0.5),
+                quantile(v, 0.9),
+                quantile(v, 0.99),
+                v.last().copied().unwrap_or(f64::NAN)
+            );
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
