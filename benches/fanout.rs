@@ -28,15 +28,18 @@
 //! **Latency.** The simulator keeps, per trade frame, the instant just before the socket write
 //! that carried it ([`Simulator::record_send_times`]); each client takes the instant it reads a
 //! trade frame and notes its trade id. Both clocks are this process's `Instant`, so each
-//! (client, trade) pair gives one exact latency. The rate is set in ticks/s: the simulator's
-//! frames per exchange event are measured first and its event rate set from them.
+//! (client, trade) pair gives one exact latency. tickd's frames also carry `recv_ts`, its feed's
+//! receive time on the same machine's wall clock, which cuts each latency in two: the
+//! simulator's send to tickd's read, and tickd's read to the client's. The rate is set in
+//! ticks/s: the simulator's frames per exchange event are measured first and its event rate
+//! set from them.
 //!
-//! Run: `cargo bench --bench fanout`. Optional env: `FANOUT_CLIENTS` (100,1000), `FANOUT_RATE`
-//! (ticks/s for each client count: 2000,200), `FANOUT_SECS` (10), `FANOUT_REPS` (3),
-//! `FANOUT_MARKETS` (50), `FANOUT_SERVERS` (tickd,reference), `FANOUT_LAT_RATE` (ticks/s, a list:
-//! 10000),
-//! `FANOUT_LAT_CLIENTS` (100), `FANOUT_LAT_SECS` (10), `FANOUT_ONLY` (`throughput` or
-//! `latency`), `FANOUT_NODE` (node).
+//! Run: `cargo bench --bench fanout` (about 15 minutes). Optional env: `FANOUT_CLIENTS`
+//! (100,100,1000), `FANOUT_RATE` (ticks/s, one per entry of `FANOUT_CLIENTS`: 1000,2000,200),
+//! `FANOUT_SECS` (10), `FANOUT_REPS` (3), `FANOUT_MARKETS` (50), `FANOUT_SERVERS`
+//! (tickd,reference), `FANOUT_LAT_RATE` (ticks/s, a list: 1000,5000,10000), `FANOUT_LAT_CLIENTS`
+//! (100), `FANOUT_LAT_SECS` (10), `FANOUT_ONLY` (`throughput` or `latency`), `FANOUT_NODE`
+//! (node).
 
 use std::collections::HashMap;
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
@@ -412,13 +415,12 @@ async fn client(
     }
     drop(permit);
     let mut log = Vec::new();
-    loop {
-        let msg = tokio::select! {
-            _ = stop.cancelled() => break,
-            msg = ws.next() => msg,
-        };
+    // One cancellation future for the whole loop: a `select!` on `stop.cancelled()` per frame
+    // would register and unregister with the token every time, under a lock all clients share.
+    let mut frames = std::pin::pin!(ws.take_until(stop.clone().cancelled_owned()));
+    while let Some(msg) = frames.next().await {
         match msg {
-            Some(Ok(Message::Text(text))) => {
+            Ok(Message::Text(text)) => {
                 let at = Instant::now();
                 let text = text.as_str();
                 match frame_type(text) {
@@ -437,7 +439,7 @@ async fn client(
                     ) => {
                         counts.control.fetch_add(1, Ordering::Relaxed);
                     }
-                    _ if text.contains("\"state\":true") => {
+                    Some("quote" | "book") if text.contains("\"state\":true") => {
                         counts.state.fetch_add(1, Ordering::Relaxed);
                     }
                     ty => {
@@ -452,18 +454,17 @@ async fn client(
                     }
                 }
             }
-            Some(Ok(Message::Close(frame))) => {
+            Ok(Message::Close(frame)) => {
                 counts.closed.store(frame.map_or(1, |f| u64::from(u16::from(f.code))), Ordering::Relaxed);
             }
             // Pings are answered by tungstenite itself.
-            Some(Ok(_)) => {}
-            Some(Err(_)) | None => {
-                if counts.closed.load(Ordering::Relaxed) == 0 {
-                    counts.closed.store(1, Ordering::Relaxed);
-                }
-                break;
-            }
+            Ok(_) => {}
+            Err(_) => break,
         }
+    }
+    // The stream ended before the bench stopped it: the server closed or dropped the socket.
+    if !stop.is_cancelled() && counts.closed.load(Ordering::Relaxed) == 0 {
+        counts.closed.store(1, Ordering::Relaxed);
     }
     log
 }
@@ -855,11 +856,11 @@ fn main() {
 }
 
 async fn run(sim: Simulator, sim_url: String, markets: Vec<String>) {
-    let counts: Vec<usize> = env_list("FANOUT_CLIENTS", "100,1000");
-    let rates: Vec<f64> = env_list("FANOUT_RATE", "2000,200");
+    let counts: Vec<usize> = env_list("FANOUT_CLIENTS", "100,100,1000");
+    let rates: Vec<f64> = env_list("FANOUT_RATE", "1000,2000,200");
     let secs: f64 = env_or("FANOUT_SECS", 10.0);
     let reps: usize = env_or("FANOUT_REPS", 3);
-    let lat_rates: Vec<f64> = env_list("FANOUT_LAT_RATE", "10000");
+    let lat_rates: Vec<f64> = env_list("FANOUT_LAT_RATE", "1000,5000,10000");
     let lat_clients: usize = env_or("FANOUT_LAT_CLIENTS", 100);
     let lat_secs: f64 = env_or("FANOUT_LAT_SECS", 10.0);
     let only = std::env::var("FANOUT_ONLY").unwrap_or_default();
@@ -884,9 +885,14 @@ async fn run(sim: Simulator, sim_url: String, markets: Vec<String>) {
     );
 
     if only != "latency" {
-        let mut runs: Vec<Run> = Vec::new();
-        for (i, &n) in counts.iter().enumerate() {
-            let rate = rates.get(i).or(rates.last()).copied().unwrap_or(1000.0);
+        // One point per client count, at the rate in the same position of `FANOUT_RATE`.
+        let points: Vec<(usize, f64)> = counts
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| (n, rates.get(i).or(rates.last()).copied().unwrap_or(1000.0)))
+            .collect();
+        let mut runs: Vec<(usize, Run)> = Vec::new();
+        for (i, &(n, rate)) in points.iter().enumerate() {
             sim.set_rate(events(rate));
             println!(
                 "throughput: {n} clients, {rate:.0} ticks/s ({} events/s), {secs} s, {reps} reps",
@@ -896,25 +902,25 @@ async fn run(sim: Simulator, sim_url: String, markets: Vec<String>) {
                 for &kind in &kinds {
                     let r = measure(kind, &sim, &sim_url, &markets, n, secs).await;
                     print_run(&r);
-                    runs.push(r);
+                    runs.push((i, r));
                 }
             }
         }
         println!();
         println!(
-            "| Clients | Server | upstream ticks/s | deliveries/s | server CPU-s | deliveries per server CPU-s | client CPU-s | short clients | load |"
+            "| Clients | ticks/s | Server | deliveries/s | server CPU-s | deliveries per server CPU-s | client CPU-s | short clients | load |"
         );
-        println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|");
-        for &n in &counts {
+        println!("|---:|---:|---|---:|---:|---:|---:|---:|---:|");
+        for (i, &(n, rate)) in points.iter().enumerate() {
             let mut per_kind = Vec::new();
             for &kind in &kinds {
-                let rs: Vec<&Run> = runs.iter().filter(|r| r.kind == kind && r.clients == n).collect();
+                let rs: Vec<&Run> =
+                    runs.iter().filter(|(p, r)| *p == i && r.kind == kind).map(|(_, r)| r).collect();
                 let m = |f: &dyn Fn(&Run) -> f64| median(rs.iter().map(|r| f(r)).collect());
                 let per_cpu = m(&|r| r.per_cpu());
                 println!(
-                    "| {n} | {} | {:.0} | {:.0} | {:.2} | {:.0} | {:.2} | {} | {:.1}-{:.1} |",
+                    "| {n} | {rate:.0} | {} | {:.0} | {:.2} | {:.0} | {:.2} | {} | {:.1}-{:.1} |",
                     kind.name(),
-                    m(&|r| r.upstream as f64 / r.wall),
                     m(&|r| r.per_sec()),
                     m(&|r| r.server_cpu),
                     per_cpu,
@@ -930,7 +936,7 @@ async fn run(sim: Simulator, sim_url: String, markets: Vec<String>) {
                 per_kind.iter().find(|(k, _)| *k == Kind::Reference),
             ) {
                 println!(
-                    "|   | ratio tickd / reference (per CPU-s, medians) | | | | **{:.2}** | | | |",
+                    "|   |   | ratio tickd / reference (per CPU-s, medians) | | | **{:.2}** | | | |",
                     t / r
                 );
             }
