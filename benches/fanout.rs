@@ -34,7 +34,7 @@
 //! ticks/s: the simulator's frames per exchange event are measured first and its event rate
 //! set from them.
 //!
-//! Run: `cargo bench --bench fanout` (about 15 minutes). Optional env: `FANOUT_CLIENTS`
+//! Run: `cargo bench --bench fanout` (about 20 minutes). Optional env: `FANOUT_CLIENTS`
 //! (100,100,1000), `FANOUT_RATE` (ticks/s, one per entry of `FANOUT_CLIENTS`: 1000,2000,200),
 //! `FANOUT_SECS` (10), `FANOUT_REPS` (3), `FANOUT_MARKETS` (50), `FANOUT_SERVERS`
 //! (tickd,reference), `FANOUT_LAT_RATE` (ticks/s, a list: 1000,5000,10000), `FANOUT_LAT_CLIENTS`
