@@ -5,15 +5,17 @@
 //! publisher is gone), then the writer commits or spools its last batch. A summary line per
 //! feed connection and one for the store are logged every `summary_interval`.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::bus::BusBuilder;
 use crate::config::Settings;
+use crate::dashboard::{Dashboard, DashboardDeps};
 use crate::feed::TcpConnector;
 use crate::feed::alert::Alerter;
 use crate::store::{StoreHandle, StoreMetrics, Writer, WriterContext};
@@ -26,10 +28,20 @@ pub struct AppControl {
     pub shutdown: CancellationToken,
     /// New, already validated settings on SIGHUP.
     pub reload: mpsc::Receiver<Settings>,
+    /// Told the dashboard's bound address once it listens (`listen` may name port 0).
+    pub dashboard_bound: Option<oneshot::Sender<SocketAddr>>,
 }
 
 /// Runs the daemon until `control.shutdown` is cancelled.
-pub async fn run(settings: Settings, control: AppControl) -> anyhow::Result<()> {
+pub async fn run(settings: Settings, mut control: AppControl) -> anyhow::Result<()> {
+    // Bound first: a port already taken stops the start before anything connects.
+    let dashboard = match settings.dashboard.enabled {
+        true => Some(Dashboard::bind(&settings.dashboard).await?),
+        false => None,
+    };
+    if let (Some(d), Some(tx)) = (&dashboard, control.dashboard_bound.take()) {
+        let _ = tx.send(d.local_addr());
+    }
     let mut builder = BusBuilder::new(&settings.bus);
     let (store, writer) = match &settings.store {
         Some(store_settings) => {
@@ -55,6 +67,8 @@ pub async fn run(settings: Settings, control: AppControl) -> anyhow::Result<()> 
         }
     };
     let bus = builder.build();
+    // The hub's place on the bus is taken before any feed publishes.
+    let hub_bus = bus.lossy();
     let deps = SupervisorDeps {
         bus: bus.clone(),
         shutdown: control.shutdown.clone(),
@@ -62,6 +76,17 @@ pub async fn run(settings: Settings, control: AppControl) -> anyhow::Result<()> 
         jitter_seed: None,
     };
     let supervisor = Supervisor::start(&settings, deps)?;
+    let closing = CancellationToken::new();
+    let dashboard = dashboard.map(|d| {
+        let deps = DashboardDeps {
+            handles: supervisor.handles(),
+            store: store.as_ref().map(|s| s.metrics().clone()),
+            pool: store.as_ref().map(|s| s.pool().clone()),
+            bus: hub_bus,
+            stopping: control.shutdown.clone(),
+        };
+        d.start(deps, closing.clone())
+    });
     let summary = tokio::spawn(summarize(
         supervisor.handles(),
         store.clone(),
@@ -78,6 +103,13 @@ pub async fn run(settings: Settings, control: AppControl) -> anyhow::Result<()> 
         && let Err(e) = writer.await
     {
         error!(error = %e, "Store writer ended abnormally.");
+    }
+    // Last, the dashboard: its clients get 1001 once everything received is stored.
+    closing.cancel();
+    if let Some((_, task)) = dashboard
+        && let Err(e) = task.await
+    {
+        error!(error = %e, "Dashboard server ended abnormally.");
     }
     info!(published = stats.published, lossy_missed = stats.lossy_missed, "tickd stopped.");
     Ok(result?)

@@ -154,6 +154,18 @@ impl LossyReceiver {
             }
         }
     }
+
+    /// The next tick if one is waiting: `Ok(None)` when none is (or the bus is gone).
+    pub fn try_recv(&mut self) -> Result<Option<Arc<Tick>>, Lagged> {
+        match self.rx.try_recv() {
+            Ok(tick) => Ok(Some(tick)),
+            Err(broadcast::error::TryRecvError::Empty | broadcast::error::TryRecvError::Closed) => Ok(None),
+            Err(broadcast::error::TryRecvError::Lagged(n)) => {
+                self.counters.lossy_missed.fetch_add(n, Ordering::Relaxed);
+                Err(Lagged(n))
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -981,6 +981,45 @@ mod tests {
     }
 
     #[test]
+    fn a_dashboard_off_loopback_needs_a_good_token_and_never_prints_it() {
+        let mut settings = valid();
+        settings.dashboard.listen = "0.0.0.0:8080".parse().unwrap();
+        assert_eq!(problem_keys(&settings), ["dashboard.listen"]);
+
+        settings.dashboard.token = Some(Secret::new("short".into()));
+        assert_eq!(problem_keys(&settings), ["dashboard.token"]);
+
+        let token = "s3cret-token-0123456789";
+        settings.dashboard.token = Some(Secret::new(token.into()));
+        assert_eq!(problem_keys(&settings), Vec::<String>::new());
+        assert!(!settings.redacted_toml().contains(token));
+        assert!(!format!("{settings:?}").contains(token));
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, format!("{token}\n")).unwrap();
+        settings.dashboard.token_file = Some(file.clone());
+        assert_eq!(problem_keys(&settings), ["dashboard.token"], "token and token_file together");
+        settings.dashboard.token = None;
+        assert_eq!(
+            settings.dashboard.load_token().unwrap().map(|t| t.expose().clone()),
+            Some(token.to_owned())
+        );
+        std::fs::write(&file, "\n").unwrap();
+        assert_eq!(problem_keys(&settings), ["dashboard.token_file"], "an empty token file");
+    }
+
+    #[test]
+    fn dashboard_origins_and_hosts_are_checked() {
+        let mut settings = valid();
+        settings.dashboard.allowed_origins = vec!["https://ok.example:8443".into(), "not an origin".into()];
+        settings.dashboard.allowed_hosts = vec!["tickd.internal".into(), "bad/host".into()];
+        assert_eq!(problem_keys(&settings), ["dashboard.allowed_origins[1]", "dashboard.allowed_hosts[1]"]);
+        settings.dashboard.enabled = false;
+        assert_eq!(problem_keys(&settings), Vec::<String>::new(), "a disabled dashboard is not checked");
+    }
+
+    #[test]
     fn a_feed_with_defaults_and_one_market_is_valid() {
         assert_eq!(problem_keys(&valid()), Vec::<String>::new());
     }

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -58,10 +58,6 @@ const DATABASE: &str = "tickd";
 
 /// The dashboard token's file, under the data directory.
 const TOKEN_FILE: &str = "dashboard-token";
-
-/// How long the banner waits for the dashboard to accept connections. Past it the banner is
-/// printed anyway: the page, once the server is up, still works.
-const DASHBOARD_START_LIMIT: Duration = Duration::from_secs(15);
 
 /// Runs the demo until `shutdown` is cancelled.
 pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -109,26 +105,33 @@ async fn run_with(
         feeds: vec![feed],
         ..Settings::default()
     };
-    settings.dashboard.listen = dashboard_listen(args.listen)?;
+    settings.dashboard.listen = args.listen;
     settings.dashboard.token_file = Some(token_path);
     settings.validate().context("the demo's own settings")?;
-    let dashboard = settings.dashboard.listen;
 
     // The demo has no config file, so there is nothing to reload; keep the sender so the
     // app does not see the reload channel close.
     let (_reload_tx, reload_rx) = mpsc::channel(1);
-    let app = app::run(settings, AppControl { shutdown: shutdown.clone(), reload: reload_rx });
+    let (bound_tx, bound_rx) = oneshot::channel();
+    let control =
+        AppControl { shutdown: shutdown.clone(), reload: reload_rx, dashboard_bound: Some(bound_tx) };
+    let app = app::run(settings, control);
     tokio::pin!(app);
     let console = tokio::spawn(console(sim.clone(), shutdown));
     let result = tokio::select! {
-        // The app stopped (an error, or a stop signal) before its dashboard came up.
+        // The app stopped (an error, or a stop signal) before its dashboard was bound.
         result = &mut app => result,
-        // Print the address only once it answers, so whoever reads it can use it at once.
-        () = wait_listening(dashboard) => {
-            let page = dashboard_url(dashboard, &token);
-            print_banner(&sim.url(addr), args, &url, &page);
-            if !args.no_open {
-                open_browser(&page);
+        // The banner waits for the bound address: it names the real port (`--listen` may say
+        // 0), and the page answers as soon as anyone reads it.
+        bound = bound_rx => {
+            // Err: the app dropped the sender without binding; it is on its way out and
+            // says why below.
+            if let Ok(dashboard) = bound {
+                let page = dashboard_url(dashboard, &token);
+                print_banner(&sim.url(addr), args, &url, &page);
+                if !args.no_open {
+                    open_browser(&page);
+                }
             }
             app.await
         }
@@ -136,30 +139,6 @@ async fn run_with(
     console.abort();
     sim.shutdown();
     result
-}
-
-/// The dashboard's address. Port 0 becomes a port free right now, since the banner must
-/// name the port the page is served on.
-fn dashboard_listen(listen: SocketAddr) -> anyhow::Result<SocketAddr> {
-    if listen.port() != 0 {
-        return Ok(listen);
-    }
-    let probe =
-        std::net::TcpListener::bind(listen).with_context(|| format!("finding a free port on {listen}"))?;
-    Ok(probe.local_addr()?)
-}
-
-/// Waits until `addr` accepts TCP connections, or `DASHBOARD_START_LIMIT` has passed.
-async fn wait_listening(addr: SocketAddr) {
-    let target = browsable(addr);
-    let deadline = tokio::time::Instant::now() + DASHBOARD_START_LIMIT;
-    while tokio::net::TcpStream::connect(target).await.is_err() {
-        if tokio::time::Instant::now() >= deadline {
-            warn!(%addr, "The dashboard does not answer yet.");
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// Where a browser on this machine reaches a server listening on `addr`: the wildcard

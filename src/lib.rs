@@ -5,7 +5,8 @@
 //! Data flows left to right:
 //!
 //! ```text
-//! exchange ─ws─► feed (one actor per connection, under the supervisor) ─► bus ─► store writer ─► PostgreSQL
+//! exchange ─ws─► feed (one actor per connection, under the supervisor) ─► bus ─┬► store writer ─► PostgreSQL
+//!                                                                            └► dashboard hub ─► browsers, bots
 //! ```
 //!
 //! - [`tick`]: the normalized tick model and exact fixed-point prices and sizes.
@@ -18,11 +19,10 @@
 //! - [`store`]: recording ticks in PostgreSQL, with a disk spool for database outages.
 //! - [`sim`]: a faithful Kalshi exchange simulator with fault switches (`tickd sim`).
 //! - [`config`]: the layered settings tree (defaults < TOML < `TICKD_` environment).
-//! - [`store`]: the lossless store writer, its disk spool, and the PostgreSQL schema.
+//! - [`dashboard`]: the HTTP port: the page, the live stream for dashboards and bots, health.
 //! - [`localpg`]: a private PostgreSQL from the installed binaries (tests, `tickd demo`).
 //! - [`demo`]: `tickd demo`, everything on one machine.
 //! - [`app`]: wires the parts together for `tickd run`.
-//! - [`localpg`]: a private PostgreSQL server from the installed binaries, for tests and `tickd demo`.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -30,6 +30,7 @@ pub mod app;
 pub mod book;
 pub mod bus;
 pub mod config;
+pub mod dashboard;
 pub mod demo;
 pub mod feed;
 pub mod kalshi;

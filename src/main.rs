@@ -124,7 +124,8 @@ fn run(path: Option<PathBuf>) -> ExitCode {
         tokio::spawn(reload_configs(path, reload_requests, reload_tx, shutdown.clone()));
         info!(feeds = settings.feeds.len(), "Starting.");
 
-        let control = app::AppControl { shutdown: shutdown.clone(), reload: reload_rx };
+        let control =
+            app::AppControl { shutdown: shutdown.clone(), reload: reload_rx, dashboard_bound: None };
         let result = app::run(settings, control).await;
         // Stops `watch_signals` and the reload task (both end with the token or the stream).
         shutdown.cancel();

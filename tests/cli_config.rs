@@ -379,7 +379,10 @@ impl Daemon {
 #[test]
 fn run_reloads_on_sighup_keeps_the_old_config_when_invalid_and_stops_cleanly() {
     // Port 9 (discard) refuses: the feed retries while we signal the daemon.
-    let feed = SIM_FEED.replace("127.0.0.1:9100", "127.0.0.1:9");
+    let feed = format!(
+        "[dashboard]\nlisten = \"127.0.0.1:0\"\n\n{}",
+        SIM_FEED.replace("127.0.0.1:9100", "127.0.0.1:9")
+    );
     let (_dir, file) = config_file(&feed);
     let daemon = Daemon::start(&file);
     daemon.wait_for(&["Starting."]);

@@ -98,6 +98,7 @@ impl DaemonConfig {
         format!(
             "state_dir = {state_dir}\nsummary_interval = \"1s\"\n\n\
              [log]\nformat = \"json\"\nlevel = \"info\"\n\n\
+             [dashboard]\nlisten = \"127.0.0.1:0\"\n\n\
              [store]\n{store}\n\
              [[feeds]]\nname = \"sim\"\nurl = {sim}\nmarkets = [{markets}]\n{feed}",
             state_dir = toml_str(&self.state_dir.display().to_string()),

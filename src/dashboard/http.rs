@@ -1,0 +1,311 @@
+//! The HTTP side: routes, the checks before a WebSocket upgrade, the page's files, health.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use hyper_util::rt::TokioIo;
+use serde_json::json;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tracing::{debug, warn};
+
+use super::{Shared, client};
+
+/// The subprotocol tickd speaks; answered when offered.
+pub const SUBPROTOCOL: &str = "tickd.v1";
+/// A subprotocol carrying the token: `bearer.<token>`.
+const BEARER_PREFIX: &str = "bearer.";
+
+pub(crate) fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route(
+            "/",
+            get(|| async { asset("text/html; charset=utf-8", include_bytes!("../../web/index.html")) }),
+        )
+        .route(
+            "/app.js",
+            get(|| async { asset("text/javascript; charset=utf-8", include_bytes!("../../web/app.js")) }),
+        )
+        .route(
+            "/app.css",
+            get(|| async { asset("text/css; charset=utf-8", include_bytes!("../../web/app.css")) }),
+        )
+        .route(
+            "/vendor/uPlot.iife.min.js",
+            get(|| async {
+                asset("text/javascript; charset=utf-8", include_bytes!("../../web/vendor/uPlot.iife.min.js"))
+            }),
+        )
+        .route(
+            "/vendor/uPlot.min.css",
+            get(|| async {
+                asset("text/css; charset=utf-8", include_bytes!("../../web/vendor/uPlot.min.css"))
+            }),
+        )
+        .route("/ws", get(upgrade))
+        .route("/healthz", get(|| async { json_response(StatusCode::OK, json!({"status": "alive"})) }))
+        .route("/readyz", get(readyz))
+        .layer(middleware::from_fn_with_state(shared.clone(), check_host))
+        .with_state(shared)
+}
+
+fn asset(content_type: &'static str, body: &'static [u8]) -> Response {
+    let mut response = Response::new(Body::from(body));
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'self'; connect-src 'self'; img-src 'self' data:; style-src 'self'; frame-ancestors 'none'",
+        ),
+    );
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    response
+}
+
+fn json_response(status: StatusCode, body: serde_json::Value) -> Response {
+    let mut response = (status, body.to_string()).into_response();
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+fn refuse(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    json_response(status, json!({"error": code, "message": message.into()}))
+}
+
+/// The host part of a `Host` header value (`[::1]:8080` → `::1`, `a.b:80` → `a.b`).
+fn host_name(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or("");
+    }
+    host.rsplit_once(':')
+        .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
+        .map_or(host, |(h, _)| h)
+}
+
+/// Whether a `Host` value is one this daemon answers to: an IP literal or `localhost` (which a
+/// DNS rebinding attack cannot produce), or a configured name.
+fn host_allowed(host: &str, allowed: &[String]) -> bool {
+    let name = host_name(host);
+    if name.parse::<IpAddr>().is_ok() || name.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    allowed.iter().any(|a| a.eq_ignore_ascii_case(host) || a.eq_ignore_ascii_case(name))
+}
+
+async fn check_host(State(shared): State<Arc<Shared>>, request: Request, next: Next) -> Response {
+    let host = request.headers().get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
+    if !host_allowed(host, &shared.settings.allowed_hosts) {
+        shared.metrics.rejected_forbidden.fetch_add(1, Ordering::Relaxed);
+        warn!(host, path = request.uri().path(), "Refused a request for a host this daemon is not.");
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("Host `{host}` is not this daemon; add it to dashboard.allowed_hosts"),
+        );
+    }
+    next.run(request).await
+}
+
+async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
+    let mut reasons = shared.status.not_ready();
+    if shared.stopping.is_cancelled() {
+        reasons.insert(0, "tickd is shutting down".to_owned());
+    }
+    let feeds = shared.status.feeds();
+    if reasons.is_empty() {
+        json_response(StatusCode::OK, json!({"ready": true, "feeds": feeds}))
+    } else {
+        json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"ready": false, "reasons": reasons, "feeds": feeds}),
+        )
+    }
+}
+
+/// Compares without an early exit, so timing does not tell how much of a guess was right.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The tokens a request presents: bearer header, `token` query parameter, `bearer.` subprotocol.
+fn presented_tokens<'a>(headers: &'a HeaderMap, query: Option<&'a str>) -> Vec<std::borrow::Cow<'a, str>> {
+    let mut tokens = Vec::new();
+    for value in headers.get_all(header::AUTHORIZATION) {
+        if let Some(t) = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")) {
+            tokens.push(t.trim().into());
+        }
+    }
+    if let Some(query) = query {
+        for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
+            if k == "token" {
+                tokens.push(v);
+            }
+        }
+    }
+    for p in offered_protocols(headers) {
+        if let Some(t) = p.strip_prefix(BEARER_PREFIX) {
+            tokens.push(t.into());
+        }
+    }
+    tokens
+}
+
+fn offered_protocols(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .into_iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+}
+
+fn header_has(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .into_iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|v| v.trim().eq_ignore_ascii_case(token))
+}
+
+async fn upgrade(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    mut request: Request,
+) -> Response {
+    let metrics = &shared.metrics;
+    let headers = request.headers();
+    // Origin: none (a program), the daemon's own page, or an allowed origin.
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let origin = origin.to_str().unwrap_or("");
+        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
+        let own = [format!("http://{host}"), format!("https://{host}")];
+        let allowed = own.iter().any(|o| o.eq_ignore_ascii_case(origin))
+            || shared
+                .settings
+                .allowed_origins
+                .iter()
+                .any(|o| o.trim_end_matches('/').eq_ignore_ascii_case(origin));
+        if !allowed {
+            metrics.rejected_forbidden.fetch_add(1, Ordering::Relaxed);
+            warn!(%peer, origin, "Refused a stream connection from a foreign origin.");
+            return refuse(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!("Origin `{origin}` is not allowed; add it to dashboard.allowed_origins"),
+            );
+        }
+    }
+    if let Some(token) = &shared.token {
+        let expected = token.expose().as_bytes();
+        let presented = presented_tokens(headers, request.uri().query());
+        if !presented.iter().any(|t| same_secret(t.as_bytes(), expected)) {
+            metrics.rejected_unauthorized.fetch_add(1, Ordering::Relaxed);
+            let why = if presented.is_empty() { "no token" } else { "a wrong token" };
+            warn!(%peer, "Refused a stream connection with {why}.");
+            let mut response = refuse(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                format!(
+                    "{why}: send `Authorization: Bearer <token>`, `?token=<token>`, or the subprotocol `bearer.<token>`"
+                ),
+            );
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return response;
+        }
+    }
+    let is_upgrade = request.method() == Method::GET
+        && header_has(headers, header::CONNECTION, "upgrade")
+        && header_has(headers, header::UPGRADE, "websocket");
+    if !is_upgrade {
+        return refuse(StatusCode::UPGRADE_REQUIRED, "invalid_request", "/ws takes a WebSocket upgrade");
+    }
+    if headers.get(header::SEC_WEBSOCKET_VERSION).and_then(|v| v.to_str().ok()) != Some("13") {
+        return refuse(StatusCode::BAD_REQUEST, "invalid_request", "Sec-WebSocket-Version must be 13");
+    }
+    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else {
+        return refuse(StatusCode::BAD_REQUEST, "invalid_request", "Sec-WebSocket-Key is missing");
+    };
+    let accept = derive_accept_key(key.as_bytes());
+    let speaks_tickd = offered_protocols(headers).any(|p| p == SUBPROTOCOL);
+    if shared.stopping.is_cancelled() {
+        return refuse(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "tickd is shutting down");
+    }
+    let Ok(permit) = shared.permits.clone().try_acquire_owned() else {
+        metrics.rejected_full.fetch_add(1, Ordering::Relaxed);
+        warn!(%peer, max = shared.settings.max_connections, "Refused a stream connection: too many clients.");
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            format!("{} clients are connected, the most allowed", shared.settings.max_connections),
+        );
+    };
+    let Some(on_upgrade) = request.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
+        return refuse(StatusCode::UPGRADE_REQUIRED, "invalid_request", "this connection cannot be upgraded");
+    };
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(shared.settings.max_frame_bytes))
+        .max_frame_size(Some(shared.settings.max_frame_bytes));
+    let task_shared = shared.clone();
+    shared.tracker.spawn(async move {
+        let _permit = permit;
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
+                    .await;
+                client::serve(ws, task_shared, peer.to_string()).await;
+            }
+            Err(e) => debug!(%peer, error = %e, "A stream upgrade did not complete."),
+        }
+    });
+    let mut response = Response::new(Body::empty());
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = response.headers_mut();
+    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    if let Ok(v) = HeaderValue::from_str(&accept) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    if speaks_tickd {
+        h.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(SUBPROTOCOL));
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_that_dns_rebinding_cannot_forge_are_accepted() {
+        let allowed = vec!["tickd.internal".to_owned()];
+        for ok in
+            ["127.0.0.1:8080", "localhost:8080", "[::1]:8080", "10.1.2.3", "tickd.internal:8080", "LOCALHOST"]
+        {
+            assert!(host_allowed(ok, &allowed), "{ok}");
+        }
+        for bad in ["evil.example:8080", "", "127.0.0.1.evil.example", "localhost.evil.example:8080"] {
+            assert!(!host_allowed(bad, &allowed), "{bad}");
+        }
+    }
+
+    #[test]
+    fn secrets_compare_whole() {
+        assert!(same_secret(b"abcdef", b"abcdef"));
+        assert!(!same_secret(b"abcdef", b"abcdeg"));
+        assert!(!same_secret(b"abc", b"abcdef"));
+    }
+}

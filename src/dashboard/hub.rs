@@ -1,0 +1,427 @@
+//! The hub: the one task between the bus and the stream clients.
+//!
+//! It reads ticks from the bus (as a lossy consumer: nothing it does can slow a feed), keeps the
+//! current state of every market (latest quote, the book), serializes each tick once and
+//! appends it to the *stream log*, a bounded broadcast ring of [`Item`]s numbered by `seq`.
+//! Every client's writer reads the log at its own pace and filters it by its subscriptions, so
+//! the bytes of a tick are shared by every client and the hub's work does not grow with the
+//! number of clients.
+//!
+//! Snapshot-then-live is exact: the hub answers a subscription (or a resync) between two
+//! appends, with the state as of the last `seq` it appended (the *boundary*). The writer
+//! forwards log items up to the boundary under its old subscriptions, then the state frames,
+//! then items after the boundary under the new ones.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::time::MissedTickBehavior;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+use tracing::{debug, warn};
+
+use super::{DashboardMetrics, frames, status};
+use crate::book::OrderBook;
+use crate::bus::{Lagged, LossyReceiver};
+use crate::tick::{FeedEvent, Name, Tick, TickKind};
+
+/// A subscribable channel. `Status` is internal: the periodic `status` frame, sent to `feed`
+/// subscribers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Channel {
+    Trades = 0,
+    Quotes = 1,
+    Book = 2,
+    Lifecycle = 3,
+    Feed = 4,
+    Status = 5,
+}
+
+/// The channels a client may name, by protocol name.
+pub(crate) const CHANNELS: [(&str, Channel); 5] = [
+    ("trades", Channel::Trades),
+    ("quotes", Channel::Quotes),
+    ("book", Channel::Book),
+    ("lifecycle", Channel::Lifecycle),
+    ("feed", Channel::Feed),
+];
+
+impl Channel {
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Channel::Trades => "trades",
+            Channel::Quotes => "quotes",
+            Channel::Book => "book",
+            Channel::Lifecycle => "lifecycle",
+            Channel::Feed | Channel::Status => "feed",
+        }
+    }
+
+    fn of(kind: &TickKind) -> Channel {
+        match kind {
+            TickKind::Trade(_) => Channel::Trades,
+            TickKind::Quote(_) => Channel::Quotes,
+            TickKind::BookSnapshot(_) | TickKind::BookDelta(_) => Channel::Book,
+            TickKind::Lifecycle(_) => Channel::Lifecycle,
+            TickKind::Feed(_) => Channel::Feed,
+        }
+    }
+}
+
+/// Market ids are indexes into the hub's market table; a client's filter is a bit set of them.
+pub(crate) type MarketId = u32;
+
+/// One frame of the stream log.
+pub(crate) struct Item {
+    pub seq: u64,
+    pub channel: Channel,
+    pub market: MarketId,
+    pub frame: Utf8Bytes,
+}
+
+/// What the hub appends at once: every tick it took from the bus in one go.
+pub(crate) type LogEntry = Arc<[Item]>;
+
+/// The markets of a subscription: a list or all of them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Markets {
+    All,
+    List(Vec<String>),
+}
+
+/// A client's subscriptions: per channel, all markets or a bit set of market ids.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Filter {
+    all: [bool; 5],
+    sets: [Vec<u64>; 5],
+}
+
+impl Filter {
+    pub(crate) fn allows(&self, channel: Channel, market: MarketId) -> bool {
+        match channel {
+            // Feed events go to every client holding any subscription.
+            Channel::Feed => self.any(),
+            Channel::Status => self.all[4] || !self.sets[4].is_empty(),
+            c => {
+                let i = c as usize;
+                self.all[i]
+                    || self.sets[i].get(market as usize / 64).is_some_and(|w| w >> (market % 64) & 1 == 1)
+            }
+        }
+    }
+
+    fn any(&self) -> bool {
+        self.all.iter().any(|&a| a) || self.sets.iter().any(|s| !s.is_empty())
+    }
+
+    /// Pairs held: `all` counts one per channel.
+    pub(crate) fn pairs(&self) -> usize {
+        (0..5).map(|i| if self.all[i] { 1 } else { 0 } + self.sets[i].iter().map(|w| w.count_ones() as usize).sum::<usize>()).sum()
+    }
+
+    pub(crate) fn apply(&mut self, change: &Change) {
+        for &c in &change.channels {
+            let i = c as usize;
+            match &change.ids {
+                None => self.all[i] = change.add,
+                Some(ids) => {
+                    let set = &mut self.sets[i];
+                    for &id in ids {
+                        let (w, b) = (id as usize / 64, id % 64);
+                        if change.add {
+                            if set.len() <= w {
+                                set.resize(w + 1, 0);
+                            }
+                            set[w] |= 1 << b;
+                        } else if let Some(word) = set.get_mut(w) {
+                            *word &= !(1 << b);
+                        }
+                    }
+                    while set.last() == Some(&0) {
+                        set.pop();
+                    }
+                }
+            }
+        }
+    }
+
+    /// The (channel, all-or-ids) pairs to send state for.
+    fn each(&self) -> impl Iterator<Item = (Channel, Option<Vec<MarketId>>)> + '_ {
+        CHANNELS.iter().filter_map(move |&(_, c)| {
+            let i = c as usize;
+            if self.all[i] {
+                Some((c, None))
+            } else if self.sets[i].is_empty() {
+                None
+            } else {
+                let ids = self.sets[i]
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(w, &word)| {
+                        (0..64).filter(move |b| word >> b & 1 == 1).map(move |b| (w * 64 + b) as u32)
+                    })
+                    .collect();
+                Some((c, Some(ids)))
+            }
+        })
+    }
+}
+
+/// A subscription change as the hub resolved it.
+#[derive(Clone, Debug)]
+pub(crate) struct Change {
+    pub add: bool,
+    pub channels: Vec<Channel>,
+    /// `None`: all markets.
+    pub ids: Option<Vec<MarketId>>,
+}
+
+/// The hub's answer to a subscription change or a resync: apply after `boundary`.
+pub(crate) struct Resolved {
+    pub boundary: u64,
+    pub change: Option<Change>,
+    /// Markets named that no feed has shown yet.
+    pub unknown: Vec<String>,
+    pub state: Vec<Utf8Bytes>,
+}
+
+/// What clients ask of the hub.
+pub(crate) enum Request {
+    /// Resolve market names, and give the state of the added pairs.
+    Change { add: bool, channels: Vec<Channel>, markets: Markets, reply: oneshot::Sender<Resolved> },
+    /// The state of everything `filter` holds (after the client fell behind).
+    Resync { filter: Filter, reply: oneshot::Sender<Resolved> },
+    /// A receiver of the stream log, positioned after the last item appended.
+    Join { reply: oneshot::Sender<(broadcast::Receiver<LogEntry>, u64)> },
+}
+
+#[derive(Default)]
+struct MarketState {
+    name: Name,
+    feed: Name,
+    conn: u16,
+    quote: Option<Arc<Tick>>,
+    book: Option<OrderBook>,
+    book_ts: (i64, Option<i64>),
+    stale: bool,
+}
+
+pub(crate) struct Hub {
+    markets: Vec<MarketState>,
+    ids: HashMap<Name, MarketId>,
+    log: broadcast::Sender<LogEntry>,
+    seq: u64,
+    status: status::Source,
+    metrics: Arc<DashboardMetrics>,
+}
+
+/// Ticks taken from the bus per log entry, at most.
+const BATCH: usize = 512;
+
+impl Hub {
+    pub(crate) fn new(log_capacity: usize, status: status::Source, metrics: Arc<DashboardMetrics>) -> Hub {
+        let (log, _) = broadcast::channel(log_capacity.max(16));
+        Hub { markets: Vec::new(), ids: HashMap::new(), log, seq: 0, status, metrics }
+    }
+
+    /// Runs until the bus closes (every feed stopped).
+    pub(crate) async fn run(
+        mut self,
+        mut bus: LossyReceiver,
+        mut requests: mpsc::Receiver<Request>,
+        every: Duration,
+    ) {
+        let mut status_tick = tokio::time::interval(every);
+        status_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut items = Vec::with_capacity(BATCH);
+        loop {
+            tokio::select! {
+                biased;
+                Some(req) = requests.recv() => self.request(req),
+                got = bus.recv() => {
+                    match got {
+                        Ok(Some(t)) => self.take(&t, &mut items),
+                        Ok(None) => break,
+                        Err(Lagged(n)) => self.lagged(n, &mut items),
+                    }
+                    while items.len() < BATCH {
+                        match bus.try_recv() {
+                            Ok(Some(t)) => self.take(&t, &mut items),
+                            Ok(None) => break,
+                            Err(Lagged(n)) => self.lagged(n, &mut items),
+                        }
+                    }
+                    self.append(&mut items);
+                }
+                _ = status_tick.tick() => {
+                    if self.log.receiver_count() > 0 {
+                        let frame = self.status.frame(None);
+                        self.push(&mut items, Channel::Status, 0, frame);
+                        self.append(&mut items);
+                    }
+                }
+            }
+        }
+        debug!("Dashboard hub stopped: the bus is closed.");
+    }
+
+    fn id(&mut self, name: &Name) -> MarketId {
+        if let Some(&id) = self.ids.get(name) {
+            return id;
+        }
+        let id = self.markets.len() as MarketId;
+        self.markets.push(MarketState { name: name.clone(), ..MarketState::default() });
+        self.ids.insert(name.clone(), id);
+        id
+    }
+
+    fn push(&mut self, items: &mut Vec<Item>, channel: Channel, market: MarketId, frame: String) {
+        self.seq += 1;
+        items.push(Item { seq: self.seq, channel, market, frame: frame.into() });
+    }
+
+    fn append(&mut self, items: &mut Vec<Item>) {
+        if items.is_empty() {
+            return;
+        }
+        let entry: LogEntry = std::mem::take(items).into();
+        // An error only means no client is connected.
+        let _ = self.log.send(entry);
+    }
+
+    /// Updates the state with one tick and, when anyone listens, logs its frame.
+    fn take(&mut self, t: &Arc<Tick>, items: &mut Vec<Item>) {
+        let channel = Channel::of(&t.kind);
+        let market = if t.market.is_empty() { MarketId::MAX } else { self.id(&t.market) };
+        if market != MarketId::MAX {
+            let m = &mut self.markets[market as usize];
+            if m.feed != t.feed {
+                m.feed = t.feed.clone();
+            }
+            m.conn = t.conn;
+            match &t.kind {
+                TickKind::Quote(_) => m.quote = Some(t.clone()),
+                TickKind::BookSnapshot(b) => {
+                    m.book_ts = (t.recv_ts, t.exch_ts);
+                    match OrderBook::from_snapshot(b) {
+                        Ok(book) => {
+                            m.book = Some(book);
+                            m.stale = false;
+                        }
+                        Err(_) => m.stale = true,
+                    }
+                }
+                TickKind::BookDelta(d) => {
+                    m.book_ts = (t.recv_ts, t.exch_ts);
+                    if let Some(book) = &mut m.book
+                        && book.apply(d.side, d.price, d.delta).is_err()
+                    {
+                        m.stale = true;
+                    }
+                }
+                TickKind::Feed(FeedEvent::Stale { .. }) => m.stale = true,
+                _ => {}
+            }
+        } else if let TickKind::Feed(FeedEvent::Stale { .. } | FeedEvent::Disconnected { .. }) = &t.kind {
+            // The connection's books cannot be vouched for until its next snapshots.
+            for m in
+                self.markets.iter_mut().filter(|m| m.feed == t.feed && m.conn == t.conn && m.book.is_some())
+            {
+                m.stale = true;
+            }
+        }
+        if self.log.receiver_count() > 0 {
+            self.push(items, channel, market, frames::tick(t, false));
+        } else {
+            self.seq += 1;
+        }
+    }
+
+    /// The hub itself fell behind the bus: books may now be wrong until the feeds' next
+    /// snapshots. Say so to every client.
+    fn lagged(&mut self, n: u64, items: &mut Vec<Item>) {
+        warn!(
+            missed = n,
+            "The dashboard hub fell behind the bus; books are marked stale until the next snapshots."
+        );
+        self.metrics.hub_missed.fetch_add(n, Ordering::Relaxed);
+        for m in self.markets.iter_mut().filter(|m| m.book.is_some()) {
+            m.stale = true;
+        }
+        let frame = frames::Obj::new("lagged").uint("missed", n).str("source", "server").finish();
+        self.push(items, Channel::Feed, MarketId::MAX, frame);
+    }
+
+    fn request(&mut self, req: Request) {
+        match req {
+            Request::Join { reply } => {
+                let _ = reply.send((self.log.subscribe(), self.seq));
+            }
+            Request::Change { add, channels, markets, reply } => {
+                let (ids, unknown) = match &markets {
+                    Markets::All => (None, Vec::new()),
+                    Markets::List(names) => {
+                        let mut unknown = Vec::new();
+                        let ids = names
+                            .iter()
+                            .map(|n| {
+                                let name: Name = n.as_str().into();
+                                if !self.ids.contains_key(&name) {
+                                    unknown.push(n.clone());
+                                }
+                                self.id(&name)
+                            })
+                            .collect();
+                        (Some(ids), unknown)
+                    }
+                };
+                let change = Change { add, channels, ids };
+                let state = if add {
+                    self.state(change.channels.iter().map(|&c| (c, change.ids.clone())))
+                } else {
+                    Vec::new()
+                };
+                let _ = reply.send(Resolved { boundary: self.seq, change: Some(change), unknown, state });
+            }
+            Request::Resync { filter, reply } => {
+                let state = self.state(filter.each());
+                let _ = reply.send(Resolved { boundary: self.seq, change: None, unknown: Vec::new(), state });
+            }
+        }
+    }
+
+    /// State frames: the latest quote and book of each market, the feeds' status.
+    fn state(&self, pairs: impl Iterator<Item = (Channel, Option<Vec<MarketId>>)>) -> Vec<Utf8Bytes> {
+        let mut out = Vec::new();
+        for (channel, ids) in pairs {
+            let markets: Box<dyn Iterator<Item = &MarketState>> = match &ids {
+                None => Box::new(self.markets.iter()),
+                Some(ids) => Box::new(ids.iter().filter_map(|&id| self.markets.get(id as usize))),
+            };
+            match channel {
+                Channel::Quotes => {
+                    out.extend(markets.filter_map(|m| m.quote.as_ref()).map(|q| frames::tick(q, true).into()))
+                }
+                Channel::Book => out.extend(markets.filter_map(|m| {
+                    let book = m.book.as_ref()?;
+                    Some(
+                        frames::book_state(
+                            &m.feed,
+                            &m.name,
+                            m.book_ts.0,
+                            m.book_ts.1,
+                            &book.snapshot(),
+                            m.stale,
+                        )
+                        .into(),
+                    )
+                })),
+                Channel::Feed => out.push(self.status.frame(None).into()),
+                _ => {}
+            }
+        }
+        out
+    }
+}

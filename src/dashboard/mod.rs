@@ -1,0 +1,179 @@
+//! The dashboard server: one HTTP port with the page, the live stream (`/ws`) and health.
+//!
+//! ```text
+//! bus ──lossy──► hub (state, one serialization per tick) ──► stream log (bounded ring)
+//!                  ▲ subscribe / resync                          │ read at each client's pace
+//!   reader task ───┘ (commands, rate limit, history)       writer task ──► socket
+//! ```
+//!
+//! The protocol is documented in `docs/dashboard.md`. Nothing here can slow a feed or the
+//! store: the hub is a lossy bus consumer, and a client that falls behind the log is resynced
+//! or closed (4008), never waited for.
+
+mod client;
+mod frames;
+mod history;
+mod http;
+mod hub;
+mod status;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::bus::LossyReceiver;
+use crate::config::{DashboardSettings, Secret};
+use crate::store::StoreMetrics;
+use crate::supervisor::Handles;
+
+pub use http::SUBPROTOCOL;
+
+/// Counters of the dashboard server.
+#[derive(Debug, Default)]
+pub struct DashboardMetrics {
+    /// Stream clients connected now.
+    pub clients: AtomicU64,
+    /// Stream connections accepted since start.
+    pub connections: AtomicU64,
+    /// Frames delivered to clients (each tick counts once per client that got it).
+    pub deliveries: AtomicU64,
+    /// Bytes of frames written to clients.
+    pub bytes_sent: AtomicU64,
+    /// Times a client fell behind the stream log and was resynced.
+    pub lagged: AtomicU64,
+    /// Clients closed with 4008 (could not keep up).
+    pub evicted_slow: AtomicU64,
+    /// Clients closed with 4029 (too many commands).
+    pub evicted_rate: AtomicU64,
+    /// Clients dropped for not answering pings.
+    pub evicted_heartbeat: AtomicU64,
+    /// Clients closed with 1009 (oversized frame).
+    pub oversized: AtomicU64,
+    /// Commands received.
+    pub commands: AtomicU64,
+    /// Commands answered with an error frame.
+    pub command_errors: AtomicU64,
+    /// Upgrades refused with 401.
+    pub rejected_unauthorized: AtomicU64,
+    /// Requests refused with 403 (Host or Origin).
+    pub rejected_forbidden: AtomicU64,
+    /// Upgrades refused with 503 (too many clients).
+    pub rejected_full: AtomicU64,
+    /// Ticks the hub itself missed by falling behind the bus.
+    pub hub_missed: AtomicU64,
+}
+
+/// What the server needs from the rest of the daemon.
+pub struct DashboardDeps {
+    /// The feed connections, for status and readiness.
+    pub handles: Handles,
+    /// The store's counters, for status and readiness; `None` without a `[store]`.
+    pub store: Option<Arc<StoreMetrics>>,
+    /// The database pool, for `history`; `None` without a `[store]`.
+    pub pool: Option<PgPool>,
+    /// The hub's place on the bus.
+    pub bus: LossyReceiver,
+    /// Cancelled when the daemon starts stopping: `/readyz` turns 503 and new clients are
+    /// refused, while connected ones keep their stream until `closing`.
+    pub stopping: CancellationToken,
+}
+
+/// State shared by every request and client.
+pub(crate) struct Shared {
+    settings: Arc<DashboardSettings>,
+    token: Option<Secret<String>>,
+    metrics: Arc<DashboardMetrics>,
+    hub: mpsc::Sender<hub::Request>,
+    closing: CancellationToken,
+    stopping: CancellationToken,
+    status: status::Source,
+    pool: Option<PgPool>,
+    permits: Arc<Semaphore>,
+    tracker: TaskTracker,
+}
+
+/// A bound, not yet serving dashboard port.
+pub struct Dashboard {
+    listener: TcpListener,
+    addr: SocketAddr,
+    settings: Arc<DashboardSettings>,
+    token: Option<Secret<String>>,
+}
+
+/// How long clients get to receive their close frame at shutdown.
+const CLOSE_GRACE: Duration = Duration::from_secs(3);
+
+impl Dashboard {
+    /// Binds the port and reads the token. Fails on a taken port or an unreadable token file.
+    pub async fn bind(settings: &DashboardSettings) -> anyhow::Result<Dashboard> {
+        let token = settings.load_token().map_err(|e| anyhow::anyhow!("dashboard.token_file: {e}"))?;
+        anyhow::ensure!(
+            token.is_some() || settings.listen.ip().is_loopback(),
+            "dashboard.listen {} is not a loopback address and no token is set",
+            settings.listen
+        );
+        let listener = TcpListener::bind(settings.listen)
+            .await
+            .with_context(|| format!("the dashboard cannot listen on {}", settings.listen))?;
+        let addr = listener.local_addr().context("the dashboard's bound address")?;
+        Ok(Dashboard { listener, addr, settings: Arc::new(settings.clone()), token })
+    }
+
+    /// The address actually bound (a `listen` port of 0 picks one).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Serves until `closing` is cancelled, then closes every client with 1001. Returns the
+    /// counters and the task to await.
+    pub fn start(
+        self,
+        deps: DashboardDeps,
+        closing: CancellationToken,
+    ) -> (Arc<DashboardMetrics>, tokio::task::JoinHandle<()>) {
+        let metrics = Arc::new(DashboardMetrics::default());
+        let status = status::Source { handles: deps.handles, store: deps.store, metrics: metrics.clone() };
+        let (hub_tx, hub_rx) = mpsc::channel(1024);
+        let hub = hub::Hub::new(self.settings.client_queue, status.clone(), metrics.clone());
+        let hub_task = tokio::spawn(hub.run(deps.bus, hub_rx, self.settings.status_interval));
+        let shared = Arc::new(Shared {
+            settings: self.settings.clone(),
+            token: self.token,
+            metrics: metrics.clone(),
+            hub: hub_tx,
+            closing: closing.clone(),
+            stopping: deps.stopping,
+            status,
+            pool: deps.pool,
+            permits: Arc::new(Semaphore::new(self.settings.max_connections)),
+            tracker: TaskTracker::new(),
+        });
+        let auth = if shared.token.is_some() { "token required" } else { "no token (loopback only)" };
+        info!(url = %format!("http://{}/", self.addr), auth, "Dashboard listening.");
+        let router = http::router(shared.clone());
+        let listener = self.listener;
+        let task = tokio::spawn(async move {
+            let serve = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+                .with_graceful_shutdown(closing.clone().cancelled_owned());
+            if let Err(e) = serve.await {
+                warn!(error = %e, "The dashboard server stopped with an error.");
+            }
+            // Every client sees `closing` and sends 1001; give them a moment to flush it.
+            shared.tracker.close();
+            if tokio::time::timeout(CLOSE_GRACE, shared.tracker.wait()).await.is_err() {
+                warn!("Some dashboard clients did not close within {CLOSE_GRACE:?}; dropping them.");
+            }
+            hub_task.abort();
+        });
+        (metrics, task)
+    }
+}
