@@ -4,7 +4,8 @@
 //!
 //! The scenario is `tests/browser/dashboard.mjs` (Node, playwright-core driving Debian's
 //! Chromium); this test runs it with the tickd binary under test, asserts on its exit status,
-//! and keeps its screenshot as `target/test-artifacts/dashboard.png`. `scripts/test` installs
+//! and keeps its screenshots in `target/test-artifacts/` (`dashboard.png`, the final screen;
+//! `dashboard-stale.png`, while the feed was refused). `scripts/test` installs
 //! what it needs: `chromium` and the script's npm packages (`npm ci`).
 
 use std::path::{Path, PathBuf};
@@ -84,4 +85,6 @@ fn the_dashboard_shows_live_markets_marks_a_lost_feed_stale_and_reconnects_after
     let artifacts = artifacts_dir();
     std::fs::create_dir_all(&artifacts).expect("creating target/test-artifacts");
     std::fs::copy(&screenshot, artifacts.join("dashboard.png")).expect("keeping the screenshot");
+    // The stale screen too, for a look at how a lost feed reads.
+    let _ = std::fs::copy(scratch.path().join("dashboard-stale.png"), artifacts.join("dashboard-stale.png"));
 }

@@ -52,13 +52,15 @@
     return digits.replace(/\B(?=(\d{3})+(?!\d))/g, ',');
   }
 
-  // Price in $0.0001 units as dollars, in cents unless it has a fraction of a cent:
-  // 4800 -> "0.48", 4825 -> "0.4825", 4990 -> "0.4990".
-  function fmtPrice(p) {
+  // Price in $0.0001 units as dollars, in cents unless it has a fraction of a cent or `fine`
+  // asks for four decimals (a market that trades in fractions of a cent, so its columns line
+  // up): 4800 -> "0.48", 4825 -> "0.4825", 4800 fine -> "0.4800".
+  function fmtPrice(p, fine) {
     if (p === null || p === undefined) return dash;
     const sign = p < 0 ? '-' : '';
     const a = Math.abs(p);
-    const frac = String(a % PRICE_ONE).padStart(4, '0').replace(/00$/, '');
+    let frac = String(a % PRICE_ONE).padStart(4, '0');
+    if (!fine) frac = frac.replace(/00$/, '');
     return `${sign}${group(String(Math.floor(a / PRICE_ONE)))}.${frac}`;
   }
 
@@ -162,6 +164,7 @@
       // `stale: true` book until tickd sends a fresh book.
       book: null,
       lifecycle: '',
+      fine: false, // has shown a price in fractions of a cent: show four decimals throughout
       tape: [], // newest first
       series: { t: [], trade: [], mid: [] }, // chart columns, oldest first
       historyAsked: false,
@@ -177,6 +180,15 @@
       if (model.selected === null) select(ticker);
     }
     return m;
+  }
+
+  // Notes prices in fractions of a cent, which switch the market's display to four decimals.
+  function notePrices(m, ...prices) {
+    if (m.fine) return;
+    if (prices.some((p) => p !== null && p !== undefined && p % 100 !== 0)) {
+      m.fine = true;
+      if (m.ticker === model.selected) dirty.book = dirty.tape = dirty.detail = true;
+    }
   }
 
   function touch(m, recvTs) {
@@ -275,6 +287,7 @@
       const m = market(f.market);
       m.feed = f.feed;
       m.quote = f;
+      notePrices(m, f.bid, f.ask, f.last);
       if (f.last !== null && f.last !== undefined && f.recv_ts >= m.lastAtUs) {
         m.last = f.last;
         m.lastAtUs = f.recv_ts;
@@ -288,6 +301,7 @@
     trade(f) {
       const m = market(f.market);
       m.feed = f.feed;
+      notePrices(m, f.price);
       if (f.recv_ts >= m.lastAtUs) {
         m.last = f.price;
         m.lastAtUs = f.recv_ts;
@@ -300,6 +314,7 @@
       const m = market(f.market);
       m.feed = f.feed;
       m.book = bookFrom(f);
+      notePrices(m, ...m.book.yes.keys(), ...m.book.no.keys());
       touch(m, f.recv_ts);
       if (m.ticker === model.selected) dirty.book = true;
     },
@@ -309,9 +324,12 @@
       // Without a book to apply it to, a delta means nothing; the next book replaces all.
       if (!m.book) return;
       applyDelta(m.book, f);
+      notePrices(m, f.price);
       if (m.ticker === model.selected) dirty.book = true;
     },
     lifecycle(f) {
+      // An event's lifecycle names the event's ticker, which is no market of the table.
+      if (f.scope === 'event' && !model.markets.has(f.market)) return;
       const m = market(f.market);
       m.lifecycle = f.event || '';
       touch(m, f.recv_ts);
@@ -419,7 +437,7 @@
     if (f.event === 'connected') e.connectedOnce = true;
     if (f.event === 'gap') e.gaps += 1;
     if (f.event === 'alert') e.alerts += 1;
-    e.lastEvent = describeEvent(f);
+    e.lastEvent = `${fmtClock(f.recv_ts ? f.recv_ts / 1000 : serverNowMs())} ${describeEvent(f)}`;
     e.lastEventAt = Date.now();
     // A feed event is itself a message from the feed's connection only when it is live.
     dirty.feeds = true;
@@ -428,8 +446,11 @@
   function describeEvent(f) {
     const parts = [f.event];
     if (f.reason) parts.push(f.reason);
+    if (f.channel) parts.push(f.channel);
+    if (f.failures !== undefined && f.failures !== null) parts.push(`${f.failures} failed`);
     if (f.delay_ms !== undefined && f.delay_ms !== null) parts.push(`retry in ${fmtAge(f.delay_ms)}`);
     if (f.attempt !== undefined && f.attempt !== null) parts.push(`attempt ${f.attempt}`);
+    if (f.kind) parts.push(f.kind);
     if (f.event === 'gap') parts.push(`sid ${f.sid}: expected ${f.expected}, got ${f.got}`);
     if (f.message) parts.push(f.message);
     return parts.join(' · ');
@@ -534,6 +555,9 @@
       model.conn.everOpened = true;
       pending.clear();
       for (const m of model.markets.values()) m.historyAsked = false;
+      // Events seen on an earlier connection may be from an earlier tickd: the status frame
+      // that follows the subscription tells the state now.
+      for (const e of model.feeds.values()) e.lastEvent = '';
       setConn('open', '');
       send({ cmd: 'subscribe', channels: CHANNELS, markets: 'all' });
       if (model.selected) askHistory(model.markets.get(model.selected));
@@ -672,9 +696,9 @@
   function renderRow(m) {
     const { tr, cells } = marketRow(m);
     const q = m.quote || {};
-    setText(cells.bid, fmtPrice(q.bid));
-    setText(cells.ask, fmtPrice(q.ask));
-    setText(cells.last, fmtPrice(m.last));
+    setText(cells.bid, fmtPrice(q.bid, m.fine));
+    setText(cells.ask, fmtPrice(q.ask, m.fine));
+    setText(cells.last, fmtPrice(m.last, m.fine));
     setText(cells.volume, fmtSize(q.volume));
     setText(cells.status, m.lifecycle);
     // Flash the last price when it moves.
@@ -793,7 +817,7 @@
     setText($('#detail-market'), m ? m.ticker : 'No market selected');
     const q = m && m.quote;
     setText($('#detail-quote'), q
-      ? `bid ${fmtSize(q.bid_size)} @ ${fmtPrice(q.bid)} · ask ${fmtSize(q.ask_size)} @ ${fmtPrice(q.ask)}` +
+      ? `bid ${fmtSize(q.bid_size)} @ ${fmtPrice(q.bid, m.fine)} · ask ${fmtSize(q.ask_size)} @ ${fmtPrice(q.ask, m.fine)}` +
         ` · vol ${fmtSize(q.volume)} · OI ${fmtSize(q.open_interest)}` + (m.lifecycle ? ` · ${m.lifecycle}` : '')
       : '');
   }
@@ -820,27 +844,27 @@
       .reverse();
     const biggest = Math.max(1, ...bids.map((l) => l[1]), ...asks.map((l) => l[1]));
     const rows = [];
-    for (const [price, size] of asks) rows.push(ladderRow('ask', price, size, biggest));
+    for (const [price, size] of asks) rows.push(ladderRow('ask', price, size, biggest, m.fine));
     if (asks.length && bids.length) {
       const spread = el('tr', 'spread');
-      spread.append(el('td'), el('td', 'num', `spread ${fmtPrice(asks[asks.length - 1][0] - bids[0][0])}`), el('td'));
+      spread.append(el('td'), el('td', 'num', `spread ${fmtPrice(asks[asks.length - 1][0] - bids[0][0], m.fine)}`), el('td'));
       rows.push(spread);
     }
-    for (const [price, size] of bids) rows.push(ladderRow('bid', price, size, biggest));
+    for (const [price, size] of bids) rows.push(ladderRow('bid', price, size, biggest, m.fine));
     body.replaceChildren(...rows);
     const unsure = !book.verified || book.broken;
     panel.classList.toggle('stale', unsure);
     setText(flag, book.broken ? 'inconsistent: waiting for a fresh book' : book.verified ? '' : 'not verified: waiting for a fresh book');
   }
 
-  function ladderRow(side, price, size, biggest) {
+  function ladderRow(side, price, size, biggest, fine) {
     const tr = el('tr', side);
     tr.dataset.side = side;
     tr.dataset.price = String(price);
     const sizeCell = el('td', 'num size', fmtSize(size));
     // The depth bar's length, as a custom property (CSSOM: allowed by the page's CSP).
     sizeCell.style.setProperty('--depth', String(size / biggest));
-    const priceCell = el('td', 'num price', fmtPrice(price));
+    const priceCell = el('td', 'num price', fmtPrice(price, fine));
     if (side === 'bid') tr.append(sizeCell, priceCell, el('td', 'num'));
     else tr.append(el('td', 'num'), priceCell, sizeCell);
     return tr;
@@ -852,7 +876,7 @@
       const tr = el('tr', t.taker_side === 'no' ? 'sell' : 'buy');
       tr.append(
         el('td', 'time', fmtClock(t.recv_ts / 1000)),
-        el('td', 'num', fmtPrice(t.price)),
+        el('td', 'num', fmtPrice(t.price, m.fine)),
         el('td', 'num', fmtSize(t.size)),
         el('td', 'taker', t.taker_side || ''),
       );
@@ -930,7 +954,10 @@
       if (m) renderRow(m);
     }
     dirty.rows.clear();
-    if (dirty.header) renderHeader();
+    if (dirty.header) {
+      renderHeader();
+      renderClock();
+    }
     if (dirty.feeds) renderFeeds();
     if (dirty.detail) renderDetail();
     if (dirty.book) renderBook();

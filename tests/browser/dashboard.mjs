@@ -7,7 +7,7 @@
 // the market table turning stale (with a banner) while the simulator drops the feed and refuses
 // it back, and live again once it lets it in; the same tab reconnecting on its own after the
 // demo is stopped and started again. Leaves <scratch dir>/dashboard.png (the final screen) and
-// exits 0, or prints what went wrong (with the demo's log) and exits 1. The demo is stopped on
+// dashboard-stale.png (while the feed was refused), and exits 0, or prints what went wrong (with the demo's log) and exits 1. The demo is stopped on
 // every path out.
 
 import { spawn } from 'node:child_process';
@@ -42,6 +42,7 @@ if (!binary || !scratch) {
 }
 const dataDir = path.join(scratch, 'demo');
 const screenshot = path.join(scratch, 'dashboard.png');
+const staleShot = path.join(scratch, 'dashboard-stale.png');
 const failureShot = path.join(scratch, 'dashboard-failure.png');
 
 function log(...args) {
@@ -256,6 +257,7 @@ async function scenario(ctx) {
   await ctx.demo.command('drop');
   await waitInPage(page, 'the feed panel and market table to turn stale', STALE_MS, isStale);
   log('page: stale');
+  await page.screenshot({ path: staleShot });
   const until = Date.now() + STAYS_STALE_MS;
   while (Date.now() < until) {
     if (!(await page.evaluate(isStale))) {
