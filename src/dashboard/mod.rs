@@ -99,6 +99,8 @@ pub(crate) struct Shared {
     pool: Option<PgPool>,
     permits: Arc<Semaphore>,
     tracker: TaskTracker,
+    /// The `seq` of the newest log item.
+    head: Arc<AtomicU64>,
 }
 
 /// A bound, not yet serving dashboard port.
@@ -143,7 +145,8 @@ impl Dashboard {
         let metrics = Arc::new(DashboardMetrics::default());
         let status = status::Source { handles: deps.handles, store: deps.store, metrics: metrics.clone() };
         let (hub_tx, hub_rx) = mpsc::channel(1024);
-        let hub = hub::Hub::new(self.settings.client_queue, status.clone(), metrics.clone());
+        let head = Arc::new(AtomicU64::new(0));
+        let hub = hub::Hub::new(self.settings.client_queue, status.clone(), metrics.clone(), head.clone());
         let hub_task = tokio::spawn(hub.run(deps.bus, hub_rx, self.settings.status_interval));
         let shared = Arc::new(Shared {
             settings: self.settings.clone(),
@@ -155,6 +158,7 @@ impl Dashboard {
             status,
             pool: deps.pool,
             permits: Arc::new(Semaphore::new(self.settings.max_connections)),
+            head,
             tracker: TaskTracker::new(),
         });
         let auth = if shared.token.is_some() { "token required" } else { "no token (loopback only)" };
