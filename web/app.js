@@ -1006,7 +1006,7 @@
     $('#markets tbody').addEventListener('click', onRowClick);
     document.addEventListener('keydown', onKey);
     $('#reconnect-now').addEventListener('click', reconnectNow);
-    // Back online, or the tab shown again: no reason to wait out the backoff.
+    // Back online: no reason to wait out the backoff.
     window.addEventListener('online', reconnectNow);
     makeChart();
     connect();
