@@ -410,18 +410,37 @@ impl Writer {
         }
     }
 
-    /// Sends the close frame (within a bound) and lets the socket go.
+    /// Sends what is still queued for the client and the close frame (within a bound), and lets
+    /// the socket go.
     async fn finish(mut self) {
         self.shared.ending.cancel();
         let (code, reason) = self.shared.reason();
-        if let Some(code) = code {
-            let limit = if code == close::TOO_SLOW {
-                self.server.settings.slow_client_timeout
-            } else {
-                Duration::from_secs(2)
-            };
-            let _ = close_with(&mut self.sink, code, reason, limit).await;
-        }
+        let Some(code) = code else { return };
+        let limit = if code == close::TOO_SLOW {
+            // It could not take what it had; only the close frame is worth trying.
+            self.out.clear();
+            self.server.settings.slow_client_timeout
+        } else {
+            // The reader queues its last replies (the `rate_limited` error, answers to the
+            // commands before it) before it ends the connection: they go out before the close.
+            while let Ok(msg) = self.inbox.try_recv() {
+                if let ToWriter::Frame(frame) = msg {
+                    self.out.push(Message::Text(frame));
+                }
+            }
+            Duration::from_secs(2)
+        };
+        let frame = CloseFrame { code: CloseCode::from(code), reason: reason.into() };
+        self.out.push(Message::Close(Some(frame)));
+        let sink = &mut self.sink;
+        let out = std::mem::take(&mut self.out);
+        let send = async {
+            for m in out {
+                sink.feed(m).await?;
+            }
+            sink.flush().await
+        };
+        let _ = tokio::time::timeout(limit, send).await;
     }
 }
 
