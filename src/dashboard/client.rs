@@ -306,17 +306,22 @@ impl Writer {
     /// The client fell further behind than the log holds: ask the hub for fresh state, skip
     /// the log up to it, then say how many ticks were missed.
     fn fell_behind(&mut self) -> bool {
-        let now = Instant::now();
-        self.resyncs.push_back(now);
-        while self.resyncs.front().is_some_and(|&t| now.duration_since(t) > Duration::from_secs(60)) {
-            self.resyncs.pop_front();
-        }
-        let metrics = &self.server.metrics;
-        metrics.lagged.fetch_add(1, Ordering::Relaxed);
-        if self.resyncs.len() > self.server.settings.max_resyncs as usize {
-            metrics.evicted_slow.fetch_add(1, Ordering::Relaxed);
-            self.shared.end(Some(close::TOO_SLOW), "fell behind too often");
-            return false;
+        // Right after a lag the receiver sits on the oldest entry the log holds, so the next
+        // append can lag it again before it reads. A lag while still behind (its resync not
+        // applied yet) is the same fall: it asks for fresher state but is not another resync.
+        if self.lag.is_none() {
+            let now = Instant::now();
+            self.resyncs.push_back(now);
+            while self.resyncs.front().is_some_and(|&t| now.duration_since(t) > Duration::from_secs(60)) {
+                self.resyncs.pop_front();
+            }
+            let metrics = &self.server.metrics;
+            metrics.lagged.fetch_add(1, Ordering::Relaxed);
+            if self.resyncs.len() > self.server.settings.max_resyncs as usize {
+                metrics.evicted_slow.fetch_add(1, Ordering::Relaxed);
+                self.shared.end(Some(close::TOO_SLOW), "fell behind too often");
+                return false;
+            }
         }
         // Changes waiting for a boundary the log will not show in order: apply them now; the
         // resync brings the state of everything.
