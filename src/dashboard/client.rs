@@ -496,8 +496,38 @@ fn invalid(message: impl Into<String>) -> Refusal {
     Refusal { code: "invalid_request", message: message.into() }
 }
 
+/// How long a client gets to answer our close frame.
+const CLOSE_REPLY: Duration = Duration::from_secs(2);
+
 impl Reader {
     async fn run(mut self) {
+        self.read().await;
+        self.drain().await;
+    }
+
+    /// After the end: reads and drops what the client still sends until it answers the close
+    /// frame, within a bound. A socket closed with unread input resets the connection, and
+    /// the reset discards what is still queued for the client, the close frame included.
+    async fn drain(&mut self) {
+        let limit = match self.shared.reason().0 {
+            // Dropped without a close frame: nothing to wait for.
+            None => return,
+            // Its close frame waits behind everything it has not read yet.
+            Some(close::TOO_SLOW) => self.server.settings.slow_client_timeout + CLOSE_REPLY,
+            Some(_) => CLOSE_REPLY,
+        };
+        let answered = async {
+            while let Some(Ok(msg)) = self.stream.next().await {
+                if msg.is_close() {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(limit, answered).await;
+    }
+
+    /// Reads commands until the connection ends, for whatever reason.
+    async fn read(&mut self) {
         loop {
             let next = tokio::select! {
                 _ = self.shared.ending.cancelled() => return,
@@ -537,7 +567,16 @@ impl Reader {
     }
 
     async fn reply(&self, frame: String) {
-        let _ = self.to_writer.send(ToWriter::Frame(frame.into())).await;
+        self.send(ToWriter::Frame(frame.into())).await;
+    }
+
+    /// Hands the writer a frame or a change; gives up once the connection ends (the writer,
+    /// stuck on a client that reads nothing, may never take it).
+    async fn send(&self, msg: ToWriter) {
+        tokio::select! {
+            _ = self.to_writer.send(msg) => {}
+            _ = self.shared.ending.cancelled() => {}
+        }
     }
 
     /// Handles one command. False when the connection must end.
@@ -707,7 +746,7 @@ impl Reader {
             o = o.raw("unknown", &serde_json::to_string(&resolved.unknown).unwrap_or_default());
         }
         let reply = o.finish().into();
-        let _ = self.to_writer.send(ToWriter::Change { reply, resolved }).await;
+        self.send(ToWriter::Change { reply, resolved }).await;
         Ok(())
     }
 }
