@@ -83,6 +83,7 @@ pub async fn run(settings: Settings, mut control: AppControl) -> anyhow::Result<
             store: store.as_ref().map(|s| s.metrics().clone()),
             pool: store.as_ref().map(|s| s.pool().clone()),
             bus: hub_bus,
+            bus_counters: bus.counters(),
             stopping: control.shutdown.clone(),
         };
         d.start(deps, closing.clone())

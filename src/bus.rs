@@ -52,6 +52,30 @@ pub struct BusStats {
     pub lossy_missed: u64,
 }
 
+/// The bus counters and the store's queue depth, without keeping the bus open (a `Bus`
+/// clone would: the bus closes when its last publisher is gone).
+#[derive(Clone)]
+pub struct BusCounters {
+    counters: Arc<Counters>,
+    lossless: Arc<[mpsc::WeakSender<Arc<Tick>>]>,
+}
+
+impl BusCounters {
+    /// Current counters.
+    pub fn stats(&self) -> BusStats {
+        stats_of(&self.counters)
+    }
+
+    /// Ticks waiting in the lossless queues now.
+    pub fn queued(&self) -> u64 {
+        self.lossless
+            .iter()
+            .filter_map(|w| w.upgrade())
+            .map(|tx| (tx.max_capacity() - tx.capacity()) as u64)
+            .sum()
+    }
+}
+
 /// The receiving end of a lossless consumer.
 pub struct LosslessReceiver {
     rx: mpsc::Receiver<Arc<Tick>>,
@@ -119,13 +143,24 @@ impl Bus {
 
     /// Current counters.
     pub fn stats(&self) -> BusStats {
-        let c = &self.counters;
-        BusStats {
-            published: c.published.load(Ordering::Relaxed),
-            lossless_full: c.lossless_full.load(Ordering::Relaxed),
-            lossless_closed: c.lossless_closed.load(Ordering::Relaxed),
-            lossy_missed: c.lossy_missed.load(Ordering::Relaxed),
+        stats_of(&self.counters)
+    }
+
+    /// A handle on the counters that does not keep the bus open.
+    pub fn counters(&self) -> BusCounters {
+        BusCounters {
+            counters: self.counters.clone(),
+            lossless: self.lossless.iter().map(|tx| tx.downgrade()).collect(),
         }
+    }
+}
+
+fn stats_of(c: &Counters) -> BusStats {
+    BusStats {
+        published: c.published.load(Ordering::Relaxed),
+        lossless_full: c.lossless_full.load(Ordering::Relaxed),
+        lossless_closed: c.lossless_closed.load(Ordering::Relaxed),
+        lossy_missed: c.lossy_missed.load(Ordering::Relaxed),
     }
 }
 

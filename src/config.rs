@@ -169,7 +169,7 @@ impl Default for StoreSettings {
             connect_timeout: Duration::from_secs(5),
             write_timeout: Duration::from_secs(10),
             batch_size: 5_000,
-            batch_age: Duration::from_millis(50),
+            batch_age: Duration::from_millis(10),
             retry_interval: Duration::from_secs(1),
             spool_max_bytes: 1 << 30,
             partitions_ahead_days: 3,

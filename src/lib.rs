@@ -22,6 +22,7 @@
 //! - [`dashboard`]: the HTTP port: the page, the live stream for dashboards and bots, health.
 //! - [`localpg`]: a private PostgreSQL from the installed binaries (tests, `tickd demo`).
 //! - [`demo`]: `tickd demo`, everything on one machine.
+//! - [`prometheus`]: `/metrics` in the Prometheus text format.
 //! - [`app`]: wires the parts together for `tickd run`.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -36,6 +37,7 @@ pub mod feed;
 pub mod kalshi;
 pub mod localpg;
 pub mod metrics;
+pub mod prometheus;
 pub mod sim;
 pub mod store;
 pub mod supervisor;

@@ -47,11 +47,13 @@ enum Command {
     /// Connects every configured feed and keeps it streaming. SIGTERM/SIGINT stop it
     /// gracefully (a second one at once); SIGHUP reloads the configuration.
     Run(ConfigArgs),
-    /// Run everything on this machine: simulator, a private PostgreSQL and the daemon.
+    /// Run everything on this machine: simulator, a private PostgreSQL, the daemon and its
+    /// dashboard.
     ///
-    /// Nothing to set up: the PostgreSQL server binaries must be installed. Prints the psql
-    /// connection string and example queries; Ctrl-C stops everything and keeps the data
-    /// for the next run.
+    /// Nothing to set up: the PostgreSQL server binaries must be installed. Prints the
+    /// dashboard's address, the psql connection string and example queries; stdin takes the
+    /// simulator's fault commands (`drop`, `refuse <n>`, `stall on|off`...). Ctrl-C stops
+    /// everything and keeps the data for the next run.
     Demo(tickd::demo::DemoArgs),
     /// Run the Kalshi exchange simulator alone, for tests and demos.
     Sim(sim::SimArgs),

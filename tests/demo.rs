@@ -19,7 +19,17 @@ struct Demo {
 impl Demo {
     fn start(data_dir: &Path) -> Demo {
         let mut child = Command::new(env!("CARGO_BIN_EXE_tickd"))
-            .args(["demo", "--markets", "5", "--rate", "500", "--data-dir"])
+            .args([
+                "demo",
+                "--markets",
+                "5",
+                "--rate",
+                "500",
+                "--listen",
+                "127.0.0.1:0",
+                "--no-open",
+                "--data-dir",
+            ])
             .arg(data_dir)
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())

@@ -282,6 +282,16 @@ impl Writer {
                 // The hub answers changes and resyncs between entries, so a boundary is never
                 // inside one: apply those reached before it, then take it whole.
                 self.apply_pending();
+                // More than `client_queue` frames behind the newest: the client's queue is
+                // full, whatever the shared log still holds.
+                let head = self.server.head.load(Ordering::Relaxed);
+                if self.lag.is_none()
+                    && head.saturating_sub(self.last_seq) > self.server.settings.client_queue as u64
+                {
+                    let from = self.last_seq;
+                    self.last_seq = entry.last().map_or(self.last_seq, |i| i.seq);
+                    return self.fell_behind(from);
+                }
                 let behind = self.lag.is_some();
                 let mut sent = 0;
                 for item in entry.iter() {
@@ -295,7 +305,7 @@ impl Writer {
                 self.apply_pending();
                 true
             }
-            Err(broadcast::error::RecvError::Lagged(_)) => self.fell_behind(),
+            Err(broadcast::error::RecvError::Lagged(_)) => self.fell_behind(self.last_seq),
             Err(broadcast::error::RecvError::Closed) => {
                 self.shared.end(Some(close::GOING_AWAY), "tickd is shutting down");
                 false
@@ -305,7 +315,7 @@ impl Writer {
 
     /// The client fell further behind than the log holds: ask the hub for fresh state, skip
     /// the log up to it, then say how many ticks were missed.
-    fn fell_behind(&mut self) -> bool {
+    fn fell_behind(&mut self, from_seq: u64) -> bool {
         // Right after a lag the receiver sits on the oldest entry the log holds, so the next
         // append can lag it again before it reads. A lag while still behind (its resync not
         // applied yet) is the same fall: it asks for fresher state but is not another resync.
@@ -339,7 +349,7 @@ impl Writer {
             return false;
         }
         if self.lag.is_none() {
-            self.lag = Some(Lag { from_seq: self.last_seq, resync: Some(rx) });
+            self.lag = Some(Lag { from_seq, resync: Some(rx) });
         } else if let Some(lag) = &mut self.lag {
             lag.resync = Some(rx);
         }

@@ -54,6 +54,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/ws", get(upgrade))
         .route("/healthz", get(|| async { json_response(StatusCode::OK, json!({"status": "alive"})) }))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .layer(middleware::from_fn_with_state(shared.clone(), check_host))
         .with_state(shared)
 }
@@ -133,6 +134,14 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
             json!({"ready": false, "reasons": reasons, "feeds": feeds}),
         )
     }
+}
+
+async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
+    let mut response = crate::prometheus::render(&shared.exposition).into_response();
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+    response
 }
 
 /// Compares without an early exit, so timing does not tell how much of a guess was right.

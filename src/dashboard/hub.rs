@@ -14,7 +14,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -215,15 +215,23 @@ pub(crate) struct Hub {
     seq: u64,
     status: status::Source,
     metrics: Arc<DashboardMetrics>,
+    /// The `seq` of the last item appended, for writers to tell how far behind they are.
+    head: Arc<AtomicU64>,
 }
 
-/// Ticks taken from the bus per log entry, at most.
-const BATCH: usize = 512;
+/// Ticks taken from the bus per log entry, at most. Bounds the log's memory: at most
+/// `client_queue` entries of this many frames, shared by every client.
+const BATCH: usize = 64;
 
 impl Hub {
-    pub(crate) fn new(log_capacity: usize, status: status::Source, metrics: Arc<DashboardMetrics>) -> Hub {
+    pub(crate) fn new(
+        log_capacity: usize,
+        status: status::Source,
+        metrics: Arc<DashboardMetrics>,
+        head: Arc<AtomicU64>,
+    ) -> Hub {
         let (log, _) = broadcast::channel(log_capacity.max(16));
-        Hub { markets: Vec::new(), ids: HashMap::new(), log, seq: 0, status, metrics }
+        Hub { markets: Vec::new(), ids: HashMap::new(), log, seq: 0, status, metrics, head }
     }
 
     /// Runs until the bus closes (every feed stopped).
@@ -287,6 +295,7 @@ impl Hub {
             return;
         }
         let entry: LogEntry = std::mem::take(items).into();
+        self.head.store(self.seq, Ordering::Relaxed);
         // An error only means no client is connected.
         let _ = self.log.send(entry);
     }

@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::bus::LossyReceiver;
+use crate::bus::{BusCounters, LossyReceiver};
 use crate::config::{DashboardSettings, Secret};
 use crate::store::StoreMetrics;
 use crate::supervisor::Handles;
@@ -82,6 +82,8 @@ pub struct DashboardDeps {
     pub pool: Option<PgPool>,
     /// The hub's place on the bus.
     pub bus: LossyReceiver,
+    /// The bus counters, for `/metrics`.
+    pub bus_counters: BusCounters,
     /// Cancelled when the daemon starts stopping: `/readyz` turns 503 and new clients are
     /// refused, while connected ones keep their stream until `closing`.
     pub stopping: CancellationToken,
@@ -96,9 +98,12 @@ pub(crate) struct Shared {
     closing: CancellationToken,
     stopping: CancellationToken,
     status: status::Source,
+    exposition: crate::prometheus::Sources,
     pool: Option<PgPool>,
     permits: Arc<Semaphore>,
     tracker: TaskTracker,
+    /// The `seq` of the newest log item.
+    head: Arc<AtomicU64>,
 }
 
 /// A bound, not yet serving dashboard port.
@@ -141,9 +146,16 @@ impl Dashboard {
         closing: CancellationToken,
     ) -> (Arc<DashboardMetrics>, tokio::task::JoinHandle<()>) {
         let metrics = Arc::new(DashboardMetrics::default());
+        let exposition = crate::prometheus::Sources {
+            handles: deps.handles.clone(),
+            bus: deps.bus_counters,
+            store: deps.store.clone(),
+            dashboard: metrics.clone(),
+        };
         let status = status::Source { handles: deps.handles, store: deps.store, metrics: metrics.clone() };
         let (hub_tx, hub_rx) = mpsc::channel(1024);
-        let hub = hub::Hub::new(self.settings.client_queue, status.clone(), metrics.clone());
+        let head = Arc::new(AtomicU64::new(0));
+        let hub = hub::Hub::new(self.settings.client_queue, status.clone(), metrics.clone(), head.clone());
         let hub_task = tokio::spawn(hub.run(deps.bus, hub_rx, self.settings.status_interval));
         let shared = Arc::new(Shared {
             settings: self.settings.clone(),
@@ -153,8 +165,10 @@ impl Dashboard {
             closing: closing.clone(),
             stopping: deps.stopping,
             status,
+            exposition,
             pool: deps.pool,
             permits: Arc::new(Semaphore::new(self.settings.max_connections)),
+            head,
             tracker: TaskTracker::new(),
         });
         let auth = if shared.token.is_some() { "token required" } else { "no token (loopback only)" };

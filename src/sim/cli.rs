@@ -138,6 +138,16 @@ fn parse_cmd(line: &str) -> Result<Cmd, String> {
     }
 }
 
+/// Parses and applies one console line and returns its acknowledgement: one line, `ok: …`
+/// (or `stats: …`, the help text) when applied, `error: …` when the line is not a command.
+/// `tickd sim` and `tickd demo` both run their consoles through this.
+pub fn console_command(sim: &Simulator, line: &str) -> String {
+    match parse_cmd(line) {
+        Ok(cmd) => apply(sim, &cmd),
+        Err(e) => format!("error: {e}"),
+    }
+}
+
 /// Applies a command and returns its acknowledgement line.
 fn apply(sim: &Simulator, cmd: &Cmd) -> String {
     match *cmd {
@@ -235,8 +245,9 @@ fn load_auth(args: &SimArgs) -> anyhow::Result<Option<SimAuth>> {
 const CONSOLE_CAPACITY: usize = 16;
 
 /// Lines of stdin, read on a plain thread: a blocking stdin read cannot be cancelled, and on a
-/// tokio blocking thread it would hold up runtime shutdown until the next line arrives.
-fn console_lines() -> tokio::sync::mpsc::Receiver<String> {
+/// tokio blocking thread it would hold up runtime shutdown until the next line arrives. The
+/// channel closes at the end of stdin.
+pub fn console_lines() -> tokio::sync::mpsc::Receiver<String> {
     let (tx, rx) = tokio::sync::mpsc::channel(CONSOLE_CAPACITY);
     let spawned = std::thread::Builder::new().name("sim-console".into()).spawn(move || {
         use std::io::BufRead as _;
@@ -309,10 +320,7 @@ pub async fn run_cli(args: SimArgs, shutdown: CancellationToken) -> anyhow::Resu
             // Console input; after EOF (channel closed) only shutdown ends the loop.
             line = lines.recv(), if stdin_open => match line {
                 Some(line) if line.trim().is_empty() => {}
-                Some(line) => match parse_cmd(&line) {
-                    Ok(cmd) => println!("{}", apply(&sim, &cmd)),
-                    Err(e) => println!("error: {e}"),
-                },
+                Some(line) => println!("{}", console_command(&sim, &line)),
                 None => stdin_open = false,
             },
         }

@@ -47,7 +47,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-pub use cli::{SimArgs, run_cli};
+pub use cli::{SimArgs, console_command, console_lines, run_cli};
 
 use crate::tick::BookSnapshot;
 use conn::Control;

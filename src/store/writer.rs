@@ -206,6 +206,7 @@ impl Actor {
         let mut maintain_at = Instant::now() + MAINTENANCE_EVERY;
         // Set when the bus closes: until then a stop may go on replaying the spool.
         let mut replay_until: Option<Instant> = None;
+        let mut last_write_live = false;
 
         loop {
             let due = !batch.is_empty() && (batch.ticks >= batch_size || !open || Instant::now() >= deadline);
@@ -213,20 +214,25 @@ impl Actor {
             // for it (until full) rather than spool it.
             let first_probe = probe.is_some() && !self.checked && self.last_problem.is_none();
             let wait_for_probe = first_probe && open && batch.ticks < batch_size;
+            let replaying = replay_until.is_none_or(|until| Instant::now() < until);
+            // Under sustained load a live batch is due whenever a write ends; the spool gets
+            // every other turn so that it drains, holding live data back by one write at most.
+            let replay_turn = self.up && !self.spool.is_empty() && replaying && last_write_live;
             if due && !wait_for_probe {
                 if !self.up {
                     self.spool_batch(std::mem::take(&mut batch));
-                } else if inflight.is_none() {
+                } else if inflight.is_none() && !replay_turn {
                     let with_losses = self.attach_losses(&mut batch);
                     inflight = Some(self.write(std::mem::take(&mut batch), Origin::Live, with_losses));
+                    last_write_live = true;
                 }
                 // Otherwise the batch waits for the write in flight; intake pauses when full.
             }
-            let replaying = replay_until.is_none_or(|until| Instant::now() < until);
             if self.up && inflight.is_none() && !self.spool.is_empty() && replaying {
-                // Replay only while no new batch is due, so live data is never held back. At
-                // shutdown, after the last batch, replay goes on until the spool is empty or
-                // the database goes away.
+                // Replay when no live batch is due, or on the spool's turn. At shutdown, after
+                // the last batch, replay goes on until the spool is empty or the database goes
+                // away.
+                last_write_live = false;
                 match self.spool.front() {
                     Ok(Some((id, bytes))) => match Batch::decode(&bytes) {
                         Ok(b) => inflight = Some(self.write(b, Origin::Spool(id), false)),

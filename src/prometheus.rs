@@ -1,0 +1,371 @@
+//! `/metrics`: every counter of the daemon in the Prometheus text format (version 0.0.4).
+//!
+//! Names start with `tickd_`; feed series carry `feed` and `conn` labels. Counters end in
+//! `_total`; gauges do not. The commit latency is a histogram in seconds.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::bus::BusCounters;
+use crate::dashboard::DashboardMetrics;
+use crate::metrics::{FeedMetricsSnapshot, FeedState};
+use crate::store::{LATENCY_BUCKETS_MS, StoreMetrics, StoreState};
+use crate::supervisor::{Handles, metrics_of};
+use crate::tick::now_micros;
+
+/// Where the numbers come from.
+#[derive(Clone)]
+pub struct Sources {
+    /// The feed connections.
+    pub handles: Handles,
+    /// The bus counters.
+    pub bus: BusCounters,
+    /// The store, when configured.
+    pub store: Option<Arc<StoreMetrics>>,
+    /// The dashboard server.
+    pub dashboard: Arc<DashboardMetrics>,
+}
+
+/// The text of one scrape.
+pub fn render(src: &Sources) -> String {
+    let mut out = Exposition { buf: String::with_capacity(16 * 1024) };
+    feeds(&mut out, &src.handles);
+    let bus = src.bus.stats();
+    out.single("tickd_bus_published_total", "counter", "Ticks published by the feeds.", bus.published);
+    out.single(
+        "tickd_bus_lossless_waits_total",
+        "counter",
+        "Times a feed found the store's queue full and waited (backpressure).",
+        bus.lossless_full,
+    );
+    out.single(
+        "tickd_bus_lossless_queued",
+        "gauge",
+        "Ticks waiting in the store's bus queue.",
+        src.bus.queued(),
+    );
+    out.single(
+        "tickd_bus_lossy_missed_total",
+        "counter",
+        "Ticks the dashboard hub missed by falling behind the bus.",
+        bus.lossy_missed,
+    );
+    if let Some(store) = &src.store {
+        self::store(&mut out, store);
+    }
+    dashboard(&mut out, &src.dashboard);
+    out.buf
+}
+
+struct Exposition {
+    buf: String,
+}
+
+impl Exposition {
+    fn header(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.buf, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+
+    fn single(&mut self, name: &str, kind: &str, help: &str, value: u64) {
+        self.header(name, kind, help);
+        let _ = writeln!(self.buf, "{name} {value}");
+    }
+
+    /// One sample with labels, values escaped.
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
+        self.buf.push_str(name);
+        if !labels.is_empty() {
+            self.buf.push('{');
+            for (i, (k, v)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.buf.push(',');
+                }
+                self.buf.push_str(k);
+                self.buf.push_str("=\"");
+                for c in v.chars() {
+                    match c {
+                        '\\' => self.buf.push_str("\\\\"),
+                        '"' => self.buf.push_str("\\\""),
+                        '\n' => self.buf.push_str("\\n"),
+                        c => self.buf.push(c),
+                    }
+                }
+                self.buf.push('"');
+            }
+            self.buf.push('}');
+        }
+        let _ = writeln!(self.buf, " {value}");
+    }
+}
+
+/// A feed counter: name, help, and how to read it from a snapshot.
+type FeedSeries = (&'static str, &'static str, &'static str, fn(&FeedMetricsSnapshot) -> u64);
+
+const FEED_SERIES: &[FeedSeries] = &[
+    ("tickd_feed_frames_total", "counter", "Frames received.", |s| s.frames),
+    ("tickd_feed_bytes_total", "counter", "Payload bytes received.", |s| s.bytes),
+    ("tickd_feed_parse_errors_total", "counter", "Text frames that could not be parsed.", |s| s.parse_errors),
+    ("tickd_feed_oversized_frames_total", "counter", "Frames over max_frame_bytes, dropped.", |s| {
+        s.oversized_frames
+    }),
+    ("tickd_feed_binary_frames_total", "counter", "Binary frames, dropped.", |s| s.binary_frames),
+    ("tickd_feed_unknown_types_total", "counter", "Frames of an unknown message type.", |s| s.unknown_types),
+    ("tickd_feed_duplicates_total", "counter", "Sequenced frames dropped as duplicates.", |s| s.duplicates),
+    ("tickd_feed_connects_total", "counter", "Successful connections.", |s| s.connects),
+    ("tickd_feed_reconnects_total", "counter", "Connections after the first.", |s| {
+        s.connects.saturating_sub(1)
+    }),
+    ("tickd_feed_disconnects_total", "counter", "Connections that ended.", |s| s.disconnects),
+    (
+        "tickd_feed_connect_failures_total",
+        "counter",
+        "Connection attempts that failed before the WebSocket opened.",
+        |s| s.connect_failures,
+    ),
+    ("tickd_feed_credentials_rejected_total", "counter", "Handshakes rejected with HTTP 401.", |s| {
+        s.credentials_rejected
+    }),
+    ("tickd_feed_consecutive_failures", "gauge", "Consecutive connection failures now.", |s| {
+        s.consecutive_failures
+    }),
+    ("tickd_feed_seq_gaps_total", "counter", "Sequence gaps detected.", |s| s.gaps),
+    ("tickd_feed_resyncs_total", "counter", "Subscriptions repaired from fresh snapshots.", |s| s.resyncs),
+    ("tickd_feed_resubscribes_total", "counter", "Subscriptions sent again.", |s| s.resubscribes),
+    ("tickd_feed_book_errors_total", "counter", "Books found negative or crossed.", |s| s.book_errors),
+    ("tickd_feed_exchange_errors_total", "counter", "Error replies from the exchange.", |s| {
+        s.exchange_errors
+    }),
+    ("tickd_feed_alerts_total", "counter", "Alerts raised.", |s| s.alerts),
+    ("tickd_feed_heartbeat_timeouts_total", "counter", "Dead connections found by the heartbeat.", |s| {
+        s.heartbeat_timeouts
+    }),
+];
+
+const FEED_STATES: [FeedState; 8] = [
+    FeedState::Idle,
+    FeedState::Connecting,
+    FeedState::Subscribing,
+    FeedState::Live,
+    FeedState::Stale,
+    FeedState::BackingOff,
+    FeedState::GivenUp,
+    FeedState::Stopped,
+];
+
+fn feeds(out: &mut Exposition, handles: &Handles) {
+    let feeds: Vec<_> = metrics_of(handles)
+        .into_iter()
+        .map(|(id, m)| {
+            let (feed, conn) = match id.rsplit_once('/') {
+                Some((f, n)) if n.parse::<u16>().is_ok() => (f.to_owned(), n.to_owned()),
+                _ => (id.to_string(), "0".to_owned()),
+            };
+            (feed, conn, m.state(), m.snapshot())
+        })
+        .collect();
+    out.header("tickd_feed_state", "gauge", "Connection state: 1 for the state the connection is in.");
+    for (feed, conn, state, _) in &feeds {
+        for s in FEED_STATES {
+            let value = u8::from(*state == s);
+            out.sample("tickd_feed_state", &[("feed", feed), ("conn", conn), ("state", s.as_str())], value);
+        }
+    }
+    for &(name, kind, help, read) in FEED_SERIES {
+        out.header(name, kind, help);
+        for (feed, conn, _, snap) in &feeds {
+            out.sample(name, &[("feed", feed), ("conn", conn)], read(snap));
+        }
+    }
+    out.header("tickd_feed_ticks_total", "counter", "Ticks published, by kind.");
+    for (feed, conn, _, s) in &feeds {
+        for (kind, n) in [
+            ("trade", s.trades),
+            ("quote", s.quotes),
+            ("book_snapshot", s.snapshots),
+            ("book_delta", s.deltas),
+            ("lifecycle", s.lifecycles),
+        ] {
+            out.sample("tickd_feed_ticks_total", &[("feed", feed), ("conn", conn), ("kind", kind)], n);
+        }
+    }
+    out.header(
+        "tickd_feed_last_message_age_seconds",
+        "gauge",
+        "Seconds since the connection's last frame (absent before the first).",
+    );
+    let now = now_micros();
+    for (feed, conn, _, s) in &feeds {
+        if s.last_frame_us != 0 {
+            let age = (now - s.last_frame_us as i64).max(0) as f64 / 1e6;
+            out.sample("tickd_feed_last_message_age_seconds", &[("feed", feed), ("conn", conn)], age);
+        }
+    }
+}
+
+fn get(c: &AtomicU64) -> u64 {
+    c.load(Ordering::Relaxed)
+}
+
+fn store(out: &mut Exposition, m: &StoreMetrics) {
+    out.header("tickd_store_state", "gauge", "Store state: 1 for the state the writer is in.");
+    let state = m.state();
+    for s in [
+        StoreState::Starting,
+        StoreState::Ready,
+        StoreState::Replaying,
+        StoreState::Spooling,
+        StoreState::Stopped,
+    ] {
+        out.sample("tickd_store_state", &[("state", s.as_str())], u8::from(state == s));
+    }
+    let series: [(&str, &str, &str, &AtomicU64); 19] = [
+        ("tickd_store_received_total", "counter", "Ticks taken from the bus.", &m.received),
+        ("tickd_store_committed_total", "counter", "Ticks committed (new or already stored).", &m.committed),
+        ("tickd_store_inserted_total", "counter", "Rows inserted.", &m.inserted),
+        ("tickd_store_trades_inserted_total", "counter", "Trades inserted.", &m.trades_inserted),
+        ("tickd_store_duplicates_total", "counter", "Ticks that were already stored.", &m.duplicates),
+        ("tickd_store_batches_total", "counter", "Batches committed.", &m.batches),
+        ("tickd_store_batch_ticks", "gauge", "Ticks in the last committed batch.", &m.last_batch_ticks),
+        ("tickd_store_queued", "gauge", "Ticks taken from the bus, not yet committed or spooled.", &m.queued),
+        (
+            "tickd_store_retriable_errors_total",
+            "counter",
+            "Writes that failed and were spooled.",
+            &m.retriable_errors,
+        ),
+        (
+            "tickd_store_rejected_batches_total",
+            "counter",
+            "Batches the database refused.",
+            &m.rejected_batches,
+        ),
+        ("tickd_store_rejected_ticks_total", "counter", "Ticks in refused batches.", &m.rejected_ticks),
+        ("tickd_store_spooled_total", "counter", "Ticks written to the spool.", &m.spooled),
+        ("tickd_store_replayed_total", "counter", "Ticks replayed from the spool.", &m.replayed),
+        ("tickd_store_lost_total", "counter", "Ticks dropped with the spool full.", &m.lost),
+        ("tickd_store_spool_bytes", "gauge", "Bytes in the spool.", &m.spool_bytes),
+        ("tickd_store_spool_batches", "gauge", "Batches in the spool.", &m.spool_batches),
+        ("tickd_store_alerts_total", "counter", "Alerts raised by the store.", &m.alerts),
+        ("tickd_store_partitions_created_total", "counter", "Partitions created.", &m.partitions_created),
+        (
+            "tickd_store_partitions_dropped_total",
+            "counter",
+            "Partitions dropped by retention.",
+            &m.partitions_dropped,
+        ),
+    ];
+    for (name, kind, help, c) in series {
+        out.single(name, kind, help, get(c));
+    }
+    let name = "tickd_store_commit_latency_seconds";
+    out.header(name, "histogram", "Per batch, the time from its oldest tick's receipt to its commit.");
+    let mut cumulative = 0;
+    for (i, bucket) in m.latency_buckets.iter().enumerate() {
+        cumulative += get(bucket);
+        let le = LATENCY_BUCKETS_MS.get(i).map_or("+Inf".to_owned(), |ms| format!("{}", *ms as f64 / 1000.0));
+        out.sample(&format!("{name}_bucket"), &[("le", &le)], cumulative);
+    }
+    out.sample(&format!("{name}_sum"), &[], get(&m.latency_sum_us) as f64 / 1e6);
+    out.sample(&format!("{name}_count"), &[], cumulative);
+}
+
+fn dashboard(out: &mut Exposition, m: &DashboardMetrics) {
+    out.single("tickd_dashboard_clients", "gauge", "Stream clients connected.", get(&m.clients));
+    out.single(
+        "tickd_dashboard_connections_total",
+        "counter",
+        "Stream connections accepted.",
+        get(&m.connections),
+    );
+    out.single(
+        "tickd_dashboard_deliveries_total",
+        "counter",
+        "Frames delivered to clients (a tick counts once per client).",
+        get(&m.deliveries),
+    );
+    out.single(
+        "tickd_dashboard_bytes_sent_total",
+        "counter",
+        "Bytes of frames written to clients.",
+        get(&m.bytes_sent),
+    );
+    out.single(
+        "tickd_dashboard_resyncs_total",
+        "counter",
+        "Times a client fell behind and was resynced.",
+        get(&m.lagged),
+    );
+    out.header("tickd_dashboard_evictions_total", "counter", "Clients closed by the server, by reason.");
+    for (reason, c) in [
+        ("slow", &m.evicted_slow),
+        ("rate_limited", &m.evicted_rate),
+        ("heartbeat", &m.evicted_heartbeat),
+        ("oversized_frame", &m.oversized),
+    ] {
+        out.sample("tickd_dashboard_evictions_total", &[("reason", reason)], get(c));
+    }
+    out.header(
+        "tickd_dashboard_refusals_total",
+        "counter",
+        "Requests refused before the upgrade, by reason.",
+    );
+    for (reason, c) in [
+        ("unauthorized", &m.rejected_unauthorized),
+        ("forbidden", &m.rejected_forbidden),
+        ("full", &m.rejected_full),
+    ] {
+        out.sample("tickd_dashboard_refusals_total", &[("reason", reason)], get(c));
+    }
+    out.single("tickd_dashboard_commands_total", "counter", "Commands received.", get(&m.commands));
+    out.single(
+        "tickd_dashboard_command_errors_total",
+        "counter",
+        "Commands answered with an error frame.",
+        get(&m.command_errors),
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_escaped_and_every_sample_has_a_type() {
+        let mut out = Exposition { buf: String::new() };
+        out.header("tickd_x_total", "counter", "X.");
+        out.sample("tickd_x_total", &[("feed", "a\"b\\c\nd")], 3);
+        assert_eq!(
+            out.buf,
+            "# HELP tickd_x_total X.\n# TYPE tickd_x_total counter\ntickd_x_total{feed=\"a\\\"b\\\\c\\nd\"} 3\n"
+        );
+
+        let store = StoreMetrics::default();
+        StoreMetrics::add(&store.latency_buckets[2], 4);
+        StoreMetrics::add(&store.latency_buckets[12], 1);
+        let mut out = Exposition { buf: String::new() };
+        self::store(&mut out, &store);
+        assert!(
+            out.buf.contains("tickd_store_commit_latency_seconds_bucket{le=\"0.005\"} 4\n"),
+            "{}",
+            out.buf
+        );
+        assert!(
+            out.buf.contains("tickd_store_commit_latency_seconds_bucket{le=\"+Inf\"} 5\n"),
+            "{}",
+            out.buf
+        );
+        assert!(out.buf.contains("tickd_store_commit_latency_seconds_count 5\n"));
+        let mut typed = std::collections::HashSet::new();
+        for line in out.buf.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                typed.insert(rest.split(' ').next().unwrap_or("").to_owned());
+            } else if !line.starts_with('#') {
+                let name = line.split(['{', ' ']).next().unwrap_or("");
+                let base =
+                    ["_bucket", "_sum", "_count"].iter().fold(name, |n, s| n.strip_suffix(s).unwrap_or(n));
+                assert!(typed.contains(name) || typed.contains(base), "{line} has no # TYPE");
+            }
+        }
+    }
+}
