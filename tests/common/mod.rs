@@ -3,6 +3,7 @@
 
 pub mod daemon;
 pub mod pg;
+pub mod stream;
 
 use std::collections::BTreeMap;
 use std::future::Future;
