@@ -662,12 +662,15 @@ impl Reader {
             Err(e) => (None, Err(invalid(format!("not JSON: {e}")))),
             Ok(Value::Object(map)) => {
                 let id = map.get("id").cloned();
-                let result = match &id {
-                    Some(Value::Number(_) | Value::String(_)) => self.execute(&map, id.as_ref()).await,
-                    Some(_) => Err(invalid("`id` must be a number or a string")),
-                    None => Err(invalid("missing field `id`")),
-                };
-                (id, result)
+                match id {
+                    Some(Value::Number(_) | Value::String(_)) => {
+                        let result = self.execute(&map, id.as_ref()).await;
+                        (id, result)
+                    }
+                    // Not echoed: an error's `id` is a command's id or null.
+                    Some(_) => (None, Err(invalid("`id` must be a number or a string"))),
+                    None => (None, Err(invalid("missing field `id`"))),
+                }
             }
             Ok(_) => (None, Err(invalid("a command is a JSON object"))),
         };
