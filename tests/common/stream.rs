@@ -545,15 +545,16 @@ pub fn tcp_queues(local: SocketAddr, remote: SocketAddr) -> Option<(u64, u64)> {
     })
 }
 
-/// The resident memory of process `pid` in kB (`VmRSS` of `/proc/<pid>/status`).
+/// The resident memory of process `pid` in kB (`VmRSS` of `/proc/<pid>/status`); panics if
+/// it cannot be read.
 pub fn rss_kb(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_else(|e| panic!("/proc/{pid}/status: {e}"));
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("no VmRSS in /proc/{pid}/status"))
+    try_rss_kb(pid).unwrap_or_else(|| panic!("no VmRSS in /proc/{pid}/status"))
+}
+
+/// Like [`rss_kb`], `None` when the process is gone.
+pub fn try_rss_kb(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().trim_end_matches("kB").trim().parse().ok()
 }
 
 /// Makes sure this process (and the children it starts) may open `needed` files, raising the
