@@ -23,7 +23,7 @@ use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::hub::{CHANNELS, Channel, Filter, LogEntry, Markets, Request, Resolved};
+use super::hub::{CHANNELS, Channel, Filter, LogEntry, Markets, Request, Resolved, Ticket};
 use super::{DashboardMetrics, Shared as ServerShared, frames, history};
 use crate::tick::now_micros;
 
@@ -62,20 +62,10 @@ impl Shared {
     }
 }
 
-/// What the reader hands the writer.
-enum ToWriter {
-    Frame(Utf8Bytes),
-    /// A subscription change: its reply frame, then (after the boundary) its state.
-    Change {
-        reply: Utf8Bytes,
-        resolved: Resolved,
-    },
-}
-
 /// Waiting for the log to reach its boundary.
 enum Pending {
-    /// A subscription change and its reply frame.
-    Change(Utf8Bytes, Resolved),
+    /// A subscription change: its reply, then its state.
+    Change(Resolved),
     /// The fresh state after falling behind.
     Resync(Resolved),
 }
@@ -83,10 +73,14 @@ enum Pending {
 impl Pending {
     fn boundary(&self) -> u64 {
         match self {
-            Pending::Change(_, r) | Pending::Resync(r) => r.boundary,
+            Pending::Change(r) | Pending::Resync(r) => r.boundary,
         }
     }
 }
+
+/// Subscription changes the hub has answered and the writer has not taken yet, at most: one
+/// change of a client at a time in the hub.
+const ANSWERS: usize = 1;
 
 /// Runs one upgraded connection until it ends.
 pub(crate) async fn serve(ws: Ws, server: Arc<ServerShared>, peer: String) {
@@ -99,7 +93,12 @@ pub(crate) async fn serve(ws: Ws, server: Arc<ServerShared>, peer: String) {
         last_inbound: AtomicI64::new(now_micros()),
     });
     let (sink, stream) = ws.split();
+    // Replies the reader writes itself (pong, status, history, errors); when full, the reader
+    // waits, and so stops reading commands.
     let (to_writer, inbox) = mpsc::channel(64);
+    // The hub's answers to subscription changes, straight to the writer; the reader reserves
+    // a place before it asks, so when full it waits, and stops reading commands.
+    let (answer_to, answers) = mpsc::channel(ANSWERS);
     let joined = {
         let (reply, rx) = oneshot::channel();
         match server.hub.send(Request::Join { reply }).await {
@@ -112,6 +111,7 @@ pub(crate) async fn serve(ws: Ws, server: Arc<ServerShared>, peer: String) {
             let writer = Writer {
                 sink,
                 inbox,
+                answers,
                 log,
                 last_seq: seq,
                 filter: Filter::default(),
@@ -125,10 +125,10 @@ pub(crate) async fn serve(ws: Ws, server: Arc<ServerShared>, peer: String) {
             let reader = Reader {
                 stream,
                 to_writer,
+                answer_to,
                 server: server.clone(),
                 shared: shared.clone(),
                 budget: Budget::new(server.settings.commands_per_minute),
-                held: Filter::default(),
             };
             tokio::join!(writer.run(), reader.run());
         }
@@ -176,7 +176,9 @@ struct Lag {
 
 struct Writer {
     sink: SplitSink<Ws, Message>,
-    inbox: mpsc::Receiver<ToWriter>,
+    inbox: mpsc::Receiver<Utf8Bytes>,
+    /// The hub's answers to this client's subscription changes.
+    answers: mpsc::Receiver<Resolved>,
     log: broadcast::Receiver<LogEntry>,
     /// The last log item taken (forwarded or not).
     last_seq: u64,
@@ -225,10 +227,10 @@ impl Writer {
                     break;
                 }
                 msg = self.inbox.recv() => match msg {
-                    Some(ToWriter::Frame(f)) => self.out.push(Message::Text(f)),
-                    Some(ToWriter::Change { reply, resolved }) => self.wait(Pending::Change(reply, resolved)),
+                    Some(f) => self.out.push(Message::Text(f)),
                     None => break,
                 },
+                Some(r) = self.answers.recv() => self.wait(Pending::Change(r)),
                 resolved = resync => match resolved {
                     Some(r) => {
                         if let Some(lag) = &mut self.lag {
@@ -280,7 +282,10 @@ impl Writer {
         match got {
             Ok(entry) => {
                 // The hub answers changes and resyncs between entries, so a boundary is never
-                // inside one: apply those reached before it, then take it whole.
+                // inside one: apply those reached before it, then take it whole. It sends an
+                // answer before it appends anything past the answer's boundary, so any answer
+                // whose boundary this entry is past is already there to take.
+                self.take_answers();
                 self.apply_pending();
                 // More than `client_queue` frames behind the newest: the client's queue is
                 // full, whatever the shared log still holds.
@@ -316,26 +321,37 @@ impl Writer {
     /// The client fell further behind than the log holds: ask the hub for fresh state, skip
     /// the log up to it, then say how many ticks were missed.
     fn fell_behind(&mut self, from_seq: u64) -> bool {
-        let now = Instant::now();
-        self.resyncs.push_back(now);
-        while self.resyncs.front().is_some_and(|&t| now.duration_since(t) > Duration::from_secs(60)) {
-            self.resyncs.pop_front();
+        // Right after a lag the receiver sits on the oldest entry the log holds, so the next
+        // append can lag it again before it reads. A lag while still behind (its resync not
+        // applied yet) is the same fall: it asks for fresher state but is not another resync.
+        if self.lag.is_none() {
+            let now = Instant::now();
+            self.resyncs.push_back(now);
+            while self.resyncs.front().is_some_and(|&t| now.duration_since(t) > Duration::from_secs(60)) {
+                self.resyncs.pop_front();
+            }
+            let metrics = &self.server.metrics;
+            metrics.lagged.fetch_add(1, Ordering::Relaxed);
+            if self.resyncs.len() > self.server.settings.max_resyncs as usize {
+                metrics.evicted_slow.fetch_add(1, Ordering::Relaxed);
+                self.shared.end(Some(close::TOO_SLOW), "fell behind too often");
+                return false;
+            }
         }
-        let metrics = &self.server.metrics;
-        metrics.lagged.fetch_add(1, Ordering::Relaxed);
-        if self.resyncs.len() > self.server.settings.max_resyncs as usize {
-            metrics.evicted_slow.fetch_add(1, Ordering::Relaxed);
-            self.shared.end(Some(close::TOO_SLOW), "fell behind too often");
-            return false;
+        self.resync(from_seq)
+    }
+
+    /// Asks the hub for the state of everything the client holds; the log is skipped until
+    /// it is applied. False when the connection must end.
+    fn resync(&mut self, from_seq: u64) -> bool {
+        // Changes answered already, waiting for a boundary the log will not show in order:
+        // apply them now; the resync brings the state of everything.
+        while let Ok(r) = self.answers.try_recv() {
+            self.pending.push_back(Pending::Change(r));
         }
-        // Changes waiting for a boundary the log will not show in order: apply them now; the
-        // resync brings the state of everything.
         for pending in std::mem::take(&mut self.pending) {
-            if let Pending::Change(reply, r) = pending {
-                if let Some(change) = &r.change {
-                    self.filter.apply(change);
-                }
-                self.out.push(Message::Text(reply));
+            if let Pending::Change(r) = pending {
+                self.answer(r, false);
             }
         }
         let (tx, rx) = oneshot::channel();
@@ -351,6 +367,65 @@ impl Writer {
         true
     }
 
+    /// Takes the hub's answers that have arrived: subscription changes, and the resync.
+    fn take_answers(&mut self) {
+        while let Ok(r) = self.answers.try_recv() {
+            self.wait(Pending::Change(r));
+        }
+        let resynced = match self.lag.as_mut().and_then(|l| l.resync.as_mut()) {
+            Some(rx) => rx.try_recv().ok(),
+            None => None,
+        };
+        if let Some(r) = resynced {
+            if let Some(lag) = &mut self.lag {
+                lag.resync = None;
+            }
+            self.wait(Pending::Resync(r));
+        }
+    }
+
+    /// Answers a subscription change as the hub resolved it: its reply, then (`with_state`)
+    /// the state of what it added. The limit on subscriptions is checked here, against the
+    /// subscriptions the client holds at this point of the stream.
+    fn answer(&mut self, r: Resolved, with_state: bool) {
+        let (Some(change), Some(ticket)) = (r.change, r.ticket) else { return };
+        let mut filter = self.filter.clone();
+        filter.apply(&change);
+        let max = self.server.settings.max_subscriptions;
+        if change.add && filter.pairs() > max {
+            self.server.metrics.command_errors.fetch_add(1, Ordering::Relaxed);
+            let message =
+                format!("this would hold {} subscriptions; at most {max} per connection", filter.pairs());
+            let frame = frames::error(ticket.id.as_ref(), "subscription_failed", &message);
+            self.out.push(Message::Text(frame.into()));
+            return;
+        }
+        self.filter = filter;
+        let names: Vec<&str> = change.channels.iter().map(|c| c.name()).collect();
+        let mut o = frames::Obj::new(if change.add { "subscribed" } else { "unsubscribed" })
+            .id(ticket.id.as_ref())
+            .raw("channels", &serde_json::to_string(&names).unwrap_or_default());
+        o = match &ticket.markets {
+            Markets::All => o.str("markets", "all"),
+            Markets::List(l) => o.raw("markets", &serde_json::to_string(l).unwrap_or_default()),
+        };
+        if change.add {
+            o = o.raw("unknown", &serde_json::to_string(&r.unknown).unwrap_or_default());
+        }
+        self.out.push(Message::Text(o.finish().into()));
+        if !with_state {
+            return;
+        }
+        match &self.lag {
+            // Skipping the log until a resync that does not cover what this adds: ask again.
+            Some(lag) if change.add => {
+                let from = lag.from_seq;
+                self.resync(from);
+            }
+            _ => self.out.extend(r.state.into_iter().map(Message::Text)),
+        }
+    }
+
     /// Queues a change or resync in boundary order: the hub's order, whatever order the
     /// replies arrived in.
     fn wait(&mut self, pending: Pending) {
@@ -364,7 +439,7 @@ impl Writer {
     fn apply_pending(&mut self) {
         while self.pending.front().is_some_and(|p| p.boundary() <= self.last_seq) {
             let Some(pending) = self.pending.pop_front() else { break };
-            let state = match pending {
+            match pending {
                 Pending::Resync(r) => {
                     // Everything up to the boundary was skipped.
                     if let Some(lag) = self.lag.take() {
@@ -372,17 +447,10 @@ impl Writer {
                         let frame = frames::Obj::new("lagged").uint("missed", missed).finish();
                         self.out.push(Message::Text(frame.into()));
                     }
-                    r.state
+                    self.out.extend(r.state.into_iter().map(Message::Text));
                 }
-                Pending::Change(reply, r) => {
-                    if let Some(change) = &r.change {
-                        self.filter.apply(change);
-                    }
-                    self.out.push(Message::Text(reply));
-                    r.state
-                }
-            };
-            self.out.extend(state.into_iter().map(Message::Text));
+                Pending::Change(r) => self.answer(r, true),
+            }
         }
     }
 
@@ -420,18 +488,35 @@ impl Writer {
         }
     }
 
-    /// Sends the close frame (within a bound) and lets the socket go.
+    /// Sends what is still queued for the client and the close frame (within a bound), and lets
+    /// the socket go.
     async fn finish(mut self) {
         self.shared.ending.cancel();
         let (code, reason) = self.shared.reason();
-        if let Some(code) = code {
-            let limit = if code == close::TOO_SLOW {
-                self.server.settings.slow_client_timeout
-            } else {
-                Duration::from_secs(2)
-            };
-            let _ = close_with(&mut self.sink, code, reason, limit).await;
-        }
+        let Some(code) = code else { return };
+        let limit = if code == close::TOO_SLOW {
+            // It could not take what it had; only the close frame is worth trying.
+            self.out.clear();
+            self.server.settings.slow_client_timeout
+        } else {
+            // The reader queues its last replies (the `rate_limited` error, answers to the
+            // commands before it) before it ends the connection: they go out before the close.
+            while let Ok(frame) = self.inbox.try_recv() {
+                self.out.push(Message::Text(frame));
+            }
+            Duration::from_secs(2)
+        };
+        let frame = CloseFrame { code: CloseCode::from(code), reason: reason.into() };
+        self.out.push(Message::Close(Some(frame)));
+        let sink = &mut self.sink;
+        let out = std::mem::take(&mut self.out);
+        let send = async {
+            for m in out {
+                sink.feed(m).await?;
+            }
+            sink.flush().await
+        };
+        let _ = tokio::time::timeout(limit, send).await;
     }
 }
 
@@ -463,13 +548,12 @@ impl Budget {
 
 struct Reader {
     stream: SplitStream<Ws>,
-    to_writer: mpsc::Sender<ToWriter>,
+    to_writer: mpsc::Sender<Utf8Bytes>,
+    /// Where the hub answers this client's subscription changes (the writer's `answers`).
+    answer_to: mpsc::Sender<Resolved>,
     server: Arc<ServerShared>,
     shared: Arc<Shared>,
     budget: Budget,
-    /// The subscriptions the writer will hold once it has applied what was sent: counted
-    /// here so that a change over the limit is refused before it is sent.
-    held: Filter,
 }
 
 /// A command that could not be carried out: an error frame, and maybe the end.
@@ -482,8 +566,38 @@ fn invalid(message: impl Into<String>) -> Refusal {
     Refusal { code: "invalid_request", message: message.into() }
 }
 
+/// How long a client gets to answer our close frame.
+const CLOSE_REPLY: Duration = Duration::from_secs(2);
+
 impl Reader {
     async fn run(mut self) {
+        self.read().await;
+        self.drain().await;
+    }
+
+    /// After the end: reads and drops what the client still sends until it answers the close
+    /// frame, within a bound. A socket closed with unread input resets the connection, and
+    /// the reset discards what is still queued for the client, the close frame included.
+    async fn drain(&mut self) {
+        let limit = match self.shared.reason().0 {
+            // Dropped without a close frame: nothing to wait for.
+            None => return,
+            // Its close frame waits behind everything it has not read yet.
+            Some(close::TOO_SLOW) => self.server.settings.slow_client_timeout + CLOSE_REPLY,
+            Some(_) => CLOSE_REPLY,
+        };
+        let answered = async {
+            while let Some(Ok(msg)) = self.stream.next().await {
+                if msg.is_close() {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(limit, answered).await;
+    }
+
+    /// Reads commands until the connection ends, for whatever reason.
+    async fn read(&mut self) {
         loop {
             let next = tokio::select! {
                 _ = self.shared.ending.cancelled() => return,
@@ -523,7 +637,12 @@ impl Reader {
     }
 
     async fn reply(&self, frame: String) {
-        let _ = self.to_writer.send(ToWriter::Frame(frame.into())).await;
+        // Gives up once the connection ends: the writer, stuck on a client that reads
+        // nothing, may never take it.
+        tokio::select! {
+            _ = self.to_writer.send(frame.into()) => {}
+            _ = self.shared.ending.cancelled() => {}
+        }
     }
 
     /// Handles one command. False when the connection must end.
@@ -543,12 +662,15 @@ impl Reader {
             Err(e) => (None, Err(invalid(format!("not JSON: {e}")))),
             Ok(Value::Object(map)) => {
                 let id = map.get("id").cloned();
-                let result = match &id {
-                    Some(Value::Number(_) | Value::String(_)) => self.execute(&map, id.as_ref()).await,
-                    Some(_) => Err(invalid("`id` must be a number or a string")),
-                    None => Err(invalid("missing field `id`")),
-                };
-                (id, result)
+                match id {
+                    Some(Value::Number(_) | Value::String(_)) => {
+                        let result = self.execute(&map, id.as_ref()).await;
+                        (id, result)
+                    }
+                    // Not echoed: an error's `id` is a command's id or null.
+                    Some(_) => (None, Err(invalid("`id` must be a number or a string"))),
+                    None => (None, Err(invalid("missing field `id`"))),
+                }
             }
             Ok(_) => (None, Err(invalid("a command is a JSON object"))),
         };
@@ -657,44 +779,16 @@ impl Reader {
                 message: format!("{asked} subscriptions asked; at most {max} per connection"),
             });
         }
-        let (reply_tx, reply_rx) = oneshot::channel();
-        let request =
-            Request::Change { add, channels: channels.clone(), markets: markets.clone(), reply: reply_tx };
-        let resolved = match self.server.hub.send(request).await {
-            Ok(()) => reply_rx.await.ok(),
-            Err(_) => None,
+        // A place for the answer first, so that the hub never waits on this client.
+        let place = tokio::select! {
+            place = self.answer_to.clone().reserve_owned() => place.ok(),
+            _ = self.shared.ending.cancelled() => None,
         };
-        let Some(resolved) = resolved else {
-            return Err(Refusal { code: "internal_error", message: "tickd is shutting down".into() });
-        };
-        let mut held = self.held.clone();
-        if let Some(change) = &resolved.change {
-            held.apply(change);
-        }
-        if add && held.pairs() > max {
-            return Err(Refusal {
-                code: "subscription_failed",
-                message: format!(
-                    "this would hold {} subscriptions; at most {max} per connection",
-                    held.pairs()
-                ),
-            });
-        }
-        self.held = held;
-        let names: Vec<&str> = channels.iter().map(|c| c.name()).collect();
-        let mut o = frames::Obj::new(if add { "subscribed" } else { "unsubscribed" })
-            .id(id)
-            .raw("channels", &serde_json::to_string(&names).unwrap_or_default());
-        o = match &markets {
-            Markets::All => o.str("markets", "all"),
-            Markets::List(l) => o.raw("markets", &serde_json::to_string(l).unwrap_or_default()),
-        };
-        if add {
-            o = o.raw("unknown", &serde_json::to_string(&resolved.unknown).unwrap_or_default());
-        }
-        let reply = o.finish().into();
-        let _ = self.to_writer.send(ToWriter::Change { reply, resolved }).await;
-        Ok(())
+        let shutting_down = || Refusal { code: "internal_error", message: "tickd is shutting down".into() };
+        let Some(reply) = place else { return Err(shutting_down()) };
+        let ticket = Ticket { id: id.cloned(), markets: markets.clone() };
+        let request = Request::Change { add, channels, markets, ticket, reply };
+        self.server.hub.send(request).await.map_err(|_| shutting_down())
     }
 }
 

@@ -22,6 +22,8 @@ use super::{Shared, client};
 
 /// The subprotocol tickd speaks; answered when offered.
 pub const SUBPROTOCOL: &str = "tickd.v1";
+/// Read buffer of a stream connection.
+const READ_BUFFER: usize = 8 * 1024;
 /// A subprotocol carrying the token: `bearer.<token>`.
 const BEARER_PREFIX: &str = "bearer.";
 
@@ -265,9 +267,12 @@ async fn upgrade(
     let Some(on_upgrade) = request.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
         return refuse(StatusCode::UPGRADE_REQUIRED, "invalid_request", "this connection cannot be upgraded");
     };
+    // Commands are small: a read buffer of the default 128 KiB is zeroed on every read
+    // attempt, which was half of the server's CPU under fan-out (BENCHMARKS.md).
     let config = WebSocketConfig::default()
         .max_message_size(Some(shared.settings.max_frame_bytes))
-        .max_frame_size(Some(shared.settings.max_frame_bytes));
+        .max_frame_size(Some(shared.settings.max_frame_bytes))
+        .read_buffer_size(READ_BUFFER.max(shared.settings.max_frame_bytes * 2));
     let task_shared = shared.clone();
     shared.tracker.spawn(async move {
         let _permit = permit;

@@ -185,12 +185,30 @@ pub(crate) struct Resolved {
     /// Markets named that no feed has shown yet.
     pub unknown: Vec<String>,
     pub state: Vec<Utf8Bytes>,
+    /// What the client needs to answer the command that asked for the change.
+    pub ticket: Option<Ticket>,
+}
+
+/// Carried through the hub with a change, for the client's reply: the command's `id` and its
+/// markets as named.
+pub(crate) struct Ticket {
+    pub id: Option<serde_json::Value>,
+    pub markets: Markets,
 }
 
 /// What clients ask of the hub.
 pub(crate) enum Request {
-    /// Resolve market names, and give the state of the added pairs.
-    Change { add: bool, channels: Vec<Channel>, markets: Markets, reply: oneshot::Sender<Resolved> },
+    /// Resolve market names, and give the state of the added pairs. The answer goes straight
+    /// to the client's writer, sent before anything after its boundary is appended: a writer
+    /// that looks for answers before each entry it takes never takes one past a boundary it
+    /// has not seen (the reader in between could be late).
+    Change {
+        add: bool,
+        channels: Vec<Channel>,
+        markets: Markets,
+        ticket: Ticket,
+        reply: mpsc::OwnedPermit<Resolved>,
+    },
     /// The state of everything `filter` holds (after the client fell behind).
     Resync { filter: Filter, reply: oneshot::Sender<Resolved> },
     /// A receiver of the stream log, positioned after the last item appended.
@@ -368,7 +386,7 @@ impl Hub {
             Request::Join { reply } => {
                 let _ = reply.send((self.log.subscribe(), self.seq));
             }
-            Request::Change { add, channels, markets, reply } => {
+            Request::Change { add, channels, markets, ticket, reply } => {
                 let (ids, unknown) = match &markets {
                     Markets::All => (None, Vec::new()),
                     Markets::List(names) => {
@@ -392,11 +410,20 @@ impl Hub {
                 } else {
                     Vec::new()
                 };
-                let _ = reply.send(Resolved { boundary: self.seq, change: Some(change), unknown, state });
+                let answer = Resolved {
+                    boundary: self.seq,
+                    change: Some(change),
+                    unknown,
+                    state,
+                    ticket: Some(ticket),
+                };
+                reply.send(answer);
             }
             Request::Resync { filter, reply } => {
                 let state = self.state(filter.each());
-                let _ = reply.send(Resolved { boundary: self.seq, change: None, unknown: Vec::new(), state });
+                let answer =
+                    Resolved { boundary: self.seq, change: None, unknown: Vec::new(), state, ticket: None };
+                let _ = reply.send(answer);
             }
         }
     }

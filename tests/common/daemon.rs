@@ -39,8 +39,9 @@ pub fn toml_str(s: &str) -> String {
 }
 
 /// What a test daemon runs with. [`DaemonConfig::toml`] renders it: JSON logs, a one-second
-/// summary, one unsigned feed named `sim`, and the `[store]` and feed settings below, which
-/// [`DaemonConfig::store`] and [`DaemonConfig::feed`] add to or replace.
+/// summary, one unsigned feed named `sim`, a dashboard on a free port of 127.0.0.1, and the
+/// `[store]`, `[dashboard]` and feed settings below, which [`DaemonConfig::store`],
+/// [`DaemonConfig::dashboard`] and [`DaemonConfig::feed`] add to or replace.
 #[derive(Clone, Debug)]
 pub struct DaemonConfig {
     /// The state directory (the spool lives in `spool/` under it).
@@ -53,6 +54,8 @@ pub struct DaemonConfig {
     store: Vec<(String, String)>,
     /// The feed's keys and TOML values, besides name, url and markets.
     feed: Vec<(String, String)>,
+    /// `[dashboard]` keys and TOML values, `listen` first.
+    dashboard: Vec<(String, String)>,
 }
 
 impl DaemonConfig {
@@ -77,12 +80,19 @@ impl DaemonConfig {
                 ("ping_interval", quoted("60s")),
                 ("backoff", "{ initial = \"50ms\", max = \"500ms\" }".to_owned()),
             ]),
+            dashboard: pairs(&[("listen", quoted("127.0.0.1:0"))]),
         }
     }
 
     /// Sets `[store] key = value` (`value` in TOML: `1048576`, `"30s"`).
     pub fn store(&mut self, key: &str, value: &str) -> &mut Self {
         set(&mut self.store, key, value);
+        self
+    }
+
+    /// Sets `[dashboard] key = value` (`value` in TOML: `"secret"`, `64`, `"1s"`).
+    pub fn dashboard(&mut self, key: &str, value: &str) -> &mut Self {
+        set(&mut self.dashboard, key, value);
         self
     }
 
@@ -98,10 +108,11 @@ impl DaemonConfig {
         format!(
             "state_dir = {state_dir}\nsummary_interval = \"1s\"\n\n\
              [log]\nformat = \"json\"\nlevel = \"info\"\n\n\
-             [dashboard]\nlisten = \"127.0.0.1:0\"\n\n\
+             [dashboard]\n{dashboard}\n\
              [store]\n{store}\n\
              [[feeds]]\nname = \"sim\"\nurl = {sim}\nmarkets = [{markets}]\n{feed}",
             state_dir = toml_str(&self.state_dir.display().to_string()),
+            dashboard = lines(&self.dashboard),
             store = lines(&self.store),
             sim = toml_str(&self.sim_url),
             markets = markets.join(", "),
@@ -189,6 +200,19 @@ impl Daemon {
             .spawn()
             .expect("tickd run starts");
         Daemon { child, log, exited: None }
+    }
+
+    /// The process id, e.g. to read `/proc/<pid>/status`.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The dashboard's bound address, from the `url` of the "Dashboard listening." line.
+    pub async fn dashboard_addr(&mut self, limit: Duration) -> std::net::SocketAddr {
+        let line = self.wait_for_message("Dashboard listening.", limit).await;
+        let url = line.str("url");
+        let host_port = url.strip_prefix("http://").and_then(|rest| rest.split('/').next()).unwrap_or("");
+        host_port.parse().unwrap_or_else(|e| panic!("the dashboard url {url:?} names no address: {e}"))
     }
 
     /// Every log line so far.

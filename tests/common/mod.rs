@@ -3,6 +3,7 @@
 
 pub mod daemon;
 pub mod pg;
+pub mod stream;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -240,10 +241,15 @@ impl Harness {
     }
 
     /// Stops the exchange's market events and waits until the feed has read everything the
-    /// exchange wrote before that: an unknown-type marker frame goes last on the same ordered
-    /// stream, so once it is counted nothing older is in flight.
+    /// exchange wrote before that: once the simulator has written all it generated before the
+    /// pause, an unknown-type marker frame goes last on the same ordered stream, so once it is
+    /// counted nothing older is in flight. (The simulator writes a marker ahead of updates it
+    /// has not written yet, hence the wait for it to catch up first.)
     pub async fn quiesce(&self, limit: Duration) {
         self.sim.pause();
+        let sim = self.sim.clone();
+        poll_until("the simulator to write what it generated before its pause", limit, || sim.caught_up())
+            .await;
         let before = self.metrics.snapshot().unknown_types;
         self.sim.send_unknown(1);
         let metrics = self.metrics.clone();
