@@ -16,14 +16,14 @@
 //! each a loop that classifies and counts frames. They share the machine's cores with the
 //! servers: their CPU time is reported too.
 //!
-//! **Throughput.** For each client count, servers alternate (tickd, reference, tickd, ...) for
-//! `FANOUT_REPS` repetitions, each started afresh. With the simulator paused, the server starts
-//! and the clients connect and subscribe; the simulator then runs for `FANOUT_SECS` and pauses
-//! again. The frames it wrote to the server's connection in that window are what every client
-//! must receive; the window ends when every client has them all (or has been told what it
-//! missed, or a few seconds pass without progress). A delivery is one data frame received by
-//! one client (state frames sent on subscribe or after a resync, `hello`, acks and `status`
-//! are not counted).
+//! **Throughput.** For each point (a client count and a rate), servers alternate (tickd,
+//! reference, tickd, ...) for `FANOUT_REPS` repetitions, each started afresh. With the simulator
+//! paused, the server starts and the clients connect and subscribe; the simulator then runs for
+//! `FANOUT_SECS` and pauses again. The frames it wrote to the server's connection in that
+//! window are what every client must receive; the window ends when every client has them all
+//! (or has been told what it missed, or a few seconds pass without progress). A delivery is one
+//! data frame received by one client (state frames sent on subscribe or after a resync,
+//! `hello`, acks and `status` are not counted).
 //!
 //! **Latency.** The simulator keeps, per trade frame, the instant just before the socket write
 //! that carried it ([`Simulator::record_send_times`]); each client takes the instant it reads a
