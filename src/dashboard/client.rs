@@ -209,6 +209,11 @@ impl Writer {
             .uint("commands_per_minute", u64::from(settings.commands_per_minute))
             .finish();
         self.out.push(Message::Text(hello.into()));
+        // Made once: each `cancelled()` registers with a token every client shares.
+        let (ending_token, closing_token) = (self.shared.ending.clone(), self.server.closing.clone());
+        let ending = ending_token.cancelled();
+        let closing = closing_token.cancelled();
+        tokio::pin!(ending, closing);
         loop {
             if !self.out.is_empty() && !self.write().await {
                 break;
@@ -221,8 +226,8 @@ impl Writer {
             };
             tokio::select! {
                 biased;
-                _ = self.shared.ending.cancelled() => break,
-                _ = self.server.closing.cancelled() => {
+                _ = &mut ending => break,
+                _ = &mut closing => {
                     self.shared.end(Some(close::GOING_AWAY), "tickd is shutting down");
                     break;
                 }
@@ -598,9 +603,12 @@ impl Reader {
 
     /// Reads commands until the connection ends, for whatever reason.
     async fn read(&mut self) {
+        let ending_token = self.shared.ending.clone();
+        let ending = ending_token.cancelled();
+        tokio::pin!(ending);
         loop {
             let next = tokio::select! {
-                _ = self.shared.ending.cancelled() => return,
+                _ = &mut ending => return,
                 next = self.stream.next() => next,
             };
             self.shared.last_inbound.store(now_micros(), Ordering::Relaxed);
