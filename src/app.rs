@@ -134,8 +134,7 @@ async fn summarize(
         for (id, m) in metrics_of(&handles) {
             let state = m.state();
             let s = m.snapshot();
-            let age_ms =
-                if s.last_frame_us == 0 { -1 } else { (now_micros() - s.last_frame_us as i64) / 1000 };
+            let age_ms = s.last_frame_age_us(now_micros()).map_or(-1, |us| us / 1000);
             info!(
                 feed = %id,
                 state = state.as_str(),

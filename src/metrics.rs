@@ -144,6 +144,13 @@ feed_metrics! {
     last_frame_us,
 }
 
+impl FeedMetricsSnapshot {
+    /// µs since the last frame at `now_us`, or `None` before the first.
+    pub fn last_frame_age_us(&self, now_us: i64) -> Option<i64> {
+        (self.last_frame_us != 0).then(|| (now_us - self.last_frame_us as i64).max(0))
+    }
+}
+
 impl FeedMetrics {
     /// Adds one to a counter.
     pub fn inc(counter: &AtomicU64) {

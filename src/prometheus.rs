@@ -11,7 +11,7 @@ use crate::bus::BusCounters;
 use crate::dashboard::DashboardMetrics;
 use crate::metrics::{FeedMetricsSnapshot, FeedState};
 use crate::store::{LATENCY_BUCKETS_MS, StoreMetrics, StoreState};
-use crate::supervisor::{Handles, metrics_of};
+use crate::supervisor::{Handles, feed_and_conn, metrics_of};
 use crate::tick::now_micros;
 
 /// Where the numbers come from.
@@ -157,11 +157,8 @@ fn feeds(out: &mut Exposition, handles: &Handles) {
     let feeds: Vec<_> = metrics_of(handles)
         .into_iter()
         .map(|(id, m)| {
-            let (feed, conn) = match id.rsplit_once('/') {
-                Some((f, n)) if n.parse::<u16>().is_ok() => (f.to_owned(), n.to_owned()),
-                _ => (id.to_string(), "0".to_owned()),
-            };
-            (feed, conn, m.state(), m.snapshot())
+            let (feed, conn) = feed_and_conn(&id);
+            (feed.to_owned(), conn.to_string(), m.state(), m.snapshot())
         })
         .collect();
     out.header("tickd_feed_state", "gauge", "Connection state: 1 for the state the connection is in.");
@@ -196,8 +193,8 @@ fn feeds(out: &mut Exposition, handles: &Handles) {
     );
     let now = now_micros();
     for (feed, conn, _, s) in &feeds {
-        if s.last_frame_us != 0 {
-            let age = (now - s.last_frame_us as i64).max(0) as f64 / 1e6;
+        if let Some(us) = s.last_frame_age_us(now) {
+            let age = us as f64 / 1e6;
             out.sample("tickd_feed_last_message_age_seconds", &[("feed", feed), ("conn", conn)], age);
         }
     }

@@ -322,6 +322,15 @@ pub fn metrics_of(handles: &Handles) -> Vec<(Name, Arc<FeedMetrics>)> {
     handles.all().into_iter().map(|(id, h)| (id, h.metrics)).collect()
 }
 
+/// A connection id split into its feed name and connection index: `kalshi/2` is
+/// (`kalshi`, 2); a feed's only connection, `kalshi`, is (`kalshi`, 0).
+pub fn feed_and_conn(id: &str) -> (&str, u16) {
+    match id.rsplit_once('/').and_then(|(feed, n)| Some((feed, n.parse().ok()?))) {
+        Some(split) => split,
+        None => (id, 0),
+    }
+}
+
 /// One connection's id and market list.
 pub type Shard = (Name, Vec<String>);
 

@@ -360,9 +360,19 @@ impl Writer {
             }
         }
         let (tx, rx) = oneshot::channel();
-        if self.server.hub.try_send(Request::Resync { filter: self.filter.clone(), reply: tx }).is_err() {
-            self.shared.end(Some(close::GOING_AWAY), "tickd is shutting down");
-            return false;
+        match self.server.hub.try_send(Request::Resync { filter: self.filter.clone(), reply: tx }) {
+            Ok(()) => {}
+            // The hub's queue is full of other clients' requests: this one cannot be resynced
+            // now, so it is treated as a client that could not keep up.
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.server.metrics.evicted_slow.fetch_add(1, Ordering::Relaxed);
+                self.shared.end(Some(close::TOO_SLOW), "fell behind while the server was busy");
+                return false;
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                self.shared.end(Some(close::GOING_AWAY), "tickd is shutting down");
+                return false;
+            }
         }
         if self.lag.is_none() {
             self.lag = Some(Lag { from_seq, resync: Some(rx) });

@@ -267,14 +267,17 @@ impl Hub {
                 biased;
                 Some(req) = requests.recv() => self.request(req),
                 got = bus.recv() => {
+                    // Clients join only between batches (a request to this task), so one look
+                    // per batch is enough to skip serializing for nobody.
+                    let listening = self.log.receiver_count() > 0;
                     match got {
-                        Ok(Some(t)) => self.take(&t, &mut items),
+                        Ok(Some(t)) => self.take(&t, listening, &mut items),
                         Ok(None) => break,
                         Err(Lagged(n)) => self.lagged(n, &mut items),
                     }
                     while items.len() < BATCH {
                         match bus.try_recv() {
-                            Ok(Some(t)) => self.take(&t, &mut items),
+                            Ok(Some(t)) => self.take(&t, listening, &mut items),
                             Ok(None) => break,
                             Err(Lagged(n)) => self.lagged(n, &mut items),
                         }
@@ -319,7 +322,7 @@ impl Hub {
     }
 
     /// Updates the state with one tick and, when anyone listens, logs its frame.
-    fn take(&mut self, t: &Arc<Tick>, items: &mut Vec<Item>) {
+    fn take(&mut self, t: &Arc<Tick>, listening: bool, items: &mut Vec<Item>) {
         let channel = Channel::of(&t.kind);
         let market = if t.market.is_empty() { MarketId::MAX } else { self.id(&t.market) };
         if market != MarketId::MAX {
@@ -359,7 +362,7 @@ impl Hub {
                 m.stale = true;
             }
         }
-        if self.log.receiver_count() > 0 {
+        if listening {
             self.push(items, channel, market, frames::tick(t, false));
         } else {
             self.seq += 1;

@@ -114,6 +114,9 @@ pub struct Dashboard {
     token: Option<Secret<String>>,
 }
 
+/// Requests queued for the hub.
+const HUB_REQUESTS: usize = 1024;
+
 /// How long clients get to receive their close frame at shutdown.
 const CLOSE_GRACE: Duration = Duration::from_secs(3);
 
@@ -153,7 +156,9 @@ impl Dashboard {
             dashboard: metrics.clone(),
         };
         let status = status::Source { handles: deps.handles, store: deps.store, metrics: metrics.clone() };
-        let (hub_tx, hub_rx) = mpsc::channel(1024);
+        // Joins, subscription changes and resyncs. When full, a reader waits (and stops
+        // reading its client's commands) and a lagging writer closes its client with 4008.
+        let (hub_tx, hub_rx) = mpsc::channel(HUB_REQUESTS);
         let head = Arc::new(AtomicU64::new(0));
         let hub = hub::Hub::new(self.settings.client_queue, status.clone(), metrics.clone(), head.clone());
         let hub_task = tokio::spawn(hub.run(deps.bus, hub_rx, self.settings.status_interval));

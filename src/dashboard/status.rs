@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use super::DashboardMetrics;
 use crate::metrics::FeedState;
 use crate::store::{StoreMetrics, StoreState};
-use crate::supervisor::{Handles, metrics_of};
+use crate::supervisor::{Handles, feed_and_conn, metrics_of};
 use crate::tick::now_micros;
 
 /// Where status comes from.
@@ -28,11 +28,8 @@ impl Source {
             .map(|(id, m)| {
                 let s = m.snapshot();
                 let state = m.state();
-                let (feed, conn) = match id.rsplit_once('/') {
-                    Some((f, n)) if n.parse::<u16>().is_ok() => (f.to_owned(), n.parse::<u16>().unwrap_or(0)),
-                    _ => (id.to_string(), 0),
-                };
-                let age = (s.last_frame_us != 0).then(|| (now - s.last_frame_us as i64).max(0) / 1000);
+                let (feed, conn) = feed_and_conn(&id);
+                let age = s.last_frame_age_us(now).map(|us| us / 1000);
                 json!({
                     "feed": feed,
                     "conn": conn,
