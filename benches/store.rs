@@ -29,14 +29,16 @@
 //! which a busy machine disturbs far less than wall time, and the WAL written per tick.
 //!
 //! **Latency.** The real `Writer`, fed through a real `Bus` by a generator paced at
-//! `STORE_RATE` ticks/s for `STORE_LATENCY_SECS`, with default store settings, over TCP. The
+//! `STORE_RATE` ticks/s for `STORE_LATENCY_SECS`, with default store settings, over TCP, once
+//! with `pool_size` 1 (the baseline: one write in flight) and once with the default (two). The
 //! writer's histogram gives bucket bounds; the bench also samples the writer's exact latency
 //! sum every millisecond to recover each batch's own latency.
 //!
 //! Run: `cargo bench --bench store`. Optional env: `DATABASE_URL`, `STORE_TICKS` (300000),
 //! `STORE_REPS` (3), `STORE_BATCHES` (500,2000,5000,10000), `STORE_MARKETS` (300),
 //! `STORE_METHODS` (ceiling,ours,staging,ourstcp), `STORE_RATE` (50000), `STORE_LATENCY_SECS`
-//! (20), `STORE_BATCH_AGE_MS` (the default setting).
+//! (20), `STORE_BATCH_AGE_MS` (the default setting), `STORE_LATENCY_POOLS` (1,4: one latency
+//! run per `pool_size`; 1 leaves the writer one write in flight, the default 4 gives it two).
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::sync::Arc;
@@ -52,7 +54,9 @@ use tickd::config::{BusSettings, DatabaseUrl, StoreSettings};
 use tickd::feed::alert::Alerter;
 use tickd::localpg::{LocalPg, LocalPgOptions};
 use tickd::store::batch::Batch;
-use tickd::store::{LATENCY_BUCKETS_MS, StoreMetrics, StoreState, Writer, WriterContext, pg};
+use tickd::store::{
+    LATENCY_BUCKETS_MS, StoreMetrics, StoreState, WRITES_IN_FLIGHT, Writer, WriterContext, pg,
+};
 use tickd::tick::{
     BookDelta, BookSnapshot, FeedEvent, Lifecycle, LifecycleScope, Name, Price, Qty, Quote, Side, Tick,
     TickKind, Trade, recv_micros,
@@ -840,11 +844,18 @@ struct Latency {
     stored: i64,
 }
 
-async fn latency_run(url: &str, rate: f64, secs: f64, markets: usize, batch_age: Option<u64>) -> Latency {
+async fn latency_run(
+    url: &str,
+    rate: f64,
+    secs: f64,
+    markets: usize,
+    batch_age: Option<u64>,
+    pool_size: u32,
+) -> Latency {
     let mut admin = PgConnection::connect(url).await.expect("connect");
     reset(&mut admin).await;
     let state_dir = tempfile::tempdir().expect("state dir");
-    let mut settings = StoreSettings { url: DatabaseUrl::new(url), ..StoreSettings::default() };
+    let mut settings = StoreSettings { url: DatabaseUrl::new(url), pool_size, ..StoreSettings::default() };
     if let Some(ms) = batch_age {
         settings.batch_age = Duration::from_millis(ms);
     }
@@ -1204,19 +1215,41 @@ async fn run() {
     }
     drop((ceiling, staging, admin));
 
-    let load_before = load_average();
     let batch_age: Option<u64> = std::env::var("STORE_BATCH_AGE_MS").ok().and_then(|v| v.parse().ok());
-    let l = latency_run(&db.url, rate, latency_secs, markets, batch_age).await;
+    let pools: Vec<u32> = std::env::var("STORE_LATENCY_POOLS")
+        .unwrap_or_else(|_| "1,4".into())
+        .split(',')
+        .filter_map(|v| v.trim().parse().ok())
+        .collect();
+    for pool_size in pools {
+        report_latency(&db.url, rate, latency_secs, markets, batch_age, pool_size).await;
+    }
+    db.drop_created().await;
+}
+
+/// One latency run with `pool_size` connections (1 allows one write in flight, the writer's
+/// behaviour before it took two), printed.
+async fn report_latency(
+    url: &str,
+    rate: f64,
+    latency_secs: f64,
+    markets: usize,
+    batch_age: Option<u64>,
+    pool_size: u32,
+) {
+    let load_before = load_average();
+    let l = latency_run(url, rate, latency_secs, markets, batch_age, pool_size).await;
     let m = &l.metrics;
     let get = |c: &std::sync::atomic::AtomicU64| StoreMetrics::get(c);
     let batches = get(&m.batches);
     println!();
     let defaults = StoreSettings::default();
     println!(
-        "  latency: the real writer over TCP (store settings: batch_size {}, batch_age {} ms) fed \
-         through the bus at {rate:.0} ticks/s for {latency_secs:.0} s; load average before / after: {load_before} / {}",
+        "  latency: the real writer over TCP (store settings: batch_size {}, batch_age {} ms, pool_size \
+         {pool_size}: {} write(s) in flight) fed through the bus at {rate:.0} ticks/s for {latency_secs:.0} s; load average before / after: {load_before} / {}",
         defaults.batch_size,
         batch_age.unwrap_or(defaults.batch_age.as_millis() as u64),
+        WRITES_IN_FLIGHT.min(pool_size as usize),
         load_average()
     );
     println!(
@@ -1260,5 +1293,4 @@ async fn run() {
             exact[exact.len() - 1]
         );
     }
-    db.drop_created().await;
 }

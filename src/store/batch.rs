@@ -199,16 +199,21 @@ impl Loss {
             }
         }
         for (feed, add) in by_feed {
-            let loss = losses.entry(batch.name(feed).to_owned()).or_insert(Loss {
-                from_us: add.from_us,
-                to_us: add.to_us,
-                ..Loss::default()
-            });
-            loss.ticks += add.ticks;
-            loss.trades += add.trades;
-            loss.from_us = loss.from_us.min(add.from_us);
-            loss.to_us = loss.to_us.max(add.to_us);
+            Loss::merge(losses, batch.name(feed), &add);
         }
+    }
+
+    /// Adds `add` to the pending loss of `feed`.
+    pub fn merge(losses: &mut HashMap<String, Loss>, feed: &str, add: &Loss) {
+        let loss = losses.entry(feed.to_owned()).or_insert(Loss {
+            from_us: add.from_us,
+            to_us: add.to_us,
+            ..Loss::default()
+        });
+        loss.ticks += add.ticks;
+        loss.trades += add.trades;
+        loss.from_us = loss.from_us.min(add.from_us);
+        loss.to_us = loss.to_us.max(add.to_us);
     }
 }
 

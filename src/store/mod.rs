@@ -18,7 +18,7 @@ pub mod writer;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-pub use writer::{StoreHandle, Writer, WriterContext};
+pub use writer::{StoreHandle, WRITES_IN_FLIGHT, Writer, WriterContext};
 
 /// Why the store could not do something. [`StoreError::is_retriable`] tells a database that
 /// is away (keep the batch, spool it, try later) from input it will never accept.

@@ -1,16 +1,20 @@
 //! The store writer: the bus's lossless consumer.
 //!
 //! One task, one `select!`. It takes ticks from the bus into a [`Batch`] and hands a batch to
-//! PostgreSQL once it holds `batch_size` ticks or its oldest tick is `batch_age` old. One
-//! write is in flight at a time while the next batch fills; if the next batch fills before
-//! the write ends, the writer stops taking ticks (the bus then pushes back on the feeds) for
-//! at most `write_timeout`, after which the write is abandoned and its batch spooled.
+//! PostgreSQL once it holds `batch_size` ticks or its oldest tick is `batch_age` old. Up to
+//! [`WRITES_IN_FLIGHT`] writes run at once, each on its own connection, while the next batch
+//! fills: one slow commit (a checkpoint, a WAL flush) then does not hold back the batch behind
+//! it. Batches may commit out of order, which the idempotent keys make harmless. If the next
+//! batch fills while every slot is busy, the writer stops taking ticks (the bus then pushes
+//! back on the feeds) for at most `write_timeout`, after which the oldest write is abandoned
+//! and its batch spooled.
 //!
 //! While the database is unreachable, batches go to the [`Spool`] under `state_dir/spool`
 //! and a probe tries the database every `retry_interval`. Once it answers (and the schema is
 //! migrated and checked), new batches are written directly and the spool is replayed, oldest
-//! first, whenever no new batch is waiting. Every write is idempotent, so a batch that was
-//! committed but whose answer was lost is simply skipped the second time.
+//! first, one record at a time, in every write slot that no new batch needs (and in every
+//! other slot under sustained load, so that it drains). Every write is idempotent, so a batch
+//! that was committed but whose answer was lost is simply skipped the second time.
 //!
 //! Nothing is dropped without a record: a full spool drops the batch, counts it per feed,
 //! alerts at once, and writes a `store_loss` row to `feed_events` when the database is back;
@@ -27,6 +31,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::StreamExt as _;
+use futures_util::stream::FuturesUnordered;
 use sqlx::postgres::PgPool;
 use tokio::time::{Instant, sleep_until};
 use tracing::{debug, error, info, warn};
@@ -42,6 +48,10 @@ use crate::tick::{Name, Tick, now_micros};
 
 /// Ticks taken from the bus per receive call; bounds the work done per loop turn.
 const RECV_CHUNK: usize = 1024;
+
+/// Writes in flight at once (never more than `pool_size`). Two let a batch commit while the
+/// one before it waits on a slow flush; more would only queue behind the same WAL writer.
+pub const WRITES_IN_FLIGHT: usize = 2;
 
 /// How often partitions ahead and retention are looked after while the database is up.
 const MAINTENANCE_EVERY: Duration = Duration::from_secs(3600);
@@ -151,8 +161,8 @@ struct Done {
     origin: Origin,
     /// Partition days the write ensured before inserting.
     days: Vec<i64>,
-    /// Whether the batch carried `store_loss` rows.
-    with_losses: bool,
+    /// The `store_loss` rows the batch carries, taken from the pending ones.
+    losses: HashMap<String, Loss>,
     result: Result<Inserted, StoreError>,
 }
 
@@ -175,7 +185,8 @@ struct Actor {
     checked: bool,
     /// Days whose partitions exist.
     known_days: HashSet<i64>,
-    /// Ticks dropped by a full spool, per feed, not yet recorded in the ledger.
+    /// Ticks dropped by a full spool, per feed, not yet recorded in the ledger nor riding in
+    /// a write in flight.
     losses: HashMap<String, Loss>,
     /// The current loss incident was alerted.
     loss_alerted: bool,
@@ -199,7 +210,10 @@ impl Actor {
         let mut deadline = Instant::now();
         let mut buf: Vec<Arc<Tick>> = Vec::with_capacity(RECV_CHUNK);
         let mut open = true;
-        let mut inflight: Option<BoxFut<Done>> = None;
+        let slots = WRITES_IN_FLIGHT.min(self.ctx.settings.pool_size as usize).max(1);
+        let mut inflight: FuturesUnordered<BoxFut<Done>> = FuturesUnordered::new();
+        // A spooled record is in flight (one at a time: the spool hands out its oldest).
+        let mut replay_inflight = false;
         // Try the database straight away.
         let mut probe: Option<BoxFut<Result<ProbeOk, StoreError>>> = Some(self.probe());
         let mut retry_at: Option<Instant> = None;
@@ -215,27 +229,32 @@ impl Actor {
             let first_probe = probe.is_some() && !self.checked && self.last_problem.is_none();
             let wait_for_probe = first_probe && open && batch.ticks < batch_size;
             let replaying = replay_until.is_none_or(|until| Instant::now() < until);
-            // Under sustained load a live batch is due whenever a write ends; the spool gets
-            // every other turn so that it drains, holding live data back by one write at most.
-            let replay_turn = self.up && !self.spool.is_empty() && replaying && last_write_live;
+            let can_replay = self.up && !self.spool.is_empty() && replaying && !replay_inflight;
+            // Under sustained load a live batch is due whenever a slot frees; the spool gets
+            // every other slot so that it drains, holding live data back by one write at most.
+            let replay_turn = can_replay && last_write_live;
             if due && !wait_for_probe {
                 if !self.up {
                     self.spool_batch(std::mem::take(&mut batch));
-                } else if inflight.is_none() && !replay_turn {
-                    let with_losses = self.attach_losses(&mut batch);
-                    inflight = Some(self.write(std::mem::take(&mut batch), Origin::Live, with_losses));
+                } else if inflight.len() < slots && !replay_turn {
+                    let mut live = std::mem::take(&mut batch);
+                    let losses = self.attach_losses(&mut live);
+                    inflight.push(self.write(live, Origin::Live, losses));
                     last_write_live = true;
                 }
-                // Otherwise the batch waits for the write in flight; intake pauses when full.
+                // Otherwise the batch waits for a slot; intake pauses when it is full.
             }
-            if self.up && inflight.is_none() && !self.spool.is_empty() && replaying {
-                // Replay when no live batch is due, or on the spool's turn. At shutdown, after
-                // the last batch, replay goes on until the spool is empty or the database goes
-                // away.
+            if can_replay && inflight.len() < slots {
+                // Replay in a slot no live batch needs, or on the spool's turn. At shutdown,
+                // after the last batch, replay goes on until the spool is empty or the
+                // database goes away.
                 last_write_live = false;
                 match self.spool.front() {
                     Ok(Some((id, bytes))) => match Batch::decode(&bytes) {
-                        Ok(b) => inflight = Some(self.write(b, Origin::Spool(id), false)),
+                        Ok(b) => {
+                            inflight.push(self.write(b, Origin::Spool(id), HashMap::new()));
+                            replay_inflight = true;
+                        }
                         Err(e) => self.reject_spooled(id, &bytes, &e.to_string()),
                     },
                     Ok(None) => {}
@@ -250,7 +269,7 @@ impl Actor {
             self.update_state();
             if !open
                 && batch.is_empty()
-                && inflight.is_none()
+                && inflight.is_empty()
                 && (self.spool.is_empty() || !self.up || !replaying)
             {
                 break;
@@ -261,8 +280,10 @@ impl Actor {
 
             tokio::select! {
                 // A write finished: account for it, spool it on failure.
-                done = maybe(&mut inflight) => {
-                    inflight = None;
+                Some(done) = inflight.next(), if !inflight.is_empty() => {
+                    if let Origin::Spool(_) = done.origin {
+                        replay_inflight = false;
+                    }
                     if let Some(wait) = self.on_done(done) {
                         retry_at = Some(Instant::now() + wait);
                     }
@@ -279,8 +300,8 @@ impl Actor {
                     retry_at = None;
                     probe = Some(self.probe());
                 }
-                // Ticks (cancel-safe). Paused while a full batch waits for the write in
-                // flight: the bus then pushes back, for at most `write_timeout`.
+                // Ticks (cancel-safe). Paused while a full batch waits for a write slot: the
+                // bus then pushes back, for at most `write_timeout`.
                 n = rx.recv_many(&mut buf, RECV_CHUNK.min(batch_size - batch.ticks)), if open && batch.ticks < batch_size => {
                     if n == 0 {
                         open = false;
@@ -406,7 +427,7 @@ impl Actor {
     }
 
     /// Starts writing `batch`; the returned future never fails, it reports.
-    fn write(&self, batch: Batch, origin: Origin, with_losses: bool) -> BoxFut<Done> {
+    fn write(&self, batch: Batch, origin: Origin, losses: HashMap<String, Loss>) -> BoxFut<Done> {
         let pool = self.pool.clone();
         let limit = self.ctx.settings.write_timeout;
         let days: Vec<i64> = batch.days().into_iter().filter(|d| !self.known_days.contains(d)).collect();
@@ -418,13 +439,13 @@ impl Actor {
                 pg::write(&pool, &batch).await
             })
             .await;
-            Done { batch, origin, days, with_losses, result }
+            Done { batch, origin, days, losses, result }
         })
     }
 
     /// Accounts for a finished write. Returns a probe delay when the database went away.
     fn on_done(&mut self, done: Done) -> Option<Duration> {
-        let Done { batch, origin, days, with_losses, result } = done;
+        let Done { batch, origin, days, losses, result } = done;
         let m = self.ctx.metrics.clone();
         let ticks = batch.ticks as u64;
         match result {
@@ -436,9 +457,7 @@ impl Actor {
                 StoreMetrics::add(&m.duplicates, ticks.saturating_sub(inserted.rows));
                 StoreMetrics::inc(&m.batches);
                 m.last_batch_ticks.store(ticks, std::sync::atomic::Ordering::Relaxed);
-                if with_losses {
-                    self.recorded_losses();
-                }
+                self.recorded_losses(&losses);
                 match origin {
                     Origin::Live => {
                         let age = now_micros().saturating_sub(batch.oldest_recv_ts).max(0) as u64;
@@ -466,11 +485,12 @@ impl Actor {
                     self.known_days.clear();
                 }
                 warn!(error = %e, ticks, "Batch write failed; keeping it in the spool and retrying the database.");
-                if let Origin::Live = origin {
-                    let kept = self.spool_batch(batch);
-                    if with_losses && kept {
-                        self.recorded_losses();
-                    }
+                // The batch's `store_loss` rows ride into the spool with it; if it cannot be
+                // kept, they are pending again.
+                if let Origin::Live = origin
+                    && !self.spool_batch(batch)
+                {
+                    self.pend_losses(&losses);
                 }
                 self.up = false;
                 Some(self.ctx.settings.retry_interval)
@@ -486,9 +506,7 @@ impl Actor {
                         self.sync_spool_metrics();
                     }
                 }
-                if with_losses {
-                    self.recorded_losses();
-                }
+                // The batch's `store_loss` rows are kept with it under `rejected`.
                 None
             }
         }
@@ -524,22 +542,34 @@ impl Actor {
         }
     }
 
-    /// Adds pending `store_loss` rows to a live batch; returns whether it did.
-    fn attach_losses(&self, batch: &mut Batch) -> bool {
-        if self.losses.is_empty() {
-            return false;
+    /// Moves the pending `store_loss` rows into a live batch and returns them; the write
+    /// that carries them accounts for them.
+    fn attach_losses(&mut self, batch: &mut Batch) -> HashMap<String, Loss> {
+        let losses = std::mem::take(&mut self.losses);
+        if !losses.is_empty() {
+            batch.push_losses(&losses);
         }
-        batch.push_losses(&self.losses);
-        true
+        losses
     }
 
-    fn recorded_losses(&mut self) {
-        if !self.losses.is_empty() {
-            let ticks: u64 = self.losses.values().map(|l| l.ticks).sum();
-            info!(ticks, "Store loss recorded in feed_events.");
+    /// `store_loss` rows that went out with a batch that could not be kept: pending again.
+    fn pend_losses(&mut self, losses: &HashMap<String, Loss>) {
+        for (feed, loss) in losses {
+            Loss::merge(&mut self.losses, feed, loss);
         }
-        self.losses.clear();
-        self.loss_alerted = false;
+    }
+
+    /// A committed batch carried these `store_loss` rows. Once nothing is pending, the next
+    /// loss is a new incident with its own alert.
+    fn recorded_losses(&mut self, losses: &HashMap<String, Loss>) {
+        if losses.is_empty() {
+            return;
+        }
+        let ticks: u64 = losses.values().map(|l| l.ticks).sum();
+        info!(ticks, "Store loss recorded in feed_events.");
+        if self.losses.is_empty() {
+            self.loss_alerted = false;
+        }
     }
 
     /// Keeps a batch the database refused under `state_dir/rejected`, with an alert.
