@@ -219,6 +219,8 @@ impl Supervisor {
             .tasks
             .spawn(async move {
                 if let Some(delay) = delay {
+                    // The panicked run's last promise no longer holds; this sleep is the loop.
+                    metrics.beat.turn_within(delay);
                     tokio::time::sleep(delay).await;
                 }
                 run.await

@@ -209,6 +209,8 @@ impl Actor {
         let mut last_write_live = false;
 
         loop {
+            // Liveness (systemd watchdog): a turn is work; see the wait below.
+            self.ctx.metrics.writer_beat.working();
             let due = !batch.is_empty() && (batch.ticks >= batch_size || !open || Instant::now() >= deadline);
             // At start the first probe is usually about to succeed: let the first batch wait
             // for it (until full) rather than spool it.
@@ -259,9 +261,12 @@ impl Actor {
                 retry_at = Some(Instant::now() + self.ctx.settings.retry_interval);
             }
 
+            // Waiting on an empty queue owes nothing; a write or probe under way stays owed.
+            self.ctx.metrics.writer_beat.waiting(inflight.is_some() || probe.is_some());
             tokio::select! {
                 // A write finished: account for it, spool it on failure.
                 done = maybe(&mut inflight) => {
+                    self.ctx.metrics.writer_beat.progressed();
                     inflight = None;
                     if let Some(wait) = self.on_done(done) {
                         retry_at = Some(Instant::now() + wait);
@@ -269,6 +274,7 @@ impl Actor {
                 }
                 // The database answered a probe, or did not.
                 result = maybe(&mut probe) => {
+                    self.ctx.metrics.writer_beat.progressed();
                     probe = None;
                     if let Some(wait) = self.on_probe(result) {
                         retry_at = Some(Instant::now() + wait);
