@@ -24,6 +24,7 @@
 //! - [`localpg`]: a private PostgreSQL from the installed binaries (tests, `tickd demo`).
 //! - [`demo`]: `tickd demo`, everything on one machine.
 //! - [`prometheus`]: `/metrics` in the Prometheus text format.
+//! - [`service`]: systemd `Type=notify`: readiness, status, watchdog, stop and reload.
 //! - [`app`]: wires the parts together for `tickd run`.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -40,6 +41,7 @@ pub mod liveness;
 pub mod localpg;
 pub mod metrics;
 pub mod prometheus;
+pub mod service;
 pub mod sim;
 pub mod store;
 pub mod supervisor;
