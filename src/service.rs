@@ -472,7 +472,7 @@ pub async fn run(ctx: ServiceContext) {
             biased;
             // The stop began: say so once and end; systemd stops watching for pings.
             () = shutdown.cancelled() => {
-                notifier.send(&[Notice::Stopping, Notice::Status("stopping: closing feeds, flushing the store")]);
+                notifier.send(&[Notice::Stopping, Notice::Status("stopping gracefully")]);
                 return;
             }
             // A reload was applied: ready again.
@@ -486,6 +486,7 @@ pub async fn run(ctx: ServiceContext) {
             },
             // A ping is due: sent only while every loop makes progress.
             _ = ping.tick(), if watchdog.is_some() => {
+                // The branch runs only with a watchdog, so the fallback is never used.
                 let limit = watchdog.unwrap_or(Duration::MAX);
                 if reporter.check(limit) {
                     notifier.send(&[Notice::Watchdog]);

@@ -170,8 +170,9 @@ async fn systemd_hears_ready_status_watchdog_reloading_and_stopping_in_order() {
         "MONOTONIC_USEC {at} outside the reload: {seen:#?}"
     );
     assert!(reloading < reload_ready && reload_ready < stopping, "{seen:#?}");
-    assert!(
-        seen[..reloading].iter().filter(|d| d.has("READY")).count() == 1,
+    assert_eq!(
+        seen[..reloading].iter().filter(|d| d.has("READY")).count(),
+        1,
         "one READY=1 before the reload: {seen:#?}"
     );
     assert!(ping_after_reload < stopping);
