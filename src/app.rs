@@ -18,6 +18,7 @@ use crate::config::Settings;
 use crate::dashboard::{Dashboard, DashboardDeps};
 use crate::feed::TcpConnector;
 use crate::feed::alert::Alerter;
+use crate::service::{self, Notifier, ServiceContext};
 use crate::store::{StoreHandle, StoreMetrics, Writer, WriterContext};
 use crate::supervisor::{Handles, Supervisor, SupervisorDeps, metrics_of};
 use crate::tick::now_micros;
@@ -30,6 +31,8 @@ pub struct AppControl {
     pub reload: mpsc::Receiver<Settings>,
     /// Told the dashboard's bound address once it listens (`listen` may name port 0).
     pub dashboard_bound: Option<oneshot::Sender<SocketAddr>>,
+    /// Reports to systemd (`Type=notify`); disabled outside a service.
+    pub notifier: Notifier,
 }
 
 /// Runs the daemon until `control.shutdown` is cancelled.
@@ -94,8 +97,26 @@ pub async fn run(settings: Settings, mut control: AppControl) -> anyhow::Result<
         settings.summary_interval,
         control.shutdown.clone(),
     ));
+    // Started: every feed actor runs and the store takes ticks (into PostgreSQL or its
+    // spool), so systemd hears READY=1 now, whether or not the exchange and the database
+    // answer yet.
+    if let (Some(watchdog), Some(store)) = (control.notifier.watchdog(), &settings.store) {
+        warn_slow_store_ops(watchdog, store.connect_timeout + store.write_timeout);
+    }
+    let service = tokio::spawn(service::run(ServiceContext {
+        notifier: control.notifier,
+        handles: supervisor.handles(),
+        store: store.as_ref().map(|s| s.metrics().clone()),
+        active_alerts: None,
+        reloads_applied: supervisor.reloads_applied(),
+        shutdown: control.shutdown.clone(),
+    }));
     let result = supervisor.run(control.reload).await;
     summary.abort();
+    // It ends with STOPPING=1 as soon as the stop begins, which it has by now.
+    if let Err(e) = service.await {
+        error!(error = %e, "systemd notifier ended abnormally.");
+    }
     let stats = bus.stats();
     // The feeds are gone; dropping the last publisher closes the bus, and the writer then
     // commits (or spools) what it holds and returns.
@@ -114,6 +135,20 @@ pub async fn run(settings: Settings, mut control: AppControl) -> anyhow::Result<
     }
     info!(published = stats.published, lossy_missed = stats.lossy_missed, "tickd stopped.");
     Ok(result?)
+}
+
+/// A store write or probe is bounded by `limit` (`connect_timeout + write_timeout`); the
+/// watchdog stops pinging once one has been under way for longer than `watchdog`, so a
+/// limit at or above it turns a slow database into a restart.
+fn warn_slow_store_ops(watchdog: Duration, limit: Duration) {
+    if limit >= watchdog {
+        warn!(
+            watchdog_ms = watchdog.as_millis() as u64,
+            limit_ms = limit.as_millis() as u64,
+            "store.connect_timeout + store.write_timeout is not below the systemd watchdog timeout: \
+             a database that answers that slowly stops the watchdog and systemd restarts tickd."
+        );
+    }
 }
 
 /// Logs one line per connection and one for the store every `every`: state and what arrived

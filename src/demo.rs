@@ -27,6 +27,7 @@ use tracing::{debug, info, warn};
 use crate::app::{self, AppControl};
 use crate::config::{DatabaseUrl, FeedSettings, Settings, StoreSettings};
 use crate::localpg::{LocalPg, LocalPgOptions};
+use crate::service::Notifier;
 use crate::sim::{SimConfig, Simulator, console_command, console_lines, market_names};
 
 /// `tickd demo` options.
@@ -113,8 +114,13 @@ async fn run_with(
     // app does not see the reload channel close.
     let (_reload_tx, reload_rx) = mpsc::channel(1);
     let (bound_tx, bound_rx) = oneshot::channel();
-    let control =
-        AppControl { shutdown: shutdown.clone(), reload: reload_rx, dashboard_bound: Some(bound_tx) };
+    // The demo is not a systemd service: nothing to notify.
+    let control = AppControl {
+        shutdown: shutdown.clone(),
+        reload: reload_rx,
+        dashboard_bound: Some(bound_tx),
+        notifier: Notifier::disabled(),
+    };
     let app = app::run(settings, control);
     tokio::pin!(app);
     let console = tokio::spawn(console(sim.clone(), shutdown));

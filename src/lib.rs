@@ -16,6 +16,7 @@
 //!   sans-IO protocol session that turns frames into ticks. No Kalshi type leaves it.
 //! - [`feed`]: the feed actor: one WebSocket connection, heartbeat, backoff, alerts.
 //! - [`supervisor`]: one feed actor per connection, market sharding, restarts, reloads.
+//! - [`liveness`]: the beats by which long loops show progress to the watchdog.
 //! - [`store`]: recording ticks in PostgreSQL, with a disk spool for database outages.
 //! - [`sim`]: a faithful Kalshi exchange simulator with fault switches (`tickd sim`).
 //! - [`config`]: the layered settings tree (defaults < TOML < `TICKD_` environment).
@@ -23,6 +24,7 @@
 //! - [`localpg`]: a private PostgreSQL from the installed binaries (tests, `tickd demo`).
 //! - [`demo`]: `tickd demo`, everything on one machine.
 //! - [`prometheus`]: `/metrics` in the Prometheus text format.
+//! - [`service`]: systemd `Type=notify`: readiness, status, watchdog, stop and reload.
 //! - [`app`]: wires the parts together for `tickd run`.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -35,9 +37,11 @@ pub mod dashboard;
 pub mod demo;
 pub mod feed;
 pub mod kalshi;
+pub mod liveness;
 pub mod localpg;
 pub mod metrics;
 pub mod prometheus;
+pub mod service;
 pub mod sim;
 pub mod store;
 pub mod supervisor;

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use tickd::config::{ConfigError, LogSettings, Settings};
+use tickd::service::Notifier;
 use tickd::telemetry;
 
 use tickd::{app, sim};
@@ -113,6 +114,8 @@ fn run(path: Option<PathBuf>) -> ExitCode {
         Ok(runtime) => runtime,
         Err(e) => return runtime_error(&e),
     };
+    // Under systemd (`Type=notify`): READY, STATUS, WATCHDOG, RELOADING and STOPPING.
+    let notifier = Notifier::from_env();
     runtime.block_on(async move {
         let shutdown = CancellationToken::new();
         let reload_requests = Arc::new(Notify::new());
@@ -121,11 +124,15 @@ fn run(path: Option<PathBuf>) -> ExitCode {
             Ok(signals) => signals,
             Err(e) => return runtime_error(&e),
         };
-        tokio::spawn(reload_configs(path, reload_requests, reload_tx, shutdown.clone()));
+        tokio::spawn(reload_configs(path, reload_requests, reload_tx, notifier.clone(), shutdown.clone()));
         info!(feeds = settings.feeds.len(), "Starting.");
 
-        let control =
-            app::AppControl { shutdown: shutdown.clone(), reload: reload_rx, dashboard_bound: None };
+        let control = app::AppControl {
+            shutdown: shutdown.clone(),
+            reload: reload_rx,
+            dashboard_bound: None,
+            notifier,
+        };
         let result = app::run(settings, control).await;
         // Stops `watch_signals` and the reload task (both end with the token or the stream).
         shutdown.cancel();
@@ -294,11 +301,13 @@ fn signal_name(signal: i32) -> &'static str {
 
 /// On each request, reloads the settings from the same file and environment and validates
 /// them. A valid result goes to the app; an invalid one is logged with its keys and the
-/// running settings stay.
+/// running settings stay. systemd hears RELOADING=1 as each pass begins, and READY=1 when a
+/// pass rejects its config (the app says READY=1 once it applied a valid one).
 async fn reload_configs(
     path: Option<PathBuf>,
     requests: Arc<Notify>,
     reloads: mpsc::Sender<Settings>,
+    notifier: Notifier,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -309,16 +318,19 @@ async fn reload_configs(
             // coalesce into one more pass, which rereads the file, so the newest config wins.
             () = requests.notified() => {}
         }
+        notifier.reloading();
         let from = path.clone();
         // Reading the config and key files is blocking I/O: keep it off the async workers.
         let settings = match tokio::task::spawn_blocking(move || load_settings(from.as_deref())).await {
             Ok(Ok(settings)) => settings,
             Ok(Err(e)) => {
                 error!(error = %e, keys = ?e.keys(), "Reload rejected; the running configuration stays.");
+                notifier.ready();
                 continue;
             }
             Err(e) => {
                 error!(error = %e, "Reload failed; the running configuration stays.");
+                notifier.ready();
                 continue;
             }
         };

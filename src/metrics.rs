@@ -5,6 +5,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::liveness::Beat;
+
 /// The lifecycle state of a feed connection, as a gauge value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u64)]
@@ -63,6 +65,8 @@ macro_rules! feed_metrics {
         pub struct FeedMetrics {
             $($(#[$doc])* pub $name: AtomicU64,)*
             state: AtomicU64,
+            /// The connection loop's liveness, for the systemd watchdog.
+            pub beat: Beat,
         }
 
         /// A plain copy of [`FeedMetrics`] at one instant.

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::{Id, JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -96,6 +96,8 @@ pub struct Supervisor {
     tasks: JoinSet<FeedExit>,
     task_ids: HashMap<Id, Name>,
     handles: Handles,
+    /// Counts applied reloads, for whoever reports that a reload is done (systemd).
+    reloaded: watch::Sender<u64>,
 }
 
 impl Supervisor {
@@ -109,6 +111,7 @@ impl Supervisor {
             tasks: JoinSet::new(),
             task_ids: HashMap::new(),
             handles: Handles::default(),
+            reloaded: watch::Sender::new(0),
         };
         for feed in &settings.feeds {
             sup.start_feed(feed.clone())?;
@@ -121,6 +124,11 @@ impl Supervisor {
         self.handles.clone()
     }
 
+    /// The number of reloads applied so far; changes once each reload has been applied.
+    pub fn reloads_applied(&self) -> watch::Receiver<u64> {
+        self.reloaded.subscribe()
+    }
+
     /// Runs until shutdown (then waits for every actor), applying reloads as they come.
     pub async fn run(mut self, mut reload: mpsc::Receiver<Settings>) -> Result<(), SupervisorError> {
         let mut reload_open = true;
@@ -130,7 +138,10 @@ impl Supervisor {
                 _ = self.deps.shutdown.cancelled() => break,
                 // A new configuration (SIGHUP).
                 settings = reload.recv(), if reload_open => match settings {
-                    Some(settings) => self.reload(&settings).await,
+                    Some(settings) => {
+                        self.reload(&settings).await;
+                        self.reloaded.send_modify(|n| *n += 1);
+                    }
                     None => reload_open = false,
                 },
                 // An actor finished: shutdown, give-up, or a panic to restart.
@@ -219,6 +230,8 @@ impl Supervisor {
             .tasks
             .spawn(async move {
                 if let Some(delay) = delay {
+                    // The panicked run's last promise no longer holds; this sleep is the loop.
+                    metrics.beat.turn_within(delay);
                     tokio::time::sleep(delay).await;
                 }
                 run.await

@@ -72,6 +72,10 @@ impl Alerter {
             .env("TICKD_ALERT_MESSAGE", message)
             .env("TICKD_ALERT_TIME", (now_micros() / 1_000_000).to_string())
             .stdin(std::process::Stdio::null())
+            // Only tickd itself speaks to systemd.
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("WATCHDOG_PID")
             .kill_on_drop(true);
         let feed = feed.clone();
         tokio::spawn(async move {

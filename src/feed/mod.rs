@@ -238,8 +238,15 @@ pub fn feed(cfg: FeedConfig, ctx: FeedContext) -> (FeedHandle, impl Future<Outpu
     // Bounded: callers wait when full; commands are rare (reloads, queries).
     let (tx, rx) = mpsc::channel(COMMAND_CAPACITY);
     let handle = FeedHandle { tx, metrics: ctx.metrics.clone() };
+    let metrics = ctx.metrics.clone();
     let actor = FeedActor::new(cfg, ctx, rx);
-    (handle, actor.run())
+    let run = async move {
+        let exit = actor.run().await;
+        // Stopped (or given up): nothing more is owed to the watchdog.
+        metrics.beat.idle();
+        exit
+    };
+    (handle, run)
 }
 
 struct FeedActor {
@@ -285,6 +292,8 @@ impl FeedActor {
                 return self.stopped();
             }
             let attempt = self.backoff.failures() + 1;
+            // Liveness (systemd watchdog): the handshake ends within `connect_timeout`.
+            self.ctx.metrics.beat.turn_within(self.cfg.settings.connect_timeout);
             self.ctx.metrics.set_state(FeedState::Connecting);
             info!(feed = %id, attempt, url = %self.cfg.settings.url, "Connecting.");
             self.publish_event(FeedEvent::Connecting { attempt }).await;
@@ -362,6 +371,7 @@ impl FeedActor {
             info!(feed = %id, failures, delay_ms = delay.as_millis() as u64, "Backing off.");
             self.publish_event(FeedEvent::BackingOff { failures, delay_ms: delay.as_millis() as u64 }).await;
             let wake = Instant::now() + delay;
+            self.ctx.metrics.beat.turn_by(wake);
             loop {
                 tokio::select! {
                     _ = self.ctx.shutdown.cancelled() => return self.stopped(),
@@ -462,6 +472,8 @@ impl FeedActor {
         tokio::pin!(timer);
 
         loop {
+            // Liveness (systemd watchdog): the ping timer turns the loop at least this often.
+            self.ctx.metrics.beat.turn_within(ping_interval);
             tokio::select! {
                 // Shutdown: say goodbye with 1000 and stop reading.
                 _ = self.ctx.shutdown.cancelled() => {

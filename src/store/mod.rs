@@ -156,6 +156,9 @@ pub struct StoreMetrics {
     pub latency_buckets: [AtomicU64; 13],
     /// Sum of those latencies, µs.
     pub latency_sum_us: AtomicU64,
+    /// The writer loop's liveness, for the systemd watchdog: idle while it waits for ticks,
+    /// owed while a write or probe is under way.
+    pub writer_beat: crate::liveness::Beat,
     /// The state gauge ([`StoreState`]).
     state: AtomicU64,
 }

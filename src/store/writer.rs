@@ -61,7 +61,7 @@ const MAINTENANCE_EVERY: Duration = Duration::from_secs(3600);
 const SCHEMA_RETRY: Duration = Duration::from_secs(30);
 
 /// How long a stop goes on replaying the spool while the database answers; what is left then
-/// is replayed at the next start. Well inside the shipped unit's stop timeout (30 s).
+/// is replayed at the next start. Well inside the shipped unit's stop timeout (45 s).
 const STOP_REPLAY_LIMIT: Duration = Duration::from_secs(10);
 
 /// Everything the writer runs with.
@@ -223,6 +223,8 @@ impl Actor {
         let mut last_write_live = false;
 
         loop {
+            // Liveness (systemd watchdog): a turn is work; see the wait below.
+            self.ctx.metrics.writer_beat.working();
             let due = !batch.is_empty() && (batch.ticks >= batch_size || !open || Instant::now() >= deadline);
             // At start the first probe is usually about to succeed: let the first batch wait
             // for it (until full) rather than spool it.
@@ -278,9 +280,12 @@ impl Actor {
                 retry_at = Some(Instant::now() + self.ctx.settings.retry_interval);
             }
 
+            // Waiting on an empty queue owes nothing; a write or probe under way stays owed.
+            self.ctx.metrics.writer_beat.waiting(!inflight.is_empty() || probe.is_some());
             tokio::select! {
                 // A write finished: account for it, spool it on failure.
                 Some(done) = inflight.next(), if !inflight.is_empty() => {
+                    self.ctx.metrics.writer_beat.progressed();
                     if let Origin::Spool(_) = done.origin {
                         replay_inflight = false;
                     }
@@ -290,6 +295,7 @@ impl Actor {
                 }
                 // The database answered a probe, or did not.
                 result = maybe(&mut probe) => {
+                    self.ctx.metrics.writer_beat.progressed();
                     probe = None;
                     if let Some(wait) = self.on_probe(result) {
                         retry_at = Some(Instant::now() + wait);

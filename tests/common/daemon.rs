@@ -8,6 +8,7 @@
 //! dropped (a failed assertion) is killed, so no test leaves a process behind.
 
 use std::collections::HashSet;
+use std::ffi::OsStr;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -200,6 +201,32 @@ impl Daemon {
             .spawn()
             .expect("tickd run starts");
         Daemon { child, log, exited: None }
+    }
+
+    /// Like [`Daemon::start`], with `envs` added to the daemon's environment (systemd's
+    /// `NOTIFY_SOCKET` and `WATCHDOG_USEC`, say).
+    pub fn start_with_env(dir: &Path, name: &str, config: &DaemonConfig, envs: &[(&str, &OsStr)]) -> Daemon {
+        let file = write_config(dir, name, &config.toml());
+        let log = dir.join(format!("{name}.log"));
+        let stderr = File::create(&log).unwrap_or_else(|e| panic!("creating {}: {e}", log.display()));
+        let child = tickd()
+            .arg("run")
+            .arg("--config")
+            .arg(&file)
+            .envs(envs.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("tickd run starts");
+        Daemon { child, log, exited: None }
+    }
+
+    /// Sends SIGHUP, as `systemctl reload` does.
+    pub fn hang_up(&self) {
+        let status =
+            Command::new("kill").arg("-HUP").arg(self.child.id().to_string()).status().expect("kill runs");
+        assert!(status.success(), "kill -HUP {} failed", self.child.id());
     }
 
     /// The process id, e.g. to read `/proc/<pid>/status`.
