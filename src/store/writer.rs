@@ -141,6 +141,7 @@ impl Writer {
             losses: HashMap::new(),
             loss_alerted: false,
             last_problem: None,
+            rejected_bytes: None,
         };
         Ok((handle, actor.run(rx)))
     }
@@ -192,6 +193,14 @@ struct Actor {
     loss_alerted: bool,
     /// The last probe problem logged, so an outage logs once, not every retry.
     last_problem: Option<String>,
+    /// Bytes under `state_dir/rejected`, counted at the first refusal.
+    rejected_bytes: Option<u64>,
+}
+
+/// The bytes of the files directly in `dir` (0 when it does not exist).
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries.filter_map(|e| e.ok()?.metadata().ok()).filter(|m| m.is_file()).map(|m| m.len()).sum()
 }
 
 /// Awaits an optional boxed future; pending forever when there is none.
@@ -408,11 +417,24 @@ impl Actor {
                 let first = self.last_problem.as_deref() != Some(problem.as_str());
                 if e.is_retriable() {
                     if first {
-                        warn!(
-                            error = %e,
-                            spool = %self.spool_dir().display(),
-                            "Store not ready: the database is unreachable; spooling ticks to disk."
-                        );
+                        let spool = self.spool_dir();
+                        match &e {
+                            StoreError::Timeout(_) => warn!(
+                                error = %e,
+                                spool = %spool.display(),
+                                "Store not ready: the database does not answer in time; spooling ticks to disk."
+                            ),
+                            StoreError::Unreachable(_) => warn!(
+                                error = %e,
+                                spool = %spool.display(),
+                                "Store not ready: the database is unreachable; spooling ticks to disk."
+                            ),
+                            _ => warn!(
+                                error = %e,
+                                spool = %spool.display(),
+                                "Store not ready: the database refused for now; spooling ticks to disk."
+                            ),
+                        }
                     }
                     self.last_problem = Some(problem);
                     Some(self.ctx.settings.retry_interval)
@@ -579,12 +601,21 @@ impl Actor {
     }
 
     /// Keeps a batch the database refused under `state_dir/rejected`, with an alert.
-    fn reject(&self, batch: &Batch, why: &str) {
-        let m = &self.ctx.metrics;
+    /// Past `spool_max_bytes` of refused batches on disk, the batch is counted as lost and
+    /// recorded as a `store_loss` instead.
+    fn reject(&mut self, batch: &Batch, why: &str) {
+        let m = self.ctx.metrics.clone();
         StoreMetrics::inc(&m.rejected_batches);
         StoreMetrics::add(&m.rejected_ticks, batch.ticks as u64);
-        let path = self.save_rejected(&batch.encode());
-        let message = format!("the database refused a batch of {} ticks: {why}; kept in {path}", batch.ticks);
+        let kept = match self.save_rejected(&batch.encode()) {
+            Some(path) => format!("kept in {path}"),
+            None => {
+                Loss::add_batch(&mut self.losses, batch);
+                StoreMetrics::add(&m.lost, batch.ticks as u64);
+                "not kept (see the log line above); recorded as a store_loss in feed_events".to_owned()
+            }
+        };
+        let message = format!("the database refused a batch of {} ticks: {why}; {kept}", batch.ticks);
         error!(ticks = batch.ticks, "Store: {message}");
         self.alert("batch_rejected", &message);
     }
@@ -592,8 +623,11 @@ impl Actor {
     /// A spooled record that no longer decodes: kept aside, then skipped.
     fn reject_spooled(&mut self, id: RecordId, bytes: &[u8], why: &str) {
         StoreMetrics::inc(&self.ctx.metrics.rejected_batches);
-        let path = self.save_rejected(bytes);
-        let message = format!("a spooled batch cannot be decoded ({why}); kept in {path}");
+        let kept = match self.save_rejected(bytes) {
+            Some(path) => format!("kept in {path}"),
+            None => "not kept (see the log line above)".to_owned(),
+        };
+        let message = format!("a spooled batch cannot be decoded ({why}); {kept}");
         error!("Store: {message}");
         self.alert("batch_rejected", &message);
         if let Err(e) = self.spool.consume(id) {
@@ -602,14 +636,30 @@ impl Actor {
         self.sync_spool_metrics();
     }
 
-    fn save_rejected(&self, bytes: &[u8]) -> String {
+    /// Writes a refused batch under `state_dir/rejected`; returns its path, or `None` when it
+    /// could not be written or the directory already holds `spool_max_bytes`.
+    fn save_rejected(&mut self, bytes: &[u8]) -> Option<String> {
         let dir = self.ctx.state_dir.join("rejected");
+        let held = *self.rejected_bytes.get_or_insert_with(|| dir_bytes(&dir));
+        let limit = self.ctx.settings.spool_max_bytes;
+        if held.saturating_add(bytes.len() as u64) > limit {
+            error!(
+                dir = %dir.display(),
+                bytes = held,
+                limit,
+                "Refused batch not saved: the rejected directory is full (spool_max_bytes); inspect and remove its files."
+            );
+            return None;
+        }
         let path = dir.join(format!("{}.json", now_micros()));
         match std::fs::create_dir_all(&dir).and_then(|()| std::fs::write(&path, bytes)) {
-            Ok(()) => path.display().to_string(),
+            Ok(()) => {
+                self.rejected_bytes = Some(held + bytes.len() as u64);
+                Some(path.display().to_string())
+            }
             Err(e) => {
                 error!(path = %path.display(), error = %e, "Refused batch could not be saved either.");
-                format!("nowhere ({} could not be written: {e})", path.display())
+                None
             }
         }
     }
