@@ -110,24 +110,44 @@ fn names_stream(value: &str, dev: u64, ino: u64) -> bool {
     value.split_once(':').is_some_and(|(d, i)| d.parse() == Ok(dev) && i.parse() == Ok(ino))
 }
 
+/// Targets whose most detailed lines would hold a secret, and the most detailed level they
+/// may log at whatever the filter says: tungstenite traces a client handshake's whole request,
+/// and with it the signed `KALSHI-ACCESS-SIGNATURE` header, which opens a connection as us
+/// for as long as its timestamp is accepted.
+const SECRET_TARGETS: [&str; 1] = ["tungstenite::handshake::client=debug"];
+
 /// `RUST_LOG` when set and valid, else `log.level`, else `info` (validation has already
-/// rejected a bad `log.level`, the fallback only guards the unvalidated path). Also returns
-/// why `RUST_LOG` was ignored, to be logged once logging works.
+/// rejected a bad `log.level`, the fallback only guards the unvalidated path), with
+/// [`SECRET_TARGETS`] capped. Also returns why `RUST_LOG` was ignored, to be logged once
+/// logging works.
 fn filter(log: &LogSettings) -> (EnvFilter, Option<String>) {
     let mut rust_log_error = None;
+    let mut from_env = None;
     if let Some(env) = std::env::var("RUST_LOG").ok().filter(|v| !v.trim().is_empty()) {
         match EnvFilter::try_new(&env) {
-            Ok(filter) => return (filter, None),
+            Ok(filter) => from_env = Some(filter),
             Err(e) => rust_log_error = Some(e.to_string()),
         }
     }
-    let mut filter = EnvFilter::try_new(&log.level).unwrap_or_else(|_| EnvFilter::new("info"));
-    // PostgreSQL's NOTICEs ("relation already exists, skipping" on every migration check)
-    // are not news; a level that names sqlx itself decides otherwise.
-    if !log.level.contains("sqlx")
-        && let Ok(quiet) = "sqlx::postgres::notice=warn".parse()
-    {
-        filter = filter.add_directive(quiet);
+    let mut filter = match from_env {
+        Some(filter) => filter,
+        None => {
+            let mut filter = EnvFilter::try_new(&log.level).unwrap_or_else(|_| EnvFilter::new("info"));
+            // PostgreSQL's NOTICEs ("relation already exists, skipping" on every migration
+            // check) are not news; a level that names sqlx itself decides otherwise.
+            if !log.level.contains("sqlx")
+                && let Ok(quiet) = "sqlx::postgres::notice=warn".parse()
+            {
+                filter = filter.add_directive(quiet);
+            }
+            filter
+        }
+    };
+    // Added last, so that they replace a directive for the same target.
+    for cap in SECRET_TARGETS {
+        if let Ok(cap) = cap.parse() {
+            filter = filter.add_directive(cap);
+        }
     }
     (filter, rust_log_error)
 }
