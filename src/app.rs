@@ -16,12 +16,11 @@ use tracing::{error, info, warn};
 use crate::bus::BusBuilder;
 use crate::config::Settings;
 use crate::dashboard::{Dashboard, DashboardDeps};
-use crate::feed::TcpConnector;
 use crate::feed::alert::Alerter;
+use crate::feed::{TcpConnector, log_counts};
 use crate::service::{self, Notifier, ServiceContext};
 use crate::store::{StoreHandle, StoreMetrics, Writer, WriterContext};
-use crate::supervisor::{Handles, Supervisor, SupervisorDeps, metrics_of};
-use crate::tick::now_micros;
+use crate::supervisor::{Handles, Supervisor, SupervisorDeps, feed_and_conn, metrics_of};
 
 /// How the process controls a running daemon.
 pub struct AppControl {
@@ -167,24 +166,8 @@ async fn summarize(
             _ = tick.tick() => {}
         }
         for (id, m) in metrics_of(&handles) {
-            let state = m.state();
-            let s = m.snapshot();
-            let age_ms = s.last_frame_age_us(now_micros()).map_or(-1, |us| us / 1000);
-            info!(
-                feed = %id,
-                state = state.as_str(),
-                frames = s.frames,
-                trades = s.trades,
-                quotes = s.quotes,
-                deltas = s.deltas,
-                snapshots = s.snapshots,
-                lifecycle = s.lifecycles,
-                gaps = s.gaps,
-                reconnects = s.connects.saturating_sub(1),
-                parse_errors = s.parse_errors,
-                last_frame_age_ms = age_ms,
-                "Feed summary."
-            );
+            let (feed, conn) = feed_and_conn(&id);
+            crate::feed::span(feed, conn).in_scope(|| log_counts("Feed summary.", m.state(), &m.snapshot()));
         }
         if let Some(store) = &store {
             let m = store.metrics();

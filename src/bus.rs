@@ -58,6 +58,7 @@ pub struct BusStats {
 pub struct BusCounters {
     counters: Arc<Counters>,
     lossless: Arc<[mpsc::WeakSender<Arc<Tick>>]>,
+    lossy: broadcast::WeakSender<Arc<Tick>>,
 }
 
 impl BusCounters {
@@ -73,6 +74,13 @@ impl BusCounters {
             .filter_map(|w| w.upgrade())
             .map(|tx| (tx.max_capacity() - tx.capacity()) as u64)
             .sum()
+    }
+
+    /// Ticks in the lossy ring that some lossy consumer has not read yet: how far the slowest
+    /// one (the dashboard hub) is behind. At most the ring's size; further behind, it misses
+    /// the oldest ([`BusStats::lossy_missed`]).
+    pub fn lossy_behind(&self) -> u64 {
+        self.lossy.upgrade().map_or(0, |tx| tx.len() as u64)
     }
 }
 
@@ -151,6 +159,7 @@ impl Bus {
         BusCounters {
             counters: self.counters.clone(),
             lossless: self.lossless.iter().map(|tx| tx.downgrade()).collect(),
+            lossy: self.lossy.downgrade(),
         }
     }
 }
@@ -256,5 +265,26 @@ mod tests {
         assert_eq!(slow.recv().await.unwrap().unwrap().recv_ts, 6);
         assert_eq!(bus.stats().lossy_missed, 6);
         assert_eq!(bus.stats().published, 10);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_counters_tell_how_far_the_slowest_lossy_consumer_is_behind_without_keeping_the_bus_open() {
+        let bus = BusBuilder::new(&settings(8)).build();
+        let counters = bus.counters();
+        let mut slow = bus.lossy();
+        for n in 0..5 {
+            bus.publish(tick(n)).await;
+        }
+        assert_eq!(counters.lossy_behind(), 5);
+        slow.recv().await.unwrap();
+        slow.recv().await.unwrap();
+        assert_eq!(counters.lossy_behind(), 3);
+
+        drop(bus);
+        assert_eq!(counters.lossy_behind(), 0);
+        for _ in 0..3 {
+            slow.recv().await.unwrap();
+        }
+        assert_eq!(slow.recv().await, Ok(None), "the bus closes with its last publisher");
     }
 }

@@ -47,20 +47,28 @@ pub struct Settings {
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogSettings {
-    /// `text` (human-readable) or `json`.
+    /// `auto` (the default: `journald` when stderr is the systemd journal, else `text`),
+    /// `text` (human-readable), `json` (one object per line) or `journald` (native journal
+    /// fields; text on stderr, with a warning, when the journal cannot be reached).
     pub format: LogFormat,
     /// A `tracing` filter such as `info` or `tickd=debug,info`; `RUST_LOG` overrides it.
     pub level: String,
 }
 
 /// Log line format.
-#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
-    /// Human-readable lines.
+    /// `Journald` when stderr is the journal (systemd sets `JOURNAL_STREAM` to its device and
+    /// inode), else `Text`.
+    #[default]
+    Auto,
+    /// Human-readable lines on stderr.
     Text,
-    /// One JSON object per line.
+    /// One JSON object per line on stderr; span fields (`feed`, `conn`) merged into `fields`.
     Json,
+    /// Straight to the systemd journal, every field a journal field (`F_FEED`, `F_CONN`...).
+    Journald,
 }
 
 /// Capacities of the tick bus.
@@ -507,7 +515,7 @@ impl Default for Settings {
 
 impl Default for LogSettings {
     fn default() -> Self {
-        LogSettings { format: LogFormat::Text, level: "info".into() }
+        LogSettings { format: LogFormat::Auto, level: "info".into() }
     }
 }
 

@@ -23,8 +23,10 @@
 //! - [`dashboard`]: the HTTP port: the page, the live stream for dashboards and bots, health.
 //! - [`localpg`]: a private PostgreSQL from the installed binaries (tests, `tickd demo`).
 //! - [`demo`]: `tickd demo`, everything on one machine.
+//! - [`metrics`]: per-feed counters and gauges, lock-free.
 //! - [`prometheus`]: `/metrics` in the Prometheus text format.
 //! - [`service`]: systemd `Type=notify`: readiness, status, watchdog, stop and reload.
+//! - [`telemetry`]: logging: text, JSON or the systemd journal, feed span fields in each.
 //! - [`app`]: wires the parts together for `tickd run`.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]

@@ -1,7 +1,7 @@
 //! Per-feed counters and gauges, updated lock-free on the hot path.
 //!
 //! One [`FeedMetrics`] per feed connection, shared by its actor, its protocol session and
-//! whoever reports (the summary line today, Prometheus `/metrics` later).
+//! whoever reports: the summary line, the dashboard's status and Prometheus `/metrics`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

@@ -1,7 +1,10 @@
 //! `/metrics`: every counter of the daemon in the Prometheus text format (version 0.0.4).
 //!
-//! Names start with `tickd_`; feed series carry `feed` and `conn` labels. Counters end in
-//! `_total`; gauges do not. The commit latency is a histogram in seconds.
+//! Names start with `tickd_`; feed series carry `feed` and `conn` labels (the feed's name and
+//! the connection's index, as in the logs). Counters end in `_total`; gauges do not. The
+//! commit latency is a histogram in seconds. Every family has `# HELP` and `# TYPE`, also when
+//! it has no sample yet (no feed connection, no frame). No label holds anything secret: feed
+//! names, connection indexes, states, tick kinds and reasons only.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -30,6 +33,8 @@ pub struct Sources {
 /// The text of one scrape.
 pub fn render(src: &Sources) -> String {
     let mut out = Exposition { buf: String::with_capacity(16 * 1024) };
+    out.header("tickd_build_info", "gauge", "Always 1; the version of the running binary.");
+    out.sample("tickd_build_info", &[("version", env!("CARGO_PKG_VERSION"))], 1);
     feeds(&mut out, &src.handles);
     let bus = src.bus.stats();
     out.single("tickd_bus_published_total", "counter", "Ticks published by the feeds.", bus.published);
@@ -44,6 +49,18 @@ pub fn render(src: &Sources) -> String {
         "gauge",
         "Ticks waiting in the store's bus queue.",
         src.bus.queued(),
+    );
+    out.single(
+        "tickd_bus_lossless_undelivered_total",
+        "counter",
+        "Ticks not delivered to the store because its queue had closed (only at a failed stop).",
+        bus.lossless_closed,
+    );
+    out.single(
+        "tickd_bus_lossy_behind",
+        "gauge",
+        "Ticks the dashboard hub has yet to read from the bus (its lag; at most bus.lossy_capacity).",
+        src.bus.lossy_behind(),
     );
     out.single(
         "tickd_bus_lossy_missed_total",
@@ -111,6 +128,15 @@ const FEED_SERIES: &[FeedSeries] = &[
     }),
     ("tickd_feed_binary_frames_total", "counter", "Binary frames, dropped.", |s| s.binary_frames),
     ("tickd_feed_unknown_types_total", "counter", "Frames of an unknown message type.", |s| s.unknown_types),
+    ("tickd_feed_unknown_fields_total", "counter", "Fields of a known message this version ignores.", |s| {
+        s.unknown_fields
+    }),
+    (
+        "tickd_feed_stray_frames_total",
+        "counter",
+        "Data frames on a subscription id not ours, dropped.",
+        |s| s.stray_frames,
+    ),
     ("tickd_feed_duplicates_total", "counter", "Sequenced frames dropped as duplicates.", |s| s.duplicates),
     ("tickd_feed_connects_total", "counter", "Successful connections.", |s| s.connects),
     ("tickd_feed_reconnects_total", "counter", "Connections after the first.", |s| {
@@ -133,6 +159,12 @@ const FEED_SERIES: &[FeedSeries] = &[
     ("tickd_feed_resyncs_total", "counter", "Subscriptions repaired from fresh snapshots.", |s| s.resyncs),
     ("tickd_feed_resubscribes_total", "counter", "Subscriptions sent again.", |s| s.resubscribes),
     ("tickd_feed_book_errors_total", "counter", "Books found negative or crossed.", |s| s.book_errors),
+    (
+        "tickd_feed_stale_deltas_total",
+        "counter",
+        "Book deltas dropped while their book waited for a fresh snapshot.",
+        |s| s.stale_deltas,
+    ),
     ("tickd_feed_exchange_errors_total", "counter", "Error replies from the exchange.", |s| {
         s.exchange_errors
     }),
@@ -353,16 +385,42 @@ mod tests {
             out.buf
         );
         assert!(out.buf.contains("tickd_store_commit_latency_seconds_count 5\n"));
-        let mut typed = std::collections::HashSet::new();
-        for line in out.buf.lines() {
-            if let Some(rest) = line.strip_prefix("# TYPE ") {
-                typed.insert(rest.split(' ').next().unwrap_or("").to_owned());
-            } else if !line.starts_with('#') {
+    }
+
+    #[test]
+    fn every_family_has_help_and_type_once_and_every_sample_a_family() {
+        let bus = crate::bus::BusBuilder::new(&crate::config::BusSettings::default()).build();
+        let src = Sources {
+            handles: Handles::default(),
+            bus: bus.counters(),
+            store: Some(Arc::new(StoreMetrics::default())),
+            dashboard: Arc::new(DashboardMetrics::default()),
+        };
+
+        let text = render(&src);
+
+        let (mut helped, mut typed) = (Vec::new(), Vec::new());
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# HELP ") {
+                helped.push(rest.split(' ').next().unwrap_or("").to_owned());
+            } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+                typed.push(rest.split(' ').next().unwrap_or("").to_owned());
+            } else {
                 let name = line.split(['{', ' ']).next().unwrap_or("");
                 let base =
                     ["_bucket", "_sum", "_count"].iter().fold(name, |n, s| n.strip_suffix(s).unwrap_or(n));
-                assert!(typed.contains(name) || typed.contains(base), "{line} has no # TYPE");
+                assert!(typed.iter().any(|t| t == name || t == base), "{line} has no # TYPE before it");
             }
+        }
+        assert_eq!(helped, typed, "a HELP and a TYPE per family, in the same order");
+        let mut unique = typed.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), typed.len(), "no family twice: {typed:?}");
+        for family in
+            ["tickd_feed_state", "tickd_feed_ticks_total", "tickd_bus_lossy_behind", "tickd_build_info"]
+        {
+            assert!(typed.iter().any(|t| t == family), "{family} is described even with no feed yet");
         }
     }
 }

@@ -178,7 +178,8 @@ impl Supervisor {
         match outcome {
             Ok(FeedExit::Shutdown) => None,
             Ok(FeedExit::GaveUp) => {
-                warn!(feed = %name, "Feed connection stopped after giving up, as configured.");
+                let (feed, conn) = feed_and_conn(&name);
+                warn!(feed, conn, "Feed connection stopped after giving up, as configured.");
                 None
             }
             Ok(FeedExit::ExitProcess) => Some(SupervisorError::FeedGaveUp(name)),
@@ -186,7 +187,14 @@ impl Supervisor {
                 let conn = self.conns.get_mut(&name)?;
                 conn.restarts += 1;
                 let delay = Duration::from_secs(1u64 << conn.restarts.min(5)).min(MAX_RESTART_DELAY);
-                error!(feed = %name, restarts = conn.restarts, delay_ms = delay.as_millis() as u64, "Feed actor panicked; restarting it.");
+                let (feed, n) = feed_and_conn(&name);
+                error!(
+                    feed,
+                    conn = n,
+                    restarts = conn.restarts,
+                    delay_ms = delay.as_millis() as u64,
+                    "Feed actor panicked; restarting it."
+                );
                 let cfg = conn.cfg.clone();
                 let restarts = conn.restarts;
                 self.spawn(cfg, Some(delay), restarts);
@@ -245,7 +253,8 @@ impl Supervisor {
 
     fn stop_conn(&mut self, id: &Name) {
         if let Some(conn) = self.conns.remove(id) {
-            info!(feed = %id, "Stopping feed connection.");
+            let (feed, n) = feed_and_conn(id);
+            info!(feed, conn = n, "Stopping feed connection.");
             conn.cancel.cancel();
             // The task is still joined by `run`; forget its name so its exit is not reported.
             self.task_ids.remove(&conn.task);
@@ -270,13 +279,16 @@ impl Supervisor {
             match old.iter().find(|f| f.name == new.name) {
                 None => {
                     if let Err(e) = self.start_feed(new.clone()) {
-                        error!(feed = %new.name, error = %e, "New feed not started.");
+                        error!(feed = new.name, error = %e, "New feed not started.");
                     }
                 }
                 Some(current) => {
                     let mut kept = current.clone();
                     if !same_except_markets(current, new) {
-                        warn!(feed = %new.name, "Connection settings changed; they take effect after a restart. Applying market changes only.");
+                        warn!(
+                            feed = new.name,
+                            "Connection settings changed; they take effect after a restart. Applying market changes only."
+                        );
                     }
                     kept.markets = new.markets.clone();
                     self.apply_markets(&kept).await;
@@ -330,7 +342,7 @@ impl Supervisor {
     }
 }
 
-/// The metrics of every running connection (for summaries and, later, Prometheus).
+/// The metrics of every running connection (for summaries and Prometheus).
 pub fn metrics_of(handles: &Handles) -> Vec<(Name, Arc<FeedMetrics>)> {
     handles.all().into_iter().map(|(id, h)| (id, h.metrics)).collect()
 }

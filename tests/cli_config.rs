@@ -330,10 +330,16 @@ struct Daemon {
 
 impl Daemon {
     fn start(config: &Path) -> Daemon {
+        Daemon::start_with(config, &[])
+    }
+
+    /// Like [`Daemon::start`], with `env` set.
+    fn start_with(config: &Path, env: &[(&str, &str)]) -> Daemon {
         let mut child = tickd()
             .arg("run")
             .arg("--config")
             .arg(config)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -399,6 +405,51 @@ fn run_reloads_on_sighup_keeps_the_old_config_when_invalid_and_stops_cleanly() {
     let code = daemon.exit_code();
 
     assert!(rejected.contains("feeds[0].urll"), "{rejected}");
+    assert_eq!(code, Some(0));
+}
+
+/// A feed that cannot connect (port 9 refuses) and a dashboard on a free port, logging as
+/// `format`.
+fn refused_feed_logging_as(format: &str) -> String {
+    format!(
+        "[log]\nformat = \"{format}\"\n\n[dashboard]\nlisten = \"127.0.0.1:0\"\n\n{}",
+        SIM_FEED.replace("127.0.0.1:9100", "127.0.0.1:9")
+    )
+}
+
+#[test]
+fn journald_output_without_a_journal_logs_text_to_stderr_says_so_and_runs() {
+    let (_dir, file) = config_file(&refused_feed_logging_as("journald"));
+    let journal = Path::new("/run/systemd/journal/socket").exists();
+    let daemon = Daemon::start(&file);
+
+    // Where a journal listens, the lines go there and stderr has none to wait for.
+    let lines = (!journal).then(|| {
+        let warning = daemon.wait_for(&["WARN", "journal", "cannot be reached"]);
+        let feed_line = daemon.wait_for(&["Connection attempt failed."]);
+        (warning, feed_line)
+    });
+    daemon.signal("TERM");
+    let code = daemon.exit_code();
+
+    assert_eq!(code, Some(0));
+    if let Some((warning, feed_line)) = lines {
+        assert!(!warning.starts_with('{'), "text, not JSON: {warning}");
+        assert!(feed_line.contains(r#"feed{feed=sim-feed conn=0}"#), "the feed's span: {feed_line}");
+    }
+}
+
+#[test]
+fn auto_output_is_text_when_stderr_is_not_the_journal_it_inherited() {
+    let (_dir, file) = config_file(&refused_feed_logging_as("auto"));
+    // A service's stderr is the journal stream systemd names here; a pipe is not.
+    let daemon = Daemon::start_with(&file, &[("JOURNAL_STREAM", "8:12345")]);
+
+    let starting = daemon.wait_for(&["Starting."]);
+    daemon.signal("TERM");
+    let code = daemon.exit_code();
+
+    assert!(starting.contains(" INFO tickd: Starting."), "a text line: {starting}");
     assert_eq!(code, Some(0));
 }
 

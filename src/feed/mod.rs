@@ -35,14 +35,14 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, info, warn};
+use tracing::{Instrument, debug, error, info, warn};
 
 use crate::bus::Bus;
 use crate::config::{FeedSettings, GiveUpPolicy};
 use crate::kalshi::command::Channel;
 use crate::kalshi::session::{Output, Session, SessionConfig};
 use crate::kalshi::sign::Credentials;
-use crate::metrics::{FeedMetrics, FeedState};
+use crate::metrics::{FeedMetrics, FeedMetricsSnapshot, FeedState};
 use crate::tick::{BookSnapshot, FeedEvent, Name, Tick, TickKind, now_micros, recv_micros};
 use alert::Alerter;
 use backoff::Backoff;
@@ -233,12 +233,14 @@ impl FeedHandle {
     }
 }
 
-/// Creates a feed actor; the returned future runs it until shutdown or give-up.
+/// Creates a feed actor; the returned future runs it until shutdown or give-up, inside the
+/// connection's [`span`].
 pub fn feed(cfg: FeedConfig, ctx: FeedContext) -> (FeedHandle, impl Future<Output = FeedExit> + Send) {
     // Bounded: callers wait when full; commands are rare (reloads, queries).
     let (tx, rx) = mpsc::channel(COMMAND_CAPACITY);
     let handle = FeedHandle { tx, metrics: ctx.metrics.clone() };
     let metrics = ctx.metrics.clone();
+    let span = span(&cfg.settings.name, cfg.conn);
     let actor = FeedActor::new(cfg, ctx, rx);
     let run = async move {
         let exit = actor.run().await;
@@ -246,7 +248,40 @@ pub fn feed(cfg: FeedConfig, ctx: FeedContext) -> (FeedHandle, impl Future<Outpu
         metrics.beat.idle();
         exit
     };
-    (handle, run)
+    (handle, run.instrument(span))
+}
+
+/// The span of one feed connection: every line logged while it is entered carries `feed`
+/// (the feed's name) and `conn` (the connection's index), in text, JSON and the journal alike.
+/// The actor runs in it, so its lines and the protocol session's need not name the feed.
+///
+/// At error level, so that it exists under any filter that lets an event through: a span
+/// the filter disables records no fields, and a warning under `level = "warn"` would then say
+/// nothing of its feed.
+pub fn span(feed: &str, conn: u16) -> tracing::Span {
+    tracing::error_span!("feed", feed = %feed, conn)
+}
+
+/// Logs a connection's state and what it carried since start, as `message`: the periodic
+/// summary and the line of a stopped actor share these fields. Call it inside the
+/// connection's [`span`].
+pub fn log_counts(message: &'static str, state: FeedState, s: &FeedMetricsSnapshot) {
+    let age_ms = s.last_frame_age_us(now_micros()).map_or(-1, |us| us / 1000);
+    info!(
+        state = state.as_str(),
+        frames = s.frames,
+        trades = s.trades,
+        quotes = s.quotes,
+        deltas = s.deltas,
+        snapshots = s.snapshots,
+        lifecycle = s.lifecycles,
+        gaps = s.gaps,
+        resyncs = s.resyncs,
+        reconnects = s.connects.saturating_sub(1),
+        parse_errors = s.parse_errors,
+        last_frame_age_ms = age_ms,
+        "{message}"
+    );
 }
 
 struct FeedActor {
@@ -295,7 +330,7 @@ impl FeedActor {
             // Liveness (systemd watchdog): the handshake ends within `connect_timeout`.
             self.ctx.metrics.beat.turn_within(self.cfg.settings.connect_timeout);
             self.ctx.metrics.set_state(FeedState::Connecting);
-            info!(feed = %id, attempt, url = %self.cfg.settings.url, "Connecting.");
+            info!(attempt, url = %self.cfg.settings.url, "Connecting.");
             self.publish_event(FeedEvent::Connecting { attempt }).await;
             let connected = tokio::select! {
                 // Shutdown wins over a slow handshake.
@@ -305,7 +340,7 @@ impl FeedActor {
             match connected {
                 Ok(ws) => {
                     FeedMetrics::inc(&self.ctx.metrics.connects);
-                    info!(feed = %id, "Connected.");
+                    info!("Connected.");
                     self.ctx.metrics.set_state(FeedState::Subscribing);
                     self.publish_event(FeedEvent::Connected).await;
                     let ended = self.run_connection(ws).await;
@@ -320,20 +355,20 @@ impl FeedActor {
                         self.publish_event(FeedEvent::Disconnected { reason: ended.to_string() }).await;
                         return self.stopped();
                     }
-                    warn!(feed = %id, reason = %ended, "Disconnected.");
+                    warn!(reason = %ended, "Disconnected.");
                     self.publish_event(FeedEvent::Disconnected { reason: ended.to_string() }).await;
                 }
                 Err(e) => {
                     FeedMetrics::inc(&self.ctx.metrics.connect_failures);
                     if matches!(e, ConnectError::Unauthorized) {
                         FeedMetrics::inc(&self.ctx.metrics.credentials_rejected);
-                        error!(feed = %id, error = %e, "Credentials rejected.");
+                        error!(error = %e, "Credentials rejected.");
                         if self.backoff.failures() == 0 {
                             let message = format!("{id}: {e}");
                             self.alert("credentials_rejected", &message).await;
                         }
                     } else {
-                        warn!(feed = %id, error = %e, "Connection attempt failed.");
+                        warn!(error = %e, "Connection attempt failed.");
                     }
                     self.publish_event(FeedEvent::Disconnected { reason: e.to_string() }).await;
                 }
@@ -368,7 +403,7 @@ impl FeedActor {
                 }
             }
             self.ctx.metrics.set_state(FeedState::BackingOff);
-            info!(feed = %id, failures, delay_ms = delay.as_millis() as u64, "Backing off.");
+            info!(failures, delay_ms = delay.as_millis() as u64, "Backing off.");
             self.publish_event(FeedEvent::BackingOff { failures, delay_ms: delay.as_millis() as u64 }).await;
             let wake = Instant::now() + delay;
             self.ctx.metrics.beat.turn_by(wake);
@@ -387,19 +422,7 @@ impl FeedActor {
     /// the feeds do, so this is the only complete count).
     fn stopped(&self) -> FeedExit {
         self.ctx.metrics.set_state(FeedState::Stopped);
-        let s = self.ctx.metrics.snapshot();
-        info!(
-            feed = %self.cfg.conn_id,
-            frames = s.frames,
-            trades = s.trades,
-            quotes = s.quotes,
-            deltas = s.deltas,
-            snapshots = s.snapshots,
-            lifecycle = s.lifecycles,
-            gaps = s.gaps,
-            reconnects = s.connects.saturating_sub(1),
-            "Feed stopped."
-        );
+        log_counts("Feed stopped.", FeedState::Stopped, &self.ctx.metrics.snapshot());
         FeedExit::Shutdown
     }
 
@@ -451,7 +474,6 @@ impl FeedActor {
         let s = &self.cfg.settings;
         let (ping_interval, window, healthy_after) =
             (s.ping_interval, s.ping_interval + s.pong_timeout, self.backoff.healthy_after());
-        let id = self.cfg.conn_id.clone();
 
         let started = Instant::now();
         self.session.on_connected(started, now_micros(), &mut self.out);
@@ -533,7 +555,7 @@ impl FeedActor {
                         self.backoff.reset();
                         self.alerted = false;
                         self.ctx.metrics.consecutive_failures.store(0, Ordering::Relaxed);
-                        debug!(feed = %id, "Connection healthy; backoff reset.");
+                        debug!("Connection healthy; backoff reset.");
                     } else {
                         healthy.as_mut().reset(Instant::now() + healthy_after);
                     }
@@ -564,28 +586,27 @@ impl FeedActor {
         let m = &self.ctx.metrics;
         FeedMetrics::inc(&m.frames);
         m.last_frame_us.store(recv_ts as u64, Ordering::Relaxed);
-        let id = &self.cfg.conn_id;
         match frame {
             Some(Ok(Message::Text(text))) => {
                 m.bytes.fetch_add(text.len() as u64, Ordering::Relaxed);
                 let limit = self.cfg.settings.max_frame_bytes;
                 if text.len() > limit {
                     FeedMetrics::inc(&m.oversized_frames);
-                    warn!(feed = %id, bytes = text.len(), limit, "Oversized frame dropped.");
+                    warn!(bytes = text.len(), limit, "Oversized frame dropped.");
                     return Ok(());
                 }
                 // Owned bytes from the socket: parsed in place, no copy when unshared.
                 let mut buf: Vec<u8> = bytes::Bytes::from(text).into();
                 if let Err(e) = self.session.on_frame(&mut buf, recv_ts, now, &mut self.out) {
                     let sample = String::from_utf8_lossy(&buf[..buf.len().min(200)]);
-                    warn!(feed = %id, error = %e, frame = %sample, "Unusable frame dropped.");
+                    warn!(error = %e, frame = %sample, "Unusable frame dropped.");
                 }
                 Ok(())
             }
             Some(Ok(Message::Binary(data))) => {
                 m.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
                 FeedMetrics::inc(&m.binary_frames);
-                warn!(feed = %id, bytes = data.len(), "Binary frame dropped (the protocol is text).");
+                warn!(bytes = data.len(), "Binary frame dropped (the protocol is text).");
                 Ok(())
             }
             // The library queues the Pong reply itself; it goes out with the next write or read.
@@ -601,7 +622,7 @@ impl FeedActor {
     async fn on_command(&mut self, cmd: FeedCommand) {
         match cmd {
             FeedCommand::SetMarkets(markets) => {
-                info!(feed = %self.cfg.conn_id, markets = markets.len(), "Market list changed.");
+                info!(markets = markets.len(), "Market list changed.");
                 self.cfg.markets = markets;
                 self.session.set_markets(&self.cfg.markets, Instant::now(), &mut self.out);
             }
@@ -617,7 +638,7 @@ impl FeedActor {
         S: futures_util::Sink<Message, Error = tungstenite::Error> + Unpin,
     {
         for text in self.out.send.drain(..) {
-            debug!(feed = %self.cfg.conn_id, command = %text, "Sending.");
+            debug!(command = %text, "Sending.");
             if let Err(e) = sink.send(Message::text(text)).await {
                 return Err(Ended::Error(e.to_string()));
             }
@@ -630,7 +651,7 @@ impl FeedActor {
     async fn publish_ticks(&mut self) {
         for tick in self.out.ticks.drain(..) {
             if let TickKind::Feed(event) = &tick.kind {
-                debug!(feed = %self.cfg.conn_id, ?event, "Feed event.");
+                debug!(?event, "Feed event.");
             }
             self.ctx.bus.publish(Arc::new(tick)).await;
         }

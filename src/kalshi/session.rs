@@ -282,7 +282,7 @@ impl Session {
             let Some(i) = self.sub_index(p.channel) else {
                 continue;
             };
-            warn!(feed = %self.cfg.feed, channel = p.channel.as_str(), id, "No reply to a command in time; sending it again.");
+            warn!(channel = p.channel.as_str(), id, "No reply to a command in time; sending it again.");
             match p.what {
                 PendingKind::Subscribe(_) | PendingKind::Unsubscribe => {
                     FeedMetrics::inc(&self.metrics.resubscribes);
@@ -352,7 +352,7 @@ impl Session {
                 }
             }
             Frame::SubscriptionList { subscriptions, .. } => {
-                debug!(feed = %self.cfg.feed, ?subscriptions, "Subscription list.");
+                debug!(?subscriptions, "Subscription list.");
             }
             Frame::Unsubscribed { id, sid, seq } => {
                 self.seq_ok(Some(sid), seq, now, out);
@@ -433,7 +433,7 @@ impl Session {
                 }
             }
             Frame::Unknown { msg_type, sid, seq } => {
-                debug!(feed = %self.cfg.feed, msg_type, "Unknown message type; ignored.");
+                debug!(msg_type, "Unknown message type; ignored.");
                 self.seq_ok(sid, seq, now, out);
             }
         }
@@ -477,7 +477,7 @@ impl Session {
         self.dirty = true;
         FeedMetrics::inc(&self.metrics.gaps);
         let channel = self.sid_index.get(&sid).map(|&i| self.subs[i].channel);
-        warn!(feed = %self.cfg.feed, sid, expected, got, channel = channel.map(Channel::as_str), "Sequence gap.");
+        warn!(sid, expected, got, channel = channel.map(Channel::as_str), "Sequence gap.");
         self.emit_event(out, FeedEvent::Gap { sid, expected, got });
         if channel == Some(Channel::OrderbookDelta) {
             // A lost frame could belong to any market of the sid: every book of it is suspect.
@@ -503,7 +503,7 @@ impl Session {
         let Some(Pending { channel: pending_channel, what: PendingKind::Subscribe(markets), .. }) = pending
         else {
             // A late ack for a subscribe we already sent again: drop the duplicate.
-            warn!(feed = %self.cfg.feed, channel, sid, ?id, "Unexpected subscription; unsubscribing it.");
+            warn!(channel, sid, ?id, "Unexpected subscription; unsubscribing it.");
             let id = self.next_id();
             send(out, Command::Unsubscribe { id, sids: vec![sid] });
             return;
@@ -511,7 +511,7 @@ impl Session {
         let Some(i) = self.sub_index(pending_channel) else {
             return;
         };
-        info!(feed = %self.cfg.feed, channel, sid, "Subscribed.");
+        info!(channel, sid, "Subscribed.");
         self.emit_event(out, FeedEvent::Subscribed { channel: channel.to_owned(), sid });
         let sub = &mut self.subs[i];
         sub.state = SubState::Active;
@@ -585,7 +585,7 @@ impl Session {
         self.dirty = true;
         FeedMetrics::inc(&self.metrics.exchange_errors);
         let pending = id.and_then(|id| self.pending.remove(&id));
-        warn!(feed = %self.cfg.feed, code, msg, ?id, ?sid, ?market, "Exchange error.");
+        warn!(code, msg, id, sid, market, "Exchange error.");
         if let Some(p) = pending {
             let Some(i) = self.sub_index(p.channel) else {
                 return;
@@ -663,7 +663,7 @@ impl Session {
             }
             Err(e) => {
                 FeedMetrics::inc(&self.metrics.book_errors);
-                warn!(feed = %self.cfg.feed, %market, error = %e, "Snapshot is not a valid book.");
+                warn!(%market, error = %e, "Snapshot is not a valid book.");
                 entry.fresh = false;
             }
         }
@@ -672,7 +672,7 @@ impl Session {
         if was_resync && !self.books.values().any(|b| b.requested) {
             self.pending.retain(|_, p| !matches!(p.what, PendingKind::Snapshot));
             FeedMetrics::inc(&self.metrics.resyncs);
-            info!(feed = %self.cfg.feed, sid, "Books rebuilt from fresh snapshots.");
+            info!(sid, "Books rebuilt from fresh snapshots.");
             self.emit_event(out, FeedEvent::Resynced { sid });
         }
     }
@@ -716,7 +716,7 @@ impl Session {
         self.emit(out, market.clone(), ts_ms, TickKind::BookDelta(BookDelta { side, price, delta }));
         if let Err(e) = result {
             FeedMetrics::inc(&self.metrics.book_errors);
-            warn!(feed = %self.cfg.feed, %market, error = %e, "Book broken; asking for a fresh snapshot.");
+            warn!(%market, error = %e, "Book broken; asking for a fresh snapshot.");
             if let Some(book) = self.books.get_mut(&market) {
                 book.fresh = false;
                 book.requested = false;
@@ -767,7 +767,7 @@ impl Session {
         let market_tickers: Vec<String> = markets.iter().map(|m| m.to_string()).collect();
         self.subs[i].state = SubState::Subscribing;
         self.pending.insert(id, Pending { channel, what: PendingKind::Subscribe(markets), sent_at: now });
-        debug!(feed = %self.cfg.feed, channel = channel.as_str(), id, markets = market_tickers.len(), "Subscribing.");
+        debug!(channel = channel.as_str(), id, markets = market_tickers.len(), "Subscribing.");
         let use_yes_price = self.cfg.use_yes_price;
         send(
             out,
@@ -869,7 +869,7 @@ impl Session {
         if live != self.live {
             self.live = live;
             if live {
-                info!(feed = %self.cfg.feed, markets = self.desired.len(), "Live.");
+                info!(markets = self.desired.len(), "Live.");
                 self.metrics.set_state(FeedState::Live);
                 self.emit_event(out, FeedEvent::Live);
             } else {

@@ -57,6 +57,8 @@ pub struct DaemonConfig {
     feed: Vec<(String, String)>,
     /// `[dashboard]` keys and TOML values, `listen` first.
     dashboard: Vec<(String, String)>,
+    /// `log.level`.
+    level: String,
 }
 
 impl DaemonConfig {
@@ -82,7 +84,14 @@ impl DaemonConfig {
                 ("backoff", "{ initial = \"50ms\", max = \"500ms\" }".to_owned()),
             ]),
             dashboard: pairs(&[("listen", quoted("127.0.0.1:0"))]),
+            level: "info".to_owned(),
         }
+    }
+
+    /// Sets `log.level` (`"debug"`, `"tickd=debug,info"`); `info` unless set.
+    pub fn log_level(&mut self, level: &str) -> &mut Self {
+        self.level = level.to_owned();
+        self
     }
 
     /// Sets `[store] key = value` (`value` in TOML: `1048576`, `"30s"`).
@@ -108,11 +117,12 @@ impl DaemonConfig {
         let markets: Vec<String> = self.markets.iter().map(|m| toml_str(m)).collect();
         format!(
             "state_dir = {state_dir}\nsummary_interval = \"1s\"\n\n\
-             [log]\nformat = \"json\"\nlevel = \"info\"\n\n\
+             [log]\nformat = \"json\"\nlevel = {level}\n\n\
              [dashboard]\n{dashboard}\n\
              [store]\n{store}\n\
              [[feeds]]\nname = \"sim\"\nurl = {sim}\nmarkets = [{markets}]\n{feed}",
             state_dir = toml_str(&self.state_dir.display().to_string()),
+            level = toml_str(&self.level),
             dashboard = lines(&self.dashboard),
             store = lines(&self.store),
             sim = toml_str(&self.sim_url),
@@ -337,6 +347,16 @@ impl Daemon {
         let status =
             Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status().expect("kill runs");
         assert!(status.success(), "kill -TERM {} failed", self.child.id());
+    }
+
+    /// Sends `signal` (`"HUP"`, `"TERM"`, `"INT"`), as `kill -<signal>` does.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -{signal} {} failed", self.child.id());
     }
 
     /// Whether the process is still running.
