@@ -22,11 +22,14 @@
 //! - [`dashboard`]: the HTTP port: the page, the live stream for dashboards and bots, health.
 //! - [`localpg`]: a private PostgreSQL from the installed binaries (tests, `tickd demo`).
 //! - [`demo`]: `tickd demo`, everything on one machine.
+//! - [`alerts`]: incidents (feed stale, database unreachable, spool filling, reconnects), one
+//!   alert and one recovery each, to the log, `/metrics`, `alert_command` and a webhook.
 //! - [`prometheus`]: `/metrics` in the Prometheus text format.
 //! - [`app`]: wires the parts together for `tickd run`.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod alerts;
 pub mod app;
 pub mod book;
 pub mod bus;
