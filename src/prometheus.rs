@@ -7,6 +7,7 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::alerts::AlertMetrics;
 use crate::bus::BusCounters;
 use crate::dashboard::DashboardMetrics;
 use crate::metrics::{FeedMetricsSnapshot, FeedState};
@@ -25,6 +26,8 @@ pub struct Sources {
     pub store: Option<Arc<StoreMetrics>>,
     /// The dashboard server.
     pub dashboard: Arc<DashboardMetrics>,
+    /// Alerts.
+    pub alerts: Arc<AlertMetrics>,
 }
 
 /// The text of one scrape.
@@ -55,6 +58,7 @@ pub fn render(src: &Sources) -> String {
         self::store(&mut out, store);
     }
     dashboard(&mut out, &src.dashboard);
+    alerts(&mut out, &src.alerts);
     out.buf
 }
 
@@ -320,6 +324,39 @@ fn dashboard(out: &mut Exposition, m: &DashboardMetrics) {
         "counter",
         "Commands answered with an error frame.",
         get(&m.command_errors),
+    );
+}
+
+fn alerts(out: &mut Exposition, m: &AlertMetrics) {
+    let series = m.series();
+    for (name, kind, help, read) in [
+        (
+            "tickd_alerts_total",
+            "counter",
+            "Alerts raised (incidents opened, and the store's one-shot alerts), by kind and source.",
+            (|s| s.fired) as fn(&crate::alerts::Series) -> u64,
+        ),
+        ("tickd_alerts_resolved_total", "counter", "Incidents resolved, by kind and source.", |s| s.resolved),
+        ("tickd_alert_active", "gauge", "1 while an incident of this kind is open for this source.", |s| {
+            u64::from(s.active)
+        }),
+    ] {
+        out.header(name, kind, help);
+        for ((k, source), s) in &series {
+            out.sample(name, &[("kind", k), ("source", source)], read(s));
+        }
+    }
+    out.header("tickd_alert_webhook_notices_total", "counter", "Alert notices by webhook outcome.");
+    for (outcome, c) in
+        [("delivered", &m.webhook_delivered), ("failed", &m.webhook_failed), ("dropped", &m.webhook_dropped)]
+    {
+        out.sample("tickd_alert_webhook_notices_total", &[("outcome", outcome)], get(c));
+    }
+    out.single(
+        "tickd_alert_command_failures_total",
+        "counter",
+        "Runs of alert_command that failed, timed out or could not start.",
+        get(&m.command_failures),
     );
 }
 
