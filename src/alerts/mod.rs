@@ -517,10 +517,13 @@ impl Evaluator {
 
     fn judge_store(&mut self, now: Instant, store: StoreSample, changes: &mut Vec<Change>) {
         let source: Name = Name::from(STORE);
+        // `Starting` lasts until the first probe answers or fails (bounded by the store's
+        // timeouts); a slow first migration is not an outage, and a failed probe turns into
+        // `Spooling` at once.
         let reading = match store.state {
-            StoreState::Starting | StoreState::Spooling => Reading::Bad,
+            StoreState::Spooling => Reading::Bad,
             StoreState::Ready | StoreState::Replaying => Reading::Clear,
-            StoreState::Stopped => Reading::Unknown,
+            StoreState::Starting | StoreState::Stopped => Reading::Unknown,
         };
         let rule =
             Rule { fire_after: self.t.database_unreachable_after, resolve_after: self.t.resolve_after };
