@@ -220,7 +220,8 @@ mod tests {
             ]
         );
         // Two alerts at least resolve_after + fire_after apart.
-        assert!(22 - 5 >= 10 + 5);
+        let (first, second) = (changes[0].0, changes[2].0);
+        assert!(second - first >= RULE.resolve_after.as_secs() + RULE.fire_after.as_secs());
     }
 
     #[test]

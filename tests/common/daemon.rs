@@ -56,6 +56,10 @@ pub struct DaemonConfig {
     feed: Vec<(String, String)>,
     /// `[dashboard]` keys and TOML values, `listen` first.
     dashboard: Vec<(String, String)>,
+    /// Top-level keys and TOML values (`alert_command`), none by default.
+    top: Vec<(String, String)>,
+    /// `[alerts]` keys and TOML values, none by default.
+    alerts: Vec<(String, String)>,
 }
 
 impl DaemonConfig {
@@ -81,7 +85,21 @@ impl DaemonConfig {
                 ("backoff", "{ initial = \"50ms\", max = \"500ms\" }".to_owned()),
             ]),
             dashboard: pairs(&[("listen", quoted("127.0.0.1:0"))]),
+            top: Vec::new(),
+            alerts: Vec::new(),
         }
+    }
+
+    /// Sets the top-level `key = value` (`value` in TOML: `"/path/to/alert"`).
+    pub fn top(&mut self, key: &str, value: &str) -> &mut Self {
+        set(&mut self.top, key, value);
+        self
+    }
+
+    /// Sets `[alerts] key = value` (`value` in TOML: `"2s"`, `0.01`).
+    pub fn alerts(&mut self, key: &str, value: &str) -> &mut Self {
+        set(&mut self.alerts, key, value);
+        self
     }
 
     /// Sets `[store] key = value` (`value` in TOML: `1048576`, `"30s"`).
@@ -106,12 +124,15 @@ impl DaemonConfig {
     pub fn toml(&self) -> String {
         let markets: Vec<String> = self.markets.iter().map(|m| toml_str(m)).collect();
         format!(
-            "state_dir = {state_dir}\nsummary_interval = \"1s\"\n\n\
+            "state_dir = {state_dir}\nsummary_interval = \"1s\"\n{top}\n\
              [log]\nformat = \"json\"\nlevel = \"info\"\n\n\
              [dashboard]\n{dashboard}\n\
+             [alerts]\n{alerts}\n\
              [store]\n{store}\n\
              [[feeds]]\nname = \"sim\"\nurl = {sim}\nmarkets = [{markets}]\n{feed}",
             state_dir = toml_str(&self.state_dir.display().to_string()),
+            top = lines(&self.top),
+            alerts = lines(&self.alerts),
             dashboard = lines(&self.dashboard),
             store = lines(&self.store),
             sim = toml_str(&self.sim_url),
