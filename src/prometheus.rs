@@ -1,7 +1,8 @@
 //! `/metrics`: every counter of the daemon in the Prometheus text format (version 0.0.4).
 //!
-//! Names start with `tickd_`; feed series carry `feed` and `conn` labels. Counters end in
-//! `_total`; gauges do not. The commit latency is a histogram in seconds.
+//! Names start with `tickd_`; feed series carry `feed` and `conn` labels, alert series `kind`
+//! and `source`. Counters end in `_total`; gauges do not. The commit latency is a histogram in
+//! seconds.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -363,6 +364,29 @@ fn alerts(out: &mut Exposition, m: &AlertMetrics) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn alerts_render_per_kind_and_source_with_their_state() {
+        let monitor = crate::alerts::AlertMonitor::default();
+        monitor.fire("feed_stale", "kalshi/1", "silent");
+        monitor.fire("database_unreachable", "store", "down");
+        monitor.resolve("database_unreachable", "store", "up");
+        let mut out = Exposition { buf: String::new() };
+
+        alerts(&mut out, &monitor.metrics());
+
+        for line in [
+            "# TYPE tickd_alerts_total counter\n",
+            "tickd_alerts_total{kind=\"feed_stale\",source=\"kalshi/1\"} 1\n",
+            "tickd_alerts_resolved_total{kind=\"database_unreachable\",source=\"store\"} 1\n",
+            "tickd_alert_active{kind=\"feed_stale\",source=\"kalshi/1\"} 1\n",
+            "tickd_alert_active{kind=\"database_unreachable\",source=\"store\"} 0\n",
+            "tickd_alert_webhook_notices_total{outcome=\"dropped\"} 0\n",
+            "tickd_alert_command_failures_total 0\n",
+        ] {
+            assert!(out.buf.contains(line), "{line} missing from\n{}", out.buf);
+        }
+    }
 
     #[test]
     fn labels_are_escaped_and_every_sample_has_a_type() {
