@@ -396,8 +396,9 @@ pub struct AlertSettings {
     /// `database_unreachable` fires when the store has not reached the database for this long.
     #[serde(with = "humantime_serde")]
     pub database_unreachable_after: Duration,
-    /// `feed_stale` fires when a connected feed connection has delivered no market data for
-    /// this long. A feed's own `stale_after` overrides it; `0s` turns the check off.
+    /// `feed_stale` fires when a feed connection has been connected this long without
+    /// delivering market data (time spent reconnecting does not count; silent reconnects add
+    /// up). A feed's own `stale_after` overrides it; `0s` turns the check off.
     #[serde(with = "humantime_serde")]
     pub feed_stale_after: Duration,
 }

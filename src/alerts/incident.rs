@@ -107,28 +107,36 @@ impl Incident {
     }
 }
 
-/// When a feed connection last showed market data: the instant its count of data ticks last
-/// changed, or it (re)connected, whichever is later. A fresh connection gets the whole
-/// threshold to deliver its first data.
+/// How long a feed connection has been connected without showing new market data: the time
+/// between samples at which it was connected at both ends, added up until its count of data
+/// ticks changes. Time spent disconnected does not count (a new connection gets the whole
+/// threshold to deliver its first data), but it does not reset the sum either: connections
+/// that keep dying before any data arrives add up to one stale feed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DataClock {
     data: u64,
-    connects: u64,
-    since: Instant,
+    silent: Duration,
+    last: Instant,
+    connected: bool,
 }
 
 impl DataClock {
-    /// A clock that starts at `now` with these counts.
-    pub fn new(data: u64, connects: u64, now: Instant) -> Self {
-        DataClock { data, connects, since: now }
+    /// A clock whose first sample is this one.
+    pub fn new(data: u64, connected: bool, now: Instant) -> Self {
+        DataClock { data, silent: Duration::ZERO, last: now, connected }
     }
 
-    /// Takes the connection's current counts; returns how long it has shown no new data.
-    pub fn observe(&mut self, data: u64, connects: u64, now: Instant) -> Duration {
-        if data != self.data || connects != self.connects {
-            *self = DataClock::new(data, connects, now);
+    /// Takes a sample; returns the connected time without new data so far.
+    pub fn observe(&mut self, data: u64, connected: bool, now: Instant) -> Duration {
+        if data != self.data {
+            self.data = data;
+            self.silent = Duration::ZERO;
+        } else if connected && self.connected {
+            self.silent += now.saturating_duration_since(self.last);
         }
-        now.saturating_duration_since(self.since)
+        self.last = now;
+        self.connected = connected;
+        self.silent
     }
 }
 
@@ -248,14 +256,18 @@ mod tests {
     }
 
     #[test]
-    fn the_data_clock_restarts_on_new_data_and_on_a_new_connection() {
+    fn the_data_clock_counts_connected_time_without_new_data() {
         let t0 = Instant::now();
-        let mut clock = DataClock::new(10, 1, t0);
+        let mut clock = DataClock::new(10, true, t0);
 
-        assert_eq!(clock.observe(10, 1, t0 + secs(3)), secs(3));
-        assert_eq!(clock.observe(11, 1, t0 + secs(4)), Duration::ZERO, "new data");
-        assert_eq!(clock.observe(11, 1, t0 + secs(9)), secs(5));
-        assert_eq!(clock.observe(11, 2, t0 + secs(10)), Duration::ZERO, "reconnected");
-        assert_eq!(clock.observe(11, 2, t0 + secs(12)), secs(2));
+        assert_eq!(clock.observe(10, true, t0 + secs(3)), secs(3));
+        assert_eq!(clock.observe(11, true, t0 + secs(4)), Duration::ZERO, "new data");
+        assert_eq!(clock.observe(11, true, t0 + secs(6)), secs(2));
+        // Disconnected for a minute: that time does not count, nor does the reconnect.
+        assert_eq!(clock.observe(11, false, t0 + secs(7)), secs(2));
+        assert_eq!(clock.observe(11, false, t0 + secs(67)), secs(2));
+        assert_eq!(clock.observe(11, true, t0 + secs(68)), secs(2));
+        assert_eq!(clock.observe(11, true, t0 + secs(71)), secs(5), "a silent reconnect adds up");
+        assert_eq!(clock.observe(12, false, t0 + secs(72)), Duration::ZERO, "data, then a drop");
     }
 }

@@ -2,7 +2,8 @@
 //! recovery notice.
 //!
 //! Kinds, and who raises them:
-//! - `feed_stale` (a connected feed connection delivers no market data for `stale_after`),
+//! - `feed_stale` (a feed connection is connected for `stale_after` without delivering market
+//!   data; see [`incident::DataClock`]),
 //!   `database_unreachable` (the store has not reached the database for
 //!   `alerts.database_unreachable_after`) and `spool_filling` (the spool holds
 //!   `alerts.spool_warn_fraction` of `store.spool_max_bytes`): the [`AlertMonitor::watch`]
@@ -418,8 +419,6 @@ pub struct ConnSample {
     /// Market-data ticks published so far (trades, quotes, book snapshots and deltas,
     /// lifecycle events).
     pub data: u64,
-    /// Successful connections so far.
-    pub connects: u64,
 }
 
 impl Samples {
@@ -436,7 +435,6 @@ impl Samples {
                         id: id.clone(),
                         state: m.state(),
                         data: s.trades + s.quotes + s.snapshots + s.deltas + s.lifecycles,
-                        connects: s.connects,
                     }
                 })
                 .collect(),
@@ -581,13 +579,13 @@ impl Evaluator {
     }
 
     fn judge_conn(&mut self, now: Instant, conn: &ConnSample, changes: &mut Vec<Change>) {
+        let connected = matches!(conn.state, FeedState::Subscribing | FeedState::Live | FeedState::Stale);
         let watch = self.conns.entry(conn.id.clone()).or_insert_with(|| ConnWatch {
-            clock: DataClock::new(conn.data, conn.connects, now),
+            clock: DataClock::new(conn.data, connected, now),
             stale: Incident::default(),
         });
-        let silent = watch.clock.observe(conn.data, conn.connects, now);
+        let silent = watch.clock.observe(conn.data, connected, now);
         let Some(stale_after) = self.t.stale_after(feed_and_conn(&conn.id).0) else { return };
-        let connected = matches!(conn.state, FeedState::Subscribing | FeedState::Live | FeedState::Stale);
         let reading = match (connected, silent >= stale_after) {
             (false, _) => Reading::Unknown,
             (true, true) => Reading::Bad,
@@ -697,8 +695,8 @@ mod tests {
         Thresholds::from_settings(&settings)
     }
 
-    fn conn(id: &str, state: FeedState, data: u64, connects: u64) -> ConnSample {
-        ConnSample { id: Name::from(id), state, data, connects }
+    fn conn(id: &str, state: FeedState, data: u64) -> ConnSample {
+        ConnSample { id: Name::from(id), state, data }
     }
 
     fn kinds(changes: &[Change]) -> Vec<String> {
@@ -738,7 +736,7 @@ mod tests {
             };
             let changes = e.step(
                 t0 + Duration::from_secs(s),
-                &Samples { store: None, conns: vec![conn("kalshi/0", FeedState::Live, data, 1)] },
+                &Samples { store: None, conns: vec![conn("kalshi/0", FeedState::Live, data)] },
             );
             log.extend(kinds(&changes).into_iter().map(|c| format!("{s}: {c}")));
         }
@@ -752,10 +750,9 @@ mod tests {
         let mut e = Evaluator::new(thresholds());
         let mut log = Vec::new();
         for s in 0..20u64 {
-            // Backing off for 8 s (no data, not stale), connects at 8 and stays silent.
-            let (state, connects) =
-                if s < 8 { (FeedState::BackingOff, 1) } else { (FeedState::Subscribing, 2) };
-            let samples = Samples { store: None, conns: vec![conn("kalshi/0", state, 7, connects)] };
+            // Backing off for 8 s (no data, not stale), connected from 8 and silent.
+            let state = if s < 8 { FeedState::BackingOff } else { FeedState::Subscribing };
+            let samples = Samples { store: None, conns: vec![conn("kalshi/0", state, 7)] };
             log.extend(
                 kinds(&e.step(t0 + Duration::from_secs(s), &samples))
                     .into_iter()
@@ -763,6 +760,25 @@ mod tests {
             );
         }
         assert_eq!(log, ["13: fire feed_stale kalshi/0"]);
+    }
+
+    #[test]
+    fn connections_that_keep_dying_before_any_data_add_up_to_one_stale_feed() {
+        let t0 = Instant::now();
+        let mut e = Evaluator::new(thresholds());
+        let mut log = Vec::new();
+        // Each connection is live 4 s with no data (under the 5 s threshold), then backs off 2 s.
+        for s in 0..40u64 {
+            let state = if s % 6 < 4 { FeedState::Live } else { FeedState::BackingOff };
+            let samples = Samples { store: None, conns: vec![conn("kalshi/0", state, 7)] };
+            log.extend(
+                kinds(&e.step(t0 + Duration::from_secs(s), &samples))
+                    .into_iter()
+                    .map(|c| format!("{s}: {c}")),
+            );
+        }
+        // Live 0..3 (3 s counted), 6..9 (3 more): 5 s reached at 8; open until data flows.
+        assert_eq!(log, ["8: fire feed_stale kalshi/0"]);
     }
 
     #[test]
@@ -801,7 +817,7 @@ mod tests {
     fn a_removed_connection_is_reported_gone() {
         let t0 = Instant::now();
         let mut e = Evaluator::new(thresholds());
-        let one = Samples { store: None, conns: vec![conn("kalshi/0", FeedState::Live, 1, 1)] };
+        let one = Samples { store: None, conns: vec![conn("kalshi/0", FeedState::Live, 1)] };
         assert_eq!(e.step(t0, &one), []);
         assert_eq!(kinds(&e.step(t0 + Duration::from_secs(1), &Samples::default())), ["gone kalshi/0"]);
     }
