@@ -13,10 +13,10 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use crate::alerts::{AlertMonitor, Thresholds, WatchContext};
 use crate::bus::BusBuilder;
 use crate::config::Settings;
 use crate::dashboard::{Dashboard, DashboardDeps};
-use crate::feed::alert::Alerter;
 use crate::feed::{TcpConnector, log_counts};
 use crate::service::{self, Notifier, ServiceContext};
 use crate::store::{StoreHandle, StoreMetrics, Writer, WriterContext};
@@ -45,6 +45,7 @@ pub async fn run(settings: Settings, mut control: AppControl) -> anyhow::Result<
         let _ = tx.send(d.local_addr());
     }
     let mut builder = BusBuilder::new(&settings.bus);
+    let alerts = AlertMonitor::start(&settings)?;
     let (store, writer) = match &settings.store {
         Some(store_settings) => {
             std::fs::create_dir_all(&settings.state_dir).map_err(|e| {
@@ -56,7 +57,7 @@ pub async fn run(settings: Settings, mut control: AppControl) -> anyhow::Result<
             let ctx = WriterContext {
                 settings: store_settings.clone(),
                 state_dir: settings.state_dir.clone(),
-                alerter: Alerter::new(settings.alert_command.clone()),
+                alerter: alerts.alerter(),
                 metrics: Arc::new(StoreMetrics::default()),
             };
             let (handle, writer) = Writer::start(ctx, builder.lossless())?;
@@ -76,8 +77,18 @@ pub async fn run(settings: Settings, mut control: AppControl) -> anyhow::Result<
         shutdown: control.shutdown.clone(),
         connector: Arc::new(TcpConnector),
         jitter_seed: None,
+        alerter: alerts.alerter(),
     };
     let supervisor = Supervisor::start(&settings, deps)?;
+    // Ends with the shutdown token; it publishes on the bus, so it is awaited before the bus
+    // closes.
+    let watcher = alerts.watch(WatchContext {
+        thresholds: Thresholds::from_settings(&settings),
+        handles: supervisor.handles(),
+        store: store.as_ref().map(|s| s.metrics().clone()),
+        bus: bus.clone(),
+        shutdown: control.shutdown.clone(),
+    });
     let closing = CancellationToken::new();
     let dashboard = dashboard.map(|d| {
         let deps = DashboardDeps {
@@ -87,6 +98,7 @@ pub async fn run(settings: Settings, mut control: AppControl) -> anyhow::Result<
             bus: hub_bus,
             bus_counters: bus.counters(),
             stopping: control.shutdown.clone(),
+            alerts: alerts.metrics(),
         };
         d.start(deps, closing.clone())
     });
@@ -106,12 +118,18 @@ pub async fn run(settings: Settings, mut control: AppControl) -> anyhow::Result<
         notifier: control.notifier,
         handles: supervisor.handles(),
         store: store.as_ref().map(|s| s.metrics().clone()),
-        active_alerts: None,
+        active_alerts: Some({
+            let alerts = alerts.clone();
+            Arc::new(move || alerts.active())
+        }),
         reloads_applied: supervisor.reloads_applied(),
         shutdown: control.shutdown.clone(),
     }));
     let result = supervisor.run(control.reload).await;
     summary.abort();
+    if let Err(e) = watcher.await {
+        error!(error = %e, "Alert monitor ended abnormally.");
+    }
     // It ends with STOPPING=1 as soon as the stop begins, which it has by now.
     if let Err(e) = service.await {
         error!(error = %e, "systemd notifier ended abnormally.");
@@ -132,6 +150,8 @@ pub async fn run(settings: Settings, mut control: AppControl) -> anyhow::Result<
     {
         error!(error = %e, "Dashboard server ended abnormally.");
     }
+    // Queued webhook notices get a last, bounded chance.
+    alerts.close().await;
     info!(published = stats.published, lossy_missed = stats.lossy_missed, "tickd stopped.");
     Ok(result?)
 }

@@ -24,6 +24,8 @@
 //! - [`localpg`]: a private PostgreSQL from the installed binaries (tests, `tickd demo`).
 //! - [`demo`]: `tickd demo`, everything on one machine.
 //! - [`metrics`]: per-feed counters and gauges, lock-free.
+//! - [`alerts`]: incidents (feed stale, database unreachable, spool filling, reconnects), one
+//!   alert and one recovery each, to the log, `/metrics`, `alert_command` and a webhook.
 //! - [`prometheus`]: `/metrics` in the Prometheus text format.
 //! - [`service`]: systemd `Type=notify`: readiness, status, watchdog, stop and reload.
 //! - [`telemetry`]: logging: text, JSON or the systemd journal, feed span fields in each.
@@ -31,6 +33,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod alerts;
 pub mod app;
 pub mod book;
 pub mod bus;

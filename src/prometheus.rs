@@ -1,15 +1,17 @@
 //! `/metrics`: every counter of the daemon in the Prometheus text format (version 0.0.4).
 //!
 //! Names start with `tickd_`; feed series carry `feed` and `conn` labels (the feed's name and
-//! the connection's index, as in the logs). Counters end in `_total`; gauges do not. The
-//! commit latency is a histogram in seconds. Every family has `# HELP` and `# TYPE`, also when
-//! it has no sample yet (no feed connection, no frame). No label holds anything secret: feed
-//! names, connection indexes, states, tick kinds and reasons only.
+//! the connection's index, as in the logs), alert series `kind` and `source`. Counters end in
+//! `_total`; gauges do not. The commit latency is a histogram in seconds. Every family has
+//! `# HELP` and `# TYPE`, also when it has no sample yet (no feed connection, no frame). No
+//! label holds anything secret: feed names, connection indexes, states, tick kinds, alert
+//! kinds and reasons only.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::alerts::AlertMetrics;
 use crate::bus::BusCounters;
 use crate::dashboard::DashboardMetrics;
 use crate::metrics::{FeedMetricsSnapshot, FeedState};
@@ -28,6 +30,8 @@ pub struct Sources {
     pub store: Option<Arc<StoreMetrics>>,
     /// The dashboard server.
     pub dashboard: Arc<DashboardMetrics>,
+    /// Alerts.
+    pub alerts: Arc<AlertMetrics>,
 }
 
 /// The text of one scrape.
@@ -72,6 +76,7 @@ pub fn render(src: &Sources) -> String {
         self::store(&mut out, store);
     }
     dashboard(&mut out, &src.dashboard);
+    alerts(&mut out, &src.alerts);
     out.buf
 }
 
@@ -355,9 +360,65 @@ fn dashboard(out: &mut Exposition, m: &DashboardMetrics) {
     );
 }
 
+fn alerts(out: &mut Exposition, m: &AlertMetrics) {
+    let series = m.series();
+    for (name, kind, help, read) in [
+        (
+            "tickd_alerts_total",
+            "counter",
+            "Alerts raised (incidents opened, and the store's one-shot alerts), by kind and source.",
+            (|s| s.fired) as fn(&crate::alerts::Series) -> u64,
+        ),
+        ("tickd_alerts_resolved_total", "counter", "Incidents resolved, by kind and source.", |s| s.resolved),
+        ("tickd_alert_active", "gauge", "1 while an incident of this kind is open for this source.", |s| {
+            u64::from(s.active)
+        }),
+    ] {
+        out.header(name, kind, help);
+        for ((k, source), s) in &series {
+            out.sample(name, &[("kind", k), ("source", source)], read(s));
+        }
+    }
+    out.header("tickd_alert_webhook_notices_total", "counter", "Alert notices by webhook outcome.");
+    for (outcome, c) in
+        [("delivered", &m.webhook_delivered), ("failed", &m.webhook_failed), ("dropped", &m.webhook_dropped)]
+    {
+        out.sample("tickd_alert_webhook_notices_total", &[("outcome", outcome)], get(c));
+    }
+    out.single(
+        "tickd_alert_command_failures_total",
+        "counter",
+        "Runs of alert_command that failed, timed out or could not start.",
+        get(&m.command_failures),
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn alerts_render_per_kind_and_source_with_their_state() {
+        let monitor = crate::alerts::AlertMonitor::default();
+        monitor.fire("feed_stale", "kalshi/1", "silent");
+        monitor.fire("database_unreachable", "store", "down");
+        monitor.resolve("database_unreachable", "store", "up");
+        let mut out = Exposition { buf: String::new() };
+
+        alerts(&mut out, &monitor.metrics());
+
+        for line in [
+            "# TYPE tickd_alerts_total counter\n",
+            "tickd_alerts_total{kind=\"feed_stale\",source=\"kalshi/1\"} 1\n",
+            "tickd_alerts_resolved_total{kind=\"database_unreachable\",source=\"store\"} 1\n",
+            "tickd_alert_active{kind=\"feed_stale\",source=\"kalshi/1\"} 1\n",
+            "tickd_alert_active{kind=\"database_unreachable\",source=\"store\"} 0\n",
+            "tickd_alert_webhook_notices_total{outcome=\"dropped\"} 0\n",
+            "tickd_alert_command_failures_total 0\n",
+        ] {
+            assert!(out.buf.contains(line), "{line} missing from\n{}", out.buf);
+        }
+    }
 
     #[test]
     fn labels_are_escaped_and_every_sample_has_a_type() {
@@ -395,6 +456,11 @@ mod tests {
             bus: bus.counters(),
             store: Some(Arc::new(StoreMetrics::default())),
             dashboard: Arc::new(DashboardMetrics::default()),
+            alerts: {
+                let monitor = crate::alerts::AlertMonitor::default();
+                monitor.fire("feed_stale", "kalshi/1", "silent");
+                monitor.metrics()
+            },
         };
 
         let text = render(&src);

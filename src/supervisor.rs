@@ -56,6 +56,8 @@ pub struct SupervisorDeps {
     pub connector: Arc<dyn Connect>,
     /// Seed for backoff jitter (tests); `None` seeds each actor from the OS.
     pub jitter_seed: Option<u64>,
+    /// How feeds raise and resolve alerts (`AlertMonitor::alerter` in `tickd run`).
+    pub alerter: Alerter,
 }
 
 /// A running connection as the supervisor sees it.
@@ -104,7 +106,7 @@ impl Supervisor {
     /// Starts every configured feed.
     pub fn start(settings: &Settings, deps: SupervisorDeps) -> Result<Supervisor, SupervisorError> {
         let mut sup = Supervisor {
-            alerter: Alerter::new(settings.alert_command.clone()),
+            alerter: deps.alerter.clone(),
             deps,
             feeds: Vec::new(),
             conns: BTreeMap::new(),

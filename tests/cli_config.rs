@@ -129,7 +129,12 @@ fn the_example_documents_every_key() {
         "\n[store]\nurl = \"postgres://tickd@db/tickd\"\npassword_file = \"{}\"\nretention_days = 30\n",
         test_key_pem().display()
     );
-    let text = format!("alert_command = \"{}\"\n{}{store}", alert.display(), signed_feed(test_key_pem()));
+    let alerts = "\n[alerts]\nwebhook_url = \"https://hooks.example.com/T0?token=abc\"\n";
+    let text = format!(
+        "alert_command = \"{}\"\n{}stale_after = \"2m\"\n{store}{alerts}",
+        alert.display(),
+        signed_feed(test_key_pem())
+    );
     let (_dir, file) = config_file(&text);
     let out = checked(check_config(&file, &[]));
     assert_eq!(out.code, Some(0), "{}", out.stderr);
@@ -480,4 +485,36 @@ fn a_store_url_that_is_not_postgres_is_named() {
     assert_eq!(out.code, Some(2));
     assert!(out.stderr.contains("invalid `store.url`"), "{}", out.stderr);
     assert!(out.stderr.contains("invalid `store.batch_size`"), "{}", out.stderr);
+}
+
+#[test]
+fn a_webhook_token_never_shows_in_check_config() {
+    let text = format!(
+        "{SIM_FEED}\n[alerts]\nwebhook_url = \"https://ops:pa55word@hooks.example.com/services/T0/B0/XYZZY?token=s3cret\"\n"
+    );
+    let (_dir, file) = config_file(&text);
+
+    let out = checked(check_config(&file, &[]));
+
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    for secret in ["pa55word", "XYZZY", "s3cret"] {
+        assert!(!out.stdout.contains(secret), "{secret} in {}", out.stdout);
+    }
+    assert!(out.stdout.contains("webhook_url = \"https://hooks.example.com/<redacted>\""), "{}", out.stdout);
+}
+
+#[test]
+fn a_webhook_url_that_is_not_http_is_named_without_repeating_it() {
+    let text = format!(
+        "{SIM_FEED}\n[alerts]\nwebhook_url = \"smtp://ops:pa55word@mail.example.com\"\nspool_warn_fraction = 2.0\n"
+    );
+    let (_dir, file) = config_file(&text);
+
+    let out = checked(check_config(&file, &[("TICKD_ALERTS__RESOLVE_AFTER", "0s")]));
+
+    assert_eq!(out.code, Some(2));
+    assert!(out.stderr.contains("invalid `alerts.webhook_url`"), "{}", out.stderr);
+    assert!(out.stderr.contains("invalid `alerts.spool_warn_fraction`"), "{}", out.stderr);
+    assert!(out.stderr.contains("invalid `alerts.resolve_after`"), "{}", out.stderr);
+    assert!(!out.stderr.contains("pa55word"), "{}", out.stderr);
 }

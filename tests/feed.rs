@@ -389,7 +389,7 @@ async fn the_alert_command_runs_once_per_incident_with_the_details_in_its_enviro
     std::fs::write(
         &script,
         format!(
-            "#!/bin/sh\necho \"$TICKD_ALERT_FEED|$TICKD_ALERT_KIND|$TICKD_ALERT_MESSAGE|$TICKD_ALERT_TIME\" >> {}\n",
+            "#!/bin/sh\necho \"$TICKD_ALERT_FEED|$TICKD_ALERT_KIND|$TICKD_ALERT_MESSAGE|$TICKD_ALERT_TIME|$TICKD_ALERT_STATE|$TICKD_ALERT_SOURCE|$TICKD_ALERT_ID\" >> {}\n",
             log.display()
         ),
     )
@@ -412,11 +412,24 @@ async fn the_alert_command_runs_once_per_incident_with_the_details_in_its_enviro
     let read = || std::fs::read_to_string(&log).unwrap_or_default();
     poll_until("the alert command to write", LIMIT, || !read().is_empty()).await;
     let lines: Vec<String> = read().lines().map(str::to_owned).collect();
-    assert_eq!(lines.len(), 1, "one alert for one incident: {lines:?}");
+    assert_eq!(lines.len(), 1, "one alert for one incident, no recovery before healthy_after: {lines:?}");
     let fields: Vec<&str> = lines[0].split('|').collect();
     assert_eq!(fields[0], "sim");
     assert_eq!(fields[1], "max_reconnects");
     assert!(fields[2].contains("3 consecutive connection failures"), "{}", fields[2]);
     assert!(fields[3].parse::<i64>().unwrap() > 1_700_000_000, "a Unix time in seconds");
+    assert_eq!((fields[4], fields[5]), ("firing", "sim/0"));
+
+    // The connection stays healthy for `healthy_after` (2 s here): one recovery notice.
+    poll_until("the recovery notice", LIMIT, || read().lines().count() >= 2).await;
     h.stop().await;
+    let lines: Vec<String> = read().lines().map(str::to_owned).collect();
+    assert_eq!(lines.len(), 2, "one alert and one recovery for one incident: {lines:?}");
+    let resolved: Vec<&str> = lines[1].split('|').collect();
+    assert_eq!(
+        (resolved[0], resolved[1], resolved[4], resolved[5]),
+        ("sim", "max_reconnects", "resolved", "sim/0")
+    );
+    assert!(resolved[2].contains("healthy"), "{}", resolved[2]);
+    assert_eq!(resolved[6], fields[6], "an alert and its recovery share an id");
 }

@@ -38,8 +38,13 @@ async fn start(settings: &Settings, connector: Arc<dyn Connect>) -> Running {
     let mut rx = builder.lossless();
     tokio::spawn(async move { while rx.recv().await.is_some() {} });
     let shutdown = CancellationToken::new();
-    let deps =
-        SupervisorDeps { bus: builder.build(), shutdown: shutdown.clone(), connector, jitter_seed: Some(1) };
+    let deps = SupervisorDeps {
+        bus: builder.build(),
+        shutdown: shutdown.clone(),
+        connector,
+        jitter_seed: Some(1),
+        alerter: Default::default(),
+    };
     let sup = Supervisor::start(settings, deps).expect("starts");
     let handles = sup.handles();
     let (reload, rx) = mpsc::channel(4);

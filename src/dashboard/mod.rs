@@ -87,6 +87,8 @@ pub struct DashboardDeps {
     /// Cancelled when the daemon starts stopping: `/readyz` turns 503 and new clients are
     /// refused, while connected ones keep their stream until `closing`.
     pub stopping: CancellationToken,
+    /// Alert counters, for `/metrics`.
+    pub alerts: Arc<crate::alerts::AlertMetrics>,
 }
 
 /// State shared by every request and client.
@@ -154,6 +156,7 @@ impl Dashboard {
             bus: deps.bus_counters,
             store: deps.store.clone(),
             dashboard: metrics.clone(),
+            alerts: deps.alerts.clone(),
         };
         let status = status::Source { handles: deps.handles, store: deps.store, metrics: metrics.clone() };
         // Joins, subscription changes and resyncs. When full, a reader waits (and stops

@@ -1,36 +1,42 @@
-//! Raising alerts: an error log, a metric, an `Alert` tick, and the configured command.
+//! Raising alerts from a feed or the store: a metric, an `Alert` tick, and an incident in the
+//! alert registry ([`crate::alerts`]), which logs it and sends it to `alert_command` and the
+//! webhook.
 //!
-//! The command (`alert_command`) runs detached with the details in its environment:
-//! `TICKD_ALERT_FEED`, `TICKD_ALERT_KIND`, `TICKD_ALERT_MESSAGE`, `TICKD_ALERT_TIME`
-//! (RFC 3339-ish seconds since the epoch). A command that hangs is killed after
-//! [`COMMAND_TIMEOUT`]; its failure is logged, never fatal.
+//! A feed's alert is about its connection (`feed/n`) and stays open until the feed resolves
+//! it ([`Alerter::resolve`]), which sends one recovery notice. The command's environment and
+//! the webhook's body are described in [`crate::alerts::notice`].
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
-use tracing::{error, warn};
-
+use crate::alerts::AlertMonitor;
 use crate::bus::Bus;
 use crate::metrics::FeedMetrics;
-use crate::tick::{FeedEvent, Name, Tick, TickKind, now_micros, recv_micros};
+use crate::tick::{FeedEvent, Name, Tick, TickKind, recv_micros};
 
-/// How long an alert command may run before it is killed.
-pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+pub use crate::alerts::notice::COMMAND_TIMEOUT;
 
-/// Raises alerts for one feed.
+/// Raises and resolves alerts for feeds and the store. Cheap to clone.
 #[derive(Clone, Debug, Default)]
 pub struct Alerter {
-    command: Option<PathBuf>,
+    monitor: AlertMonitor,
 }
 
 impl Alerter {
-    /// An alerter that runs `command` (if any) for every alert.
+    /// An alerter of its own that runs `command` (if any) for every alert and recovery; no
+    /// webhook. `tickd run` uses [`AlertMonitor::alerter`] instead.
     pub fn new(command: Option<PathBuf>) -> Self {
-        Alerter { command }
+        Alerter { monitor: AlertMonitor::with_command(command) }
     }
 
-    /// Logs, counts, publishes and runs the command for one alert.
+    /// An alerter that raises through `monitor`.
+    pub fn routed(monitor: AlertMonitor) -> Self {
+        Alerter { monitor }
+    }
+
+    /// Opens an incident about connection `conn` of `feed` (source `feed/conn`): counts it in
+    /// `metrics`, publishes an `Alert` tick, and sends the alert. Nothing is sent when one of
+    /// this kind is open already for that connection.
     pub async fn raise(
         &self,
         feed: &Name,
@@ -40,7 +46,9 @@ impl Alerter {
         kind: &str,
         message: &str,
     ) {
-        error!(%feed, alert = kind, "{message}");
+        if !self.monitor.fire(kind, &source(feed, conn), message) {
+            return;
+        }
         FeedMetrics::inc(&metrics.alerts);
         let event = FeedEvent::Alert { kind: kind.to_owned(), message: message.to_owned() };
         let tick = Tick {
@@ -52,52 +60,23 @@ impl Alerter {
             kind: TickKind::Feed(event),
         };
         bus.publish(Arc::new(tick)).await;
-        if let Some(command) = &self.command {
-            self.spawn_command(command.clone(), feed, kind, message);
-        }
     }
 
-    /// Runs the alert command (if any) for an alert raised outside a feed, such as the
-    /// store's; `source` goes in `TICKD_ALERT_FEED`. Logging and counting are the caller's.
+    /// Closes the incident `raise` opened for this connection and kind, with one recovery
+    /// notice; does nothing when none is open.
+    pub fn resolve(&self, feed: &Name, conn: u16, kind: &str, message: &str) {
+        self.monitor.resolve(kind, &source(feed, conn), message);
+    }
+
+    /// Sends a one-shot alert raised outside a feed, such as the store's (no incident, no
+    /// recovery); `source` goes in `TICKD_ALERT_SOURCE` and `TICKD_ALERT_FEED`. Logging and
+    /// counting in the caller's own metrics are the caller's.
     pub fn notify(&self, source: &Name, kind: &str, message: &str) {
-        if let Some(command) = &self.command {
-            self.spawn_command(command.clone(), source, kind, message);
-        }
+        self.monitor.event(kind, source, message);
     }
+}
 
-    fn spawn_command(&self, command: PathBuf, feed: &Name, kind: &str, message: &str) {
-        let mut cmd = tokio::process::Command::new(&command);
-        cmd.env("TICKD_ALERT_FEED", &**feed)
-            .env("TICKD_ALERT_KIND", kind)
-            .env("TICKD_ALERT_MESSAGE", message)
-            .env("TICKD_ALERT_TIME", (now_micros() / 1_000_000).to_string())
-            .stdin(std::process::Stdio::null())
-            // Only tickd itself speaks to systemd.
-            .env_remove("NOTIFY_SOCKET")
-            .env_remove("WATCHDOG_USEC")
-            .env_remove("WATCHDOG_PID")
-            .kill_on_drop(true);
-        let feed = feed.clone();
-        tokio::spawn(async move {
-            let outcome = match cmd.spawn() {
-                Ok(mut child) => tokio::time::timeout(COMMAND_TIMEOUT, child.wait()).await,
-                Err(e) => {
-                    warn!(%feed, command = %command.display(), error = %e, "Alert command could not start.");
-                    return;
-                }
-            };
-            match outcome {
-                Ok(Ok(status)) if status.success() => {}
-                Ok(Ok(status)) => {
-                    warn!(%feed, command = %command.display(), %status, "Alert command failed.")
-                }
-                Ok(Err(e)) => {
-                    warn!(%feed, command = %command.display(), error = %e, "Alert command failed.")
-                }
-                Err(_) => {
-                    warn!(%feed, command = %command.display(), "Alert command timed out; killed.")
-                }
-            }
-        });
-    }
+/// A connection's alert source, `feed/conn`: the supervisor's connection id.
+fn source(feed: &str, conn: u16) -> String {
+    format!("{feed}/{conn}")
 }

@@ -8,7 +8,8 @@
 //! connection ends it publishes `Disconnected`, waits a capped, jittered, growing delay and
 //! connects again; the failure count resets only after a connection stayed healthy for
 //! `backoff.healthy_after`. After `max_reconnects` consecutive failures it raises an alert and,
-//! by policy, keeps retrying at the capped delay, stops, or asks the process to exit.
+//! by policy, keeps retrying at the capped delay, stops, or asks the process to exit. Alerts of
+//! a failure streak resolve (one recovery notice each) when the failure count resets.
 //!
 //! Callers hold a [`FeedHandle`]: change the market list (applied live, or queued while
 //! disconnected) and read the current books.
@@ -293,6 +294,8 @@ struct FeedActor {
     out: Output,
     /// The max-reconnects alert of the current failure streak has been raised.
     alerted: bool,
+    /// Alerts raised in the current failure streak, resolved once a connection is healthy.
+    open_alerts: Vec<&'static str>,
 }
 
 impl FeedActor {
@@ -317,7 +320,16 @@ impl FeedActor {
             Some(seed) => Backoff::seeded(s.backoff.clone(), seed),
             None => Backoff::new(s.backoff.clone()),
         };
-        FeedActor { cfg, ctx, commands, session, backoff, out: Output::default(), alerted: false }
+        FeedActor {
+            cfg,
+            ctx,
+            commands,
+            session,
+            backoff,
+            out: Output::default(),
+            alerted: false,
+            open_alerts: Vec::new(),
+        }
     }
 
     async fn run(mut self) -> FeedExit {
@@ -556,6 +568,7 @@ impl FeedActor {
                         self.alerted = false;
                         self.ctx.metrics.consecutive_failures.store(0, Ordering::Relaxed);
                         debug!("Connection healthy; backoff reset.");
+                        self.resolve_alerts(healthy_after);
                     } else {
                         healthy.as_mut().reset(Instant::now() + healthy_after);
                     }
@@ -669,8 +682,21 @@ impl FeedActor {
         self.ctx.bus.publish(Arc::new(tick)).await;
     }
 
-    async fn alert(&self, kind: &str, message: &str) {
+    async fn alert(&mut self, kind: &'static str, message: &str) {
         let feed: Name = Arc::from(self.cfg.settings.name.as_str());
         self.ctx.alerter.raise(&feed, self.cfg.conn, &self.ctx.bus, &self.ctx.metrics, kind, message).await;
+        if !self.open_alerts.contains(&kind) {
+            self.open_alerts.push(kind);
+        }
+    }
+
+    /// The failure streak is over: one recovery notice per alert it raised.
+    fn resolve_alerts(&mut self, healthy_after: Duration) {
+        let feed: Name = Arc::from(self.cfg.settings.name.as_str());
+        let message =
+            format!("{}: connected and healthy for {}s again", self.cfg.conn_id, healthy_after.as_secs_f64());
+        for kind in self.open_alerts.drain(..) {
+            self.ctx.alerter.resolve(&feed, self.cfg.conn, kind, &message);
+        }
     }
 }

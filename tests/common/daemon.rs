@@ -59,6 +59,10 @@ pub struct DaemonConfig {
     dashboard: Vec<(String, String)>,
     /// `log.level`.
     level: String,
+    /// Top-level keys and TOML values (`alert_command`), none by default.
+    top: Vec<(String, String)>,
+    /// `[alerts]` keys and TOML values, none by default.
+    alerts: Vec<(String, String)>,
 }
 
 impl DaemonConfig {
@@ -85,12 +89,26 @@ impl DaemonConfig {
             ]),
             dashboard: pairs(&[("listen", quoted("127.0.0.1:0"))]),
             level: "info".to_owned(),
+            top: Vec::new(),
+            alerts: Vec::new(),
         }
     }
 
     /// Sets `log.level` (`"debug"`, `"tickd=debug,info"`); `info` unless set.
     pub fn log_level(&mut self, level: &str) -> &mut Self {
         self.level = level.to_owned();
+        self
+    }
+
+    /// Sets the top-level `key = value` (`value` in TOML: `"/path/to/alert"`).
+    pub fn top(&mut self, key: &str, value: &str) -> &mut Self {
+        set(&mut self.top, key, value);
+        self
+    }
+
+    /// Sets `[alerts] key = value` (`value` in TOML: `"2s"`, `0.01`).
+    pub fn alerts(&mut self, key: &str, value: &str) -> &mut Self {
+        set(&mut self.alerts, key, value);
         self
     }
 
@@ -116,13 +134,16 @@ impl DaemonConfig {
     pub fn toml(&self) -> String {
         let markets: Vec<String> = self.markets.iter().map(|m| toml_str(m)).collect();
         format!(
-            "state_dir = {state_dir}\nsummary_interval = \"1s\"\n\n\
+            "state_dir = {state_dir}\nsummary_interval = \"1s\"\n{top}\n\
              [log]\nformat = \"json\"\nlevel = {level}\n\n\
              [dashboard]\n{dashboard}\n\
+             [alerts]\n{alerts}\n\
              [store]\n{store}\n\
              [[feeds]]\nname = \"sim\"\nurl = {sim}\nmarkets = [{markets}]\n{feed}",
             state_dir = toml_str(&self.state_dir.display().to_string()),
             level = toml_str(&self.level),
+            top = lines(&self.top),
+            alerts = lines(&self.alerts),
             dashboard = lines(&self.dashboard),
             store = lines(&self.store),
             sim = toml_str(&self.sim_url),

@@ -1,0 +1,844 @@
+//! Alerts an operator can trust: each incident is one alert and, once it is over, one
+//! recovery notice.
+//!
+//! Kinds, and who raises them:
+//! - `feed_stale` (a feed connection is connected for `stale_after` without delivering market
+//!   data; see [`incident::DataClock`]),
+//!   `database_unreachable` (the store has not reached the database for
+//!   `alerts.database_unreachable_after`) and `spool_filling` (the spool holds
+//!   `alerts.spool_warn_fraction` of `store.spool_max_bytes`): the [`AlertMonitor::watch`]
+//!   task, which samples the feed and store metrics every [`EVALUATE_EVERY`] and applies the
+//!   rule of [`incident`].
+//! - `max_reconnects` and `credentials_rejected`: a feed actor, through its
+//!   [`Alerter`](crate::feed::alert::Alerter); the same actor resolves them once its
+//!   connection has stayed healthy for `backoff.healthy_after`.
+//! - The store writer's own alerts (`spool_full`, `store_schema`, `batch_rejected`,
+//!   `spool_unreadable`): one-shot notices with no incident and no recovery.
+//!
+//! An open incident is keyed by (kind, source); raising it again while open does nothing.
+//! Every notice is one log line (error when firing, warn when resolved, with `alert`, `source`
+//! and `feed`), counted in [`AlertMetrics`] (`/metrics`), handed to `alert_command` and queued
+//! for the webhook ([`webhook`]); nothing here ever waits for a receiver. Incidents open at
+//! shutdown get no recovery: the next start judges afresh.
+
+pub mod incident;
+pub mod notice;
+pub mod webhook;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::bus::Bus;
+use crate::config::Settings;
+use crate::feed::alert::Alerter;
+use crate::metrics::{FeedMetrics, FeedState};
+use crate::store::{StoreMetrics, StoreState};
+use crate::supervisor::{Handles, feed_and_conn, metrics_of};
+use crate::tick::{FeedEvent, Name, Tick, TickKind, now_micros, recv_micros};
+use incident::{DataClock, Incident, Reading, Rule, Transition};
+use notice::{Notice, NoticeState, run_command};
+use webhook::{WEBHOOK_QUEUE, Webhook};
+
+/// A feed connection delivers no market data while connected.
+pub const FEED_STALE: &str = "feed_stale";
+/// The store cannot reach (or cannot use) the database.
+pub const DATABASE_UNREACHABLE: &str = "database_unreachable";
+/// The spool is filling towards `spool_max_bytes`.
+pub const SPOOL_FILLING: &str = "spool_filling";
+/// A feed connection failed `max_reconnects` times in a row.
+pub const MAX_RECONNECTS: &str = "max_reconnects";
+/// The exchange rejected a feed's credentials (HTTP 401).
+pub const CREDENTIALS_REJECTED: &str = "credentials_rejected";
+
+/// The source of the store's alerts.
+pub const STORE: &str = "store";
+
+/// How often the monitor samples the metrics.
+pub const EVALUATE_EVERY: Duration = Duration::from_secs(1);
+
+/// Why alerting cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum AlertError {
+    /// The webhook URL cannot be used (the message never shows the URL's secret parts).
+    #[error("alerts.webhook_url: {0}")]
+    Webhook(String),
+}
+
+/// Alert counters for `/metrics`, per (kind, source), and the webhook's outcomes.
+#[derive(Debug, Default)]
+pub struct AlertMetrics {
+    series: Mutex<BTreeMap<(String, String), Series>>,
+    /// Notices the webhook accepted (2xx).
+    pub webhook_delivered: AtomicU64,
+    /// Notices the webhook never accepted (retries exhausted, a final answer, or stopping).
+    pub webhook_failed: AtomicU64,
+    /// Notices dropped because the webhook queue was full.
+    pub webhook_dropped: AtomicU64,
+    /// Runs of `alert_command` that failed, timed out or could not start.
+    pub command_failures: AtomicU64,
+}
+
+/// The counts of one (kind, source).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Series {
+    /// Alerts raised (incidents opened, and one-shot store alerts).
+    pub fired: u64,
+    /// Incidents resolved.
+    pub resolved: u64,
+    /// An incident is open now.
+    pub active: bool,
+}
+
+impl AlertMetrics {
+    /// Every (kind, source) seen so far, sorted.
+    pub fn series(&self) -> Vec<((String, String), Series)> {
+        lock(&self.series).iter().map(|(k, v)| (k.clone(), *v)).collect()
+    }
+
+    fn update(&self, kind: &str, source: &str, f: impl FnOnce(&mut Series)) {
+        f(lock(&self.series).entry((kind.to_owned(), source.to_owned())).or_default());
+    }
+}
+
+/// Locks `m`; a panic elsewhere while it was held leaves plain data behind, still usable.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// An open incident.
+#[derive(Clone, Debug)]
+struct Open {
+    feed: String,
+    started_us: i64,
+}
+
+struct Inner {
+    /// Open incidents by (kind, source).
+    open: Mutex<BTreeMap<(String, String), Open>>,
+    metrics: Arc<AlertMetrics>,
+    command: Option<PathBuf>,
+    /// Queue of the webhook task, when a webhook is configured.
+    webhook: Option<mpsc::Sender<Notice>>,
+    /// Stops the webhook task (after a bounded drain).
+    close: CancellationToken,
+    webhook_task: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// The alert registry and its outlets: open incidents, metrics, the command and the webhook.
+/// Cheap to clone; every clone is the same registry.
+#[derive(Clone)]
+pub struct AlertMonitor {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for AlertMonitor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AlertMonitor").field("active", &self.active()).finish()
+    }
+}
+
+impl Default for AlertMonitor {
+    fn default() -> Self {
+        AlertMonitor::with_command(None)
+    }
+}
+
+impl AlertMonitor {
+    /// A registry whose notices go to the log, its metrics and `command`; no webhook, no task.
+    pub fn with_command(command: Option<PathBuf>) -> AlertMonitor {
+        Self::build(command, None)
+    }
+
+    /// The registry `tickd run` uses: `alert_command` and, when `[alerts]` names one, the
+    /// webhook, whose delivery task starts here (call inside the runtime). Start the
+    /// monitoring itself with [`AlertMonitor::watch`] once the feeds and the store exist, and
+    /// [`AlertMonitor::close`] it last.
+    pub fn start(settings: &Settings) -> Result<AlertMonitor, AlertError> {
+        let alerts = &settings.alerts;
+        let webhook = match alerts.load_webhook_url().map_err(AlertError::Webhook)? {
+            Some(url) => Some(
+                Webhook::new(&url, alerts.webhook_timeout, alerts.webhook_retries)
+                    .map_err(AlertError::Webhook)?,
+            ),
+            None => None,
+        };
+        let Some(hook) = webhook else {
+            return Ok(Self::build(settings.alert_command.clone(), None));
+        };
+        // Bounded: when full the newest notice is dropped, counted and logged (see `dispatch`).
+        let (tx, rx) = mpsc::channel(WEBHOOK_QUEUE);
+        let monitor = Self::build(settings.alert_command.clone(), Some(tx));
+        info!(webhook = %hook.shown(), "Alerts are posted to a webhook.");
+        let task = webhook::spawn(hook, rx, monitor.inner.close.clone(), monitor.inner.metrics.clone());
+        *lock(&monitor.inner.webhook_task) = Some(task);
+        Ok(monitor)
+    }
+
+    fn build(command: Option<PathBuf>, webhook: Option<mpsc::Sender<Notice>>) -> AlertMonitor {
+        AlertMonitor {
+            inner: Arc::new(Inner {
+                open: Mutex::default(),
+                metrics: Arc::default(),
+                command,
+                webhook,
+                close: CancellationToken::new(),
+                webhook_task: Mutex::default(),
+            }),
+        }
+    }
+
+    /// An [`Alerter`] for feeds and the store that raises through this registry.
+    pub fn alerter(&self) -> Alerter {
+        Alerter::routed(self.clone())
+    }
+
+    /// The counters for `/metrics`.
+    pub fn metrics(&self) -> Arc<AlertMetrics> {
+        self.inner.metrics.clone()
+    }
+
+    /// The open incidents as `kind:source` (`feed_stale:kalshi/1`, `database_unreachable:store`),
+    /// sorted; for a status line.
+    pub fn active(&self) -> Vec<String> {
+        lock(&self.inner.open).keys().map(|(kind, source)| format!("{kind}:{source}")).collect()
+    }
+
+    /// Opens an incident about `source` (`kalshi/0`, `store`) and sends its alert. Returns
+    /// false, and sends nothing, when one of this kind is already open for it.
+    pub fn fire(&self, kind: &str, source: &str, message: &str) -> bool {
+        let now = now_micros();
+        let feed = feed_and_conn(source).0.to_owned();
+        {
+            let mut open = lock(&self.inner.open);
+            let key = (kind.to_owned(), source.to_owned());
+            if open.contains_key(&key) {
+                return false;
+            }
+            open.insert(key, Open { feed: feed.clone(), started_us: now });
+        }
+        self.inner.metrics.update(kind, source, |s| {
+            s.fired += 1;
+            s.active = true;
+        });
+        error!(alert = kind, %source, %feed, detail = %message, "Alert raised.");
+        self.dispatch(Notice::new(kind, source, &feed, NoticeState::Firing, message, now, now));
+        true
+    }
+
+    /// Closes the open incident of `kind` about `source` and sends its recovery. Returns false,
+    /// and sends nothing, when none is open.
+    pub fn resolve(&self, kind: &str, source: &str, message: &str) -> bool {
+        let Some(open) = lock(&self.inner.open).remove(&(kind.to_owned(), source.to_owned())) else {
+            return false;
+        };
+        let now = now_micros();
+        self.inner.metrics.update(kind, source, |s| {
+            s.resolved += 1;
+            s.active = false;
+        });
+        let notice =
+            Notice::new(kind, source, &open.feed, NoticeState::Resolved, message, open.started_us, now);
+        warn!(
+            alert = kind,
+            %source,
+            feed = %open.feed,
+            detail = %message,
+            open_s = notice.duration_seconds.unwrap_or(0),
+            "Alert resolved."
+        );
+        self.dispatch(notice);
+        true
+    }
+
+    /// A one-shot alert (no incident, no recovery), such as the store's `spool_full`: counted
+    /// and sent. Logging is the caller's.
+    pub fn event(&self, kind: &str, source: &str, message: &str) {
+        let now = now_micros();
+        let feed = feed_and_conn(source).0.to_owned();
+        self.inner.metrics.update(kind, source, |s| s.fired += 1);
+        self.dispatch(Notice::new(kind, source, &feed, NoticeState::Firing, message, now, now));
+    }
+
+    /// Resolves every open incident about `source`.
+    fn resolve_all(&self, source: &str, message: &str) {
+        let kinds: Vec<String> =
+            lock(&self.inner.open).keys().filter(|(_, s)| s == source).map(|(k, _)| k.clone()).collect();
+        for kind in kinds {
+            self.resolve(&kind, source, message);
+        }
+    }
+
+    /// Runs the command and queues the webhook; never waits.
+    fn dispatch(&self, notice: Notice) {
+        if let Some(command) = &self.inner.command {
+            run_command(command, &notice, self.inner.metrics.clone());
+        }
+        if let Some(tx) = &self.inner.webhook {
+            match tx.try_send(notice) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(notice)) => {
+                    self.inner.metrics.webhook_dropped.fetch_add(1, Ordering::Relaxed);
+                    error!(alert = %notice.kind, source = %notice.source, state = notice.state.as_str(), queued = WEBHOOK_QUEUE, "Alert webhook queue full; this notice is dropped.");
+                }
+                Err(mpsc::error::TrySendError::Closed(notice)) => {
+                    self.inner.metrics.webhook_dropped.fetch_add(1, Ordering::Relaxed);
+                    warn!(alert = %notice.kind, source = %notice.source, state = notice.state.as_str(), "Alert webhook stopped; this notice is not posted.");
+                }
+            }
+        }
+    }
+
+    /// Starts the task that samples the feed and store metrics every [`EVALUATE_EVERY`] and
+    /// raises and resolves `feed_stale`, `database_unreachable` and `spool_filling`. It ends
+    /// when `ctx.shutdown` is cancelled; await the handle before closing the bus, since it
+    /// publishes on it.
+    pub fn watch(&self, ctx: WatchContext) -> JoinHandle<()> {
+        tokio::spawn(watch(self.clone(), ctx))
+    }
+
+    /// Stops the webhook task, which first delivers what is queued for at most
+    /// [`webhook::DRAIN_LIMIT`]. Later notices still reach the log, metrics and command.
+    pub async fn close(&self) {
+        self.inner.close.cancel();
+        let task = lock(&self.inner.webhook_task).take();
+        if let Some(task) = task
+            && let Err(e) = task.await
+        {
+            error!(error = %e, "Alert webhook task ended abnormally.");
+        }
+    }
+}
+
+/// What the monitoring task reads and where it publishes.
+pub struct WatchContext {
+    /// The thresholds.
+    pub thresholds: Thresholds,
+    /// The feed connections.
+    pub handles: Handles,
+    /// The store's metrics; `None` without a `[store]`.
+    pub store: Option<Arc<StoreMetrics>>,
+    /// Where `feed_stale` alerts are published as `Alert` feed events (so that dashboards and
+    /// `feed_events` show them).
+    pub bus: Bus,
+    /// Cancelled at shutdown.
+    pub shutdown: CancellationToken,
+}
+
+/// The thresholds of the monitored kinds, from the settings (read at start; a feed added by
+/// a reload gets `alerts.feed_stale_after`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Thresholds {
+    /// `alerts.resolve_after`.
+    pub resolve_after: Duration,
+    /// `alerts.database_unreachable_after`.
+    pub database_unreachable_after: Duration,
+    /// Spool bytes at which `spool_filling` fires; `None` without a store.
+    pub spool_warn_bytes: Option<u64>,
+    /// `store.spool_max_bytes`.
+    pub spool_max_bytes: u64,
+    /// `alerts.feed_stale_after`; zero is off.
+    pub feed_stale_after: Duration,
+    /// Per configured feed: its staleness threshold, `None` when off (zero, or a feed with no
+    /// markets, whose lifecycle channel may rightly be quiet for hours).
+    pub feeds: HashMap<String, Option<Duration>>,
+}
+
+impl Thresholds {
+    /// The thresholds `settings` ask for.
+    pub fn from_settings(settings: &Settings) -> Thresholds {
+        let a = &settings.alerts;
+        let nonzero = |d: Duration| (!d.is_zero()).then_some(d);
+        let feeds = settings
+            .feeds
+            .iter()
+            .map(|f| {
+                let after = match f.markets.is_empty() {
+                    true => None,
+                    false => nonzero(f.stale_after.unwrap_or(a.feed_stale_after)),
+                };
+                (f.name.clone(), after)
+            })
+            .collect();
+        let max = settings.store.as_ref().map_or(0, |s| s.spool_max_bytes);
+        Thresholds {
+            resolve_after: a.resolve_after,
+            database_unreachable_after: a.database_unreachable_after,
+            spool_warn_bytes: settings
+                .store
+                .as_ref()
+                .map(|s| ((s.spool_max_bytes as f64 * a.spool_warn_fraction).ceil() as u64).max(1)),
+            spool_max_bytes: max,
+            feed_stale_after: a.feed_stale_after,
+            feeds,
+        }
+    }
+
+    /// The staleness threshold of `feed`'s connections, `None` when off.
+    pub fn stale_after(&self, feed: &str) -> Option<Duration> {
+        match self.feeds.get(feed) {
+            Some(after) => *after,
+            None => (!self.feed_stale_after.is_zero()).then_some(self.feed_stale_after),
+        }
+    }
+}
+
+/// One sample of everything the monitor judges.
+#[derive(Clone, Debug, Default)]
+pub struct Samples {
+    /// The store, when there is one.
+    pub store: Option<StoreSample>,
+    /// Every running feed connection.
+    pub conns: Vec<ConnSample>,
+}
+
+/// The store at one instant.
+#[derive(Clone, Copy, Debug)]
+pub struct StoreSample {
+    /// Its state.
+    pub state: StoreState,
+    /// Bytes in the spool.
+    pub spool_bytes: u64,
+}
+
+/// One feed connection at one instant.
+#[derive(Clone, Debug)]
+pub struct ConnSample {
+    /// `feed/n`.
+    pub id: Name,
+    /// Its state.
+    pub state: FeedState,
+    /// Market-data ticks published so far (trades, quotes, book snapshots and deltas,
+    /// lifecycle events).
+    pub data: u64,
+}
+
+impl Samples {
+    /// Reads the metrics now.
+    pub fn read(conns: &[(Name, Arc<FeedMetrics>)], store: Option<&StoreMetrics>) -> Samples {
+        Samples {
+            store: store
+                .map(|m| StoreSample { state: m.state(), spool_bytes: StoreMetrics::get(&m.spool_bytes) }),
+            conns: conns
+                .iter()
+                .map(|(id, m)| {
+                    let s = m.snapshot();
+                    ConnSample {
+                        id: id.clone(),
+                        state: m.state(),
+                        data: s.trades + s.quotes + s.snapshots + s.deltas + s.lifecycles,
+                    }
+                })
+                .collect(),
+        }
+    }
+}
+
+/// What the evaluator decided at one step.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// Raise `kind` about `source`.
+    Fire {
+        /// The kind.
+        kind: &'static str,
+        /// `store` or `feed/n`.
+        source: Name,
+        /// Details.
+        message: String,
+    },
+    /// Resolve `kind` about `source`.
+    Resolve {
+        /// The kind.
+        kind: &'static str,
+        /// `store` or `feed/n`.
+        source: Name,
+        /// Details.
+        message: String,
+    },
+    /// A connection is no longer running (a reload removed it): whatever is open about it
+    /// resolves.
+    Gone {
+        /// `feed/n`.
+        source: Name,
+    },
+}
+
+struct ConnWatch {
+    clock: DataClock,
+    stale: Incident,
+}
+
+/// Judges samples: the monitored conditions and their incidents. Pure: time comes in.
+pub struct Evaluator {
+    t: Thresholds,
+    database: Incident,
+    spool: Incident,
+    conns: BTreeMap<Name, ConnWatch>,
+}
+
+impl Evaluator {
+    /// An evaluator with nothing open.
+    pub fn new(thresholds: Thresholds) -> Evaluator {
+        Evaluator {
+            t: thresholds,
+            database: Incident::default(),
+            spool: Incident::default(),
+            conns: BTreeMap::new(),
+        }
+    }
+
+    /// Takes the samples read at `now`; returns the alerts to raise and resolve.
+    pub fn step(&mut self, now: Instant, samples: &Samples) -> Vec<Change> {
+        let mut changes = Vec::new();
+        if let Some(store) = samples.store {
+            self.judge_store(now, store, &mut changes);
+        }
+        for conn in &samples.conns {
+            self.judge_conn(now, conn, &mut changes);
+        }
+        let gone: Vec<Name> =
+            self.conns.keys().filter(|id| !samples.conns.iter().any(|c| &c.id == *id)).cloned().collect();
+        for id in gone {
+            self.conns.remove(&id);
+            changes.push(Change::Gone { source: id });
+        }
+        changes
+    }
+
+    fn judge_store(&mut self, now: Instant, store: StoreSample, changes: &mut Vec<Change>) {
+        let source: Name = Name::from(STORE);
+        // `Starting` lasts until the first probe answers or fails (bounded by the store's
+        // timeouts); a slow first migration is not an outage, and a failed probe turns into
+        // `Spooling` at once.
+        let reading = match store.state {
+            StoreState::Spooling => Reading::Bad,
+            StoreState::Ready | StoreState::Replaying => Reading::Clear,
+            StoreState::Starting | StoreState::Stopped => Reading::Unknown,
+        };
+        let rule =
+            Rule { fire_after: self.t.database_unreachable_after, resolve_after: self.t.resolve_after };
+        match self.database.observe(reading, now, rule) {
+            Some(Transition::Fire { bad_for }) => changes.push(Change::Fire {
+                kind: DATABASE_UNREACHABLE,
+                source: source.clone(),
+                message: format!(
+                    "the store has not reached the database for {}s (state {}); ticks go to the spool, which holds {} bytes",
+                    bad_for.as_secs(),
+                    store.state.as_str(),
+                    store.spool_bytes
+                ),
+            }),
+            Some(Transition::Resolve { open_for }) => changes.push(Change::Resolve {
+                kind: DATABASE_UNREACHABLE,
+                source: source.clone(),
+                message: format!(
+                    "the store reaches the database again (state {}); alert open {}s",
+                    store.state.as_str(),
+                    open_for.as_secs()
+                ),
+            }),
+            None => {}
+        }
+        let Some(warn_at) = self.t.spool_warn_bytes else { return };
+        let reading = match store.state {
+            StoreState::Stopped => Reading::Unknown,
+            _ if store.spool_bytes >= warn_at => Reading::Bad,
+            _ => Reading::Clear,
+        };
+        let rule = Rule { fire_after: Duration::ZERO, resolve_after: self.t.resolve_after };
+        match self.spool.observe(reading, now, rule) {
+            Some(Transition::Fire { .. }) => changes.push(Change::Fire {
+                kind: SPOOL_FILLING,
+                source: source.clone(),
+                message: format!(
+                    "the spool holds {} bytes, {:.0}% of store.spool_max_bytes ({}); past that limit new ticks are dropped",
+                    store.spool_bytes,
+                    store.spool_bytes as f64 * 100.0 / self.t.spool_max_bytes.max(1) as f64,
+                    self.t.spool_max_bytes
+                ),
+            }),
+            Some(Transition::Resolve { open_for }) => changes.push(Change::Resolve {
+                kind: SPOOL_FILLING,
+                source,
+                message: format!(
+                    "the spool is back under {warn_at} bytes ({} now); alert open {}s",
+                    store.spool_bytes,
+                    open_for.as_secs()
+                ),
+            }),
+            None => {}
+        }
+    }
+
+    fn judge_conn(&mut self, now: Instant, conn: &ConnSample, changes: &mut Vec<Change>) {
+        let connected = matches!(conn.state, FeedState::Subscribing | FeedState::Live | FeedState::Stale);
+        let watch = self.conns.entry(conn.id.clone()).or_insert_with(|| ConnWatch {
+            clock: DataClock::new(conn.data, connected, now),
+            stale: Incident::default(),
+        });
+        let silent = watch.clock.observe(conn.data, connected, now);
+        let Some(stale_after) = self.t.stale_after(feed_and_conn(&conn.id).0) else { return };
+        let reading = match (connected, silent >= stale_after) {
+            (false, _) => Reading::Unknown,
+            (true, true) => Reading::Bad,
+            (true, false) => Reading::Clear,
+        };
+        let rule = Rule { fire_after: Duration::ZERO, resolve_after: self.t.resolve_after };
+        match watch.stale.observe(reading, now, rule) {
+            Some(Transition::Fire { .. }) => changes.push(Change::Fire {
+                kind: FEED_STALE,
+                source: conn.id.clone(),
+                message: format!(
+                    "{}: connected ({}) but no market data for {}s (stale_after {}s)",
+                    conn.id,
+                    conn.state.as_str(),
+                    silent.as_secs(),
+                    stale_after.as_secs()
+                ),
+            }),
+            Some(Transition::Resolve { open_for }) => changes.push(Change::Resolve {
+                kind: FEED_STALE,
+                source: conn.id.clone(),
+                message: format!(
+                    "{}: market data flowing again; alert open {}s",
+                    conn.id,
+                    open_for.as_secs()
+                ),
+            }),
+            None => {}
+        }
+    }
+}
+
+/// The monitoring loop: sample, judge, notify, every [`EVALUATE_EVERY`].
+async fn watch(monitor: AlertMonitor, ctx: WatchContext) {
+    let mut evaluator = Evaluator::new(ctx.thresholds.clone());
+    let mut every = tokio::time::interval(EVALUATE_EVERY);
+    every.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            // Shutdown: stop judging. Open incidents stay open (no recovery is claimed).
+            () = ctx.shutdown.cancelled() => return,
+            // Time to sample again.
+            _ = every.tick() => {}
+        }
+        let conns = metrics_of(&ctx.handles);
+        let samples = Samples::read(&conns, ctx.store.as_deref());
+        // Stopping feeds leave `handles`; that is not a reload removing them.
+        if ctx.shutdown.is_cancelled() {
+            return;
+        }
+        for change in evaluator.step(Instant::now(), &samples) {
+            match change {
+                Change::Fire { kind, source, message } => {
+                    if monitor.fire(kind, &source, &message) && kind == FEED_STALE {
+                        if let Some((_, m)) = conns.iter().find(|(id, _)| *id == source) {
+                            FeedMetrics::inc(&m.alerts);
+                        }
+                        let (feed, conn) = feed_and_conn(&source);
+                        let tick = Tick {
+                            feed: Name::from(feed),
+                            conn,
+                            market: Name::from(""),
+                            exch_ts: None,
+                            recv_ts: recv_micros(),
+                            kind: TickKind::Feed(FeedEvent::Alert { kind: kind.to_owned(), message }),
+                        };
+                        tokio::select! {
+                            // The store may be slow to take it; shutdown does not wait.
+                            () = ctx.shutdown.cancelled() => return,
+                            () = ctx.bus.publish(Arc::new(tick)) => {}
+                        }
+                    }
+                }
+                Change::Resolve { kind, source, message } => {
+                    monitor.resolve(kind, &source, &message);
+                }
+                Change::Gone { source } => {
+                    monitor
+                        .resolve_all(&source, &format!("{source}: the connection was removed by a reload"));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{FeedSettings, StoreSettings};
+
+    fn thresholds() -> Thresholds {
+        let mut settings = Settings::default();
+        let mut feed = FeedSettings::new("kalshi", "ws://x");
+        feed.markets = vec!["A".into()];
+        feed.stale_after = Some(Duration::from_secs(5));
+        let mut quiet = FeedSettings::new("lifecycle", "ws://x");
+        quiet.lifecycle = true;
+        let mut off = FeedSettings::new("off", "ws://x");
+        off.markets = vec!["B".into()];
+        off.stale_after = Some(Duration::ZERO);
+        settings.feeds = vec![feed, quiet, off];
+        settings.store = Some(StoreSettings { spool_max_bytes: 1000, ..StoreSettings::default() });
+        settings.alerts.spool_warn_fraction = 0.5;
+        settings.alerts.resolve_after = Duration::from_secs(3);
+        settings.alerts.database_unreachable_after = Duration::from_secs(10);
+        settings.alerts.feed_stale_after = Duration::from_secs(60);
+        Thresholds::from_settings(&settings)
+    }
+
+    fn conn(id: &str, state: FeedState, data: u64) -> ConnSample {
+        ConnSample { id: Name::from(id), state, data }
+    }
+
+    fn kinds(changes: &[Change]) -> Vec<String> {
+        changes
+            .iter()
+            .map(|c| match c {
+                Change::Fire { kind, source, .. } => format!("fire {kind} {source}"),
+                Change::Resolve { kind, source, .. } => format!("resolve {kind} {source}"),
+                Change::Gone { source } => format!("gone {source}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn thresholds_follow_the_feed_then_the_default_and_skip_feeds_without_markets() {
+        let t = thresholds();
+        assert_eq!(t.stale_after("kalshi"), Some(Duration::from_secs(5)));
+        assert_eq!(t.stale_after("lifecycle"), None);
+        assert_eq!(t.stale_after("off"), None);
+        assert_eq!(t.stale_after("added-by-reload"), Some(Duration::from_secs(60)));
+        assert_eq!(t.spool_warn_bytes, Some(500));
+    }
+
+    #[test]
+    fn a_connected_feed_without_data_goes_stale_once_and_recovers_once_data_flows_long_enough() {
+        let t0 = Instant::now();
+        let mut e = Evaluator::new(thresholds());
+        let mut log = Vec::new();
+        // Data for 3 s, then 10 s of silence while live, then data again for 5 s.
+        for s in 0..18u64 {
+            let data = if s < 3 {
+                s
+            } else if s < 13 {
+                2
+            } else {
+                s
+            };
+            let changes = e.step(
+                t0 + Duration::from_secs(s),
+                &Samples { store: None, conns: vec![conn("kalshi/0", FeedState::Live, data)] },
+            );
+            log.extend(kinds(&changes).into_iter().map(|c| format!("{s}: {c}")));
+        }
+        // Silent from 2 (the last change) + 5 s = 7; clear from 13, resolved 3 s later.
+        assert_eq!(log, ["7: fire feed_stale kalshi/0", "16: resolve feed_stale kalshi/0"]);
+    }
+
+    #[test]
+    fn a_feed_that_is_not_connected_is_not_stale_and_a_new_connection_gets_the_whole_threshold() {
+        let t0 = Instant::now();
+        let mut e = Evaluator::new(thresholds());
+        let mut log = Vec::new();
+        for s in 0..20u64 {
+            // Backing off for 8 s (no data, not stale), connected from 8 and silent.
+            let state = if s < 8 { FeedState::BackingOff } else { FeedState::Subscribing };
+            let samples = Samples { store: None, conns: vec![conn("kalshi/0", state, 7)] };
+            log.extend(
+                kinds(&e.step(t0 + Duration::from_secs(s), &samples))
+                    .into_iter()
+                    .map(|c| format!("{s}: {c}")),
+            );
+        }
+        assert_eq!(log, ["13: fire feed_stale kalshi/0"]);
+    }
+
+    #[test]
+    fn connections_that_keep_dying_before_any_data_add_up_to_one_stale_feed() {
+        let t0 = Instant::now();
+        let mut e = Evaluator::new(thresholds());
+        let mut log = Vec::new();
+        // Each connection is live 4 s with no data (under the 5 s threshold), then backs off 2 s.
+        for s in 0..40u64 {
+            let state = if s % 6 < 4 { FeedState::Live } else { FeedState::BackingOff };
+            let samples = Samples { store: None, conns: vec![conn("kalshi/0", state, 7)] };
+            log.extend(
+                kinds(&e.step(t0 + Duration::from_secs(s), &samples))
+                    .into_iter()
+                    .map(|c| format!("{s}: {c}")),
+            );
+        }
+        // Live 0..3 (3 s counted), 6..9 (3 more): 5 s reached at 8; open until data flows.
+        assert_eq!(log, ["8: fire feed_stale kalshi/0"]);
+    }
+
+    #[test]
+    fn the_database_alert_waits_for_its_threshold_and_the_spool_alert_fires_at_its_level() {
+        let t0 = Instant::now();
+        let mut e = Evaluator::new(thresholds());
+        let mut log = Vec::new();
+        for s in 0..40u64 {
+            // Up until 5, away until 25 (spool growing 40 bytes/s), then replaying it all by 30.
+            let (state, spool) = match s {
+                0..5 => (StoreState::Ready, 0),
+                5..25 => (StoreState::Spooling, (s - 5) * 40),
+                25..30 => (StoreState::Replaying, 800 - (s - 25) * 160),
+                _ => (StoreState::Ready, 0),
+            };
+            let samples =
+                Samples { store: Some(StoreSample { state, spool_bytes: spool }), conns: Vec::new() };
+            log.extend(
+                kinds(&e.step(t0 + Duration::from_secs(s), &samples))
+                    .into_iter()
+                    .map(|c| format!("{s}: {c}")),
+            );
+        }
+        assert_eq!(
+            log,
+            [
+                "15: fire database_unreachable store",
+                "18: fire spool_filling store",
+                "28: resolve database_unreachable store",
+                "30: resolve spool_filling store",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_removed_connection_is_reported_gone() {
+        let t0 = Instant::now();
+        let mut e = Evaluator::new(thresholds());
+        let one = Samples { store: None, conns: vec![conn("kalshi/0", FeedState::Live, 1)] };
+        assert_eq!(e.step(t0, &one), []);
+        assert_eq!(kinds(&e.step(t0 + Duration::from_secs(1), &Samples::default())), ["gone kalshi/0"]);
+    }
+
+    #[test]
+    fn an_incident_is_raised_once_resolved_once_and_listed_while_open() {
+        let monitor = AlertMonitor::default();
+
+        assert!(monitor.fire(MAX_RECONNECTS, "kalshi/1", "10 failures"));
+        assert!(!monitor.fire(MAX_RECONNECTS, "kalshi/1", "again"), "already open");
+        assert!(monitor.fire(FEED_STALE, "kalshi/0", "silent"));
+        assert_eq!(monitor.active(), ["feed_stale:kalshi/0", "max_reconnects:kalshi/1"]);
+        assert!(monitor.resolve(MAX_RECONNECTS, "kalshi/1", "healthy"));
+        assert!(!monitor.resolve(MAX_RECONNECTS, "kalshi/1", "healthy"), "nothing open");
+        monitor.event("spool_full", STORE, "dropping");
+
+        assert_eq!(monitor.active(), ["feed_stale:kalshi/0"]);
+        let series: HashMap<_, _> = monitor.metrics().series().into_iter().collect();
+        let get = |k: &str, s: &str| series[&(k.to_owned(), s.to_owned())];
+        assert_eq!(get(MAX_RECONNECTS, "kalshi/1"), Series { fired: 1, resolved: 1, active: false });
+        assert_eq!(get(FEED_STALE, "kalshi/0"), Series { fired: 1, resolved: 0, active: true });
+        assert_eq!(get("spool_full", STORE), Series { fired: 1, resolved: 0, active: false });
+    }
+}

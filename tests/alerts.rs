@@ -1,0 +1,378 @@
+//! Alerts end to end: the simulator (in this process) feeds the real `tickd run` binary, a
+//! fault is made real (a stalled exchange, a stopped PostgreSQL, a refusing exchange), and
+//! the tests assert on what an operator gets: the webhook's POSTs (a small HTTP server here,
+//! on 127.0.0.1, that records every request), the lines `alert_command` wrote, `/metrics`,
+//! the log and `feed_events`. Each incident must be exactly one alert and one recovery.
+//!
+//! Every wait is a bounded poll of something an operator sees; nothing sleeps.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::routing::post;
+use common::daemon::{Daemon, DaemonConfig, LogLine, event_count, serve, texts, toml_str};
+use common::pg::{TestDb, private_server};
+use common::stream::http_get;
+use serde_json::Value;
+use tickd::sim::{SimConfig, Simulator, market_names};
+
+/// How long a daemon may take to connect, subscribe and build its books.
+const LIVE: Duration = Duration::from_secs(60);
+/// How long an alert or a recovery may take to arrive once its condition is real.
+const NOTICE: Duration = Duration::from_secs(60);
+/// How long a daemon may take to exit after SIGTERM.
+const STOP: Duration = Duration::from_secs(30);
+
+/// The secret in the webhook URL's query, which must never be logged.
+const HOOK_TOKEN: &str = "hook-secret-5f2c9a";
+
+/// A simulator of `markets` at `rate` events per second, whose own heartbeats are too rare
+/// to matter.
+fn simulator(markets: Vec<String>, rate: u32) -> Simulator {
+    Simulator::start(SimConfig { markets, rate, heartbeat: Duration::from_secs(60), ..SimConfig::default() })
+}
+
+/// One request the webhook receiver got, and how it answered.
+#[derive(Clone, Debug)]
+struct Post {
+    target: String,
+    content_type: String,
+    json: Value,
+    status: u16,
+}
+
+/// A webhook receiver on 127.0.0.1 that records every POST to `/hook` and answers 503 to the
+/// first `fail_first`, 200 after.
+#[derive(Clone, Default)]
+struct Hooks {
+    posts: Arc<Mutex<Vec<Post>>>,
+    fail_first: Arc<AtomicU32>,
+}
+
+impl Hooks {
+    /// Starts a receiver; returns it and the webhook URL (with [`HOOK_TOKEN`] in its query).
+    async fn serve(fail_first: u32) -> (Hooks, String) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("receiver binds");
+        let addr = listener.local_addr().expect("receiver address");
+        let hooks = Hooks { fail_first: Arc::new(AtomicU32::new(fail_first)), ..Hooks::default() };
+        let app = Router::new().route("/hook", post(receive)).with_state(hooks.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await.expect("receiver serves") });
+        (hooks, format!("http://{addr}/hook?token={HOOK_TOKEN}"))
+    }
+
+    fn all(&self) -> Vec<Post> {
+        self.posts.lock().unwrap().clone()
+    }
+
+    /// The bodies of the POSTs answered 200.
+    fn accepted(&self) -> Vec<Value> {
+        self.all().into_iter().filter(|p| p.status == 200).map(|p| p.json).collect()
+    }
+
+    /// The accepted bodies of `kind` in `state`.
+    fn accepted_of(&self, kind: &str, state: &str) -> Vec<Value> {
+        self.accepted().into_iter().filter(|j| j["kind"] == kind && j["state"] == state).collect()
+    }
+}
+
+async fn receive(State(hooks): State<Hooks>, uri: Uri, headers: HeaderMap, body: Bytes) -> StatusCode {
+    let fail =
+        hooks.fail_first.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
+    let status = if fail { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
+    let content_type =
+        headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    let json = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    hooks.posts.lock().unwrap().push(Post {
+        target: uri.to_string(),
+        content_type,
+        json,
+        status: status.as_u16(),
+    });
+    status
+}
+
+/// An executable `alert_command` that appends one line per run: the `TICKD_ALERT_*` variables
+/// separated by `|`.
+struct Script {
+    path: PathBuf,
+    out: PathBuf,
+}
+
+/// The fields of one line the script wrote.
+#[derive(Debug, PartialEq)]
+struct Run {
+    kind: String,
+    state: String,
+    source: String,
+    feed: String,
+    id: String,
+    time: i64,
+    message: String,
+}
+
+impl Script {
+    fn new(dir: &Path) -> Script {
+        let path = dir.join("alert.sh");
+        let out = dir.join("alerts.txt");
+        let text = format!(
+            "#!/bin/sh\necho \"$TICKD_ALERT_KIND|$TICKD_ALERT_STATE|$TICKD_ALERT_SOURCE|$TICKD_ALERT_FEED|$TICKD_ALERT_ID|$TICKD_ALERT_TIME|$TICKD_ALERT_MESSAGE\" >> {}\n",
+            out.display()
+        );
+        std::fs::write(&path, text).expect("script written");
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+        Script { path, out }
+    }
+
+    fn runs(&self) -> Vec<Run> {
+        std::fs::read_to_string(&self.out)
+            .unwrap_or_default()
+            .lines()
+            .map(|line| {
+                let f: Vec<&str> = line.splitn(7, '|').collect();
+                assert_eq!(f.len(), 7, "a whole line: {line:?}");
+                Run {
+                    kind: f[0].into(),
+                    state: f[1].into(),
+                    source: f[2].into(),
+                    feed: f[3].into(),
+                    id: f[4].into(),
+                    time: f[5].parse().unwrap_or_else(|e| panic!("TICKD_ALERT_TIME {:?}: {e}", f[5])),
+                    message: f[6].into(),
+                }
+            })
+            .collect()
+    }
+}
+
+/// A daemon config with the alert command and the webhook.
+fn config(
+    dir: &Path,
+    db_url: &str,
+    sim_url: &str,
+    sim: &Simulator,
+    script: &Script,
+    hook: &str,
+) -> DaemonConfig {
+    let mut config = DaemonConfig::new(&dir.join("state"), db_url, sim_url, &sim.markets());
+    config
+        .top("alert_command", &toml_str(&script.path.display().to_string()))
+        .alerts("webhook_url", &toml_str(hook))
+        .alerts("resolve_after", "\"1s\"");
+    config
+}
+
+/// Waits until `url` holds a `live` event.
+async fn wait_live(daemon: &mut Daemon, url: &str) {
+    daemon.wait_until("the feed to be live", LIVE, || async { event_count(url, "live").await >= 1 }).await;
+}
+
+/// Waits until the webhook has accepted a notice of `kind` in `state`.
+async fn wait_posted(daemon: &mut Daemon, hooks: &Hooks, kind: &str, state: &str) {
+    let what = format!("a {state} {kind} notice at the webhook");
+    daemon.wait_until(&what, NOTICE, || async { !hooks.accepted_of(kind, state).is_empty() }).await;
+}
+
+/// The value of the `/metrics` sample `series` (name and labels, as printed), if present.
+async fn metric(addr: std::net::SocketAddr, series: &str) -> Option<f64> {
+    let page = http_get(addr, "/metrics", &[]).await;
+    assert_eq!(page.status, 200, "{page:?}");
+    page.body.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+fn alert_lines(daemon: &Daemon, message: &str, kind: &str) -> Vec<LogLine> {
+    daemon.lines().into_iter().filter(|l| l.message() == message && l.str("alert") == kind).collect()
+}
+
+/// One alert and one recovery of `kind` about `source` at the webhook, sharing an id, and
+/// nothing else of that kind. Returns (alert, recovery).
+fn one_incident(hooks: &Hooks, kind: &str, source: &str) -> (Value, Value) {
+    let firing = hooks.accepted_of(kind, "firing");
+    let resolved = hooks.accepted_of(kind, "resolved");
+    assert_eq!(
+        (firing.len(), resolved.len()),
+        (1, 1),
+        "one alert and one recovery of {kind}: {:?}",
+        hooks.all()
+    );
+    let (f, r) = (firing[0].clone(), resolved[0].clone());
+    for j in [&f, &r] {
+        assert_eq!(j["source"], source, "{j}");
+        assert!(j["message"].as_str().is_some_and(|m| !m.is_empty()), "{j}");
+        assert!(j["time"].as_str().is_some_and(|t| t.ends_with('Z') && t.len() == 24), "RFC 3339 time: {j}");
+        assert!(j["host"].is_string(), "{j}");
+    }
+    assert_eq!(f["id"], r["id"], "an alert and its recovery share an id");
+    assert_eq!(f["started"], r["started"]);
+    assert!(f.get("duration_seconds").is_none(), "{f}");
+    assert!(r["duration_seconds"].is_u64(), "{r}");
+    (f, r)
+}
+
+/// The command ran once for the alert and once for the recovery of `kind`, with the same id
+/// as the webhook's.
+fn one_incident_ran(script: &Script, kind: &str, source: &str, feed: &str, webhook: &Value) {
+    let runs: Vec<Run> = script.runs().into_iter().filter(|r| r.kind == kind).collect();
+    let states: Vec<&str> = runs.iter().map(|r| r.state.as_str()).collect();
+    assert_eq!(states, ["firing", "resolved"], "{runs:?}");
+    for run in &runs {
+        assert_eq!((run.source.as_str(), run.feed.as_str()), (source, feed), "{run:?}");
+        assert_eq!(run.id, webhook["id"].as_str().unwrap_or_default(), "{run:?}");
+        assert!(run.time > 1_700_000_000, "a Unix time in seconds: {run:?}");
+        assert!(!run.message.is_empty());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_feed_raises_one_feed_stale_alert_and_one_recovery_everywhere() {
+    // Arrange: the feed's own threshold (2 s) overrides the default; the webhook's first
+    // answer is a 503, so the alert is delivered by a retry.
+    let db = TestDb::new().await;
+    let sim = simulator(market_names(2), 50);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (hooks, hook) = Hooks::serve(1).await;
+    let script = Script::new(dir.path());
+    let mut config = config(dir.path(), &db.url, &serve(&sim).await, &sim, &script, &hook);
+    config.alerts("feed_stale_after", "\"1h\"").feed("stale_after", "\"2s\"");
+    let mut daemon = Daemon::start(dir.path(), "tickd", &config);
+    let addr = daemon.dashboard_addr(LIVE).await;
+    wait_live(&mut daemon, &db.url).await;
+    let active = r#"tickd_alert_active{kind="feed_stale",source="sim/0"}"#;
+    let raised = r#"tickd_alerts_total{kind="feed_stale",source="sim/0"}"#;
+    let resolved = r#"tickd_alerts_resolved_total{kind="feed_stale",source="sim/0"}"#;
+    assert_eq!(metric(addr, raised).await, None, "no alert before the stall");
+
+    // Act: the exchange goes silent but keeps the socket (tickd's own pings are a minute
+    // apart, so the connection is not replaced meanwhile), then speaks again.
+    sim.set_stall(true);
+    wait_posted(&mut daemon, &hooks, "feed_stale", "firing").await;
+    let while_open = (metric(addr, active).await, metric(addr, raised).await);
+    sim.set_stall(false);
+    wait_posted(&mut daemon, &hooks, "feed_stale", "resolved").await;
+    let after = (metric(addr, active).await, metric(addr, raised).await, metric(addr, resolved).await);
+    let exit = daemon.stop(STOP).await;
+
+    // Assert
+    assert_eq!(exit, Some(0), "exit code; log:\n{}", daemon.log_text());
+    assert_eq!(while_open, (Some(1.0), Some(1.0)));
+    assert_eq!(after, (Some(0.0), Some(1.0), Some(1.0)));
+    let (firing, recovery) = one_incident(&hooks, "feed_stale", "sim/0");
+    assert_eq!(firing["feed"], "sim");
+    assert!(firing["message"].as_str().unwrap_or_default().contains("no market data"), "{firing}");
+    assert!(recovery["message"].as_str().unwrap_or_default().contains("flowing again"), "{recovery}");
+    assert_eq!(hooks.accepted().len(), 2, "nothing else was alerted: {:?}", hooks.all());
+    let posts = hooks.all();
+    assert_eq!(posts.len(), 3, "the 503 was retried once: {posts:?}");
+    assert_eq!((posts[0].status, &posts[0].json), (503, &posts[1].json), "the same notice again");
+    for p in &posts {
+        assert_eq!(p.target, format!("/hook?token={HOOK_TOKEN}"));
+        assert_eq!(p.content_type, "application/json");
+    }
+    one_incident_ran(&script, "feed_stale", "sim/0", "sim", &firing);
+    let raised_lines = alert_lines(&daemon, "Alert raised.", "feed_stale");
+    let resolved_lines = alert_lines(&daemon, "Alert resolved.", "feed_stale");
+    assert_eq!((raised_lines.len(), resolved_lines.len()), (1, 1), "one log line each");
+    assert_eq!((raised_lines[0].level(), raised_lines[0].str("source")), ("ERROR", "sim/0"));
+    assert_eq!((resolved_lines[0].level(), resolved_lines[0].str("feed")), ("WARN", "sim"));
+    assert!(!daemon.log_text().contains(HOOK_TOKEN), "the webhook's token is never logged");
+    let ledger = texts(&db.url, "SELECT reason FROM feed_events WHERE event = 'alert'").await;
+    assert_eq!(ledger.len(), 1, "{ledger:?}");
+    assert!(ledger[0].starts_with("feed_stale: sim/0: connected"), "{ledger:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_raises_database_unreachable_and_spool_filling_once_each_and_resolves_both() {
+    // Arrange: a server of the test's own, to stop; a 1 MiB spool that warns at 1%.
+    let pg = private_server().await;
+    let url = pg.create_database("tickd").await.expect("database");
+    let sim = simulator(market_names(5), 100);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (hooks, hook) = Hooks::serve(0).await;
+    let script = Script::new(dir.path());
+    let mut config = config(dir.path(), &url, &serve(&sim).await, &sim, &script, &hook);
+    config
+        .store("spool_max_bytes", "1048576")
+        .alerts("database_unreachable_after", "\"1s\"")
+        .alerts("spool_warn_fraction", "0.01");
+    let mut daemon = Daemon::start(dir.path(), "tickd", &config);
+    let addr = daemon.dashboard_addr(LIVE).await;
+    wait_live(&mut daemon, &url).await;
+    daemon
+        .wait_for("the store writing directly", LIVE, |l| {
+            l.message() == "Store summary." && l.str("state") == "ready"
+        })
+        .await;
+
+    // Act: the database goes away for longer than the threshold, then comes back.
+    pg.stop().await.expect("server stops");
+    wait_posted(&mut daemon, &hooks, "database_unreachable", "firing").await;
+    wait_posted(&mut daemon, &hooks, "spool_filling", "firing").await;
+    let active = |kind: &str| format!(r#"tickd_alert_active{{kind="{kind}",source="store"}}"#);
+    let while_open =
+        (metric(addr, &active("database_unreachable")).await, metric(addr, &active("spool_filling")).await);
+    pg.restart().await.expect("server restarts");
+    wait_posted(&mut daemon, &hooks, "database_unreachable", "resolved").await;
+    wait_posted(&mut daemon, &hooks, "spool_filling", "resolved").await;
+    let after =
+        (metric(addr, &active("database_unreachable")).await, metric(addr, &active("spool_filling")).await);
+    let exit = daemon.stop(STOP).await;
+
+    // Assert
+    assert_eq!(exit, Some(0), "exit code; log:\n{}", daemon.log_text());
+    assert_eq!(while_open, (Some(1.0), Some(1.0)));
+    assert_eq!(after, (Some(0.0), Some(0.0)));
+    let (down, _) = one_incident(&hooks, "database_unreachable", "store");
+    let (filling, _) = one_incident(&hooks, "spool_filling", "store");
+    assert_eq!((&down["feed"], &filling["feed"]), (&Value::from("store"), &Value::from("store")));
+    assert!(filling["message"].as_str().unwrap_or_default().contains("spool_max_bytes"), "{filling}");
+    assert_eq!(hooks.accepted().len(), 4, "nothing else was alerted: {:?}", hooks.all());
+    one_incident_ran(&script, "database_unreachable", "store", "store", &down);
+    one_incident_ran(&script, "spool_filling", "store", "store", &filling);
+    for kind in ["database_unreachable", "spool_filling"] {
+        let lines =
+            (alert_lines(&daemon, "Alert raised.", kind), alert_lines(&daemon, "Alert resolved.", kind));
+        assert_eq!((lines.0.len(), lines.1.len()), (1, 1), "{kind}: one log line each");
+        assert_eq!(lines.0[0].level(), "ERROR");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_feed_that_keeps_failing_raises_max_reconnects_once_and_recovers_once_healthy_again() {
+    // Arrange
+    let db = TestDb::new().await;
+    let sim = simulator(market_names(2), 50);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (hooks, hook) = Hooks::serve(0).await;
+    let script = Script::new(dir.path());
+    let mut config = config(dir.path(), &db.url, &serve(&sim).await, &sim, &script, &hook);
+    config
+        .feed("max_reconnects", "3")
+        .feed("backoff", "{ initial = \"50ms\", max = \"200ms\", healthy_after = \"1s\" }");
+    let mut daemon = Daemon::start(dir.path(), "tickd", &config);
+    wait_live(&mut daemon, &db.url).await;
+
+    // Act: the connection drops and the next five handshakes are refused.
+    sim.refuse_handshakes(5);
+    sim.drop_all();
+    wait_posted(&mut daemon, &hooks, "max_reconnects", "firing").await;
+    wait_posted(&mut daemon, &hooks, "max_reconnects", "resolved").await;
+    let exit = daemon.stop(STOP).await;
+
+    // Assert
+    assert_eq!(exit, Some(0), "exit code; log:\n{}", daemon.log_text());
+    let (firing, recovery) = one_incident(&hooks, "max_reconnects", "sim/0");
+    assert!(firing["message"].as_str().unwrap_or_default().contains("3 consecutive connection failures"));
+    assert!(recovery["message"].as_str().unwrap_or_default().contains("healthy"), "{recovery}");
+    assert_eq!(hooks.accepted().len(), 2, "nothing else was alerted: {:?}", hooks.all());
+    one_incident_ran(&script, "max_reconnects", "sim/0", "sim", &firing);
+    let ledger = texts(&db.url, "SELECT reason FROM feed_events WHERE event = 'alert'").await;
+    assert_eq!(ledger.len(), 1, "{ledger:?}");
+    assert!(ledger[0].starts_with("max_reconnects: sim/0: 3 consecutive"), "{ledger:?}");
+}
