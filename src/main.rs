@@ -124,7 +124,14 @@ fn run(path: Option<PathBuf>) -> ExitCode {
             Ok(signals) => signals,
             Err(e) => return runtime_error(&e),
         };
-        tokio::spawn(reload_configs(path, reload_requests, reload_tx, notifier.clone(), shutdown.clone()));
+        tokio::spawn(reload_configs(
+            path,
+            settings.clone(),
+            reload_requests,
+            reload_tx,
+            notifier.clone(),
+            shutdown.clone(),
+        ));
         info!(feeds = settings.feeds.len(), "Starting.");
 
         let control = app::AppControl {
@@ -305,6 +312,7 @@ fn signal_name(signal: i32) -> &'static str {
 /// pass rejects its config (the app says READY=1 once it applied a valid one).
 async fn reload_configs(
     path: Option<PathBuf>,
+    started: Settings,
     requests: Arc<Notify>,
     reloads: mpsc::Sender<Settings>,
     notifier: Notifier,
@@ -334,6 +342,11 @@ async fn reload_configs(
                 continue;
             }
         };
+        // Only feeds and their markets change live; the rest runs as it started.
+        let later = started.restart_only_changes(&settings);
+        if !later.is_empty() {
+            warn!(keys = ?later, "These settings changed and take effect after a restart; the running values stay.");
+        }
         // The queue is bounded (RELOAD_QUEUE). When full, the app is behind on reloads: wait
         // for room rather than drop this config, which is the newest one; later SIGHUPs
         // coalesce in `requests` meanwhile. Each reload is a whole snapshot, so applying the

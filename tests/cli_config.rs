@@ -406,10 +406,16 @@ fn run_reloads_on_sighup_keeps_the_old_config_when_invalid_and_stops_cleanly() {
     daemon.signal("HUP");
     daemon.wait_for(&["Configuration reloaded."]);
 
+    // A setting outside the feeds is valid but only read at start: named, not applied.
+    std::fs::write(&file, feed.replace("[dashboard]\n", "[dashboard]\nmax_connections = 7\n")).expect("edit");
+    daemon.signal("HUP");
+    let later = daemon.wait_for(&["take effect after a restart"]);
+
     daemon.signal("TERM");
     let code = daemon.exit_code();
 
     assert!(rejected.contains("feeds[0].urll"), "{rejected}");
+    assert!(later.contains("dashboard.max_connections"), "{later}");
     assert_eq!(code, Some(0));
 }
 
