@@ -488,5 +488,9 @@ mod tests {
         {
             assert!(typed.iter().any(|t| t == family), "{family} is described even with no feed yet");
         }
+        // The operations guide explains every family an operator can scrape.
+        let guide = include_str!("../docs/operations.md");
+        let missing: Vec<&String> = typed.iter().filter(|t| !guide.contains(&format!("`{t}"))).collect();
+        assert!(missing.is_empty(), "docs/operations.md does not explain {missing:?}");
     }
 }
