@@ -20,6 +20,7 @@ use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
 use tracing_log::NormalizeEvent;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::fmt::format::{JsonFields, Writer};
 use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
@@ -143,8 +144,11 @@ fn filter(log: &LogSettings) -> (EnvFilter, Option<String>) {
             filter
         }
     };
-    // Added last, so that they replace a directive for the same target.
-    for cap in SECRET_TARGETS {
+    // Added last, so that they replace a directive for the same target; and only when the
+    // filter lets some trace line through, since a directive also raises a target that the
+    // filter had kept quieter (`info` would otherwise show tungstenite's debug lines).
+    let traces = filter.max_level_hint().is_none_or(|hint| hint >= LevelFilter::TRACE);
+    for cap in SECRET_TARGETS.iter().filter(|_| traces) {
         if let Ok(cap) = cap.parse() {
             filter = filter.add_directive(cap);
         }
@@ -271,6 +275,22 @@ impl Visit for JsonVisitor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_handshake_cap_applies_only_to_filters_that_trace() {
+        let shown = |level: &str| {
+            let (filter, _) = filter(&LogSettings { level: level.into(), ..LogSettings::default() });
+            filter.to_string()
+        };
+        // `RUST_LOG` wins over `log.level`; without it the level decides.
+        if std::env::var_os("RUST_LOG").is_some() {
+            return;
+        }
+        assert!(!shown("info").contains("tungstenite"), "info must not raise tungstenite to debug");
+        assert!(!shown("debug").contains("tungstenite"));
+        assert!(shown("trace").contains("tungstenite::handshake::client=debug"));
+        assert!(shown("info,tungstenite=trace").contains("tungstenite::handshake::client=debug"));
+    }
 
     #[test]
     fn journal_stream_names_a_device_and_inode() {
