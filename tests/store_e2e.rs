@@ -670,7 +670,12 @@ async fn migrating_a_database_whose_schema_was_changed_by_hand_fails_and_says_wh
             async move { !segments.is_empty() }
         })
         .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // It goes on running, spooling: two more store summaries (one a second) after the spool
+    // began show it alive.
+    let summaries = daemon.count(|l| l.message() == "Store summary.");
+    daemon
+        .wait_for_nth("a later store summary", summaries + 2, LIVE, |l| l.message() == "Store summary.")
+        .await;
     let still_running = daemon.running();
     let exit = daemon.stop(STOP).await;
 
