@@ -872,3 +872,115 @@ fn update_actions(sim: &Simulator) -> Vec<String> {
 async fn trades_of(url: &str, market: &str) -> i64 {
     scalar(url, &format!("SELECT count(*) FROM trades WHERE market = '{market}'")).await
 }
+
+/// Removes a file when dropped, also when a test fails.
+struct RemoveOnDrop(&'static str);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(self.0);
+    }
+}
+
+/// systemd's journal socket, where `tracing-journald` writes (a fixed path).
+const JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
+
+/// One journal entry in the native protocol: `KEY=value` lines, or `KEY`, a little-endian u64
+/// length and the bytes for a value with a newline in it.
+fn journal_fields(datagram: &[u8]) -> BTreeMap<String, String> {
+    let mut fields = BTreeMap::new();
+    let mut rest = datagram;
+    while !rest.is_empty() {
+        let line_end = rest.iter().position(|&b| b == b'\n').unwrap_or(rest.len());
+        let line = &rest[..line_end];
+        if let Some(eq) = line.iter().position(|&b| b == b'=') {
+            let key = String::from_utf8_lossy(&line[..eq]).into_owned();
+            fields.insert(key, String::from_utf8_lossy(&line[eq + 1..]).into_owned());
+            rest = rest.get(line_end + 1..).unwrap_or(&[]);
+        } else {
+            let key = String::from_utf8_lossy(line).into_owned();
+            let after = &rest[line_end + 1..];
+            let len = u64::from_le_bytes(after[..8].try_into().expect("length")) as usize;
+            fields.insert(key, String::from_utf8_lossy(&after[8..8 + len]).into_owned());
+            rest = after.get(8 + len + 1..).unwrap_or(&[]);
+        }
+    }
+    fields
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn journald_logs_reach_the_journal_socket_with_feed_fields_and_syslog_priorities() {
+    // Arrange: stand in for systemd-journald on its socket, where there is none. A socket file
+    // nobody listens on is left over from an interrupted run.
+    let listened = std::os::unix::net::UnixDatagram::unbound().and_then(|s| s.connect(JOURNAL_SOCKET));
+    if let Err(e) = &listened
+        && e.kind() == std::io::ErrorKind::ConnectionRefused
+    {
+        let _ = std::fs::remove_file(JOURNAL_SOCKET);
+    }
+    if std::path::Path::new(JOURNAL_SOCKET).exists() {
+        eprintln!("{JOURNAL_SOCKET} belongs to a running journal; this test needs it free");
+        return;
+    }
+    let Ok(()) = std::fs::create_dir_all("/run/systemd/journal") else {
+        eprintln!("/run/systemd/journal cannot be created here (not root); skipped");
+        return;
+    };
+    let journal = tokio::net::UnixDatagram::bind(JOURNAL_SOCKET).expect("bind the journal socket");
+    let _unbind = RemoveOnDrop(JOURNAL_SOCKET);
+    let sim = simulator(3, 200);
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut config =
+        DaemonConfig::new(&dir.path().join("state"), &db.url, &serve(&sim).await, &sim.markets());
+    config.dashboard("token", &toml_str(TOKEN));
+    let text = config.toml().replace("format = \"json\"", "format = \"journald\"");
+    assert!(text.contains("format = \"journald\""), "{text}");
+    let file = write_config(dir.path(), "tickd", &text);
+    let child = tickd()
+        .args(["run", "--config"])
+        .arg(&file)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("tickd starts");
+
+    // Act: read entries until the feed's "Live." arrives, then stop the daemon.
+    let mut entries = Vec::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let deadline = tokio::time::Instant::now() + LIVE;
+    let live = loop {
+        let n = tokio::time::timeout_at(deadline, journal.recv(&mut buf))
+            .await
+            .expect("the feed's Live. line within the limit")
+            .expect("journal socket read");
+        // tracing-journald probes the socket with an empty datagram first.
+        if n == 0 {
+            continue;
+        }
+        let fields = journal_fields(&buf[..n]);
+        let is_live = fields.get("MESSAGE").is_some_and(|m| m.contains("Live."));
+        entries.push(fields.clone());
+        if is_live {
+            break fields;
+        }
+    };
+    let status =
+        std::process::Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().expect("kill");
+    assert!(status.success());
+    let exit = tokio::task::spawn_blocking(move || {
+        let out = child.wait_with_output().expect("tickd exits");
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    })
+    .await
+    .expect("wait");
+
+    // Assert
+    assert_eq!(live.get("F_FEED").map(String::as_str), Some("sim"), "{live:?}");
+    assert_eq!(live.get("F_CONN").map(String::as_str), Some("0"), "{live:?}");
+    assert_eq!(live.get("PRIORITY").map(String::as_str), Some("6"), "info is informational: {live:?}");
+    assert!(entries.iter().all(|e| e.contains_key("MESSAGE") && e.contains_key("PRIORITY")), "{entries:?}");
+    assert!(entries.iter().all(|e| !format!("{e:?}").contains(TOKEN)), "no secret in the journal");
+    assert_eq!(exit.0, Some(0), "{}", exit.1);
+    assert!(!exit.1.contains("Live."), "logs go to the journal, not stderr: {}", exit.1);
+}
