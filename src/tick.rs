@@ -141,6 +141,34 @@ pub fn recv_micros() -> i64 {
     }
 }
 
+/// The proleptic Gregorian date `(year, month, day)` of a day number (days since
+/// 1970-01-01), by Howard Hinnant's civil-from-days.
+pub fn civil_date(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+/// Unix milliseconds, displayed as RFC 3339 UTC with milliseconds
+/// (`2022-11-22T20:44:01.000Z`).
+pub struct Rfc3339Millis(pub i64);
+
+impl fmt::Display for Rfc3339Millis {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let secs = self.0.div_euclid(1000);
+        let sod = secs.rem_euclid(86_400);
+        let (y, m, d) = civil_date(secs.div_euclid(86_400));
+        let (h, min, s, ms) = (sod / 3600, (sod / 60) % 60, sod % 60, self.0.rem_euclid(1000));
+        write!(f, "{y:04}-{m:02}-{d:02}T{h:02}:{min:02}:{s:02}.{ms:03}Z")
+    }
+}
+
 /// A cheaply cloned, interned name (feed id or market ticker).
 pub type Name = Arc<str>;
 
@@ -344,6 +372,14 @@ pub enum FeedEvent {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rfc3339_matches_known_instants() {
+        assert_eq!(Rfc3339Millis(0).to_string(), "1970-01-01T00:00:00.000Z");
+        assert_eq!(Rfc3339Millis(1_669_149_841_000).to_string(), "2022-11-22T20:44:01.000Z");
+        assert_eq!(Rfc3339Millis(951_782_400_123).to_string(), "2000-02-29T00:00:00.123Z");
+        assert_eq!(Rfc3339Millis(-1).to_string(), "1969-12-31T23:59:59.999Z");
+    }
 
     #[test]
     fn dollar_strings_parse_exactly() {

@@ -272,16 +272,7 @@ async fn retention_drops_whole_days_older_than_the_limit() {
 }
 
 fn day_suffix(day: i64) -> String {
-    // Civil date of a day number (days since 1970-01-01), proleptic Gregorian.
-    let z = day + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
+    let (y, m, d) = tickd::tick::civil_date(day);
     format!("_{y:04}{m:02}{d:02}")
 }
 

@@ -17,6 +17,7 @@ use serde::Serialize;
 use tracing::warn;
 
 use super::AlertMetrics;
+use crate::tick::Rfc3339Millis;
 
 /// How long an alert command may run before it is killed.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
@@ -166,27 +167,7 @@ pub fn host_name() -> &'static str {
 
 /// µs since the Unix epoch as RFC 3339 UTC with milliseconds (`2022-11-22T20:44:01.000Z`).
 pub fn rfc3339(us: i64) -> String {
-    let ms = us.div_euclid(1000);
-    let secs = ms.div_euclid(1000);
-    let days = secs.div_euclid(86_400);
-    let sod = secs.rem_euclid(86_400);
-    // Howard Hinnant's civil-from-days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
-        sod / 3600,
-        (sod / 60) % 60,
-        sod % 60,
-        ms.rem_euclid(1000)
-    )
+    Rfc3339Millis(us.div_euclid(1000)).to_string()
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@
 use std::fmt::Write as _;
 
 use super::exchange::{MarketRef, TickerState, TradeUpdate};
-use crate::tick::{BookSnapshot, Price, Qty, Side};
+use crate::tick::{BookSnapshot, Price, Qty, Rfc3339Millis, Side};
 
 /// Per-frame envelope options.
 #[derive(Clone, Copy, Debug)]
@@ -271,7 +271,7 @@ pub(crate) fn delta(
         price,
         delta,
         side_name(side),
-        Rfc3339(ts_ms),
+        Rfc3339Millis(ts_ms),
         ts_ms
     );
     close(&mut s, env);
@@ -346,7 +346,7 @@ pub(crate) fn ticker(sid: u64, market: &MarketRef, t: &TickerState, env: Envelop
         t.last_size,
         t.ts_ms.div_euclid(1000),
         t.ts_ms,
-        Rfc3339(t.ts_ms)
+        Rfc3339Millis(t.ts_ms)
     );
     close(&mut s, env);
     s
@@ -360,39 +360,9 @@ pub(crate) fn lifecycle(sid: u64, seq: u64, msg_type: &str, msg: &str, env: Enve
     s
 }
 
-/// Unix ms rendered as RFC 3339 UTC with milliseconds (`2022-11-22T20:44:01.000Z`).
-pub(crate) struct Rfc3339(pub i64);
-
-impl std::fmt::Display for Rfc3339 {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let ms = self.0.rem_euclid(1000);
-        let secs = self.0.div_euclid(1000);
-        let days = secs.div_euclid(86_400);
-        let sod = secs.rem_euclid(86_400);
-        // Howard Hinnant's civil-from-days.
-        let z = days + 719_468;
-        let era = z.div_euclid(146_097);
-        let doe = z - era * 146_097;
-        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-        let mp = (5 * doy + 2) / 153;
-        let d = doy - (153 * mp + 2) / 5 + 1;
-        let m = if mp < 10 { mp + 3 } else { mp - 9 };
-        let y = yoe + era * 400 + i64::from(m <= 2);
-        write!(f, "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{ms:03}Z", sod / 3600, (sod / 60) % 60, sod % 60)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rfc3339_matches_known_instants() {
-        assert_eq!(Rfc3339(0).to_string(), "1970-01-01T00:00:00.000Z");
-        assert_eq!(Rfc3339(1_669_149_841_000).to_string(), "2022-11-22T20:44:01.000Z");
-        assert_eq!(Rfc3339(951_782_400_123).to_string(), "2000-02-29T00:00:00.123Z");
-    }
 
     #[test]
     fn frames_are_valid_json() {
