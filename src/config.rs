@@ -311,13 +311,7 @@ impl DashboardSettings {
             return Ok(Some(token.clone()));
         }
         let Some(path) = self.token_path() else { return Ok(None) };
-        let text =
-            std::fs::read_to_string(&path).map_err(|e| format!("{} cannot be read: {e}", path.display()))?;
-        let token = text.lines().next().unwrap_or("").trim().to_owned();
-        if token.is_empty() {
-            return Err(format!("{} is empty", path.display()));
-        }
-        Ok(Some(Secret::new(token)))
+        Ok(Some(Secret::new(first_line(&path)?)))
     }
 
     fn validate_into(&self, problems: &mut Problems) {
@@ -443,13 +437,7 @@ impl AlertSettings {
             return Ok(Some(url.clone()));
         }
         let Some(path) = self.webhook_url_path() else { return Ok(None) };
-        let text =
-            std::fs::read_to_string(&path).map_err(|e| format!("{} cannot be read: {e}", path.display()))?;
-        let url = text.lines().next().unwrap_or("").trim().to_owned();
-        if url.is_empty() {
-            return Err(format!("{} is empty", path.display()));
-        }
-        Ok(Some(WebhookUrl::new(url)))
+        Ok(Some(WebhookUrl::new(first_line(&path)?)))
     }
 
     fn validate_into(&self, problems: &mut Problems) {
@@ -938,6 +926,17 @@ impl Settings {
             Err(e) => format!("# the effective settings could not be rendered: {e}\n"),
         }
     }
+}
+
+/// The first line of a secret file, trimmed. The error names the file, never its content.
+fn first_line(path: &Path) -> Result<String, String> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("{} cannot be read: {e}", path.display()))?;
+    let line = text.lines().next().unwrap_or("").trim().to_owned();
+    if line.is_empty() {
+        return Err(format!("{} is empty", path.display()));
+    }
+    Ok(line)
 }
 
 /// Appends to `out` the dotted keys under `prefix` where `old` and `new` differ (a key present
