@@ -22,7 +22,7 @@ use tickd::config::{BusSettings, FeedSettings};
 use tickd::feed::alert::Alerter;
 use tickd::feed::{FeedConfig, FeedContext, TcpConnector, feed};
 use tickd::metrics::FeedMetrics;
-use tickd::sim::{SimConfig, Simulator, market_names};
+use tickd::dev::sim::{SimConfig, Simulator, market_names};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 

@@ -52,7 +52,7 @@ use sqlx::{AssertSqlSafe, Connection as _, PgConnection, Row};
 use tickd::bus::BusBuilder;
 use tickd::config::{BusSettings, DatabaseUrl, StoreSettings};
 use tickd::feed::alert::Alerter;
-use tickd::localpg::{LocalPg, LocalPgOptions};
+use tickd::dev::localpg::{LocalPg, LocalPgOptions};
 use tickd::store::batch::Batch;
 use tickd::store::{
     LATENCY_BUCKETS_MS, StoreMetrics, StoreState, WRITES_IN_FLIGHT, Writer, WriterContext, pg,

@@ -20,7 +20,8 @@ use tickd::config::{ConfigError, LogSettings, Settings};
 use tickd::service::Notifier;
 use tickd::telemetry;
 
-use tickd::{app, sim};
+use tickd::app;
+use tickd::dev::sim;
 
 /// Settings reloads queued for the app. When full, the reload task waits for room (see
 /// `reload_configs`), so a reload is never dropped and the newest one always arrives last.
@@ -55,7 +56,7 @@ enum Command {
     /// dashboard's address, the psql connection string and example queries; stdin takes the
     /// simulator's fault commands (`drop`, `refuse <n>`, `stall on|off`...). Ctrl-C stops
     /// everything and keeps the data for the next run.
-    Demo(tickd::demo::DemoArgs),
+    Demo(tickd::dev::demo::DemoArgs),
     /// Run the Kalshi exchange simulator alone, for tests and demos.
     Sim(sim::SimArgs),
     /// Apply the database schema migrations and check the schema, then exit.
@@ -182,8 +183,8 @@ fn migrate(path: Option<&Path>) -> ExitCode {
 }
 
 /// `tickd demo`: simulator, private PostgreSQL and daemon until SIGINT/SIGTERM.
-fn demo(args: tickd::demo::DemoArgs) -> ExitCode {
-    until_stopped(|shutdown| tickd::demo::run(args, shutdown))
+fn demo(args: tickd::dev::demo::DemoArgs) -> ExitCode {
+    until_stopped(|shutdown| tickd::dev::demo::run(args, shutdown))
 }
 
 /// `tickd sim`: the simulator; stops on SIGTERM/SIGINT like the daemon, ignores SIGHUP.

@@ -22,7 +22,7 @@ use common::daemon::{Daemon, DaemonConfig, LogLine, event_count, serve, texts, t
 use common::pg::{TestDb, private_server};
 use common::stream::http_get;
 use serde_json::Value;
-use tickd::sim::{SimConfig, Simulator, market_names};
+use tickd::dev::sim::{SimConfig, Simulator, market_names};
 
 /// How long a daemon may take to connect, subscribe and build its books.
 const LIVE: Duration = Duration::from_secs(60);

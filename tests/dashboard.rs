@@ -27,7 +27,7 @@ use common::stream::{
     subscribe, tcp_queues, try_rss_kb, upgrade_headers,
 };
 use serde_json::{Value, json};
-use tickd::sim::{SimConfig, Simulator, market_names};
+use tickd::dev::sim::{SimConfig, Simulator, market_names};
 use tickd::tick::now_micros;
 use tokio::time::{Instant, sleep};
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::{Harness, Transport, fixture, poll_until};
 use rsa::pkcs8::DecodePublicKey;
 use tickd::kalshi::sign::Credentials;
-use tickd::sim::{SimAuth, SimConfig, market_names};
+use tickd::dev::sim::{SimAuth, SimConfig, market_names};
 use tickd::tick::FeedEvent;
 
 const LIMIT: Duration = Duration::from_secs(30);
@@ -20,7 +20,7 @@ fn sim_config(markets: usize, rate: u32) -> SimConfig {
 }
 
 /// The subscribe commands of one simulator connection, as (channel, sorted markets, use_yes_price).
-fn subscriptions(sim: &tickd::sim::Simulator, conn: u64) -> BTreeSet<(String, Vec<String>, Option<bool>)> {
+fn subscriptions(sim: &tickd::dev::sim::Simulator, conn: u64) -> BTreeSet<(String, Vec<String>, Option<bool>)> {
     sim.commands_received()
         .into_iter()
         .filter(|(c, cmd)| *c == conn && cmd["cmd"] == "subscribe")
@@ -58,7 +58,7 @@ fn trades(ticks: &[std::sync::Arc<tickd::tick::Tick>]) -> usize {
     ticks.iter().filter(|t| matches!(t.kind, tickd::tick::TickKind::Trade(_))).count()
 }
 
-fn connection_ids(sim: &tickd::sim::Simulator) -> Vec<u64> {
+fn connection_ids(sim: &tickd::dev::sim::Simulator) -> Vec<u64> {
     let ids: BTreeSet<u64> = sim.commands_received().into_iter().map(|(c, _)| c).collect();
     ids.into_iter().collect()
 }

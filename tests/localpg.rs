@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::pg::{TestDb, private_server};
 use sqlx::{Connection as _, PgConnection};
-use tickd::localpg::{LocalPg, LocalPgError, LocalPgOptions};
+use tickd::dev::localpg::{LocalPg, LocalPgError, LocalPgOptions};
 
 /// How long a refused connection may take to be refused.
 const REFUSAL_LIMIT: Duration = Duration::from_secs(10);

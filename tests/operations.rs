@@ -26,7 +26,7 @@ use common::stream::{Client, Event, http_get, request, subscribe};
 use rsa::pkcs8::DecodePublicKey;
 use serde_json::json;
 use sqlx::{AssertSqlSafe, Connection as _};
-use tickd::sim::{SimAuth, SimConfig, Simulator, market_names};
+use tickd::dev::sim::{SimAuth, SimConfig, Simulator, market_names};
 
 /// The token every test daemon's dashboard requires.
 const TOKEN: &str = "operations-token-0123456789abcdef";

@@ -18,7 +18,7 @@ use common::daemon::{Daemon, DaemonConfig, connect, serve};
 use common::pg::TestDb;
 use sqlx::{Connection as _, Executor as _};
 use tickd::service::{decode, monotonic_usec};
-use tickd::sim::{SimConfig, Simulator, market_names};
+use tickd::dev::sim::{SimConfig, Simulator, market_names};
 use tokio::net::UnixDatagram;
 use tokio::time::{Instant, timeout_at};
 

@@ -10,8 +10,8 @@ use base64::Engine as _;
 use futures_util::{SinkExt as _, StreamExt as _};
 use rsa::signature::{RandomizedSigner as _, SignatureEncoding as _};
 use serde_json::{Value, json};
-use tickd::sim::exchange::Exchange;
-use tickd::sim::{SimAuth, SimConfig, Simulator, market_names};
+use tickd::dev::sim::exchange::Exchange;
+use tickd::dev::sim::{SimAuth, SimConfig, Simulator, market_names};
 use tickd::tick::{BookSnapshot, Price, Qty};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::timeout;
@@ -916,7 +916,7 @@ async fn the_cli_serves_on_its_listen_address_until_cancelled() {
     #[derive(clap::Parser)]
     struct Cli {
         #[command(flatten)]
-        sim: tickd::sim::SimArgs,
+        sim: tickd::dev::sim::SimArgs,
     }
     // Find a free port, then let the simulator bind it.
     let port = std::net::TcpListener::bind(LOCAL).and_then(|l| l.local_addr()).expect("port").port();
@@ -934,7 +934,7 @@ async fn the_cli_serves_on_its_listen_address_until_cancelled() {
     ])
     .expect("args");
     let stop = tokio_util::sync::CancellationToken::new();
-    let run = tokio::spawn(tickd::sim::run_cli(cli.sim, stop.clone()));
+    let run = tokio::spawn(tickd::dev::sim::run_cli(cli.sim, stop.clone()));
     let url = format!("ws://{listen}/trade-api/ws/v2");
     let mut ws = None;
     for _ in 0..100 {

@@ -27,8 +27,8 @@ use common::daemon::{
 };
 use common::pg::{TestDb, private_server};
 use sqlx::{AssertSqlSafe, Row};
-use tickd::localpg::{LocalPg, LocalPgOptions};
-use tickd::sim::{SimConfig, Simulator, market_names};
+use tickd::dev::localpg::{LocalPg, LocalPgOptions};
+use tickd::dev::sim::{SimConfig, Simulator, market_names};
 use tickd::tick::now_micros;
 
 /// How long a daemon may take to connect, subscribe and build its books.

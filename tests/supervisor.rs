@@ -13,7 +13,7 @@ use tickd::bus::BusBuilder;
 use tickd::config::{BusSettings, Settings};
 use tickd::feed::{BoxIo, Connect};
 use tickd::metrics::FeedState;
-use tickd::sim::{SimConfig, Simulator, market_names};
+use tickd::dev::sim::{SimConfig, Simulator, market_names};
 use tickd::supervisor::{Handles, Supervisor, SupervisorDeps};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;

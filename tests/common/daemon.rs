@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use sqlx::{AssertSqlSafe, Connection as _, PgConnection, Row};
-use tickd::sim::Simulator;
+use tickd::dev::sim::Simulator;
 use tokio::time::{Instant, sleep};
 
 /// How often the waits below look again.

@@ -17,7 +17,7 @@ use tickd::config::{BusSettings, FeedSettings};
 use tickd::feed::alert::Alerter;
 use tickd::feed::{BoxIo, Connect, FeedConfig, FeedContext, FeedExit, FeedHandle, TcpConnector, feed};
 use tickd::metrics::FeedMetrics;
-use tickd::sim::{SimConfig, Simulator};
+use tickd::dev::sim::{SimConfig, Simulator};
 use tickd::tick::{BookSnapshot, FeedEvent, Tick, TickKind};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;

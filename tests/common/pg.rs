@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use sqlx::{AssertSqlSafe, Connection as _, PgConnection};
-use tickd::localpg::{LocalPg, LocalPgOptions};
+use tickd::dev::localpg::{LocalPg, LocalPgOptions};
 use tokio::sync::OnceCell;
 
 /// The process's private server. Each `#[tokio::test]` has its own runtime, and this outlives

@@ -26,9 +26,9 @@ use tracing::{debug, info, warn};
 
 use crate::app::{self, AppControl};
 use crate::config::{DatabaseUrl, FeedSettings, Settings, StoreSettings};
-use crate::localpg::{LocalPg, LocalPgOptions};
+use crate::dev::localpg::{LocalPg, LocalPgOptions};
 use crate::service::Notifier;
-use crate::sim::{SimConfig, Simulator, console_command, console_lines, market_names};
+use crate::dev::sim::{SimConfig, Simulator, console_command, console_lines, market_names};
 
 /// `tickd demo` options.
 #[derive(Args, Debug, Clone)]
