@@ -19,10 +19,11 @@ use std::time::{Duration, Instant};
 use futures_util::{SinkExt, StreamExt};
 use tickd::bus::BusBuilder;
 use tickd::config::{BusSettings, FeedSettings};
-use tickd::feed::alert::Alerter;
-use tickd::feed::{FeedConfig, FeedContext, TcpConnector, feed};
-use tickd::metrics::FeedMetrics;
 use tickd::dev::sim::{SimConfig, Simulator, market_names};
+use tickd::feed::{FeedConfig, FeedContext, TcpConnector, feed};
+use tickd::telemetry::alerts::Alerter;
+use tickd::telemetry::metrics::FeedMetrics;
+use tickd::tick::ConnId;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
@@ -163,8 +164,7 @@ fn main() {
                     jitter_seed: None,
                 };
                 let cfg = FeedConfig {
-                    conn_id: "bench/0".into(),
-                    conn: 0,
+                    conn: ConnId::new("bench", 0),
                     settings,
                     markets,
                     lifecycle: false,

@@ -51,12 +51,12 @@ use sqlx::postgres::{PgConnectOptions, PgPool};
 use sqlx::{AssertSqlSafe, Connection as _, PgConnection, Row};
 use tickd::bus::BusBuilder;
 use tickd::config::{BusSettings, DatabaseUrl, StoreSettings};
-use tickd::feed::alert::Alerter;
 use tickd::dev::localpg::{LocalPg, LocalPgOptions};
 use tickd::store::batch::Batch;
 use tickd::store::{
     LATENCY_BUCKETS_MS, StoreMetrics, StoreState, WRITES_IN_FLIGHT, Writer, WriterContext, pg,
 };
+use tickd::telemetry::alerts::Alerter;
 use tickd::tick::{
     BookDelta, BookSnapshot, FeedEvent, Lifecycle, LifecycleScope, Name, Price, Qty, Quote, Side, Tick,
     TickKind, Trade, recv_micros,

@@ -13,14 +13,16 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::alerts::{AlertMonitor, Thresholds, WatchContext};
 use crate::bus::BusBuilder;
 use crate::config::Settings;
 use crate::dashboard::{Dashboard, DashboardDeps};
-use crate::feed::{TcpConnector, log_counts};
-use crate::service::{self, Notifier, ServiceContext};
-use crate::store::{StoreHandle, StoreMetrics, Writer, WriterContext};
-use crate::supervisor::{Handles, Supervisor, SupervisorDeps, feed_and_conn, metrics_of};
+use crate::feed::TcpConnector;
+use crate::feed::supervisor::{Supervisor, SupervisorDeps};
+use crate::ops::alerts::{self, Thresholds, WatchContext};
+use crate::ops::health::Health;
+use crate::ops::summary::summarize;
+use crate::ops::systemd::{self, Notifier, ServiceContext};
+use crate::store::{StoreMetrics, Writer, WriterContext};
 
 /// How the process controls a running daemon.
 pub struct AppControl {
@@ -45,7 +47,7 @@ pub async fn run(settings: Settings, mut control: AppControl) -> anyhow::Result<
         let _ = tx.send(d.local_addr());
     }
     let mut builder = BusBuilder::new(&settings.bus);
-    let alerts = AlertMonitor::start(&settings)?;
+    let alerts = alerts::start(&settings)?;
     let (store, writer) = match &settings.store {
         Some(store_settings) => {
             std::fs::create_dir_all(&settings.state_dir).map_err(|e| {
@@ -82,46 +84,43 @@ pub async fn run(settings: Settings, mut control: AppControl) -> anyhow::Result<
     let supervisor = Supervisor::start(&settings, deps)?;
     // Ends with the shutdown token; it publishes on the bus, so it is awaited before the bus
     // closes.
-    let watcher = alerts.watch(WatchContext {
-        thresholds: Thresholds::from_settings(&settings),
-        handles: supervisor.handles(),
+    let health = Health {
+        feeds: supervisor.handles(),
+        bus: bus.counters(),
         store: store.as_ref().map(|s| s.metrics().clone()),
-        bus: bus.clone(),
-        shutdown: control.shutdown.clone(),
-    });
+        dashboard: Default::default(),
+        alerts: alerts.clone(),
+    };
+    let watcher = alerts::watch(
+        &alerts,
+        WatchContext {
+            thresholds: Thresholds::from_settings(&settings),
+            health: health.clone(),
+            bus: bus.clone(),
+            shutdown: control.shutdown.clone(),
+        },
+    );
     let closing = CancellationToken::new();
     let dashboard = dashboard.map(|d| {
         let deps = DashboardDeps {
-            handles: supervisor.handles(),
-            store: store.as_ref().map(|s| s.metrics().clone()),
+            health: health.clone(),
             pool: store.as_ref().map(|s| s.pool().clone()),
             bus: hub_bus,
-            bus_counters: bus.counters(),
             stopping: control.shutdown.clone(),
-            alerts: alerts.metrics(),
         };
         d.start(deps, closing.clone())
     });
-    let summary = tokio::spawn(summarize(
-        supervisor.handles(),
-        store.clone(),
-        settings.summary_interval,
-        control.shutdown.clone(),
-    ));
+    let summary =
+        tokio::spawn(summarize(health.clone(), settings.summary_interval, control.shutdown.clone()));
     // Started: every feed actor runs and the store takes ticks (into PostgreSQL or its
     // spool), so systemd hears READY=1 now, whether or not the exchange and the database
     // answer yet.
     if let (Some(watchdog), Some(store)) = (control.notifier.watchdog(), &settings.store) {
         warn_slow_store_ops(watchdog, store.connect_timeout + store.write_timeout);
     }
-    let service = tokio::spawn(service::run(ServiceContext {
+    let service = tokio::spawn(systemd::run(ServiceContext {
         notifier: control.notifier,
-        handles: supervisor.handles(),
-        store: store.as_ref().map(|s| s.metrics().clone()),
-        active_alerts: Some({
-            let alerts = alerts.clone();
-            Arc::new(move || alerts.active())
-        }),
+        health: health.clone(),
         reloads_applied: supervisor.reloads_applied(),
         shutdown: control.shutdown.clone(),
     }));
@@ -167,43 +166,5 @@ fn warn_slow_store_ops(watchdog: Duration, limit: Duration) {
             "store.connect_timeout + store.write_timeout is not below the systemd watchdog timeout: \
              a database that answers that slowly stops the watchdog and systemd restarts tickd."
         );
-    }
-}
-
-/// Logs one line per connection and one for the store every `every`: state and what arrived
-/// since start.
-async fn summarize(
-    handles: Handles,
-    store: Option<StoreHandle>,
-    every: Duration,
-    shutdown: CancellationToken,
-) {
-    let mut tick = tokio::time::interval(every);
-    tick.tick().await;
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        for (id, m) in metrics_of(&handles) {
-            let (feed, conn) = feed_and_conn(&id);
-            crate::feed::span(feed, conn).in_scope(|| log_counts("Feed summary.", m.state(), &m.snapshot()));
-        }
-        if let Some(store) = &store {
-            let m = store.metrics();
-            info!(
-                state = m.state().as_str(),
-                committed = StoreMetrics::get(&m.committed),
-                duplicates = StoreMetrics::get(&m.duplicates),
-                batches = StoreMetrics::get(&m.batches),
-                queued = StoreMetrics::get(&m.queued),
-                spooled = StoreMetrics::get(&m.spooled),
-                spool_bytes = StoreMetrics::get(&m.spool_bytes),
-                replayed = StoreMetrics::get(&m.replayed),
-                lost = StoreMetrics::get(&m.lost),
-                commit_p99_ms = m.latency_quantile_ms(0.99).unwrap_or(0),
-                "Store summary."
-            );
-        }
     }
 }

@@ -33,7 +33,6 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-pub mod alerts;
 pub mod app;
 pub mod book;
 pub mod bus;
@@ -42,11 +41,7 @@ pub mod dashboard;
 pub mod dev;
 pub mod feed;
 pub mod kalshi;
-pub mod liveness;
-pub mod metrics;
-pub mod prometheus;
-pub mod service;
+pub mod ops;
 pub mod store;
-pub mod supervisor;
 pub mod telemetry;
 pub mod tick;

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use tickd::config::{ConfigError, LogSettings, Settings};
-use tickd::service::Notifier;
+use tickd::ops::systemd::Notifier;
 use tickd::telemetry;
 
 use tickd::app;

@@ -172,6 +172,46 @@ impl fmt::Display for Rfc3339Millis {
 /// A cheaply cloned, interned name (feed id or market ticker).
 pub type Name = Arc<str>;
 
+/// Which connection of which feed: a feed's market list is spread over connections
+/// `kalshi/0`, `kalshi/1`, ... This is the one place that id is written and read.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ConnId {
+    /// The feed's name.
+    pub feed: Name,
+    /// The connection's index within the feed, stamped on every tick as [`Tick::conn`].
+    pub index: u16,
+}
+
+impl ConnId {
+    /// Connection `index` of `feed`. A feed would need 65,536 connections (tens of millions of
+    /// markets) to overflow the index; past that every index reads 65535, which only blurs
+    /// the ledger.
+    pub fn new(feed: impl Into<Name>, index: usize) -> ConnId {
+        ConnId { feed: feed.into(), index: u16::try_from(index).unwrap_or(u16::MAX) }
+    }
+
+    /// Reads `kalshi/2` back; `None` for anything else (`store`).
+    pub fn parse(id: &str) -> Option<ConnId> {
+        let (feed, n) = id.rsplit_once('/')?;
+        Some(ConnId { feed: Name::from(feed), index: n.parse().ok()? })
+    }
+
+    /// The feed an alert source belongs to: `kalshi` for `kalshi/2`, the source itself for
+    /// one that is no connection (`store`).
+    pub fn feed_of(source: &str) -> &str {
+        match source.rsplit_once('/') {
+            Some((feed, n)) if n.parse::<u16>().is_ok() => feed,
+            _ => source,
+        }
+    }
+}
+
+impl fmt::Display for ConnId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.feed, self.index)
+    }
+}
+
 /// Which contract of a binary market a book level or a taker belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -372,6 +412,19 @@ pub enum FeedEvent {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_connection_id_reads_back_as_written_and_names_its_feed() {
+        let id = ConnId::new("kalshi", 2);
+        assert_eq!(id.to_string(), "kalshi/2");
+        assert_eq!(ConnId::parse("kalshi/2"), Some(id));
+        assert_eq!(ConnId::parse("store"), None);
+        assert_eq!(ConnId::feed_of("kalshi/2"), "kalshi");
+        assert_eq!(ConnId::feed_of("store"), "store");
+        assert_eq!(ConnId::new("big", 70_000).index, u16::MAX);
+        // Connections sort by index, not by text: `f/2` before `f/10`.
+        assert!(ConnId::new("f", 2) < ConnId::new("f", 10));
+    }
 
     #[test]
     fn rfc3339_matches_known_instants() {

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use common::{Harness, Transport, fixture, poll_until};
 use rsa::pkcs8::DecodePublicKey;
-use tickd::kalshi::sign::Credentials;
 use tickd::dev::sim::{SimAuth, SimConfig, market_names};
+use tickd::kalshi::sign::Credentials;
 use tickd::tick::FeedEvent;
 
 const LIMIT: Duration = Duration::from_secs(30);
@@ -20,7 +20,10 @@ fn sim_config(markets: usize, rate: u32) -> SimConfig {
 }
 
 /// The subscribe commands of one simulator connection, as (channel, sorted markets, use_yes_price).
-fn subscriptions(sim: &tickd::dev::sim::Simulator, conn: u64) -> BTreeSet<(String, Vec<String>, Option<bool>)> {
+fn subscriptions(
+    sim: &tickd::dev::sim::Simulator,
+    conn: u64,
+) -> BTreeSet<(String, Vec<String>, Option<bool>)> {
     sim.commands_received()
         .into_iter()
         .filter(|(c, cmd)| *c == conn && cmd["cmd"] == "subscribe")

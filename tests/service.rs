@@ -17,8 +17,8 @@ use std::time::Duration;
 use common::daemon::{Daemon, DaemonConfig, connect, serve};
 use common::pg::TestDb;
 use sqlx::{Connection as _, Executor as _};
-use tickd::service::{decode, monotonic_usec};
 use tickd::dev::sim::{SimConfig, Simulator, market_names};
+use tickd::ops::systemd::{decode, monotonic_usec};
 use tokio::net::UnixDatagram;
 use tokio::time::{Instant, timeout_at};
 

@@ -11,10 +11,10 @@ use std::time::Duration;
 use common::{InMemory, poll_until, test_feed_settings};
 use tickd::bus::BusBuilder;
 use tickd::config::{BusSettings, Settings};
-use tickd::feed::{BoxIo, Connect};
-use tickd::metrics::FeedState;
 use tickd::dev::sim::{SimConfig, Simulator, market_names};
-use tickd::supervisor::{Handles, Supervisor, SupervisorDeps};
+use tickd::feed::supervisor::{Handles, Supervisor, SupervisorDeps};
+use tickd::feed::{BoxIo, Connect};
+use tickd::telemetry::metrics::FeedState;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -24,7 +24,7 @@ struct Running {
     handles: Handles,
     reload: mpsc::Sender<Settings>,
     shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<Result<(), tickd::supervisor::SupervisorError>>,
+    task: tokio::task::JoinHandle<Result<(), tickd::feed::supervisor::SupervisorError>>,
 }
 
 fn settings(markets: &[String], cap: usize) -> Settings {

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::hub::{CHANNELS, Channel, Filter, LogEntry, Markets, Request, Resolved, Ticket};
-use super::{DashboardMetrics, Shared as ServerShared, frames, history};
+use super::{DashboardMetrics, Shared as ServerShared, frames, history, status};
 use crate::tick::now_micros;
 
 type Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
@@ -716,7 +716,7 @@ impl Reader {
                 Ok(())
             }
             "status" => {
-                let frame = self.server.status.frame(id);
+                let frame = status::frame(&self.server.health, id);
                 self.reply(frame).await;
                 Ok(())
             }

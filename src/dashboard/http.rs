@@ -18,7 +18,7 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tracing::{debug, warn};
 
-use super::{Shared, client};
+use super::{Shared, client, status};
 
 /// The subprotocol tickd speaks; answered when offered.
 pub const SUBPROTOCOL: &str = "tickd.v1";
@@ -123,11 +123,9 @@ async fn check_host(State(shared): State<Arc<Shared>>, request: Request, next: N
 }
 
 async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
-    let mut reasons = shared.status.not_ready();
-    if shared.stopping.is_cancelled() {
-        reasons.insert(0, "tickd is shutting down".to_owned());
-    }
-    let feeds = shared.status.feeds();
+    let snapshot = shared.health.snapshot();
+    let reasons = crate::ops::readiness::not_ready(&shared.health, &snapshot, shared.stopping.is_cancelled());
+    let feeds = status::feeds(&snapshot);
     if reasons.is_empty() {
         json_response(StatusCode::OK, json!({"ready": true, "feeds": feeds}))
     } else {
@@ -139,7 +137,7 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {
-    let mut response = crate::prometheus::render(&shared.exposition).into_response();
+    let mut response = crate::ops::metrics::render(&shared.health).into_response();
     response
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));

@@ -25,6 +25,7 @@ use tracing::{debug, warn};
 use super::{DashboardMetrics, frames, status};
 use crate::book::OrderBook;
 use crate::bus::{Lagged, LossyReceiver};
+use crate::ops::health::Health;
 use crate::tick::{FeedEvent, Name, Tick, TickKind};
 
 /// A subscribable channel. `Status` is internal: the periodic `status` frame, sent to `feed`
@@ -231,7 +232,7 @@ pub(crate) struct Hub {
     ids: HashMap<Name, MarketId>,
     log: broadcast::Sender<LogEntry>,
     seq: u64,
-    status: status::Source,
+    health: Health,
     metrics: Arc<DashboardMetrics>,
     /// The `seq` of the last item appended, for writers to tell how far behind they are.
     head: Arc<AtomicU64>,
@@ -244,12 +245,12 @@ const BATCH: usize = 64;
 impl Hub {
     pub(crate) fn new(
         log_capacity: usize,
-        status: status::Source,
+        health: Health,
         metrics: Arc<DashboardMetrics>,
         head: Arc<AtomicU64>,
     ) -> Hub {
         let (log, _) = broadcast::channel(log_capacity.max(16));
-        Hub { markets: Vec::new(), ids: HashMap::new(), log, seq: 0, status, metrics, head }
+        Hub { markets: Vec::new(), ids: HashMap::new(), log, seq: 0, health, metrics, head }
     }
 
     /// Runs until the bus closes (every feed stopped).
@@ -286,7 +287,7 @@ impl Hub {
                 }
                 _ = status_tick.tick() => {
                     if self.log.receiver_count() > 0 {
-                        let frame = self.status.frame(None);
+                        let frame = status::frame(&self.health, None);
                         self.push(&mut items, Channel::Status, 0, frame);
                         self.append(&mut items);
                     }
@@ -457,7 +458,7 @@ impl Hub {
                         .into(),
                     )
                 })),
-                Channel::Feed => out.push(self.status.frame(None).into()),
+                Channel::Feed => out.push(status::frame(&self.health, None).into()),
                 _ => {}
             }
         }

@@ -30,65 +30,25 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::bus::{BusCounters, LossyReceiver};
+use crate::bus::LossyReceiver;
 use crate::config::{DashboardSettings, Secret};
-use crate::store::StoreMetrics;
-use crate::supervisor::Handles;
+use crate::ops::health::Health;
 
+pub use crate::telemetry::metrics::DashboardMetrics;
 pub use http::SUBPROTOCOL;
-
-/// Counters of the dashboard server.
-#[derive(Debug, Default)]
-pub struct DashboardMetrics {
-    /// Stream clients connected now.
-    pub clients: AtomicU64,
-    /// Stream connections accepted since start.
-    pub connections: AtomicU64,
-    /// Frames delivered to clients (each tick counts once per client that got it).
-    pub deliveries: AtomicU64,
-    /// Bytes of frames written to clients.
-    pub bytes_sent: AtomicU64,
-    /// Times a client fell behind the stream log and was resynced.
-    pub lagged: AtomicU64,
-    /// Clients closed with 4008 (could not keep up).
-    pub evicted_slow: AtomicU64,
-    /// Clients closed with 4029 (too many commands).
-    pub evicted_rate: AtomicU64,
-    /// Clients dropped for not answering pings.
-    pub evicted_heartbeat: AtomicU64,
-    /// Clients closed with 1009 (oversized frame).
-    pub oversized: AtomicU64,
-    /// Commands received.
-    pub commands: AtomicU64,
-    /// Commands answered with an error frame.
-    pub command_errors: AtomicU64,
-    /// Upgrades refused with 401.
-    pub rejected_unauthorized: AtomicU64,
-    /// Requests refused with 403 (Host or Origin).
-    pub rejected_forbidden: AtomicU64,
-    /// Upgrades refused with 503 (too many clients).
-    pub rejected_full: AtomicU64,
-    /// Ticks the hub itself missed by falling behind the bus.
-    pub hub_missed: AtomicU64,
-}
 
 /// What the server needs from the rest of the daemon.
 pub struct DashboardDeps {
-    /// The feed connections, for status and readiness.
-    pub handles: Handles,
-    /// The store's counters, for status and readiness; `None` without a `[store]`.
-    pub store: Option<Arc<StoreMetrics>>,
+    /// The daemon's health, for status, readiness and `/metrics`; the server counts into its
+    /// `dashboard` counters.
+    pub health: Health,
     /// The database pool, for `history`; `None` without a `[store]`.
     pub pool: Option<PgPool>,
     /// The hub's place on the bus.
     pub bus: LossyReceiver,
-    /// The bus counters, for `/metrics`.
-    pub bus_counters: BusCounters,
     /// Cancelled when the daemon starts stopping: `/readyz` turns 503 and new clients are
     /// refused, while connected ones keep their stream until `closing`.
     pub stopping: CancellationToken,
-    /// Alert counters, for `/metrics`.
-    pub alerts: Arc<crate::alerts::AlertMetrics>,
 }
 
 /// State shared by every request and client.
@@ -99,8 +59,7 @@ pub(crate) struct Shared {
     hub: mpsc::Sender<hub::Request>,
     closing: CancellationToken,
     stopping: CancellationToken,
-    status: status::Source,
-    exposition: crate::prometheus::Sources,
+    health: Health,
     pool: Option<PgPool>,
     permits: Arc<Semaphore>,
     tracker: TaskTracker,
@@ -150,20 +109,13 @@ impl Dashboard {
         deps: DashboardDeps,
         closing: CancellationToken,
     ) -> (Arc<DashboardMetrics>, tokio::task::JoinHandle<()>) {
-        let metrics = Arc::new(DashboardMetrics::default());
-        let exposition = crate::prometheus::Sources {
-            handles: deps.handles.clone(),
-            bus: deps.bus_counters,
-            store: deps.store.clone(),
-            dashboard: metrics.clone(),
-            alerts: deps.alerts.clone(),
-        };
-        let status = status::Source { handles: deps.handles, store: deps.store, metrics: metrics.clone() };
+        let metrics = deps.health.dashboard.clone();
         // Joins, subscription changes and resyncs. When full, a reader waits (and stops
         // reading its client's commands) and a lagging writer closes its client with 4008.
         let (hub_tx, hub_rx) = mpsc::channel(HUB_REQUESTS);
         let head = Arc::new(AtomicU64::new(0));
-        let hub = hub::Hub::new(self.settings.client_queue, status.clone(), metrics.clone(), head.clone());
+        let hub =
+            hub::Hub::new(self.settings.client_queue, deps.health.clone(), metrics.clone(), head.clone());
         let hub_task = tokio::spawn(hub.run(deps.bus, hub_rx, self.settings.status_interval));
         let shared = Arc::new(Shared {
             settings: self.settings.clone(),
@@ -172,8 +124,7 @@ impl Dashboard {
             hub: hub_tx,
             closing: closing.clone(),
             stopping: deps.stopping,
-            status,
-            exposition,
+            health: deps.health,
             pool: deps.pool,
             permits: Arc::new(Semaphore::new(self.settings.max_connections)),
             head,

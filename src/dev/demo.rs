@@ -27,8 +27,8 @@ use tracing::{debug, info, warn};
 use crate::app::{self, AppControl};
 use crate::config::{DatabaseUrl, FeedSettings, Settings, StoreSettings};
 use crate::dev::localpg::{LocalPg, LocalPgOptions};
-use crate::service::Notifier;
 use crate::dev::sim::{SimConfig, Simulator, console_command, console_lines, market_names};
+use crate::ops::systemd::Notifier;
 
 /// `tickd demo` options.
 #[derive(Args, Debug, Clone)]

@@ -14,8 +14,8 @@
 //! Callers hold a [`FeedHandle`]: change the market list (applied live, or queued while
 //! disconnected) and read the current books.
 
-pub mod alert;
 pub mod backoff;
+pub mod supervisor;
 
 use std::fmt;
 use std::future::Future;
@@ -43,9 +43,10 @@ use crate::config::{FeedSettings, GiveUpPolicy};
 use crate::kalshi::command::Channel;
 use crate::kalshi::session::{Output, Session, SessionConfig};
 use crate::kalshi::sign::Credentials;
-use crate::metrics::{FeedMetrics, FeedMetricsSnapshot, FeedState};
-use crate::tick::{BookSnapshot, FeedEvent, Name, Tick, TickKind, now_micros, recv_micros};
-use alert::Alerter;
+use crate::telemetry::alerts::Alerter;
+use crate::telemetry::log::{conn_span, log_counts};
+use crate::telemetry::metrics::{FeedMetrics, FeedState};
+use crate::tick::{BookSnapshot, ConnId, FeedEvent, Name, Tick, TickKind, now_micros, recv_micros};
 use backoff::Backoff;
 
 /// Commands queued for a feed actor. A full queue makes the caller wait (they are rare:
@@ -175,10 +176,9 @@ pub enum FeedExit {
 pub struct FeedConfig {
     /// Connection parameters (url, heartbeat, backoff, limits).
     pub settings: FeedSettings,
-    /// Names this connection in logs: the feed name, plus `/n` for the n-th shard.
-    pub conn_id: Name,
-    /// The `n` of `conn_id`, stamped on every tick as [`Tick::conn`].
-    pub conn: u16,
+    /// Which connection of which feed this is (`kalshi/0`); its index is stamped on every
+    /// tick as [`Tick::conn`].
+    pub conn: ConnId,
     /// Markets this connection follows.
     pub markets: Vec<String>,
     /// Whether this connection also carries `market_lifecycle_v2`.
@@ -235,13 +235,13 @@ impl FeedHandle {
 }
 
 /// Creates a feed actor; the returned future runs it until shutdown or give-up, inside the
-/// connection's [`span`].
+/// connection's [`conn_span`].
 pub fn feed(cfg: FeedConfig, ctx: FeedContext) -> (FeedHandle, impl Future<Output = FeedExit> + Send) {
     // Bounded: callers wait when full; commands are rare (reloads, queries).
     let (tx, rx) = mpsc::channel(COMMAND_CAPACITY);
     let handle = FeedHandle { tx, metrics: ctx.metrics.clone() };
     let metrics = ctx.metrics.clone();
-    let span = span(&cfg.settings.name, cfg.conn);
+    let span = conn_span(&cfg.conn);
     let actor = FeedActor::new(cfg, ctx, rx);
     let run = async move {
         let exit = actor.run().await;
@@ -250,39 +250,6 @@ pub fn feed(cfg: FeedConfig, ctx: FeedContext) -> (FeedHandle, impl Future<Outpu
         exit
     };
     (handle, run.instrument(span))
-}
-
-/// The span of one feed connection: every line logged while it is entered carries `feed`
-/// (the feed's name) and `conn` (the connection's index), in text, JSON and the journal alike.
-/// The actor runs in it, so its lines and the protocol session's need not name the feed.
-///
-/// At error level, so that it exists under any filter that lets an event through: a span
-/// the filter disables records no fields, and a warning under `level = "warn"` would then say
-/// nothing of its feed.
-pub fn span(feed: &str, conn: u16) -> tracing::Span {
-    tracing::error_span!("feed", feed = %feed, conn)
-}
-
-/// Logs a connection's state and what it carried since start, as `message`: the periodic
-/// summary and the line of a stopped actor share these fields. Call it inside the
-/// connection's [`span`].
-pub fn log_counts(message: &'static str, state: FeedState, s: &FeedMetricsSnapshot) {
-    let age_ms = s.last_frame_age_us(now_micros()).map_or(-1, |us| us / 1000);
-    info!(
-        state = state.as_str(),
-        frames = s.frames,
-        trades = s.trades,
-        quotes = s.quotes,
-        deltas = s.deltas,
-        snapshots = s.snapshots,
-        lifecycle = s.lifecycles,
-        gaps = s.gaps,
-        resyncs = s.resyncs,
-        reconnects = s.connects.saturating_sub(1),
-        parse_errors = s.parse_errors,
-        last_frame_age_ms = age_ms,
-        "{message}"
-    );
 }
 
 struct FeedActor {
@@ -307,8 +274,8 @@ impl FeedActor {
         }
         let session = Session::new(
             SessionConfig {
-                feed: Arc::from(s.name.as_str()),
-                conn: cfg.conn,
+                feed: cfg.conn.feed.clone(),
+                conn: cfg.conn.index,
                 channels,
                 markets: cfg.markets.clone(),
                 use_yes_price: s.use_yes_price,
@@ -333,7 +300,7 @@ impl FeedActor {
     }
 
     async fn run(mut self) -> FeedExit {
-        let id = self.cfg.conn_id.clone();
+        let id = self.cfg.conn.clone();
         loop {
             if self.ctx.shutdown.is_cancelled() {
                 return self.stopped();
@@ -672,8 +639,8 @@ impl FeedActor {
 
     async fn publish_event(&self, event: FeedEvent) {
         let tick = Tick {
-            feed: Arc::from(self.cfg.settings.name.as_str()),
-            conn: self.cfg.conn,
+            feed: self.cfg.conn.feed.clone(),
+            conn: self.cfg.conn.index,
             market: Arc::from(""),
             exch_ts: None,
             recv_ts: recv_micros(),
@@ -683,8 +650,7 @@ impl FeedActor {
     }
 
     async fn alert(&mut self, kind: &'static str, message: &str) {
-        let feed: Name = Arc::from(self.cfg.settings.name.as_str());
-        self.ctx.alerter.raise(&feed, self.cfg.conn, &self.ctx.bus, &self.ctx.metrics, kind, message).await;
+        self.ctx.alerter.raise(&self.cfg.conn, &self.ctx.bus, &self.ctx.metrics, kind, message).await;
         if !self.open_alerts.contains(&kind) {
             self.open_alerts.push(kind);
         }
@@ -692,11 +658,10 @@ impl FeedActor {
 
     /// The failure streak is over: one recovery notice per alert it raised.
     fn resolve_alerts(&mut self, healthy_after: Duration) {
-        let feed: Name = Arc::from(self.cfg.settings.name.as_str());
         let message =
-            format!("{}: connected and healthy for {}s again", self.cfg.conn_id, healthy_after.as_secs_f64());
+            format!("{}: connected and healthy for {}s again", self.cfg.conn, healthy_after.as_secs_f64());
         for kind in self.open_alerts.drain(..) {
-            self.ctx.alerter.resolve(&feed, self.cfg.conn, kind, &message);
+            self.ctx.alerter.resolve(&self.cfg.conn, kind, &message);
         }
     }
 }

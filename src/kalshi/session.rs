@@ -30,7 +30,7 @@ use tracing::{debug, info, warn};
 use super::command::{Channel, Command, UpdateAction as Action};
 use super::wire::{ErrorCode, Frame, Parser, WireError};
 use crate::book::OrderBook;
-use crate::metrics::{FeedMetrics, FeedState};
+use crate::telemetry::metrics::{FeedMetrics, FeedState};
 use crate::tick::{
     BookDelta, BookSnapshot, FeedEvent, Level, Lifecycle, LifecycleScope, Name, Price, Quote, Side, Tick,
     TickKind, Trade,

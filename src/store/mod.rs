@@ -158,7 +158,7 @@ pub struct StoreMetrics {
     pub latency_sum_us: AtomicU64,
     /// The writer loop's liveness, for the systemd watchdog: idle while it waits for ticks,
     /// owed while a write or probe is under way.
-    pub writer_beat: crate::liveness::Beat,
+    pub writer_beat: crate::telemetry::liveness::Beat,
     /// The state gauge ([`StoreState`]).
     state: AtomicU64,
 }

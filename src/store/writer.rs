@@ -43,7 +43,7 @@ use super::spool::{RecordId, Spool};
 use super::{StoreError, StoreMetrics, StoreState};
 use crate::bus::LosslessReceiver;
 use crate::config::StoreSettings;
-use crate::feed::alert::Alerter;
+use crate::telemetry::alerts::Alerter;
 use crate::tick::{Name, Tick, now_micros};
 
 /// Ticks taken from the bus per receive call; bounds the work done per loop turn.

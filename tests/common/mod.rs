@@ -14,11 +14,11 @@ use std::time::Duration;
 
 use tickd::bus::{Bus, BusBuilder};
 use tickd::config::{BusSettings, FeedSettings};
-use tickd::feed::alert::Alerter;
-use tickd::feed::{BoxIo, Connect, FeedConfig, FeedContext, FeedExit, FeedHandle, TcpConnector, feed};
-use tickd::metrics::FeedMetrics;
 use tickd::dev::sim::{SimConfig, Simulator};
-use tickd::tick::{BookSnapshot, FeedEvent, Tick, TickKind};
+use tickd::feed::{BoxIo, Connect, FeedConfig, FeedContext, FeedExit, FeedHandle, TcpConnector, feed};
+use tickd::telemetry::alerts::Alerter;
+use tickd::telemetry::metrics::FeedMetrics;
+use tickd::tick::{BookSnapshot, ConnId, FeedEvent, Tick, TickKind};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, timeout_at};
@@ -196,8 +196,7 @@ impl Harness {
         let mut settings = test_feed_settings(&url, &markets);
         tune(&mut settings);
         let mut cfg = FeedConfig {
-            conn_id: "sim/0".into(),
-            conn: 0,
+            conn: ConnId::new("sim", 0),
             markets: settings.markets.clone(),
             settings,
             lifecycle: true,

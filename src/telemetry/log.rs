@@ -5,7 +5,7 @@
 //! subscriber. The format and level are fixed at start; a config reload does not change them.
 //!
 //! Events inside a span carry the span's fields in every format: each feed connection runs in
-//! a `feed` span with `feed` and `conn` ([`crate::feed::span`]), so its lines say which
+//! a `feed` span with `feed` and `conn` ([`conn_span`]), so its lines say which
 //! connection they are about without repeating it at every call. Text shows the span as a
 //! prefix (`feed{feed=kalshi conn=0}:`), JSON merges its fields into `fields` (so that
 //! `fields.feed` is found in one place), journald sends them as journal fields (`F_FEED`).
@@ -17,7 +17,7 @@ use std::os::unix::fs::MetadataExt;
 
 use serde_json::Value;
 use tracing::field::{Field, Visit};
-use tracing::{Event, Subscriber};
+use tracing::{Event, Subscriber, info};
 use tracing_log::NormalizeEvent;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::filter::LevelFilter;
@@ -29,6 +29,8 @@ use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::config::{LogFormat, LogSettings};
+use crate::telemetry::metrics::{FeedMetricsSnapshot, FeedState};
+use crate::tick::{ConnId, now_micros};
 
 /// Installs the global subscriber: `log.format` decides the output, `log.level` the filter
 /// unless `RUST_LOG` is set and valid. Text has ANSI colours only when stderr is a terminal.
@@ -270,6 +272,39 @@ impl Visit for JsonVisitor {
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
         self.put(field, Value::from(format!("{value:?}")));
     }
+}
+
+/// The span of one feed connection: every line logged while it is entered carries `feed`
+/// (the feed's name) and `conn` (the connection's index), in text, JSON and the journal alike.
+/// The actor runs in it, so its lines and the protocol session's need not name the feed.
+///
+/// At error level, so that it exists under any filter that lets an event through: a span
+/// the filter disables records no fields, and a warning under `level = "warn"` would then say
+/// nothing of its feed.
+pub fn conn_span(conn: &ConnId) -> tracing::Span {
+    tracing::error_span!("feed", feed = %conn.feed, conn = conn.index)
+}
+
+/// Logs a connection's state and what it carried since start, as `message`: the periodic
+/// summary and the line of a stopped actor share these fields. Call it inside the
+/// connection's [`conn_span`].
+pub fn log_counts(message: &'static str, state: FeedState, s: &FeedMetricsSnapshot) {
+    let age_ms = s.last_frame_age_us(now_micros()).map_or(-1, |us| us / 1000);
+    info!(
+        state = state.as_str(),
+        frames = s.frames,
+        trades = s.trades,
+        quotes = s.quotes,
+        deltas = s.deltas,
+        snapshots = s.snapshots,
+        lifecycle = s.lifecycles,
+        gaps = s.gaps,
+        resyncs = s.resyncs,
+        reconnects = s.connects.saturating_sub(1),
+        parse_errors = s.parse_errors,
+        last_frame_age_ms = age_ms,
+        "{message}"
+    );
 }
 
 #[cfg(test)]

@@ -8,38 +8,20 @@
 //! kinds and reasons only.
 
 use std::fmt::Write as _;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::alerts::AlertMetrics;
-use crate::bus::BusCounters;
-use crate::dashboard::DashboardMetrics;
-use crate::metrics::{FeedMetricsSnapshot, FeedState};
+use super::health::{Health, HealthSnapshot};
 use crate::store::{LATENCY_BUCKETS_MS, StoreMetrics, StoreState};
-use crate::supervisor::{Handles, feed_and_conn, metrics_of};
-use crate::tick::now_micros;
-
-/// Where the numbers come from.
-#[derive(Clone)]
-pub struct Sources {
-    /// The feed connections.
-    pub handles: Handles,
-    /// The bus counters.
-    pub bus: BusCounters,
-    /// The store, when configured.
-    pub store: Option<Arc<StoreMetrics>>,
-    /// The dashboard server.
-    pub dashboard: Arc<DashboardMetrics>,
-    /// Alerts.
-    pub alerts: Arc<AlertMetrics>,
-}
+use crate::telemetry::alerts::AlertMetrics;
+use crate::telemetry::metrics::DashboardMetrics;
+use crate::telemetry::metrics::{FeedMetricsSnapshot, FeedState};
 
 /// The text of one scrape.
-pub fn render(src: &Sources) -> String {
+pub fn render(src: &Health) -> String {
     let mut out = Exposition { buf: String::with_capacity(16 * 1024) };
     out.header("tickd_build_info", "gauge", "Always 1; the version of the running binary.");
     out.sample("tickd_build_info", &[("version", env!("CARGO_PKG_VERSION"))], 1);
-    feeds(&mut out, &src.handles);
+    feeds(&mut out, &src.snapshot());
     let bus = src.bus.stats();
     out.single("tickd_bus_published_total", "counter", "Ticks published by the feeds.", bus.published);
     out.single(
@@ -76,7 +58,7 @@ pub fn render(src: &Sources) -> String {
         self::store(&mut out, store);
     }
     dashboard(&mut out, &src.dashboard);
-    alerts(&mut out, &src.alerts);
+    alerts(&mut out, &src.alerts.metrics());
     out.buf
 }
 
@@ -190,13 +172,11 @@ const FEED_STATES: [FeedState; 8] = [
     FeedState::Stopped,
 ];
 
-fn feeds(out: &mut Exposition, handles: &Handles) {
-    let feeds: Vec<_> = metrics_of(handles)
-        .into_iter()
-        .map(|(id, m)| {
-            let (feed, conn) = feed_and_conn(&id);
-            (feed.to_owned(), conn.to_string(), m.state(), m.snapshot())
-        })
+fn feeds(out: &mut Exposition, snapshot: &HealthSnapshot) {
+    let feeds: Vec<_> = snapshot
+        .conns
+        .iter()
+        .map(|c| (c.id.feed.to_string(), c.id.index.to_string(), c.state, c.counts))
         .collect();
     out.header("tickd_feed_state", "gauge", "Connection state: 1 for the state the connection is in.");
     for (feed, conn, state, _) in &feeds {
@@ -228,9 +208,8 @@ fn feeds(out: &mut Exposition, handles: &Handles) {
         "gauge",
         "Seconds since the connection's last frame (absent before the first).",
     );
-    let now = now_micros();
     for (feed, conn, _, s) in &feeds {
-        if let Some(us) = s.last_frame_age_us(now) {
+        if let Some(us) = s.last_frame_age_us(snapshot.at_us) {
             let age = us as f64 / 1e6;
             out.sample("tickd_feed_last_message_age_seconds", &[("feed", feed), ("conn", conn)], age);
         }
@@ -367,7 +346,7 @@ fn alerts(out: &mut Exposition, m: &AlertMetrics) {
             "tickd_alerts_total",
             "counter",
             "Alerts raised (incidents opened, and the store's one-shot alerts), by kind and source.",
-            (|s| s.fired) as fn(&crate::alerts::Series) -> u64,
+            (|s| s.fired) as fn(&crate::telemetry::alerts::Series) -> u64,
         ),
         ("tickd_alerts_resolved_total", "counter", "Incidents resolved, by kind and source.", |s| s.resolved),
         ("tickd_alert_active", "gauge", "1 while an incident of this kind is open for this source.", |s| {
@@ -395,11 +374,13 @@ fn alerts(out: &mut Exposition, m: &AlertMetrics) {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
 
     #[test]
     fn alerts_render_per_kind_and_source_with_their_state() {
-        let monitor = crate::alerts::AlertMonitor::default();
+        let monitor = crate::telemetry::alerts::AlertRegistry::default();
         monitor.fire("feed_stale", "kalshi/1", "silent");
         monitor.fire("database_unreachable", "store", "down");
         monitor.resolve("database_unreachable", "store", "up");
@@ -451,15 +432,15 @@ mod tests {
     #[test]
     fn every_family_has_help_and_type_once_and_every_sample_a_family() {
         let bus = crate::bus::BusBuilder::new(&crate::config::BusSettings::default()).build();
-        let src = Sources {
-            handles: Handles::default(),
+        let src = Health {
+            feeds: Default::default(),
             bus: bus.counters(),
             store: Some(Arc::new(StoreMetrics::default())),
             dashboard: Arc::new(DashboardMetrics::default()),
             alerts: {
-                let monitor = crate::alerts::AlertMonitor::default();
-                monitor.fire("feed_stale", "kalshi/1", "silent");
-                monitor.metrics()
+                let registry = crate::telemetry::alerts::AlertRegistry::default();
+                registry.fire("feed_stale", "kalshi/1", "silent");
+                registry
             },
         };
 
@@ -489,7 +470,7 @@ mod tests {
             assert!(typed.iter().any(|t| t == family), "{family} is described even with no feed yet");
         }
         // The operations guide explains every family an operator can scrape.
-        let guide = include_str!("../docs/operations.md");
+        let guide = include_str!("../../docs/operations.md");
         let missing: Vec<&String> = typed.iter().filter(|t| !guide.contains(&format!("`{t}"))).collect();
         assert!(missing.is_empty(), "docs/operations.md does not explain {missing:?}");
     }

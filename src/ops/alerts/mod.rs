@@ -1,68 +1,42 @@
-//! Alerts an operator can trust: each incident is one alert and, once it is over, one
-//! recovery notice.
+//! The alert monitor: it watches the daemon's health and turns conditions into incidents in
+//! the alert registry ([`crate::telemetry::alerts`]), which logs, counts and delivers them.
 //!
-//! Kinds, and who raises them:
-//! - `feed_stale` (a feed connection is connected for `stale_after` without delivering market
-//!   data; see [`incident::DataClock`]),
-//!   `database_unreachable` (the store has not reached the database for
-//!   `alerts.database_unreachable_after`) and `spool_filling` (the spool holds
-//!   `alerts.spool_warn_fraction` of `store.spool_max_bytes`): the [`AlertMonitor::watch`]
-//!   task, which samples the feed and store metrics every [`EVALUATE_EVERY`] and applies the
-//!   rule of [`incident`].
-//! - `max_reconnects` and `credentials_rejected`: a feed actor, through its
-//!   [`Alerter`](crate::feed::alert::Alerter); the same actor resolves them once its
-//!   connection has stayed healthy for `backoff.healthy_after`.
-//! - The store writer's own alerts (`spool_full`, `store_schema`, `batch_rejected`,
-//!   `spool_unreadable`): one-shot notices with no incident and no recovery.
+//! Kinds it raises and resolves:
+//! - `feed_stale`: a feed connection is connected for `stale_after` without delivering market
+//!   data (see [`incident::DataClock`]);
+//! - `database_unreachable`: the store has not reached the database for
+//!   `alerts.database_unreachable_after`;
+//! - `spool_filling`: the spool holds `alerts.spool_warn_fraction` of `store.spool_max_bytes`.
 //!
-//! An open incident is keyed by (kind, source); raising it again while open does nothing.
-//! Every notice is one log line (error when firing, warn when resolved, with `alert`, `source`
-//! and `feed`), counted in [`AlertMetrics`] (`/metrics`), handed to `alert_command` and queued
-//! for the webhook ([`webhook`]); nothing here ever waits for a receiver. Incidents open at
-//! shutdown get no recovery: the next start judges afresh.
+//! The [`watch`] task samples the health every [`EVALUATE_EVERY`] and applies the rule of
+//! [`incident`]. [`start`] builds the registry `tickd run` uses, with the [`webhook`] as its
+//! outlet when one is configured.
 
 pub mod incident;
-pub mod notice;
 pub mod webhook;
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::info;
 
+use super::health::{Health, HealthSnapshot};
 use crate::bus::Bus;
 use crate::config::Settings;
-use crate::feed::alert::Alerter;
-use crate::metrics::{FeedMetrics, FeedState};
 use crate::store::{StoreMetrics, StoreState};
-use crate::supervisor::{Handles, feed_and_conn, metrics_of};
-use crate::tick::{FeedEvent, Name, Tick, TickKind, now_micros, recv_micros};
+use crate::telemetry::alerts::alerter::alert_tick;
+use crate::telemetry::alerts::{AlertRegistry, DATABASE_UNREACHABLE, FEED_STALE, SPOOL_FILLING, STORE};
+use crate::telemetry::metrics::{FeedMetrics, FeedState};
+use crate::tick::{ConnId, Name};
 use incident::{DataClock, Incident, Reading, Rule, Transition};
-use notice::{Notice, NoticeState, run_command};
 use webhook::{WEBHOOK_QUEUE, Webhook};
 
-/// A feed connection delivers no market data while connected.
-pub const FEED_STALE: &str = "feed_stale";
-/// The store cannot reach (or cannot use) the database.
-pub const DATABASE_UNREACHABLE: &str = "database_unreachable";
-/// The spool is filling towards `spool_max_bytes`.
-pub const SPOOL_FILLING: &str = "spool_filling";
-/// A feed connection failed `max_reconnects` times in a row.
-pub const MAX_RECONNECTS: &str = "max_reconnects";
-/// The exchange rejected a feed's credentials (HTTP 401).
-pub const CREDENTIALS_REJECTED: &str = "credentials_rejected";
-
-/// The source of the store's alerts.
-pub const STORE: &str = "store";
-
-/// How often the monitor samples the metrics.
+/// How often the monitor samples the health.
 pub const EVALUATE_EVERY: Duration = Duration::from_secs(1);
 
 /// Why alerting cannot start.
@@ -73,259 +47,46 @@ pub enum AlertError {
     Webhook(String),
 }
 
-/// Alert counters for `/metrics`, per (kind, source), and the webhook's outcomes.
-#[derive(Debug, Default)]
-pub struct AlertMetrics {
-    series: Mutex<BTreeMap<(String, String), Series>>,
-    /// Notices the webhook accepted (2xx).
-    pub webhook_delivered: AtomicU64,
-    /// Notices the webhook never accepted (retries exhausted, a final answer, or stopping).
-    pub webhook_failed: AtomicU64,
-    /// Notices dropped because the webhook queue was full.
-    pub webhook_dropped: AtomicU64,
-    /// Runs of `alert_command` that failed, timed out or could not start.
-    pub command_failures: AtomicU64,
+/// The registry `tickd run` uses: `alert_command` and, when `[alerts]` names one, the
+/// webhook, whose delivery task starts here (call inside the runtime). Start the monitoring
+/// itself with [`watch`] once the feeds and the store exist, and
+/// [`AlertRegistry::close`] the registry last.
+pub fn start(settings: &Settings) -> Result<AlertRegistry, AlertError> {
+    let alerts = &settings.alerts;
+    let webhook = match alerts.load_webhook_url().map_err(AlertError::Webhook)? {
+        Some(url) => Some(
+            Webhook::new(&url, alerts.webhook_timeout, alerts.webhook_retries)
+                .map_err(AlertError::Webhook)?,
+        ),
+        None => None,
+    };
+    let Some(hook) = webhook else {
+        return Ok(AlertRegistry::with_command(settings.alert_command.clone()));
+    };
+    // Bounded: when full the newest notice is dropped, counted and logged (see the registry's
+    // `dispatch`).
+    let (tx, rx) = mpsc::channel(WEBHOOK_QUEUE);
+    let registry = AlertRegistry::with_outlet(settings.alert_command.clone(), tx);
+    info!(webhook = %hook.shown(), "Alerts are posted to a webhook.");
+    let (close, metrics) = registry.outlet();
+    registry.set_outlet_task(webhook::spawn(hook, rx, close, metrics));
+    Ok(registry)
 }
 
-/// The counts of one (kind, source).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Series {
-    /// Alerts raised (incidents opened, and one-shot store alerts).
-    pub fired: u64,
-    /// Incidents resolved.
-    pub resolved: u64,
-    /// An incident is open now.
-    pub active: bool,
-}
-
-impl AlertMetrics {
-    /// Every (kind, source) seen so far, sorted.
-    pub fn series(&self) -> Vec<((String, String), Series)> {
-        lock(&self.series).iter().map(|(k, v)| (k.clone(), *v)).collect()
-    }
-
-    fn update(&self, kind: &str, source: &str, f: impl FnOnce(&mut Series)) {
-        f(lock(&self.series).entry((kind.to_owned(), source.to_owned())).or_default());
-    }
-}
-
-/// Locks `m`; a panic elsewhere while it was held leaves plain data behind, still usable.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// An open incident.
-#[derive(Clone, Debug)]
-struct Open {
-    feed: String,
-    started_us: i64,
-}
-
-struct Inner {
-    /// Open incidents by (kind, source).
-    open: Mutex<BTreeMap<(String, String), Open>>,
-    metrics: Arc<AlertMetrics>,
-    command: Option<PathBuf>,
-    /// Queue of the webhook task, when a webhook is configured.
-    webhook: Option<mpsc::Sender<Notice>>,
-    /// Stops the webhook task (after a bounded drain).
-    close: CancellationToken,
-    webhook_task: Mutex<Option<JoinHandle<()>>>,
-}
-
-/// The alert registry and its outlets: open incidents, metrics, the command and the webhook.
-/// Cheap to clone; every clone is the same registry.
-#[derive(Clone)]
-pub struct AlertMonitor {
-    inner: Arc<Inner>,
-}
-
-impl std::fmt::Debug for AlertMonitor {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AlertMonitor").field("active", &self.active()).finish()
-    }
-}
-
-impl Default for AlertMonitor {
-    fn default() -> Self {
-        AlertMonitor::with_command(None)
-    }
-}
-
-impl AlertMonitor {
-    /// A registry whose notices go to the log, its metrics and `command`; no webhook, no task.
-    pub fn with_command(command: Option<PathBuf>) -> AlertMonitor {
-        Self::build(command, None)
-    }
-
-    /// The registry `tickd run` uses: `alert_command` and, when `[alerts]` names one, the
-    /// webhook, whose delivery task starts here (call inside the runtime). Start the
-    /// monitoring itself with [`AlertMonitor::watch`] once the feeds and the store exist, and
-    /// [`AlertMonitor::close`] it last.
-    pub fn start(settings: &Settings) -> Result<AlertMonitor, AlertError> {
-        let alerts = &settings.alerts;
-        let webhook = match alerts.load_webhook_url().map_err(AlertError::Webhook)? {
-            Some(url) => Some(
-                Webhook::new(&url, alerts.webhook_timeout, alerts.webhook_retries)
-                    .map_err(AlertError::Webhook)?,
-            ),
-            None => None,
-        };
-        let Some(hook) = webhook else {
-            return Ok(Self::build(settings.alert_command.clone(), None));
-        };
-        // Bounded: when full the newest notice is dropped, counted and logged (see `dispatch`).
-        let (tx, rx) = mpsc::channel(WEBHOOK_QUEUE);
-        let monitor = Self::build(settings.alert_command.clone(), Some(tx));
-        info!(webhook = %hook.shown(), "Alerts are posted to a webhook.");
-        let task = webhook::spawn(hook, rx, monitor.inner.close.clone(), monitor.inner.metrics.clone());
-        *lock(&monitor.inner.webhook_task) = Some(task);
-        Ok(monitor)
-    }
-
-    fn build(command: Option<PathBuf>, webhook: Option<mpsc::Sender<Notice>>) -> AlertMonitor {
-        AlertMonitor {
-            inner: Arc::new(Inner {
-                open: Mutex::default(),
-                metrics: Arc::default(),
-                command,
-                webhook,
-                close: CancellationToken::new(),
-                webhook_task: Mutex::default(),
-            }),
-        }
-    }
-
-    /// An [`Alerter`] for feeds and the store that raises through this registry.
-    pub fn alerter(&self) -> Alerter {
-        Alerter::routed(self.clone())
-    }
-
-    /// The counters for `/metrics`.
-    pub fn metrics(&self) -> Arc<AlertMetrics> {
-        self.inner.metrics.clone()
-    }
-
-    /// The open incidents as `kind:source` (`feed_stale:kalshi/1`, `database_unreachable:store`),
-    /// sorted; for a status line.
-    pub fn active(&self) -> Vec<String> {
-        lock(&self.inner.open).keys().map(|(kind, source)| format!("{kind}:{source}")).collect()
-    }
-
-    /// Opens an incident about `source` (`kalshi/0`, `store`) and sends its alert. Returns
-    /// false, and sends nothing, when one of this kind is already open for it.
-    pub fn fire(&self, kind: &str, source: &str, message: &str) -> bool {
-        let now = now_micros();
-        let feed = feed_and_conn(source).0.to_owned();
-        {
-            let mut open = lock(&self.inner.open);
-            let key = (kind.to_owned(), source.to_owned());
-            if open.contains_key(&key) {
-                return false;
-            }
-            open.insert(key, Open { feed: feed.clone(), started_us: now });
-        }
-        self.inner.metrics.update(kind, source, |s| {
-            s.fired += 1;
-            s.active = true;
-        });
-        error!(alert = kind, %source, %feed, detail = %message, "Alert raised.");
-        self.dispatch(Notice::new(kind, source, &feed, NoticeState::Firing, message, now, now));
-        true
-    }
-
-    /// Closes the open incident of `kind` about `source` and sends its recovery. Returns false,
-    /// and sends nothing, when none is open.
-    pub fn resolve(&self, kind: &str, source: &str, message: &str) -> bool {
-        let Some(open) = lock(&self.inner.open).remove(&(kind.to_owned(), source.to_owned())) else {
-            return false;
-        };
-        let now = now_micros();
-        self.inner.metrics.update(kind, source, |s| {
-            s.resolved += 1;
-            s.active = false;
-        });
-        let notice =
-            Notice::new(kind, source, &open.feed, NoticeState::Resolved, message, open.started_us, now);
-        warn!(
-            alert = kind,
-            %source,
-            feed = %open.feed,
-            detail = %message,
-            open_s = notice.duration_seconds.unwrap_or(0),
-            "Alert resolved."
-        );
-        self.dispatch(notice);
-        true
-    }
-
-    /// A one-shot alert (no incident, no recovery), such as the store's `spool_full`: counted
-    /// and sent. Logging is the caller's.
-    pub fn event(&self, kind: &str, source: &str, message: &str) {
-        let now = now_micros();
-        let feed = feed_and_conn(source).0.to_owned();
-        self.inner.metrics.update(kind, source, |s| s.fired += 1);
-        self.dispatch(Notice::new(kind, source, &feed, NoticeState::Firing, message, now, now));
-    }
-
-    /// Resolves every open incident about `source`.
-    fn resolve_all(&self, source: &str, message: &str) {
-        let kinds: Vec<String> =
-            lock(&self.inner.open).keys().filter(|(_, s)| s == source).map(|(k, _)| k.clone()).collect();
-        for kind in kinds {
-            self.resolve(&kind, source, message);
-        }
-    }
-
-    /// Runs the command and queues the webhook; never waits.
-    fn dispatch(&self, notice: Notice) {
-        if let Some(command) = &self.inner.command {
-            run_command(command, &notice, self.inner.metrics.clone());
-        }
-        if let Some(tx) = &self.inner.webhook {
-            match tx.try_send(notice) {
-                Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(notice)) => {
-                    self.inner.metrics.webhook_dropped.fetch_add(1, Ordering::Relaxed);
-                    error!(alert = %notice.kind, source = %notice.source, state = notice.state.as_str(), queued = WEBHOOK_QUEUE, "Alert webhook queue full; this notice is dropped.");
-                }
-                Err(mpsc::error::TrySendError::Closed(notice)) => {
-                    self.inner.metrics.webhook_dropped.fetch_add(1, Ordering::Relaxed);
-                    warn!(alert = %notice.kind, source = %notice.source, state = notice.state.as_str(), "Alert webhook stopped; this notice is not posted.");
-                }
-            }
-        }
-    }
-
-    /// Starts the task that samples the feed and store metrics every [`EVALUATE_EVERY`] and
-    /// raises and resolves `feed_stale`, `database_unreachable` and `spool_filling`. It ends
-    /// when `ctx.shutdown` is cancelled; await the handle before closing the bus, since it
-    /// publishes on it.
-    pub fn watch(&self, ctx: WatchContext) -> JoinHandle<()> {
-        tokio::spawn(watch(self.clone(), ctx))
-    }
-
-    /// Stops the webhook task, which first delivers what is queued for at most
-    /// [`webhook::DRAIN_LIMIT`]. Later notices still reach the log, metrics and command.
-    pub async fn close(&self) {
-        self.inner.close.cancel();
-        let task = lock(&self.inner.webhook_task).take();
-        if let Some(task) = task
-            && let Err(e) = task.await
-        {
-            error!(error = %e, "Alert webhook task ended abnormally.");
-        }
-    }
+/// Starts the task that samples the feed and store metrics every [`EVALUATE_EVERY`] and
+/// raises and resolves `feed_stale`, `database_unreachable` and `spool_filling` in
+/// `registry`. It ends when `ctx.shutdown` is cancelled; await the handle before closing the
+/// bus, since it publishes on it.
+pub fn watch(registry: &AlertRegistry, ctx: WatchContext) -> JoinHandle<()> {
+    tokio::spawn(run_watch(registry.clone(), ctx))
 }
 
 /// What the monitoring task reads and where it publishes.
 pub struct WatchContext {
     /// The thresholds.
     pub thresholds: Thresholds,
-    /// The feed connections.
-    pub handles: Handles,
-    /// The store's metrics; `None` without a `[store]`.
-    pub store: Option<Arc<StoreMetrics>>,
+    /// The daemon's health: the feed connections and the store.
+    pub health: Health,
     /// Where `feed_stale` alerts are published as `Alert` feed events (so that dashboards and
     /// `feed_events` show them).
     pub bus: Bus,
@@ -413,7 +174,7 @@ pub struct StoreSample {
 #[derive(Clone, Debug)]
 pub struct ConnSample {
     /// `feed/n`.
-    pub id: Name,
+    pub id: ConnId,
     /// Its state.
     pub state: FeedState,
     /// Market-data ticks published so far (trades, quotes, book snapshots and deltas,
@@ -423,17 +184,18 @@ pub struct ConnSample {
 
 impl Samples {
     /// Reads the metrics now.
-    pub fn read(conns: &[(Name, Arc<FeedMetrics>)], store: Option<&StoreMetrics>) -> Samples {
+    pub fn read(snapshot: &HealthSnapshot, store: Option<&StoreMetrics>) -> Samples {
         Samples {
             store: store
                 .map(|m| StoreSample { state: m.state(), spool_bytes: StoreMetrics::get(&m.spool_bytes) }),
-            conns: conns
+            conns: snapshot
+                .conns
                 .iter()
-                .map(|(id, m)| {
-                    let s = m.snapshot();
+                .map(|c| {
+                    let s = &c.counts;
                     ConnSample {
-                        id: id.clone(),
-                        state: m.state(),
+                        id: c.id.clone(),
+                        state: c.state,
                         data: s.trades + s.quotes + s.snapshots + s.deltas + s.lifecycles,
                     }
                 })
@@ -481,7 +243,7 @@ pub struct Evaluator {
     t: Thresholds,
     database: Incident,
     spool: Incident,
-    conns: BTreeMap<Name, ConnWatch>,
+    conns: BTreeMap<ConnId, ConnWatch>,
 }
 
 impl Evaluator {
@@ -504,11 +266,11 @@ impl Evaluator {
         for conn in &samples.conns {
             self.judge_conn(now, conn, &mut changes);
         }
-        let gone: Vec<Name> =
+        let gone: Vec<ConnId> =
             self.conns.keys().filter(|id| !samples.conns.iter().any(|c| &c.id == *id)).cloned().collect();
         for id in gone {
             self.conns.remove(&id);
-            changes.push(Change::Gone { source: id });
+            changes.push(Change::Gone { source: Name::from(id.to_string()) });
         }
         changes
     }
@@ -585,7 +347,8 @@ impl Evaluator {
             stale: Incident::default(),
         });
         let silent = watch.clock.observe(conn.data, connected, now);
-        let Some(stale_after) = self.t.stale_after(feed_and_conn(&conn.id).0) else { return };
+        let Some(stale_after) = self.t.stale_after(&conn.id.feed) else { return };
+        let source = Name::from(conn.id.to_string());
         let reading = match (connected, silent >= stale_after) {
             (false, _) => Reading::Unknown,
             (true, true) => Reading::Bad,
@@ -595,7 +358,7 @@ impl Evaluator {
         match watch.stale.observe(reading, now, rule) {
             Some(Transition::Fire { .. }) => changes.push(Change::Fire {
                 kind: FEED_STALE,
-                source: conn.id.clone(),
+                source: source.clone(),
                 message: format!(
                     "{}: connected ({}) but no market data for {}s (stale_after {}s)",
                     conn.id,
@@ -606,7 +369,7 @@ impl Evaluator {
             }),
             Some(Transition::Resolve { open_for }) => changes.push(Change::Resolve {
                 kind: FEED_STALE,
-                source: conn.id.clone(),
+                source,
                 message: format!(
                     "{}: market data flowing again; alert open {}s",
                     conn.id,
@@ -619,7 +382,7 @@ impl Evaluator {
 }
 
 /// The monitoring loop: sample, judge, notify, every [`EVALUATE_EVERY`].
-async fn watch(monitor: AlertMonitor, ctx: WatchContext) {
+async fn run_watch(monitor: AlertRegistry, ctx: WatchContext) {
     let mut evaluator = Evaluator::new(ctx.thresholds.clone());
     let mut every = tokio::time::interval(EVALUATE_EVERY);
     every.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -630,8 +393,8 @@ async fn watch(monitor: AlertMonitor, ctx: WatchContext) {
             // Time to sample again.
             _ = every.tick() => {}
         }
-        let conns = metrics_of(&ctx.handles);
-        let samples = Samples::read(&conns, ctx.store.as_deref());
+        let snapshot = ctx.health.snapshot();
+        let samples = Samples::read(&snapshot, ctx.health.store.as_deref());
         // Stopping feeds leave `handles`; that is not a reload removing them.
         if ctx.shutdown.is_cancelled() {
             return;
@@ -640,18 +403,11 @@ async fn watch(monitor: AlertMonitor, ctx: WatchContext) {
             match change {
                 Change::Fire { kind, source, message } => {
                     if monitor.fire(kind, &source, &message) && kind == FEED_STALE {
-                        if let Some((_, m)) = conns.iter().find(|(id, _)| *id == source) {
-                            FeedMetrics::inc(&m.alerts);
+                        let Some(conn) = ConnId::parse(&source) else { continue };
+                        if let Some(c) = snapshot.conns.iter().find(|c| c.id == conn) {
+                            FeedMetrics::inc(&c.metrics.alerts);
                         }
-                        let (feed, conn) = feed_and_conn(&source);
-                        let tick = Tick {
-                            feed: Name::from(feed),
-                            conn,
-                            market: Name::from(""),
-                            exch_ts: None,
-                            recv_ts: recv_micros(),
-                            kind: TickKind::Feed(FeedEvent::Alert { kind: kind.to_owned(), message }),
-                        };
+                        let tick = alert_tick(&conn, kind, &message);
                         tokio::select! {
                             // The store may be slow to take it; shutdown does not wait.
                             () = ctx.shutdown.cancelled() => return,
@@ -696,7 +452,7 @@ mod tests {
     }
 
     fn conn(id: &str, state: FeedState, data: u64) -> ConnSample {
-        ConnSample { id: Name::from(id), state, data }
+        ConnSample { id: ConnId::parse(id).expect("feed/n"), state, data }
     }
 
     fn kinds(changes: &[Change]) -> Vec<String> {
@@ -820,25 +576,5 @@ mod tests {
         let one = Samples { store: None, conns: vec![conn("kalshi/0", FeedState::Live, 1)] };
         assert_eq!(e.step(t0, &one), []);
         assert_eq!(kinds(&e.step(t0 + Duration::from_secs(1), &Samples::default())), ["gone kalshi/0"]);
-    }
-
-    #[test]
-    fn an_incident_is_raised_once_resolved_once_and_listed_while_open() {
-        let monitor = AlertMonitor::default();
-
-        assert!(monitor.fire(MAX_RECONNECTS, "kalshi/1", "10 failures"));
-        assert!(!monitor.fire(MAX_RECONNECTS, "kalshi/1", "again"), "already open");
-        assert!(monitor.fire(FEED_STALE, "kalshi/0", "silent"));
-        assert_eq!(monitor.active(), ["feed_stale:kalshi/0", "max_reconnects:kalshi/1"]);
-        assert!(monitor.resolve(MAX_RECONNECTS, "kalshi/1", "healthy"));
-        assert!(!monitor.resolve(MAX_RECONNECTS, "kalshi/1", "healthy"), "nothing open");
-        monitor.event("spool_full", STORE, "dropping");
-
-        assert_eq!(monitor.active(), ["feed_stale:kalshi/0"]);
-        let series: HashMap<_, _> = monitor.metrics().series().into_iter().collect();
-        let get = |k: &str, s: &str| series[&(k.to_owned(), s.to_owned())];
-        assert_eq!(get(MAX_RECONNECTS, "kalshi/1"), Series { fired: 1, resolved: 1, active: false });
-        assert_eq!(get(FEED_STALE, "kalshi/0"), Series { fired: 1, resolved: 0, active: true });
-        assert_eq!(get("spool_full", STORE), Series { fired: 1, resolved: 0, active: false });
     }
 }

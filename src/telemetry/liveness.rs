@@ -2,7 +2,7 @@
 //!
 //! A [`Beat`] holds one deadline: the time by which its loop promises to show progress again.
 //! The loop moves it forward, cheaply (one relaxed atomic store), and the systemd watchdog
-//! ([`crate::service`]) reads it: a loop whose deadline passed long ago is wedged, and the
+//! ([`crate::ops::systemd`]) reads it: a loop whose deadline passed long ago is wedged, and the
 //! watchdog is withheld so that systemd restarts the process.
 //!
 //! Two ways of promising, for two kinds of loop:

@@ -17,7 +17,7 @@
 //!   out of feeds running, the store's state, writer lag, queue and spool, active alerts, and
 //!   the loops that withhold the watchdog.
 //! - `WATCHDOG=1` every `WATCHDOG_USEC / 2`, but only while every feed connection loop and the
-//!   store writer show progress ([`crate::liveness`]). A loop more than `WATCHDOG_USEC` past
+//!   store writer show progress ([`crate::telemetry::liveness`]). A loop more than `WATCHDOG_USEC` past
 //!   its promise is stuck: the pings stop (logged once, at error level, naming the loop) and
 //!   systemd restarts tickd within another `WATCHDOG_USEC` unless the loop recovers first.
 //! - `STOPPING=1` when the graceful stop begins.
@@ -39,11 +39,11 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::liveness::{self, Beat};
-use crate::metrics::{FeedMetrics, FeedState};
+use super::health::Health;
 use crate::store::{StoreMetrics, StoreState};
-use crate::supervisor::{Handles, metrics_of};
-use crate::tick::Name;
+use crate::telemetry::liveness::{self, Beat};
+use crate::telemetry::metrics::FeedState;
+use crate::tick::ConnId;
 
 /// How often the status line is rebuilt; it is sent only when it changed.
 pub const STATUS_INTERVAL: Duration = Duration::from_secs(1);
@@ -338,11 +338,10 @@ pub struct StoreStatus {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct StatusInput {
     /// Every running feed connection and its state.
-    pub feeds: Vec<(Name, FeedState)>,
+    pub feeds: Vec<(ConnId, FeedState)>,
     /// The store, when one is configured.
     pub store: Option<StoreStatus>,
-    /// Short names of the alerts active now. Filled by the alert engine once it exists
-    /// ([`ServiceContext::active_alerts`]); empty until then.
+    /// Short names of the alerts active now.
     pub active_alerts: Vec<String>,
     /// Loops withholding the watchdog.
     pub stuck: Vec<Stuck>,
@@ -424,20 +423,14 @@ pub fn mean_lag_ms(before: (u64, u64), after: (u64, u64)) -> Option<u64> {
     Some(after.0.saturating_sub(before.0) / commits / 1000)
 }
 
-/// Short names of the alerts active now.
-pub type ActiveAlerts = Arc<dyn Fn() -> Vec<String> + Send + Sync>;
-
 /// What the service task reports on.
 pub struct ServiceContext {
     /// Where notifications go.
     pub notifier: Notifier,
-    /// The running feed connections (metrics and liveness beats).
-    pub handles: Handles,
-    /// The store's metrics and the writer's beat, when a store is configured.
-    pub store: Option<Arc<StoreMetrics>>,
-    /// The alerts active now, for the status line; `None` until the alert engine is wired in.
-    pub active_alerts: Option<ActiveAlerts>,
-    /// Counts reloads the supervisor applied ([`crate::supervisor::Supervisor::reloads_applied`]).
+    /// The daemon's health: the feed connections (states and liveness beats), the store
+    /// (its state and the writer's beat) and the open alerts.
+    pub health: Health,
+    /// Counts reloads the supervisor applied ([`crate::feed::supervisor::Supervisor::reloads_applied`]).
     pub reloads_applied: watch::Receiver<u64>,
     /// Cancelled when the graceful stop begins.
     pub shutdown: CancellationToken,
@@ -448,12 +441,12 @@ pub struct ServiceContext {
 /// after each applied reload, and `STOPPING=1` at the end. Returns at once when the notifier
 /// is disabled.
 pub async fn run(ctx: ServiceContext) {
-    let ServiceContext { notifier, handles, store, active_alerts, mut reloads_applied, shutdown } = ctx;
+    let ServiceContext { notifier, health, mut reloads_applied, shutdown } = ctx;
     if !notifier.is_enabled() {
         return;
     }
     let watchdog = notifier.watchdog();
-    let mut reporter = Reporter::new(handles, store, active_alerts);
+    let mut reporter = Reporter::new(health);
     let mut status = reporter.status();
     notifier.send(&[Notice::Ready, Notice::Status(&status)]);
     info!("Told systemd the service is ready.");
@@ -513,9 +506,7 @@ pub async fn run(ctx: ServiceContext) {
 
 /// Reads the daemon's state for [`run`]: status lines and the watchdog decision.
 struct Reporter {
-    handles: Handles,
-    store: Option<Arc<StoreMetrics>>,
-    active_alerts: Option<ActiveAlerts>,
+    health: Health,
     /// The commit latency sample at the last status line.
     lag: (u64, u64),
     /// The loops that withheld the last watchdog ping; empty while pings go out.
@@ -523,18 +514,19 @@ struct Reporter {
 }
 
 impl Reporter {
-    fn new(handles: Handles, store: Option<Arc<StoreMetrics>>, active_alerts: Option<ActiveAlerts>) -> Self {
-        let lag = store.as_deref().map(lag_sample).unwrap_or_default();
-        Reporter { handles, store, active_alerts, lag, stuck: Vec::new() }
+    fn new(health: Health) -> Self {
+        let lag = health.store.as_deref().map(lag_sample).unwrap_or_default();
+        Reporter { health, lag, stuck: Vec::new() }
     }
 
     /// Whether every loop made progress within `limit`; logs when that changes.
     fn check(&mut self, limit: Duration) -> bool {
-        let feeds: Vec<(Name, Arc<FeedMetrics>)> = metrics_of(&self.handles);
-        let beats = feeds
+        let snapshot = self.health.snapshot();
+        let beats = snapshot
+            .conns
             .iter()
-            .map(|(id, m)| (format!("feed {id}"), &m.beat))
-            .chain(self.store.iter().map(|m| (WRITER_LOOP.to_owned(), &m.writer_beat)));
+            .map(|c| (format!("feed {}", c.id), &c.metrics.beat))
+            .chain(self.health.store.iter().map(|m| (WRITER_LOOP.to_owned(), &m.writer_beat)));
         let stuck = stuck_loops(beats, liveness::now_micros(), limit);
         match (self.stuck.is_empty(), stuck.is_empty()) {
             (true, false) => {
@@ -557,8 +549,8 @@ impl Reporter {
 
     /// The status line now; also starts the next writer-lag period.
     fn status(&mut self) -> String {
-        let feeds = metrics_of(&self.handles).into_iter().map(|(id, m)| (id, m.state())).collect();
-        let store = self.store.as_deref().map(|m| {
+        let feeds = self.health.snapshot().conns.into_iter().map(|c| (c.id, c.state)).collect();
+        let store = self.health.store.as_deref().map(|m| {
             let sample = lag_sample(m);
             let lag_ms = mean_lag_ms(self.lag, sample);
             self.lag = sample;
@@ -569,7 +561,7 @@ impl Reporter {
                 spool_bytes: StoreMetrics::get(&m.spool_bytes),
             }
         });
-        let active_alerts = self.active_alerts.as_ref().map(|alerts| alerts()).unwrap_or_default();
+        let active_alerts = self.health.alerts.active();
         status_line(&StatusInput { feeds, store, active_alerts, stuck: self.stuck.clone() })
     }
 }
@@ -580,8 +572,8 @@ mod tests {
 
     use super::*;
 
-    fn feeds(states: &[(&str, FeedState)]) -> Vec<(Name, FeedState)> {
-        states.iter().map(|(id, s)| (Name::from(*id), *s)).collect()
+    fn feeds(states: &[(&str, FeedState)]) -> Vec<(ConnId, FeedState)> {
+        states.iter().map(|(id, s)| (ConnId::parse(id).expect("feed/n"), *s)).collect()
     }
 
     fn store(state: StoreState, lag_ms: Option<u64>, queued: u64, spool_bytes: u64) -> Option<StoreStatus> {

@@ -28,9 +28,9 @@ use tokio::time::{Instant, sleep, timeout_at};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, warn};
 
-use super::AlertMetrics;
-use super::notice::Notice;
 use crate::config::WebhookUrl;
+use crate::telemetry::alerts::AlertMetrics;
+use crate::telemetry::alerts::notice::Notice;
 
 /// Notices waiting for the webhook. When full, a new notice is dropped (logged and counted):
 /// alerts are rare, so a full queue means the receiver has been failing for a long time.

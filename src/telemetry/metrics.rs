@@ -5,7 +5,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::liveness::Beat;
+use crate::telemetry::liveness::Beat;
 
 /// The lifecycle state of a feed connection, as a gauge value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -170,4 +170,39 @@ impl FeedMetrics {
     pub fn state(&self) -> FeedState {
         FeedState::from_u64(self.state.load(Ordering::Relaxed))
     }
+}
+
+/// Counters of the dashboard server.
+#[derive(Debug, Default)]
+pub struct DashboardMetrics {
+    /// Stream clients connected now.
+    pub clients: AtomicU64,
+    /// Stream connections accepted since start.
+    pub connections: AtomicU64,
+    /// Frames delivered to clients (each tick counts once per client that got it).
+    pub deliveries: AtomicU64,
+    /// Bytes of frames written to clients.
+    pub bytes_sent: AtomicU64,
+    /// Times a client fell behind the stream log and was resynced.
+    pub lagged: AtomicU64,
+    /// Clients closed with 4008 (could not keep up).
+    pub evicted_slow: AtomicU64,
+    /// Clients closed with 4029 (too many commands).
+    pub evicted_rate: AtomicU64,
+    /// Clients dropped for not answering pings.
+    pub evicted_heartbeat: AtomicU64,
+    /// Clients closed with 1009 (oversized frame).
+    pub oversized: AtomicU64,
+    /// Commands received.
+    pub commands: AtomicU64,
+    /// Commands answered with an error frame.
+    pub command_errors: AtomicU64,
+    /// Upgrades refused with 401.
+    pub rejected_unauthorized: AtomicU64,
+    /// Requests refused with 403 (Host or Origin).
+    pub rejected_forbidden: AtomicU64,
+    /// Upgrades refused with 503 (too many clients).
+    pub rejected_full: AtomicU64,
+    /// Ticks the hub itself missed by falling behind the bus.
+    pub hub_missed: AtomicU64,
 }

@@ -20,11 +20,11 @@ use tracing::{error, info, warn};
 
 use crate::bus::Bus;
 use crate::config::{FeedSettings, Settings};
-use crate::feed::alert::Alerter;
 use crate::feed::{Connect, FeedConfig, FeedContext, FeedExit, FeedHandle, feed};
 use crate::kalshi::sign::Credentials;
-use crate::metrics::FeedMetrics;
-use crate::tick::Name;
+use crate::telemetry::alerts::Alerter;
+use crate::telemetry::metrics::FeedMetrics;
+use crate::tick::ConnId;
 
 /// The most a panicked actor waits before its restart.
 const MAX_RESTART_DELAY: Duration = Duration::from_secs(30);
@@ -42,7 +42,7 @@ pub enum SupervisorError {
     },
     /// A feed reached `max_reconnects` with `on_max_reconnects = "exit"`.
     #[error("feed connection {0} gave up after too many reconnects; exiting as configured")]
-    FeedGaveUp(Name),
+    FeedGaveUp(ConnId),
 }
 
 /// What the supervisor's actors share.
@@ -71,15 +71,15 @@ struct Conn {
 
 /// The handles of running connections, readable while the supervisor runs.
 #[derive(Clone, Default)]
-pub struct Handles(Arc<Mutex<BTreeMap<Name, FeedHandle>>>);
+pub struct Handles(Arc<Mutex<BTreeMap<ConnId, FeedHandle>>>);
 
 impl Handles {
-    /// Every running connection, by id (`feed` or `feed/n`).
-    pub fn all(&self) -> Vec<(Name, FeedHandle)> {
+    /// Every running connection, by id.
+    pub fn all(&self) -> Vec<(ConnId, FeedHandle)> {
         self.0.lock().map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()).unwrap_or_default()
     }
 
-    fn set(&self, id: Name, handle: Option<FeedHandle>) {
+    fn set(&self, id: ConnId, handle: Option<FeedHandle>) {
         if let Ok(mut map) = self.0.lock() {
             match handle {
                 Some(h) => map.insert(id, h),
@@ -94,9 +94,9 @@ pub struct Supervisor {
     deps: SupervisorDeps,
     alerter: Alerter,
     feeds: Vec<FeedSettings>,
-    conns: BTreeMap<Name, Conn>,
+    conns: BTreeMap<ConnId, Conn>,
     tasks: JoinSet<FeedExit>,
-    task_ids: HashMap<Id, Name>,
+    task_ids: HashMap<Id, ConnId>,
     handles: Handles,
     /// Counts applied reloads, for whoever reports that a reload is done (systemd).
     reloaded: watch::Sender<u64>,
@@ -180,8 +180,7 @@ impl Supervisor {
         match outcome {
             Ok(FeedExit::Shutdown) => None,
             Ok(FeedExit::GaveUp) => {
-                let (feed, conn) = feed_and_conn(&name);
-                warn!(feed, conn, "Feed connection stopped after giving up, as configured.");
+                warn!(feed = %name.feed, conn = name.index, "Feed connection stopped after giving up, as configured.");
                 None
             }
             Ok(FeedExit::ExitProcess) => Some(SupervisorError::FeedGaveUp(name)),
@@ -189,10 +188,9 @@ impl Supervisor {
                 let conn = self.conns.get_mut(&name)?;
                 conn.restarts += 1;
                 let delay = Duration::from_secs(1u64 << conn.restarts.min(5)).min(MAX_RESTART_DELAY);
-                let (feed, n) = feed_and_conn(&name);
                 error!(
-                    feed,
-                    conn = n,
+                    feed = %name.feed,
+                    conn = name.index,
                     restarts = conn.restarts,
                     delay_ms = delay.as_millis() as u64,
                     "Feed actor panicked; restarting it."
@@ -211,8 +209,7 @@ impl Supervisor {
         let shards = shard(&settings.markets, settings.max_markets_per_connection);
         for (n, markets) in shards.into_iter().enumerate() {
             let cfg = FeedConfig {
-                conn_id: conn_id(&settings.name, n),
-                conn: conn_index(n),
+                conn: ConnId::new(settings.name.as_str(), n),
                 settings: settings.clone(),
                 markets,
                 lifecycle: n == 0 && settings.lifecycle,
@@ -226,7 +223,7 @@ impl Supervisor {
 
     fn spawn(&mut self, cfg: FeedConfig, delay: Option<Duration>, restarts: u32) {
         let cancel = self.deps.shutdown.child_token();
-        let metrics = self.conns.get(&cfg.conn_id).map(|c| c.handle.metrics.clone()).unwrap_or_default();
+        let metrics = self.conns.get(&cfg.conn).map(|c| c.handle.metrics.clone()).unwrap_or_default();
         let ctx = FeedContext {
             bus: self.deps.bus.clone(),
             shutdown: cancel.clone(),
@@ -247,16 +244,15 @@ impl Supervisor {
                 run.await
             })
             .id();
-        let id = cfg.conn_id.clone();
+        let id = cfg.conn.clone();
         self.task_ids.insert(task, id.clone());
         self.handles.set(id.clone(), Some(handle.clone()));
         self.conns.insert(id, Conn { cfg, handle, cancel, task, restarts });
     }
 
-    fn stop_conn(&mut self, id: &Name) {
+    fn stop_conn(&mut self, id: &ConnId) {
         if let Some(conn) = self.conns.remove(id) {
-            let (feed, n) = feed_and_conn(id);
-            info!(feed, conn = n, "Stopping feed connection.");
+            info!(feed = %id.feed, conn = id.index, "Stopping feed connection.");
             conn.cancel.cancel();
             // The task is still joined by `run`; forget its name so its exit is not reported.
             self.task_ids.remove(&conn.task);
@@ -271,7 +267,7 @@ impl Supervisor {
         let old = std::mem::take(&mut self.feeds);
         for feed in &old {
             if !new_names.contains(feed.name.as_str()) {
-                let ids: Vec<Name> = self.conn_ids(&feed.name);
+                let ids: Vec<ConnId> = self.conn_ids(&feed.name);
                 for id in ids {
                     self.stop_conn(&id);
                 }
@@ -326,10 +322,10 @@ impl Supervisor {
             .find(|c| c.cfg.settings.name == feed.name)
             .and_then(|c| c.cfg.credentials.clone());
         for markets in extra {
-            let n = (0..).find(|n| !self.conns.contains_key(&conn_id(&feed.name, *n))).unwrap_or(0);
+            let n =
+                (0..).find(|n| !self.conns.contains_key(&ConnId::new(feed.name.as_str(), *n))).unwrap_or(0);
             let cfg = FeedConfig {
-                conn_id: conn_id(&feed.name, n),
-                conn: conn_index(n),
+                conn: ConnId::new(feed.name.as_str(), n),
                 settings: feed.clone(),
                 markets,
                 lifecycle: false,
@@ -339,27 +335,18 @@ impl Supervisor {
         }
     }
 
-    fn conn_ids(&self, feed: &str) -> Vec<Name> {
+    fn conn_ids(&self, feed: &str) -> Vec<ConnId> {
         self.conns.iter().filter(|(_, c)| c.cfg.settings.name == feed).map(|(id, _)| id.clone()).collect()
     }
 }
 
 /// The metrics of every running connection (for summaries and Prometheus).
-pub fn metrics_of(handles: &Handles) -> Vec<(Name, Arc<FeedMetrics>)> {
+pub fn metrics_of(handles: &Handles) -> Vec<(ConnId, Arc<FeedMetrics>)> {
     handles.all().into_iter().map(|(id, h)| (id, h.metrics)).collect()
 }
 
-/// A connection id split into its feed name and connection index: `kalshi/2` is
-/// (`kalshi`, 2); a feed's only connection, `kalshi`, is (`kalshi`, 0).
-pub fn feed_and_conn(id: &str) -> (&str, u16) {
-    match id.rsplit_once('/').and_then(|(feed, n)| Some((feed, n.parse().ok()?))) {
-        Some(split) => split,
-        None => (id, 0),
-    }
-}
-
 /// One connection's id and market list.
-pub type Shard = (Name, Vec<String>);
+pub type Shard = (ConnId, Vec<String>);
 
 /// Moves connections from their current market lists to `wanted`: markets stay where they are,
 /// removed ones leave, new ones fill connections with room (up to `cap`) in order. Returns the
@@ -394,16 +381,6 @@ pub fn shard(markets: &[String], cap: usize) -> Vec<Vec<String>> {
     markets.chunks(cap.max(1)).map(<[String]>::to_vec).collect()
 }
 
-fn conn_id(feed: &str, n: usize) -> Name {
-    Arc::from(format!("{feed}/{n}"))
-}
-
-/// `n` as stamped on ticks. A feed would need 65,536 connections (tens of millions of
-/// markets) to overflow it; past that every index reads 65535, which only blurs the ledger.
-fn conn_index(n: usize) -> u16 {
-    u16::try_from(n).unwrap_or(u16::MAX)
-}
-
 fn same_except_markets(a: &FeedSettings, b: &FeedSettings) -> bool {
     let mut a = a.clone();
     a.markets = b.markets.clone();
@@ -435,7 +412,8 @@ mod tests {
     #[test]
     fn a_new_market_list_keeps_markets_on_their_connection_and_fills_the_rest() {
         let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        let current = vec![(Name::from("f/0"), names(&["A", "B", "C"])), (Name::from("f/1"), names(&["D"]))];
+        let current =
+            vec![(ConnId::new("f", 0), names(&["A", "B", "C"])), (ConnId::new("f", 1), names(&["D"]))];
         let (plan, extra) = plan_markets(current, &names(&["B", "D", "E", "F", "G", "H"]), 3);
         assert_eq!(plan[0].1, names(&["B", "E", "F"]));
         assert_eq!(plan[1].1, names(&["D", "G", "H"]));
