@@ -1,5 +1,5 @@
 //! The `tickd` command line: parses arguments, loads and validates settings, sets up logging,
-//! signals and the tokio runtime, then hands over to the library (`app::run`, `sim::run_cli`).
+//! signals and the tokio runtime, then hands over to the library (`App`, `sim::run_cli`).
 //!
 //! Exit statuses: 0 after a clean stop, 1 on a runtime error, 2 on a configuration error,
 //! 130 when a second SIGTERM/SIGINT cuts the graceful stop short.
@@ -12,20 +12,17 @@ use clap::{Args, Parser, Subcommand};
 use futures_util::StreamExt;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_tokio::Signals;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use tickd::config::{ConfigError, LogSettings, Settings};
+use tickd::config::{ConfigError, LogSettings};
+use tickd::ops::reload::{self, load_settings};
 use tickd::ops::systemd::Notifier;
 use tickd::telemetry;
 
-use tickd::app;
+use tickd::app::App;
 use tickd::dev::sim;
-
-/// Settings reloads queued for the app. When full, the reload task waits for room (see
-/// `reload_configs`), so a reload is never dropped and the newest one always arrives last.
-const RELOAD_QUEUE: usize = 4;
 
 /// Exit status after a runtime error.
 const EXIT_RUNTIME_ERROR: u8 = 1;
@@ -120,28 +117,27 @@ fn run(path: Option<PathBuf>) -> ExitCode {
     runtime.block_on(async move {
         let shutdown = CancellationToken::new();
         let reload_requests = Arc::new(Notify::new());
-        let (reload_tx, reload_rx) = mpsc::channel(RELOAD_QUEUE);
         let signals = match handle_signals(shutdown.clone(), Some(reload_requests.clone())) {
             Ok(signals) => signals,
             Err(e) => return runtime_error(&e),
         };
-        tokio::spawn(reload_configs(
+        info!(feeds = settings.feeds.len(), "Starting.");
+        let app = match App::build(settings.clone()).await {
+            Ok(app) => app.with_notifier(notifier.clone()),
+            Err(e) => {
+                signals.close();
+                return runtime_error(&e);
+            }
+        };
+        tokio::spawn(reload::reload_configs(
             path,
-            settings.clone(),
+            settings,
             reload_requests,
-            reload_tx,
-            notifier.clone(),
+            app.reloads(),
+            notifier,
             shutdown.clone(),
         ));
-        info!(feeds = settings.feeds.len(), "Starting.");
-
-        let control = app::AppControl {
-            shutdown: shutdown.clone(),
-            reload: reload_rx,
-            dashboard_bound: None,
-            notifier,
-        };
-        let result = app::run(settings, control).await;
+        let result = app.run(shutdown.clone()).await;
         // Stops `watch_signals` and the reload task (both end with the token or the stream).
         shutdown.cancel();
         signals.close();
@@ -221,13 +217,6 @@ where
     })
 }
 
-/// Loads from the same sources every time (start, SIGHUP) and validates.
-fn load_settings(path: Option<&Path>) -> Result<Settings, ConfigError> {
-    let settings = Settings::load(path)?;
-    settings.validate()?;
-    Ok(settings)
-}
-
 /// Prints each problem as an `error:` line on stderr; logging may not be set up yet.
 fn config_error(e: &ConfigError) -> ExitCode {
     for line in e.to_string().lines() {
@@ -304,61 +293,5 @@ fn signal_name(signal: i32) -> &'static str {
         SIGINT => "SIGINT",
         SIGTERM => "SIGTERM",
         _ => "unexpected signal",
-    }
-}
-
-/// On each request, reloads the settings from the same file and environment and validates
-/// them. A valid result goes to the app; an invalid one is logged with its keys and the
-/// running settings stay. systemd hears RELOADING=1 as each pass begins, and READY=1 when a
-/// pass rejects its config (the app says READY=1 once it applied a valid one).
-async fn reload_configs(
-    path: Option<PathBuf>,
-    started: Settings,
-    requests: Arc<Notify>,
-    reloads: mpsc::Sender<Settings>,
-    notifier: Notifier,
-    shutdown: CancellationToken,
-) {
-    loop {
-        tokio::select! {
-            // A reload while stopping is pointless.
-            () = shutdown.cancelled() => return,
-            // `notify_one` keeps one permit: SIGHUPs that arrive while we load or wait below
-            // coalesce into one more pass, which rereads the file, so the newest config wins.
-            () = requests.notified() => {}
-        }
-        notifier.reloading();
-        let from = path.clone();
-        // Reading the config and key files is blocking I/O: keep it off the async workers.
-        let settings = match tokio::task::spawn_blocking(move || load_settings(from.as_deref())).await {
-            Ok(Ok(settings)) => settings,
-            Ok(Err(e)) => {
-                error!(error = %e, keys = ?e.keys(), "Reload rejected; the running configuration stays.");
-                notifier.ready();
-                continue;
-            }
-            Err(e) => {
-                error!(error = %e, "Reload failed; the running configuration stays.");
-                notifier.ready();
-                continue;
-            }
-        };
-        // Only feeds and their markets change live; the rest runs as it started.
-        let later = started.restart_only_changes(&settings);
-        if !later.is_empty() {
-            warn!(keys = ?later, "These settings changed and take effect after a restart; the running values stay.");
-        }
-        // The queue is bounded (RELOAD_QUEUE). When full, the app is behind on reloads: wait
-        // for room rather than drop this config, which is the newest one; later SIGHUPs
-        // coalesce in `requests` meanwhile. Each reload is a whole snapshot, so applying the
-        // queued older ones first is harmless.
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            sent = reloads.send(settings) => match sent {
-                Ok(()) => info!("Configuration reloaded."),
-                // The app dropped its receiver: it takes no more reloads.
-                Err(_) => return,
-            },
-        }
     }
 }

@@ -44,6 +44,7 @@ async fn start(settings: &Settings, connector: Arc<dyn Connect>) -> Running {
         connector,
         jitter_seed: Some(1),
         alerter: Default::default(),
+        handles: Default::default(),
     };
     let sup = Supervisor::start(settings, deps).expect("starts");
     let handles = sup.handles();

@@ -20,15 +20,13 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::app::{self, AppControl};
+use crate::app::App;
 use crate::config::{DatabaseUrl, FeedSettings, Settings, StoreSettings};
 use crate::dev::localpg::{LocalPg, LocalPgOptions};
 use crate::dev::sim::{SimConfig, Simulator, console_command, console_lines, market_names};
-use crate::ops::systemd::Notifier;
 
 /// `tickd demo` options.
 #[derive(Args, Debug, Clone)]
@@ -110,37 +108,24 @@ async fn run_with(
     settings.dashboard.token_file = Some(token_path);
     settings.validate().context("the demo's own settings")?;
 
-    // The demo has no config file, so there is nothing to reload; keep the sender so the
-    // app does not see the reload channel close.
-    let (_reload_tx, reload_rx) = mpsc::channel(1);
-    let (bound_tx, bound_rx) = oneshot::channel();
-    // The demo is not a systemd service: nothing to notify.
-    let control = AppControl {
-        shutdown: shutdown.clone(),
-        reload: reload_rx,
-        dashboard_bound: Some(bound_tx),
-        notifier: Notifier::disabled(),
-    };
-    let app = app::run(settings, control);
-    tokio::pin!(app);
-    let console = tokio::spawn(console(sim.clone(), shutdown));
-    let result = tokio::select! {
-        // The app stopped (an error, or a stop signal) before its dashboard was bound.
-        result = &mut app => result,
-        // The banner waits for the bound address: it names the real port (`--listen` may say
-        // 0), and the page answers as soon as anyone reads it.
-        bound = bound_rx => {
-            // Err: the app dropped the sender without binding; it is on its way out and
-            // says why below.
-            if let Ok(dashboard) = bound {
+    // The demo has no config file, so there is nothing to reload, and it is not a systemd
+    // service: nothing to notify.
+    let built = App::build(settings).await;
+    let console = tokio::spawn(console(sim.clone(), shutdown.clone()));
+    let result = match built {
+        Ok(app) => {
+            // The banner names the real port (`--listen` may say 0), and the page answers as
+            // soon as anyone reads it.
+            if let Some(dashboard) = app.addrs().dashboard {
                 let page = dashboard_url(dashboard, &token);
                 print_banner(&sim.url(addr), args, &url, &page);
                 if !args.no_open {
                     open_browser(&page);
                 }
             }
-            app.await
+            app.run(shutdown).await
         }
+        Err(e) => Err(e),
     };
     console.abort();
     sim.shutdown();

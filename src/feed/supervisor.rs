@@ -56,8 +56,10 @@ pub struct SupervisorDeps {
     pub connector: Arc<dyn Connect>,
     /// Seed for backoff jitter (tests); `None` seeds each actor from the OS.
     pub jitter_seed: Option<u64>,
-    /// How feeds raise and resolve alerts (`AlertMonitor::alerter` in `tickd run`).
+    /// How feeds raise and resolve alerts (`AlertRegistry::alerter` in `tickd run`).
     pub alerter: Alerter,
+    /// Where the running connections are listed for whoever reads them (the daemon's health).
+    pub handles: Handles,
 }
 
 /// A running connection as the supervisor sees it.
@@ -107,12 +109,12 @@ impl Supervisor {
     pub fn start(settings: &Settings, deps: SupervisorDeps) -> Result<Supervisor, SupervisorError> {
         let mut sup = Supervisor {
             alerter: deps.alerter.clone(),
+            handles: deps.handles.clone(),
             deps,
             feeds: Vec::new(),
             conns: BTreeMap::new(),
             tasks: JoinSet::new(),
             task_ids: HashMap::new(),
-            handles: Handles::default(),
             reloaded: watch::Sender::new(0),
         };
         for feed in &settings.feeds {

@@ -10,5 +10,6 @@ pub mod alerts;
 pub mod health;
 pub mod metrics;
 pub mod readiness;
+pub mod reload;
 pub mod summary;
 pub mod systemd;
