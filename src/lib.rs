@@ -2,34 +2,37 @@
 //!
 //! # Layout
 //!
-//! Data flows left to right:
+//! Data flows left to right, from sources through the bus to sinks:
 //!
 //! ```text
 //! exchange ─ws─► feed (one actor per connection, under the supervisor) ─► bus ─┬► store writer ─► PostgreSQL
 //!                                                                            └► dashboard hub ─► browsers, bots
 //! ```
 //!
-//! - [`tick`]: the normalized tick model and exact fixed-point prices and sizes.
+//! The data path:
+//! - [`tick`]: the normalized tick model, exact fixed-point prices and sizes, connection ids.
 //! - [`book`]: an exact order book (YES and NO bid ladders) kept per market.
 //! - [`bus`]: bounded fan-out of `Arc<Tick>` to lossless and lossy consumers.
 //! - [`kalshi`]: everything Kalshi: wire parsing, commands, handshake signing and the
 //!   sans-IO protocol session that turns frames into ticks. No Kalshi type leaves it.
-//! - [`feed`]: the feed actor: one WebSocket connection, heartbeat, backoff, alerts.
-//! - [`supervisor`]: one feed actor per connection, market sharding, restarts, reloads.
-//! - [`liveness`]: the beats by which long loops show progress to the watchdog.
+//! - [`feed`]: the feed actor (one WebSocket connection, heartbeat, backoff) and its
+//!   supervisor (one actor per connection, market sharding, restarts, live market changes).
 //! - [`store`]: recording ticks in PostgreSQL, with a disk spool for database outages.
-//! - [`sim`]: a faithful Kalshi exchange simulator with fault switches (`tickd sim`).
+//! - [`dashboard`]: the HTTP port: the page, the live stream for dashboards and bots, and the
+//!   operations endpoints (`/healthz`, `/readyz`, `/metrics`) it serves from [`ops`].
+//!
+//! Around it:
 //! - [`config`]: the layered settings tree (defaults < TOML < `TICKD_` environment).
-//! - [`dashboard`]: the HTTP port: the page, the live stream for dashboards and bots, health.
-//! - [`localpg`]: a private PostgreSQL from the installed binaries (tests, `tickd demo`).
-//! - [`demo`]: `tickd demo`, everything on one machine.
-//! - [`metrics`]: per-feed counters and gauges, lock-free.
-//! - [`alerts`]: incidents (feed stale, database unreachable, spool filling, reconnects), one
-//!   alert and one recovery each, to the log, `/metrics`, `alert_command` and a webhook.
-//! - [`prometheus`]: `/metrics` in the Prometheus text format.
-//! - [`service`]: systemd `Type=notify`: readiness, status, watchdog, stop and reload.
-//! - [`telemetry`]: logging: text, JSON or the systemd journal, feed span fields in each.
-//! - [`app`]: wires the parts together for `tickd run`.
+//! - [`telemetry`], at the bottom: what the actors write as they run: counters, liveness
+//!   beats, log spans, and the alert registry through which feeds and the store raise alerts.
+//! - [`ops`], above the feeds and the store: one [`ops::health::Health`] of the daemon, read
+//!   by `/metrics` ([`ops::metrics`]), readiness ([`ops::readiness`]), systemd's status and
+//!   watchdog ([`ops::systemd`]), the alert monitor and webhook ([`ops::alerts`]), reloads
+//!   ([`ops::reload`]) and the summary lines ([`ops::summary`]).
+//! - [`app`]: the daemon in process: `App::build` makes a topology of sources (the feeds) and
+//!   sinks (the store, the dashboard) from the settings, `App::run` runs it until shutdown.
+//! - [`dev`]: development helpers apart from the daemon: the exchange simulator, a private
+//!   PostgreSQL and `tickd demo`.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 

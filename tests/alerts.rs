@@ -1,4 +1,4 @@
-//! Alerts end to end: the simulator (in this process) feeds the real `tickd run` binary, a
+//! Alerts end to end: the simulator feeds the daemon (both in this process, on 127.0.0.1), a
 //! fault is made real (a stalled exchange, a stopped PostgreSQL, a refusing exchange), and
 //! the tests assert on what an operator gets: the webhook's POSTs (a small HTTP server here,
 //! on 127.0.0.1, that records every request), the lines `alert_command` wrote, `/metrics`,
@@ -18,17 +18,19 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::routing::post;
-use common::daemon::{Daemon, DaemonConfig, LogLine, event_count, serve, texts, toml_str};
+use common::app::{TestApp, log_lines, log_text, spawn_app};
+use common::daemon::{DaemonConfig, LogLine, serve, texts, toml_str, wait_until};
 use common::pg::{TestDb, private_server};
 use common::stream::http_get;
 use serde_json::Value;
 use tickd::dev::sim::{SimConfig, Simulator, market_names};
+use tickd::store::StoreState;
 
 /// How long a daemon may take to connect, subscribe and build its books.
 const LIVE: Duration = Duration::from_secs(60);
 /// How long an alert or a recovery may take to arrive once its condition is real.
 const NOTICE: Duration = Duration::from_secs(60);
-/// How long a daemon may take to exit after SIGTERM.
+/// How long a daemon may take to stop.
 const STOP: Duration = Duration::from_secs(30);
 
 /// The secret in the webhook URL's query, which must never be logged.
@@ -169,15 +171,16 @@ fn config(
     config
 }
 
-/// Waits until `url` holds a `live` event.
-async fn wait_live(daemon: &mut Daemon, url: &str) {
-    daemon.wait_until("the feed to be live", LIVE, || async { event_count(url, "live").await >= 1 }).await;
+/// Waits until the webhook has accepted a notice of `kind` in `state`.
+async fn wait_posted(hooks: &Hooks, kind: &str, state: &str) {
+    let what = format!("a {state} {kind} notice at the webhook");
+    wait_until(&what, NOTICE, || async { !hooks.accepted_of(kind, state).is_empty() }).await;
 }
 
-/// Waits until the webhook has accepted a notice of `kind` in `state`.
-async fn wait_posted(daemon: &mut Daemon, hooks: &Hooks, kind: &str, state: &str) {
-    let what = format!("a {state} {kind} notice at the webhook");
-    daemon.wait_until(&what, NOTICE, || async { !hooks.accepted_of(kind, state).is_empty() }).await;
+/// Stops `app` and checks it stopped cleanly, as `tickd run` exiting 0 does.
+async fn stop(app: &mut TestApp) {
+    let stopped = app.stop(STOP).await;
+    assert!(stopped.is_ok(), "a clean stop: {stopped:?}; log:\n{}", log_text());
 }
 
 /// The value of the `/metrics` sample `series` (name and labels, as printed), if present.
@@ -187,8 +190,8 @@ async fn metric(addr: std::net::SocketAddr, series: &str) -> Option<f64> {
     page.body.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
-fn alert_lines(daemon: &Daemon, message: &str, kind: &str) -> Vec<LogLine> {
-    daemon.lines().into_iter().filter(|l| l.message() == message && l.str("alert") == kind).collect()
+fn alert_lines(message: &str, kind: &str) -> Vec<LogLine> {
+    log_lines().into_iter().filter(|l| l.message() == message && l.str("alert") == kind).collect()
 }
 
 /// One alert and one recovery of `kind` about `source` at the webhook, sharing an id, and
@@ -241,9 +244,9 @@ async fn a_stalled_feed_raises_one_feed_stale_alert_and_one_recovery_everywhere(
     let script = Script::new(dir.path());
     let mut config = config(dir.path(), &db.url, &serve(&sim).await, &sim, &script, &hook);
     config.alerts("feed_stale_after", "\"1h\"").feed("stale_after", "\"2s\"");
-    let mut daemon = Daemon::start(dir.path(), "tickd", &config);
-    let addr = daemon.dashboard_addr(LIVE).await;
-    wait_live(&mut daemon, &db.url).await;
+    let mut app = spawn_app(dir.path(), "tickd", &config).await;
+    let addr = app.dashboard();
+    app.wait_live(1, LIVE).await;
     let active = r#"tickd_alert_active{kind="feed_stale",source="sim/0"}"#;
     let raised = r#"tickd_alerts_total{kind="feed_stale",source="sim/0"}"#;
     let resolved = r#"tickd_alerts_resolved_total{kind="feed_stale",source="sim/0"}"#;
@@ -252,15 +255,14 @@ async fn a_stalled_feed_raises_one_feed_stale_alert_and_one_recovery_everywhere(
     // Act: the exchange goes silent but keeps the socket (tickd's own pings are a minute
     // apart, so the connection is not replaced meanwhile), then speaks again.
     sim.set_stall(true);
-    wait_posted(&mut daemon, &hooks, "feed_stale", "firing").await;
+    wait_posted(&hooks, "feed_stale", "firing").await;
     let while_open = (metric(addr, active).await, metric(addr, raised).await);
     sim.set_stall(false);
-    wait_posted(&mut daemon, &hooks, "feed_stale", "resolved").await;
+    wait_posted(&hooks, "feed_stale", "resolved").await;
     let after = (metric(addr, active).await, metric(addr, raised).await, metric(addr, resolved).await);
-    let exit = daemon.stop(STOP).await;
+    stop(&mut app).await;
 
     // Assert
-    assert_eq!(exit, Some(0), "exit code; log:\n{}", daemon.log_text());
     assert_eq!(while_open, (Some(1.0), Some(1.0)));
     assert_eq!(after, (Some(0.0), Some(1.0), Some(1.0)));
     let (firing, recovery) = one_incident(&hooks, "feed_stale", "sim/0");
@@ -276,12 +278,12 @@ async fn a_stalled_feed_raises_one_feed_stale_alert_and_one_recovery_everywhere(
         assert_eq!(p.content_type, "application/json");
     }
     one_incident_ran(&script, "feed_stale", "sim/0", "sim", &firing);
-    let raised_lines = alert_lines(&daemon, "Alert raised.", "feed_stale");
-    let resolved_lines = alert_lines(&daemon, "Alert resolved.", "feed_stale");
+    let raised_lines = alert_lines("Alert raised.", "feed_stale");
+    let resolved_lines = alert_lines("Alert resolved.", "feed_stale");
     assert_eq!((raised_lines.len(), resolved_lines.len()), (1, 1), "one log line each");
     assert_eq!((raised_lines[0].level(), raised_lines[0].str("source")), ("ERROR", "sim/0"));
     assert_eq!((resolved_lines[0].level(), resolved_lines[0].str("feed")), ("WARN", "sim"));
-    assert!(!daemon.log_text().contains(HOOK_TOKEN), "the webhook's token is never logged");
+    assert!(!log_text().contains(HOOK_TOKEN), "the webhook's token is never logged");
     let ledger = texts(&db.url, "SELECT reason FROM feed_events WHERE event = 'alert'").await;
     assert_eq!(ledger.len(), 1, "{ledger:?}");
     assert!(ledger[0].starts_with("feed_stale: sim/0: connected"), "{ledger:?}");
@@ -301,31 +303,26 @@ async fn a_database_outage_raises_database_unreachable_and_spool_filling_once_ea
         .store("spool_max_bytes", "1048576")
         .alerts("database_unreachable_after", "\"1s\"")
         .alerts("spool_warn_fraction", "0.01");
-    let mut daemon = Daemon::start(dir.path(), "tickd", &config);
-    let addr = daemon.dashboard_addr(LIVE).await;
-    wait_live(&mut daemon, &url).await;
-    daemon
-        .wait_for("the store writing directly", LIVE, |l| {
-            l.message() == "Store summary." && l.str("state") == "ready"
-        })
-        .await;
+    let mut app = spawn_app(dir.path(), "tickd", &config).await;
+    let addr = app.dashboard();
+    app.wait_live(1, LIVE).await;
+    app.wait_store(StoreState::Ready, LIVE).await;
 
     // Act: the database goes away for longer than the threshold, then comes back.
     pg.stop().await.expect("server stops");
-    wait_posted(&mut daemon, &hooks, "database_unreachable", "firing").await;
-    wait_posted(&mut daemon, &hooks, "spool_filling", "firing").await;
+    wait_posted(&hooks, "database_unreachable", "firing").await;
+    wait_posted(&hooks, "spool_filling", "firing").await;
     let active = |kind: &str| format!(r#"tickd_alert_active{{kind="{kind}",source="store"}}"#);
     let while_open =
         (metric(addr, &active("database_unreachable")).await, metric(addr, &active("spool_filling")).await);
     pg.restart().await.expect("server restarts");
-    wait_posted(&mut daemon, &hooks, "database_unreachable", "resolved").await;
-    wait_posted(&mut daemon, &hooks, "spool_filling", "resolved").await;
+    wait_posted(&hooks, "database_unreachable", "resolved").await;
+    wait_posted(&hooks, "spool_filling", "resolved").await;
     let after =
         (metric(addr, &active("database_unreachable")).await, metric(addr, &active("spool_filling")).await);
-    let exit = daemon.stop(STOP).await;
+    stop(&mut app).await;
 
     // Assert
-    assert_eq!(exit, Some(0), "exit code; log:\n{}", daemon.log_text());
     assert_eq!(while_open, (Some(1.0), Some(1.0)));
     assert_eq!(after, (Some(0.0), Some(0.0)));
     let (down, _) = one_incident(&hooks, "database_unreachable", "store");
@@ -336,8 +333,7 @@ async fn a_database_outage_raises_database_unreachable_and_spool_filling_once_ea
     one_incident_ran(&script, "database_unreachable", "store", "store", &down);
     one_incident_ran(&script, "spool_filling", "store", "store", &filling);
     for kind in ["database_unreachable", "spool_filling"] {
-        let lines =
-            (alert_lines(&daemon, "Alert raised.", kind), alert_lines(&daemon, "Alert resolved.", kind));
+        let lines = (alert_lines("Alert raised.", kind), alert_lines("Alert resolved.", kind));
         assert_eq!((lines.0.len(), lines.1.len()), (1, 1), "{kind}: one log line each");
         assert_eq!(lines.0[0].level(), "ERROR");
     }
@@ -355,18 +351,17 @@ async fn a_feed_that_keeps_failing_raises_max_reconnects_once_and_recovers_once_
     config
         .feed("max_reconnects", "3")
         .feed("backoff", "{ initial = \"50ms\", max = \"200ms\", healthy_after = \"1s\" }");
-    let mut daemon = Daemon::start(dir.path(), "tickd", &config);
-    wait_live(&mut daemon, &db.url).await;
+    let mut app = spawn_app(dir.path(), "tickd", &config).await;
+    app.wait_live(1, LIVE).await;
 
     // Act: the connection drops and the next five handshakes are refused.
     sim.refuse_handshakes(5);
     sim.drop_all();
-    wait_posted(&mut daemon, &hooks, "max_reconnects", "firing").await;
-    wait_posted(&mut daemon, &hooks, "max_reconnects", "resolved").await;
-    let exit = daemon.stop(STOP).await;
+    wait_posted(&hooks, "max_reconnects", "firing").await;
+    wait_posted(&hooks, "max_reconnects", "resolved").await;
+    stop(&mut app).await;
 
     // Assert
-    assert_eq!(exit, Some(0), "exit code; log:\n{}", daemon.log_text());
     let (firing, recovery) = one_incident(&hooks, "max_reconnects", "sim/0");
     assert!(firing["message"].as_str().unwrap_or_default().contains("3 consecutive connection failures"));
     assert!(recovery["message"].as_str().unwrap_or_default().contains("healthy"), "{recovery}");

@@ -163,7 +163,7 @@ fn filter(log: &LogSettings) -> (EnvFilter, Option<String>) {
 /// event's own fields; an event field replaces a span field of the same name. (The stock JSON
 /// format of `tracing-subscriber` puts span fields under `span` and `spans` instead, where a
 /// query for `fields.feed` would not find them.)
-struct FlatJson;
+pub struct FlatJson;
 
 impl<S, N> FormatEvent<S, N> for FlatJson
 where

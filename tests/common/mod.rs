@@ -1,6 +1,7 @@
 //! Test harness: a simulator, a feed actor against it, and everything the feed publishes.
 #![allow(dead_code)]
 
+pub mod app;
 pub mod daemon;
 pub mod pg;
 pub mod stream;
