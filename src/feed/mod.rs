@@ -342,6 +342,8 @@ impl FeedActor {
             let connected = tokio::select! {
                 // Shutdown wins over a slow handshake.
                 _ = self.ctx.shutdown.cancelled() => return self.stopped(),
+                // TCP, TLS and the upgrade, within `connect_timeout`. Not cancel-safe: a
+                // half-done connection is dropped, which only shutdown does.
                 r = self.connect() => r,
             };
             match connected {
@@ -417,7 +419,9 @@ impl FeedActor {
             self.ctx.metrics.beat.turn_by(wake);
             loop {
                 tokio::select! {
+                    // Shutdown: no further attempt.
                     _ = self.ctx.shutdown.cancelled() => return self.stopped(),
+                    // The delay is over: connect again.
                     _ = sleep_until(wake) => break,
                     // Market changes while disconnected are kept for the next subscribe.
                     Some(cmd) = self.commands.recv() => self.on_command(cmd).await,
