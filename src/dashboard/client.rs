@@ -225,17 +225,27 @@ impl Writer {
                 }
             };
             tokio::select! {
+                // In this order: the end before any more work, the client's replies and the
+                // hub's answers before the log.
                 biased;
+                // The reader ended the connection; it recorded why in `Shared`.
                 _ = &mut ending => break,
+                // tickd is stopping: 1001 to the client.
                 _ = &mut closing => {
                     self.shared.end(Some(close::GOING_AWAY), "tickd is shutting down");
                     break;
                 }
+                // A reply the reader made: pong, status, history, an error (cancel-safe: mpsc
+                // recv). `None`: the reader is gone.
                 msg = self.inbox.recv() => match msg {
                     Some(f) => self.out.push(Message::Text(f)),
                     None => break,
                 },
+                // The hub's answer to a subscription change, applied once the log reaches its
+                // boundary (cancel-safe: mpsc recv).
                 Some(r) = self.answers.recv() => self.wait(Pending::Change(r)),
+                // The fresh state after falling behind (cancel-safe: the receiver is polled in
+                // place and keeps its value). `None`: the hub stopped without answering.
                 resolved = resync => match resolved {
                     Some(r) => {
                         if let Some(lag) = &mut self.lag {
@@ -248,6 +258,8 @@ impl Writer {
                         break;
                     }
                 },
+                // The stream log (cancel-safe: broadcast recv), and up to DRAIN entries already
+                // there, so that one write flushes them all.
                 got = self.log.recv() => {
                     if !self.take(got) {
                         break;
@@ -264,6 +276,7 @@ impl Writer {
                         }
                     }
                 }
+                // Heartbeat: a client silent for two intervals is dropped, any other is pinged.
                 _ = ping.tick() => {
                     let silent = now_micros() - self.shared.last_inbound.load(Ordering::Relaxed);
                     if silent > 2 * settings.ping_interval.as_micros() as i64 {
@@ -482,7 +495,10 @@ impl Writer {
             sink.flush().await
         };
         let result = tokio::select! {
+            // The write, within `slow_client_timeout`. Not cancel-safe: frames it took from
+            // `out` and did not flush are dropped; only the end of the connection cancels it.
             r = tokio::time::timeout(limit, write) => r,
+            // The reader ended the connection: stop writing to it.
             _ = self.shared.ending.cancelled() => return false,
         };
         match result {
@@ -618,7 +634,10 @@ impl Reader {
         tokio::pin!(ending);
         loop {
             let next = tokio::select! {
+                // The writer ended the connection; it recorded why in `Shared`.
                 _ = &mut ending => return,
+                // The client's next frame (cancel-safe: the stream keeps partial frames
+                // buffered).
                 next = self.stream.next() => next,
             };
             self.shared.last_inbound.store(now_micros(), Ordering::Relaxed);
@@ -658,7 +677,9 @@ impl Reader {
         // Gives up once the connection ends: the writer, stuck on a client that reads
         // nothing, may never take it.
         tokio::select! {
+            // Queued for the writer; waits while its inbox is full.
             _ = self.to_writer.send(frame.into()) => {}
+            // The connection ended: the frame is dropped (a cancelled send sends nothing).
             _ = self.shared.ending.cancelled() => {}
         }
     }
@@ -799,7 +820,10 @@ impl Reader {
         }
         // A place for the answer first, so that the hub never waits on this client.
         let place = tokio::select! {
+            // Waits until the writer took the answer to the previous change. `Err`: the writer
+            // is gone.
             place = self.answer_to.clone().reserve_owned() => place.ok(),
+            // The connection ended while waiting: nothing is asked of the hub.
             _ = self.shared.ending.cancelled() => None,
         };
         let shutting_down = || Refusal { code: "internal_error", message: "tickd is shutting down".into() };

@@ -265,8 +265,15 @@ impl Hub {
         let mut items = Vec::with_capacity(BATCH);
         loop {
             tokio::select! {
+                // Requests before ticks: a client waiting on a join, a change or a resync is
+                // answered before more of the bus is read.
                 biased;
+                // Joins, subscription changes and resyncs (cancel-safe: mpsc recv), answered
+                // between two appends. Disabled once every sender is gone.
                 Some(req) = requests.recv() => self.request(req),
+                // Ticks (cancel-safe: broadcast recv), and up to BATCH already waiting, appended
+                // as one log entry. A lag marks the books stale; the bus closing (every feed
+                // stopped) ends the hub.
                 got = bus.recv() => {
                     // Clients join only between batches (a request to this task), so one look
                     // per batch is enough to skip serializing for nobody.
@@ -285,6 +292,7 @@ impl Hub {
                     }
                     self.append(&mut items);
                 }
+                // The periodic `status` frame, built only while a client listens.
                 _ = status_tick.tick() => {
                     if self.log.receiver_count() > 0 {
                         let frame = status::frame(&self.health, None);

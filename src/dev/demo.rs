@@ -206,7 +206,9 @@ async fn console(sim: Simulator, shutdown: CancellationToken) {
     let mut lines = console_lines();
     loop {
         tokio::select! {
+            // The demo is stopping.
             () = shutdown.cancelled() => return,
+            // A console line (cancel-safe: mpsc recv); `None` at the end of stdin.
             line = lines.recv() => match line {
                 Some(line) if line.trim().is_empty() => {}
                 Some(line) => println!("{}", console_command(&sim, &line)),

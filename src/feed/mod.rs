@@ -102,7 +102,11 @@ impl Connect for TcpConnector {
     }
 }
 
-/// Why a connection attempt failed.
+/// Why a connection attempt failed. The feed retries every one of them after its backoff,
+/// whatever the class (the exchange's side or this machine's clock may be put right while it
+/// waits); only the `max_reconnects` policy stops a feed. [`ConnectError::is_retriable`]
+/// tells a failure that may pass by itself from one that waits for a change, and
+/// [`ConnectError::is_credentials`] picks out rejected credentials.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
     /// The URL cannot be connected to.
@@ -113,7 +117,8 @@ pub enum ConnectError {
         /// What is wrong.
         reason: String,
     },
-    /// TCP failed.
+    /// TCP failed, or TLS did: rustls reports a failed TLS handshake (a certificate that does
+    /// not verify, an alert from the peer) as an I/O error that carries its own error.
     #[error("connect failed: {0}")]
     Io(#[from] std::io::Error),
     /// Took longer than `connect_timeout`.
@@ -125,9 +130,32 @@ pub enum ConnectError {
     /// The exchange answered the upgrade with another HTTP status.
     #[error("handshake refused with HTTP {0}")]
     Refused(u16),
-    /// TLS or WebSocket protocol failure.
+    /// The WebSocket upgrade failed without an HTTP status, most often because the peer hung
+    /// up halfway through it.
     #[error("handshake failed: {0}")]
     Handshake(String),
+}
+
+impl ConnectError {
+    /// Whether the same attempt may succeed later with nothing changed: the network or the
+    /// exchange was away or slow, or asked to be tried again (HTTP 429, 5xx), or hung up in
+    /// the middle of the upgrade. A URL that cannot be used, rejected credentials, a TLS
+    /// failure and any other refusal stay until someone changes something.
+    pub fn is_retriable(&self) -> bool {
+        match self {
+            ConnectError::Io(e) => !e.get_ref().is_some_and(|inner| inner.is::<rustls::Error>()),
+            ConnectError::Timeout(_) | ConnectError::Handshake(_) => true,
+            ConnectError::Refused(status) => *status == 429 || *status >= 500,
+            ConnectError::Url { .. } | ConnectError::Unauthorized => false,
+        }
+    }
+
+    /// The exchange rejected the signed handshake: the key id or the key is wrong, or the
+    /// clock the signature's timestamp comes from is off. Counted in `credentials_rejected`;
+    /// an alert is raised when it opens a failure streak.
+    pub fn is_credentials(&self) -> bool {
+        matches!(self, ConnectError::Unauthorized)
+    }
 }
 
 /// Why an open connection ended.
@@ -314,6 +342,8 @@ impl FeedActor {
             let connected = tokio::select! {
                 // Shutdown wins over a slow handshake.
                 _ = self.ctx.shutdown.cancelled() => return self.stopped(),
+                // TCP, TLS and the upgrade, within `connect_timeout`. Not cancel-safe: a
+                // half-done connection is dropped, which only shutdown does.
                 r = self.connect() => r,
             };
             match connected {
@@ -339,7 +369,8 @@ impl FeedActor {
                 }
                 Err(e) => {
                     FeedMetrics::inc(&self.ctx.metrics.connect_failures);
-                    if matches!(e, ConnectError::Unauthorized) {
+                    // Whatever its class, the failure is retried after the backoff below.
+                    if e.is_credentials() {
                         FeedMetrics::inc(&self.ctx.metrics.credentials_rejected);
                         error!(error = %e, "Credentials rejected.");
                         if self.backoff.failures() == 0 {
@@ -388,7 +419,9 @@ impl FeedActor {
             self.ctx.metrics.beat.turn_by(wake);
             loop {
                 tokio::select! {
+                    // Shutdown: no further attempt.
                     _ = self.ctx.shutdown.cancelled() => return self.stopped(),
+                    // The delay is over: connect again.
                     _ = sleep_until(wake) => break,
                     // Market changes while disconnected are kept for the next subscribe.
                     Some(cmd) = self.commands.recv() => self.on_command(cmd).await,
@@ -662,6 +695,37 @@ impl FeedActor {
             format!("{}: connected and healthy for {}s again", self.cfg.conn, healthy_after.as_secs_f64());
         for kind in self.open_alerts.drain(..) {
             self.ctx.alerter.resolve(&self.cfg.conn, kind, &message);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connect_errors_say_whether_waiting_helps_and_whether_credentials_are_at_fault() {
+        let tls = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            rustls::Error::InvalidCertificate(rustls::CertificateError::Expired),
+        );
+        // (error, retriable, credentials)
+        let table = [
+            (ConnectError::Url { url: "ws://".into(), reason: "no host".into() }, false, false),
+            (ConnectError::Io(std::io::ErrorKind::ConnectionRefused.into()), true, false),
+            (ConnectError::Io(std::io::ErrorKind::ConnectionReset.into()), true, false),
+            (ConnectError::Io(tls), false, false),
+            (ConnectError::Timeout(Duration::from_secs(10)), true, false),
+            (ConnectError::Unauthorized, false, true),
+            (ConnectError::Refused(403), false, false),
+            (ConnectError::Refused(404), false, false),
+            (ConnectError::Refused(429), true, false),
+            (ConnectError::Refused(502), true, false),
+            (ConnectError::Refused(503), true, false),
+            (ConnectError::Handshake("Handshake not finished".into()), true, false),
+        ];
+        for (error, retriable, credentials) in table {
+            assert_eq!((error.is_retriable(), error.is_credentials()), (retriable, credentials), "{error}");
         }
     }
 }

@@ -66,7 +66,9 @@ pub async fn reload_configs(
         // coalesce in `requests` meanwhile. Each reload is a whole snapshot, so applying the
         // queued older ones first is harmless.
         tokio::select! {
+            // Stopping: a reload is pointless now; this config is dropped.
             () = shutdown.cancelled() => return,
+            // Room in the queue: the app applies this config in turn.
             sent = reloads.send(settings) => match sent {
                 Ok(()) => info!("Configuration reloaded."),
                 // The app dropped its receiver: it takes no more reloads.

@@ -17,7 +17,9 @@ pub async fn summarize(health: Health, every: Duration, shutdown: CancellationTo
     tick.tick().await;
     loop {
         tokio::select! {
+            // Shutdown: the feeds and the store log their own final counts as they stop.
             _ = shutdown.cancelled() => return,
+            // Time for the next lines.
             _ = tick.tick() => {}
         }
         for c in health.snapshot().conns {

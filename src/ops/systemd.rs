@@ -707,18 +707,18 @@ mod tests {
     fn status_lines_name_a_few_lagging_feeds_then_count_the_rest() {
         let input = StatusInput {
             feeds: feeds(&[
-                ("a", FeedState::Connecting),
-                ("b", FeedState::Subscribing),
-                ("c", FeedState::Live),
-                ("d", FeedState::Stale),
-                ("e", FeedState::GivenUp),
-                ("f", FeedState::BackingOff),
+                ("a/0", FeedState::Connecting),
+                ("b/0", FeedState::Subscribing),
+                ("c/0", FeedState::Live),
+                ("d/0", FeedState::Stale),
+                ("e/0", FeedState::GivenUp),
+                ("f/0", FeedState::BackingOff),
             ]),
             ..StatusInput::default()
         };
         assert_eq!(
             status_line(&input),
-            "1/6 feeds live (a connecting, b subscribing, d stale, 2 more); no store"
+            "1/6 feeds live (a/0 connecting, b/0 subscribing, d/0 stale, 2 more); no store"
         );
     }
 

@@ -301,7 +301,9 @@ pub async fn run_cli(args: SimArgs, shutdown: CancellationToken) -> anyhow::Resu
         tokio::spawn(async move {
             loop {
                 tokio::select! {
+                    // The simulator is stopping: no more faults.
                     _ = stop.cancelled() => break,
+                    // The fault is due: apply it and print the outcome.
                     _ = tokio::time::sleep(delay) => println!("{}", apply(&sim, &cmd)),
                 }
                 if !repeat {

@@ -180,8 +180,12 @@ impl Conn {
                 // Half-open: no reads, no writes, no pings; only the stall switch, shutdown and
                 // drop/close (which simply drop the socket) are looked at.
                 tokio::select! {
+                    // Shutdown: the socket is dropped, still silent.
                     _ = shared.shutdown.cancelled() => return Ok(()),
+                    // The stall switch flipped: re-evaluate at the top of the loop.
                     changed = stall.changed() => if changed.is_err() { return Ok(()) },
+                    // Fault switches (cancel-safe: mpsc recv): drop, close and the end of the
+                    // switches end the connection; the rest wait for the stall to end.
                     ctl = self.ctl.recv() => match ctl {
                         None | Some(Control::Drop) | Some(Control::Close(_)) => return Ok(()),
                         Some(other) => deferred.push(other),

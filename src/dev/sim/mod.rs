@@ -331,7 +331,9 @@ impl Simulator {
             let mut owed: u128 = 0;
             loop {
                 tokio::select! {
+                    // The simulator is shut down.
                     _ = shared.shutdown.cancelled() => break,
+                    // Generate the events owed since the last tick, at the current rate.
                     _ = tick.tick() => {
                         let now = Instant::now();
                         let elapsed = now.duration_since(last).min(MAX_CATCH_UP);
@@ -358,7 +360,10 @@ impl Simulator {
         self.owner.runtime.spawn(async move {
             loop {
                 tokio::select! {
+                    // The simulator is shut down: stop accepting (served connections see the
+                    // same token).
                     _ = shared.shutdown.cancelled() => break,
+                    // A new connection, served on its own task (cancel-safe: accept).
                     accepted = listener.accept() => match accepted {
                         Ok((stream, _)) => {
                             // Small frames matter more than packet count here.

@@ -411,6 +411,9 @@ async fn run_watch(monitor: AlertRegistry, ctx: WatchContext) {
                         tokio::select! {
                             // The store may be slow to take it; shutdown does not wait.
                             () = ctx.shutdown.cancelled() => return,
+                            // The alert as a tick, for the store and the dashboards. Not
+                            // cancel-safe: stopped while a full queue holds it up, the tick
+                            // reaches only the consumers served before.
                             () = ctx.bus.publish(Arc::new(tick)) => {}
                         }
                     }

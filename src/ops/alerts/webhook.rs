@@ -190,6 +190,7 @@ impl Webhook {
         let mut conn = std::pin::pin!(conn);
         let mut send = std::pin::pin!(sender.send_request(request));
         let response = tokio::select! {
+            // The answer; the connection is driven by the other branch meanwhile.
             response = &mut send => response?,
             // The connection is done (with `Connection: close`, possibly just after reading
             // the answer): the answer, if any, is waiting in `send`.
