@@ -1,15 +1,21 @@
 //! `[[feeds]]`: one table per feed, with its reconnection policy, and the checks of its URL,
 //! markets, channels and signing key.
+//!
+//! The key is the venue's business: this module names no venue type. The venue says how a key
+//! is loaded by implementing [`VenueKey`] (Kalshi's is in `kalshi::sign`); validation loads each
+//! signed feed's key once and the settings carry it ([`FeedSettings::signing_key`]), so the
+//! feeds sign with the very key that was checked.
 
 use std::collections::HashSet;
-use std::path::PathBuf;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use super::Problems;
 use super::secrets::{CREDENTIAL_PREFIX, credential_name, resolve_key_path};
-use crate::kalshi::sign::Credentials;
 
 /// The market data channels a feed may subscribe for its `markets`.
 pub const MARKET_CHANNELS: [&str; 3] = ["orderbook_delta", "ticker", "trade"];
@@ -74,6 +80,38 @@ pub struct FeedSettings {
     /// Overrides `alerts.feed_stale_after`; `0s` turns the check off for this feed.
     #[serde(default, with = "humantime_serde::option", skip_serializing_if = "Option::is_none")]
     pub stale_after: Option<Duration>,
+    /// Not a setting: the signing key once loaded from `key_id` and `key_file`.
+    #[serde(skip)]
+    pub loaded_key: LoadedKey,
+}
+
+/// How a feed's venue loads its signing key. The venue implements this for [`FeedSettings`],
+/// so that settings name no venue type; [`FeedSettings::signing_key`] calls it once.
+pub trait VenueKey {
+    /// The key, checked and ready to sign with.
+    type Key: Send + Sync;
+
+    /// Reads and checks the private key file at `path` for the API key `key_id`. The error
+    /// names the file and what is wrong with it, never its content.
+    fn load_key(key_id: &str, path: &Path) -> Result<Self::Key, String>;
+}
+
+/// A feed's signing key once [`FeedSettings::signing_key`] has loaded it; a clone made after
+/// that carries the same key. Not a setting: never read from or written to TOML, never printed, and equal in every feed,
+/// so that comparing settings (as a reload does) compares only what the user wrote.
+#[derive(Clone, Default)]
+pub struct LoadedKey(OnceLock<Arc<<FeedSettings as VenueKey>::Key>>);
+
+impl PartialEq for LoadedKey {
+    fn eq(&self, _: &LoadedKey) -> bool {
+        true
+    }
+}
+
+impl fmt::Debug for LoadedKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.get().is_some() { "<loaded>" } else { "<not loaded>" })
+    }
 }
 
 /// Capped exponential backoff with jitter.
@@ -175,6 +213,7 @@ impl FeedSettings {
             max_reconnects: defaults::max_reconnects(),
             on_max_reconnects: GiveUpPolicy::Retry,
             stale_after: None,
+            loaded_key: LoadedKey::default(),
         }
     }
 }
@@ -186,6 +225,22 @@ impl FeedSettings {
     pub fn key_path(&self) -> Option<PathBuf> {
         let dir = std::env::var_os("CREDENTIALS_DIRECTORY");
         self.key_file.as_deref().map(|file| resolve_key_path(file, dir.as_deref()))
+    }
+
+    /// The key this feed signs its handshakes with; `None` when it connects unsigned (no
+    /// `key_id` or no `key_file`). The first call reads the key file, and [`Settings::validate`]
+    /// makes it; later calls, on these settings or their clones, return the same key.
+    ///
+    /// [`Settings::validate`]: super::Settings::validate
+    pub fn signing_key(&self) -> Result<Option<Arc<<Self as VenueKey>::Key>>, String> {
+        let (Some(key_id), Some(path)) = (&self.key_id, self.key_path()) else {
+            return Ok(None);
+        };
+        if let Some(key) = self.loaded_key.0.get() {
+            return Ok(Some(key.clone()));
+        }
+        let key = Arc::new(Self::load_key(key_id, &path)?);
+        Ok(Some(self.loaded_key.0.get_or_init(|| key).clone()))
     }
 
     pub(super) fn validate_into(&self, key: &str, problems: &mut Problems) {
@@ -251,7 +306,8 @@ impl FeedSettings {
         }
     }
 
-    /// `key_id` and `key_file` come together, and the key file must hold a valid RSA key.
+    /// `key_id` and `key_file` come together, and the key file must hold a key the venue
+    /// accepts; the key is kept (see [`FeedSettings::signing_key`]).
     fn validate_key(&self, key: &str, problems: &mut Problems) {
         if let Some(name) = self.key_file.as_deref().and_then(credential_name) {
             if name.is_empty() || name.contains('/') {
@@ -285,9 +341,9 @@ impl FeedSettings {
             (Some(id), Some(_)) if id.trim().is_empty() => {
                 problems.push(format!("{key}.key_id"), "is empty");
             }
-            (Some(id), Some(path)) => {
-                if let Err(e) = Credentials::load(id, &path) {
-                    problems.push(format!("{key}.key_file"), e.to_string());
+            (Some(_), Some(_)) => {
+                if let Err(e) = self.signing_key() {
+                    problems.push(format!("{key}.key_file"), e);
                 }
             }
         }
@@ -355,6 +411,30 @@ mod tests {
         assert!(message.contains("feeds[0].key_file"), "{message}");
         assert!(message.contains(&pem.display().to_string()), "{message}");
         assert!(message.to_lowercase().contains("invalid"), "{message}");
+    }
+
+    #[test]
+    fn validation_loads_a_feed_key_once_and_the_settings_carry_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let pem = dir.path().join("kalshi.pem");
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/kalshi/test_key_pkcs8.pem");
+        std::fs::copy(fixture, &pem).unwrap();
+        let mut settings = valid();
+        settings.feeds[0].key_id = Some("a952bcbe".into());
+        settings.feeds[0].key_file = Some(pem.clone());
+        let unvalidated = settings.feeds[0].clone();
+
+        assert_eq!(problem_keys(&settings), Vec::<String>::new());
+        std::fs::remove_file(&pem).unwrap();
+
+        // Only the key kept by validation can answer now that the file is gone.
+        let started = settings.clone();
+        assert!(matches!(started.feeds[0].signing_key(), Ok(Some(_))));
+        let message = unvalidated.signing_key().unwrap_err();
+        assert!(message.contains(&pem.display().to_string()), "{message}");
+        // The kept key is not a setting: it does not make two feeds differ.
+        assert_eq!(unvalidated, started.feeds[0]);
+        assert!(matches!(FeedSettings::new("unsigned", "ws://127.0.0.1:1").signing_key(), Ok(None)));
     }
 
     #[test]

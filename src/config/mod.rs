@@ -35,7 +35,7 @@ use serde::{Deserialize, Serialize};
 pub use alerts::{AlertSettings, MAX_WEBHOOK_RETRIES, WebhookUrl};
 pub use bus::BusSettings;
 pub use dashboard::DashboardSettings;
-pub use feeds::{BackoffSettings, FeedSettings, GiveUpPolicy, MARKET_CHANNELS};
+pub use feeds::{BackoffSettings, FeedSettings, GiveUpPolicy, LoadedKey, MARKET_CHANNELS, VenueKey};
 pub use log::{LogFormat, LogSettings};
 pub use secrets::{CREDENTIAL_PREFIX, Secret};
 pub use store::{DatabaseUrl, StoreSettings};
@@ -214,7 +214,9 @@ impl Settings {
     }
 
     /// Checks every value that could make the daemon misbehave and reports all problems at
-    /// once, each naming its key. Reads each feed's key file to check it is a valid RSA key.
+    /// once, each naming its key. Loads each signed feed's key through its venue
+    /// ([`VenueKey`]) and keeps it in these settings, so the feeds sign with the key checked
+    /// here and nothing reads the key file again.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut problems = Problems::default();
         self.log.validate_into(&mut problems);
