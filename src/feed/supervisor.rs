@@ -389,13 +389,12 @@ fn same_except_markets(a: &FeedSettings, b: &FeedSettings) -> bool {
     &a == b
 }
 
+/// The feed's signing key: the one validation loaded, or, for settings that were never
+/// validated, read now.
 fn load_credentials(settings: &FeedSettings) -> Result<Option<Arc<Credentials>>, SupervisorError> {
-    let (Some(key_id), Some(path)) = (&settings.key_id, settings.key_path()) else {
-        return Ok(None);
-    };
-    Credentials::load(key_id, &path)
-        .map(|c| Some(Arc::new(c)))
-        .map_err(|e| SupervisorError::Credentials { feed: settings.name.clone(), reason: e.to_string() })
+    settings
+        .signing_key()
+        .map_err(|reason| SupervisorError::Credentials { feed: settings.name.clone(), reason })
 }
 
 #[cfg(test)]

@@ -7,7 +7,8 @@
 //! - [`wire`]: server frames parsed with simd-json into borrowed [`wire::Frame`]s.
 //! - [`command`]: client commands (`subscribe`, `unsubscribe`, `update_subscription`,
 //!   `list_subscriptions`) rendered to JSON text.
-//! - [`sign`]: RSA-PSS handshake signing and the `KALSHI-ACCESS-*` headers.
+//! - [`sign`]: RSA-PSS handshake signing and the `KALSHI-ACCESS-*` headers; loading and
+//!   checking a feed's key for its settings.
 //! - [`session`]: desired subscriptions, sids, per-sid `seq`, books, gap repair.
 
 pub mod command;

@@ -4,6 +4,10 @@
 //! `KALSHI-ACCESS-*` headers of one WebSocket upgrade request. Sign afresh on every connect:
 //! the timestamp is part of the signed text. The private key never appears in `Debug` output
 //! or in errors.
+//!
+//! A feed's `key_id` and `key_file` name a Kalshi API key: the settings load it through the
+//! [`VenueKey`] implemented here, once, when they are validated, and the feed's connections
+//! sign with that key.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -19,6 +23,7 @@ use rsa::traits::PublicKeyParts as _;
 use rsa::{RsaPrivateKey, sha2::Sha256};
 
 use super::WS_PATH;
+use crate::config::{FeedSettings, VenueKey};
 
 /// Smallest accepted modulus. Kalshi issues 2048-bit keys; anything shorter is refused at load,
 /// which also guarantees that PSS with a 32-byte salt fits (it needs 521 bits), so signing
@@ -110,6 +115,16 @@ impl Credentials {
             ("KALSHI-ACCESS-TIMESTAMP", now_ms.to_string()),
             ("KALSHI-ACCESS-SIGNATURE", self.sign(now_ms)),
         ]
+    }
+}
+
+/// A feed's signing key is a Kalshi API key: checked by `Settings::validate`, which names the
+/// feed's `key_file` in any error, and kept for the feed's connections.
+impl VenueKey for FeedSettings {
+    type Key = Credentials;
+
+    fn load_key(key_id: &str, path: &Path) -> Result<Credentials, String> {
+        Credentials::load(key_id, path).map_err(|e| e.to_string())
     }
 }
 

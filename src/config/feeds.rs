@@ -1,0 +1,496 @@
+//! `[[feeds]]`: one table per feed, with its reconnection policy, and the checks of its URL,
+//! markets, channels and signing key.
+//!
+//! The key is the venue's business: this module names no venue type. The venue says how a key
+//! is loaded by implementing [`VenueKey`] (Kalshi's is in `kalshi::sign`); validation loads each
+//! signed feed's key once and the settings carry it ([`FeedSettings::signing_key`]), so the
+//! feeds sign with the very key that was checked.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::Problems;
+use super::secrets::{CREDENTIAL_PREFIX, credential_name, resolve_key_path};
+
+/// The market data channels a feed may subscribe for its `markets`.
+pub const MARKET_CHANNELS: [&str; 3] = ["orderbook_delta", "ticker", "trade"];
+
+/// One feed: a named group of connections to one exchange endpoint with one set of markets.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FeedSettings {
+    /// Unique name of the feed; appears in logs, metrics and every stored row.
+    pub name: String,
+    /// The exchange's WebSocket URL (`wss://…/trade-api/ws/v2`, or `ws://` for the simulator).
+    #[serde(default = "defaults::url")]
+    pub url: String,
+    /// Kalshi API key id (not secret). Requires `key_file`. Omit both to connect unsigned.
+    #[serde(default)]
+    pub key_id: Option<String>,
+    /// Path of the PEM private key (PKCS#1 or PKCS#8). With systemd, a name under
+    /// `$CREDENTIALS_DIRECTORY` is accepted as `credential:<name>`.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// Market data channels to subscribe for `markets`: any of `orderbook_delta`, `ticker`,
+    /// `trade`.
+    #[serde(default = "defaults::channels")]
+    pub channels: Vec<String>,
+    /// Also subscribe `market_lifecycle_v2` (all markets; not sharded).
+    #[serde(default = "defaults::yes")]
+    pub lifecycle: bool,
+    /// Market tickers to follow.
+    #[serde(default)]
+    pub markets: Vec<String>,
+    /// The most markets one connection carries; longer lists are spread over several.
+    #[serde(default = "defaults::max_markets_per_connection")]
+    pub max_markets_per_connection: usize,
+    /// Sent explicitly with every orderbook subscribe. tickd normalizes both conventions.
+    #[serde(default = "defaults::yes")]
+    pub use_yes_price: bool,
+    /// Interval of our WebSocket pings.
+    #[serde(default = "defaults::ping_interval", with = "humantime_serde")]
+    pub ping_interval: Duration,
+    /// A connection with no frame of any kind for `ping_interval + pong_timeout` is dead.
+    #[serde(default = "defaults::pong_timeout", with = "humantime_serde")]
+    pub pong_timeout: Duration,
+    /// Limit on TCP + TLS + WebSocket handshake.
+    #[serde(default = "defaults::connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// How long to wait for a `subscribed`/`ok` before sending the command again.
+    #[serde(default = "defaults::ack_timeout", with = "humantime_serde")]
+    pub ack_timeout: Duration,
+    /// Frames larger than this are dropped and counted (the connection goes on).
+    #[serde(default = "defaults::max_frame_bytes")]
+    pub max_frame_bytes: usize,
+    /// Reconnection policy.
+    #[serde(default)]
+    pub backoff: BackoffSettings,
+    /// Consecutive failed connections before an alert is raised.
+    #[serde(default = "defaults::max_reconnects")]
+    pub max_reconnects: u32,
+    /// What to do after the alert: keep retrying at the capped delay, stop this feed, or exit.
+    #[serde(default)]
+    pub on_max_reconnects: GiveUpPolicy,
+    /// `feed_stale` for this feed's connections: no market data for this long while connected.
+    /// Overrides `alerts.feed_stale_after`; `0s` turns the check off for this feed.
+    #[serde(default, with = "humantime_serde::option", skip_serializing_if = "Option::is_none")]
+    pub stale_after: Option<Duration>,
+    /// Not a setting: the signing key once loaded from `key_id` and `key_file`.
+    #[serde(skip)]
+    pub loaded_key: LoadedKey,
+}
+
+/// How a feed's venue loads its signing key. The venue implements this for [`FeedSettings`],
+/// so that settings name no venue type; [`FeedSettings::signing_key`] calls it once.
+pub trait VenueKey {
+    /// The key, checked and ready to sign with.
+    type Key: Send + Sync;
+
+    /// Reads and checks the private key file at `path` for the API key `key_id`. The error
+    /// names the file and what is wrong with it, never its content.
+    fn load_key(key_id: &str, path: &Path) -> Result<Self::Key, String>;
+}
+
+/// A feed's signing key once [`FeedSettings::signing_key`] has loaded it; a clone made after
+/// that carries the same key. Not a setting: never read from or written to TOML, never printed, and equal in every feed,
+/// so that comparing settings (as a reload does) compares only what the user wrote.
+#[derive(Clone, Default)]
+pub struct LoadedKey(OnceLock<Arc<<FeedSettings as VenueKey>::Key>>);
+
+impl PartialEq for LoadedKey {
+    fn eq(&self, _: &LoadedKey) -> bool {
+        true
+    }
+}
+
+impl fmt::Debug for LoadedKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.get().is_some() { "<loaded>" } else { "<not loaded>" })
+    }
+}
+
+/// Capped exponential backoff with jitter.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackoffSettings {
+    /// Delay after the first failure.
+    #[serde(with = "humantime_serde")]
+    pub initial: Duration,
+    /// Growth factor per consecutive failure.
+    pub multiplier: u32,
+    /// The most a delay can be.
+    #[serde(with = "humantime_serde")]
+    pub max: Duration,
+    /// A connection must stay up and healthy this long before the failure count resets.
+    #[serde(with = "humantime_serde")]
+    pub healthy_after: Duration,
+}
+
+/// What a feed does after `max_reconnects` consecutive failures (the alert is raised in every
+/// case).
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum GiveUpPolicy {
+    /// Keep retrying at the capped delay.
+    #[default]
+    Retry,
+    /// Stop this feed; the others go on.
+    StopFeed,
+    /// Exit the process with a non-zero status (let systemd decide).
+    Exit,
+}
+
+pub(super) mod defaults {
+    use std::time::Duration;
+
+    pub fn url() -> String {
+        "wss://external-api-ws.kalshi.com/trade-api/ws/v2".into()
+    }
+    pub fn channels() -> Vec<String> {
+        vec!["orderbook_delta".into(), "ticker".into(), "trade".into()]
+    }
+    pub fn yes() -> bool {
+        true
+    }
+    pub fn max_markets_per_connection() -> usize {
+        500
+    }
+    pub fn ping_interval() -> Duration {
+        Duration::from_secs(25)
+    }
+    pub fn pong_timeout() -> Duration {
+        Duration::from_secs(10)
+    }
+    pub fn connect_timeout() -> Duration {
+        Duration::from_secs(10)
+    }
+    pub fn ack_timeout() -> Duration {
+        Duration::from_secs(10)
+    }
+    pub fn max_frame_bytes() -> usize {
+        1 << 20
+    }
+    pub fn max_reconnects() -> u32 {
+        10
+    }
+}
+
+impl Default for BackoffSettings {
+    fn default() -> Self {
+        BackoffSettings {
+            initial: Duration::from_secs(1),
+            multiplier: 2,
+            max: Duration::from_secs(30),
+            healthy_after: Duration::from_secs(30),
+        }
+    }
+}
+
+impl FeedSettings {
+    /// A feed with every default, for `name` and `url`.
+    pub fn new(name: impl Into<String>, url: impl Into<String>) -> Self {
+        FeedSettings {
+            name: name.into(),
+            url: url.into(),
+            key_id: None,
+            key_file: None,
+            channels: defaults::channels(),
+            lifecycle: true,
+            markets: Vec::new(),
+            max_markets_per_connection: defaults::max_markets_per_connection(),
+            use_yes_price: true,
+            ping_interval: defaults::ping_interval(),
+            pong_timeout: defaults::pong_timeout(),
+            connect_timeout: defaults::connect_timeout(),
+            ack_timeout: defaults::ack_timeout(),
+            max_frame_bytes: defaults::max_frame_bytes(),
+            backoff: BackoffSettings::default(),
+            max_reconnects: defaults::max_reconnects(),
+            on_max_reconnects: GiveUpPolicy::Retry,
+            stale_after: None,
+            loaded_key: LoadedKey::default(),
+        }
+    }
+}
+
+impl FeedSettings {
+    /// The path of the PEM key file, with `credential:<name>` resolved to
+    /// `$CREDENTIALS_DIRECTORY/<name>`. Without `$CREDENTIALS_DIRECTORY` such a value is
+    /// returned as written, so that an error about it names what the user wrote.
+    pub fn key_path(&self) -> Option<PathBuf> {
+        let dir = std::env::var_os("CREDENTIALS_DIRECTORY");
+        self.key_file.as_deref().map(|file| resolve_key_path(file, dir.as_deref()))
+    }
+
+    /// The key this feed signs its handshakes with; `None` when it connects unsigned (no
+    /// `key_id` or no `key_file`). The first call reads the key file, and [`Settings::validate`]
+    /// makes it; later calls, on these settings or their clones, return the same key.
+    ///
+    /// [`Settings::validate`]: super::Settings::validate
+    pub fn signing_key(&self) -> Result<Option<Arc<<Self as VenueKey>::Key>>, String> {
+        let (Some(key_id), Some(path)) = (&self.key_id, self.key_path()) else {
+            return Ok(None);
+        };
+        if let Some(key) = self.loaded_key.0.get() {
+            return Ok(Some(key.clone()));
+        }
+        let key = Arc::new(Self::load_key(key_id, &path)?);
+        Ok(Some(self.loaded_key.0.get_or_init(|| key).clone()))
+    }
+
+    pub(super) fn validate_into(&self, key: &str, problems: &mut Problems) {
+        if self.name.trim().is_empty() {
+            problems.push(format!("{key}.name"), "is empty; every feed needs a unique name");
+        }
+        if let Err(message) = check_ws_url(&self.url) {
+            problems.push(format!("{key}.url"), message);
+        }
+        self.validate_key(key, problems);
+
+        let mut channels = HashSet::new();
+        for (j, channel) in self.channels.iter().enumerate() {
+            if !MARKET_CHANNELS.contains(&channel.as_str()) {
+                problems.push(
+                    format!("{key}.channels[{j}]"),
+                    format!("unknown channel `{channel}`; expected one of {MARKET_CHANNELS:?}"),
+                );
+            } else if !channels.insert(channel.as_str()) {
+                problems.push(format!("{key}.channels[{j}]"), format!("`{channel}` is listed twice"));
+            }
+        }
+        let mut markets = HashSet::new();
+        for (j, market) in self.markets.iter().enumerate() {
+            if market.trim().is_empty() || market.chars().any(char::is_whitespace) {
+                problems.push(
+                    format!("{key}.markets[{j}]"),
+                    format!("{market:?} is not a market ticker (empty or contains whitespace)"),
+                );
+            } else if !markets.insert(market.as_str()) {
+                problems.push(format!("{key}.markets[{j}]"), format!("`{market}` is listed twice"));
+            }
+        }
+        let subscribes_markets = !self.markets.is_empty() && !self.channels.is_empty();
+        if !subscribes_markets && !self.lifecycle {
+            problems.push(
+                format!("{key}.markets"),
+                "the feed subscribes to nothing: give `markets` and `channels`, or set \
+                 `lifecycle = true`",
+            );
+        }
+
+        problems.at_least_one(&format!("{key}.max_markets_per_connection"), self.max_markets_per_connection);
+        problems.at_least_one(&format!("{key}.max_frame_bytes"), self.max_frame_bytes);
+        problems.at_least_one(&format!("{key}.max_reconnects"), self.max_reconnects as usize);
+        problems.positive(&format!("{key}.ping_interval"), self.ping_interval);
+        problems.positive(&format!("{key}.pong_timeout"), self.pong_timeout);
+        problems.positive(&format!("{key}.connect_timeout"), self.connect_timeout);
+        problems.positive(&format!("{key}.ack_timeout"), self.ack_timeout);
+
+        let backoff = &self.backoff;
+        problems.positive(&format!("{key}.backoff.initial"), backoff.initial);
+        problems.positive(&format!("{key}.backoff.max"), backoff.max);
+        problems.positive(&format!("{key}.backoff.healthy_after"), backoff.healthy_after);
+        if backoff.initial > backoff.max {
+            problems.push(
+                format!("{key}.backoff.initial"),
+                format!("{:?} is more than `backoff.max` ({:?})", backoff.initial, backoff.max),
+            );
+        }
+        if backoff.multiplier < 1 {
+            problems.push(format!("{key}.backoff.multiplier"), "must be at least 1");
+        }
+    }
+
+    /// `key_id` and `key_file` come together, and the key file must hold a key the venue
+    /// accepts; the key is kept (see [`FeedSettings::signing_key`]).
+    fn validate_key(&self, key: &str, problems: &mut Problems) {
+        if let Some(name) = self.key_file.as_deref().and_then(credential_name) {
+            if name.is_empty() || name.contains('/') {
+                problems.push(
+                    format!("{key}.key_file"),
+                    format!("`{CREDENTIAL_PREFIX}{name}` needs a credential name without `/`"),
+                );
+                return;
+            }
+            if std::env::var_os("CREDENTIALS_DIRECTORY").is_none() {
+                problems.push(
+                    format!("{key}.key_file"),
+                    format!(
+                        "`{CREDENTIAL_PREFIX}{name}` needs $CREDENTIALS_DIRECTORY, which \
+                         systemd sets for a unit with `LoadCredential={name}:…`"
+                    ),
+                );
+                return;
+            }
+        }
+        match (&self.key_id, self.key_path()) {
+            (None, None) => {}
+            (Some(_), None) => problems.push(
+                format!("{key}.key_file"),
+                "is missing: `key_id` needs `key_file` (or omit both to connect unsigned)",
+            ),
+            (None, Some(_)) => problems.push(
+                format!("{key}.key_id"),
+                "is missing: `key_file` needs `key_id` (or omit both to connect unsigned)",
+            ),
+            (Some(id), Some(_)) if id.trim().is_empty() => {
+                problems.push(format!("{key}.key_id"), "is empty");
+            }
+            (Some(_), Some(_)) => {
+                if let Err(e) = self.signing_key() {
+                    problems.push(format!("{key}.key_file"), e);
+                }
+            }
+        }
+    }
+}
+
+/// A WebSocket URL with a host: `ws://` (simulator, tests) or `wss://` (the exchange).
+fn check_ws_url(raw: &str) -> Result<(), String> {
+    let url = url::Url::parse(raw).map_err(|e| format!("`{raw}` is not a URL: {e}"))?;
+    if !matches!(url.scheme(), "ws" | "wss") {
+        return Err(format!("`{raw}` has scheme `{}`; expected `wss` or `ws`", url.scheme()));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(format!("`{raw}` has no host"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::tests::{problem_keys, valid};
+
+    #[test]
+    fn urls_must_be_websocket_urls_with_a_host() {
+        let cases = [
+            ("wss://external-api-ws.demo.kalshi.co/trade-api/ws/v2", true),
+            ("ws://127.0.0.1:9100/trade-api/ws/v2", true),
+            ("htp://x", false),
+            ("https://api.kalshi.com/trade-api/ws/v2", false),
+            ("not a url", false),
+            ("wss://", false),
+            ("", false),
+        ];
+        for (url, ok) in cases {
+            let mut settings = valid();
+            settings.feeds[0].url = url.into();
+            let expected: &[&str] = if ok { &[] } else { &["feeds[0].url"] };
+            assert_eq!(problem_keys(&settings), expected, "url {url:?}");
+        }
+    }
+
+    #[test]
+    fn key_id_and_key_file_come_together() {
+        let mut settings = valid();
+        settings.feeds[0].key_id = Some("a952bcbe".into());
+        assert_eq!(problem_keys(&settings), ["feeds[0].key_file"]);
+
+        let mut settings = valid();
+        settings.feeds[0].key_file = Some("/etc/tickd/kalshi.pem".into());
+        assert_eq!(problem_keys(&settings), ["feeds[0].key_id"]);
+    }
+
+    #[test]
+    fn a_key_file_that_does_not_hold_a_key_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let pem = dir.path().join("garbage.pem");
+        std::fs::write(&pem, "-----BEGIN PRIVATE KEY-----\nnope\n-----END PRIVATE KEY-----\n").unwrap();
+        let mut settings = valid();
+        settings.feeds[0].key_id = Some("a952bcbe".into());
+        settings.feeds[0].key_file = Some(pem.clone());
+
+        let message = settings.validate().unwrap_err().to_string();
+
+        assert!(message.contains("feeds[0].key_file"), "{message}");
+        assert!(message.contains(&pem.display().to_string()), "{message}");
+        assert!(message.to_lowercase().contains("invalid"), "{message}");
+    }
+
+    #[test]
+    fn validation_loads_a_feed_key_once_and_the_settings_carry_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let pem = dir.path().join("kalshi.pem");
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/kalshi/test_key_pkcs8.pem");
+        std::fs::copy(fixture, &pem).unwrap();
+        let mut settings = valid();
+        settings.feeds[0].key_id = Some("a952bcbe".into());
+        settings.feeds[0].key_file = Some(pem.clone());
+        let unvalidated = settings.feeds[0].clone();
+
+        assert_eq!(problem_keys(&settings), Vec::<String>::new());
+        std::fs::remove_file(&pem).unwrap();
+
+        // Only the key kept by validation can answer now that the file is gone.
+        let started = settings.clone();
+        assert!(matches!(started.feeds[0].signing_key(), Ok(Some(_))));
+        let message = unvalidated.signing_key().unwrap_err();
+        assert!(message.contains(&pem.display().to_string()), "{message}");
+        // The kept key is not a setting: it does not make two feeds differ.
+        assert_eq!(unvalidated, started.feeds[0]);
+        assert!(matches!(FeedSettings::new("unsigned", "ws://127.0.0.1:1").signing_key(), Ok(None)));
+    }
+
+    #[test]
+    fn a_credential_name_must_not_be_a_path() {
+        let mut settings = valid();
+        settings.feeds[0].key_id = Some("a952bcbe".into());
+        settings.feeds[0].key_file = Some("credential:../../etc/shadow".into());
+        assert_eq!(problem_keys(&settings), ["feeds[0].key_file"]);
+    }
+
+    #[test]
+    fn channels_are_known_and_listed_once() {
+        let mut settings = valid();
+        settings.feeds[0].channels = vec!["ticker".into(), "fill".into(), "ticker".into()];
+        assert_eq!(problem_keys(&settings), ["feeds[0].channels[1]", "feeds[0].channels[2]"]);
+    }
+
+    #[test]
+    fn markets_are_tickers_listed_once() {
+        let mut settings = valid();
+        settings.feeds[0].markets = vec!["A".into(), "".into(), "B C".into(), "A".into(), "D".into()];
+        assert_eq!(
+            problem_keys(&settings),
+            ["feeds[0].markets[1]", "feeds[0].markets[2]", "feeds[0].markets[3]"]
+        );
+    }
+
+    #[test]
+    fn a_feed_that_subscribes_to_nothing_is_a_problem() {
+        let mut settings = valid();
+        settings.feeds[0].markets.clear();
+        settings.feeds[0].lifecycle = false;
+        assert_eq!(problem_keys(&settings), ["feeds[0].markets"]);
+
+        // Lifecycle alone is a useful feed.
+        settings.feeds[0].lifecycle = true;
+        assert_eq!(problem_keys(&settings), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_pong_timeout_longer_than_the_ping_interval_is_allowed() {
+        let mut settings = valid();
+        settings.feeds[0].pong_timeout = settings.feeds[0].ping_interval * 2;
+        assert_eq!(problem_keys(&settings), Vec::<String>::new());
+    }
+
+    #[test]
+    fn backoff_starts_below_its_cap_and_does_not_shrink() {
+        let mut settings = valid();
+        settings.feeds[0].backoff.initial = Duration::from_secs(60);
+        settings.feeds[0].backoff.multiplier = 0;
+        assert_eq!(problem_keys(&settings), ["feeds[0].backoff.initial", "feeds[0].backoff.multiplier"]);
+
+        settings.feeds[0].backoff.initial = Duration::ZERO;
+        settings.feeds[0].backoff.max = Duration::ZERO;
+        settings.feeds[0].backoff.multiplier = 1;
+        assert_eq!(problem_keys(&settings), ["feeds[0].backoff.initial", "feeds[0].backoff.max"]);
+    }
+}
