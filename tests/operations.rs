@@ -488,8 +488,8 @@ async fn readyz_answers_503_while_the_exchange_refuses_the_feed_and_200_once_it_
     assert_eq!(rig.daemon.stop(STOP).await, Some(0), "log:\n{}", rig.daemon.log_text());
 }
 
-/// Whether a log line is about a feed: from the feed actor or the protocol session, or a line
-/// whose message names a feed ("Feed summary.", "Stopping feed connection.").
+/// Whether a log line is about a feed: from the feed actor or the protocol session (not the
+/// supervisor), or a line whose message names a feed ("Feed summary.", "Stopping feed connection.").
 fn about_a_feed(line: &LogLine) -> bool {
     let target = line.json["target"].as_str().unwrap_or("");
     // Words as the message spells them: `feed_events` is a table, not a feed.
@@ -497,7 +497,9 @@ fn about_a_feed(line: &LogLine) -> bool {
         .message()
         .split(|c: char| !(c.is_alphanumeric() || c == '_'))
         .any(|w| w.eq_ignore_ascii_case("feed"));
-    target.starts_with("tickd::feed") || target.starts_with("tickd::kalshi") || names_feed
+    // The supervisor's own lines are about every feed at once ("All feeds stopped.").
+    let actor = target.starts_with("tickd::feed") && !target.starts_with("tickd::feed::supervisor");
+    actor || target.starts_with("tickd::kalshi") || names_feed
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
