@@ -170,7 +170,6 @@ impl Topology {
                 (name, tokio::spawn(s.run(rx)))
             })
             .collect();
-        let deadline = tokio::time::Instant::now();
         let mut result = Ok(());
         for (name, run) in runs {
             let outcome = match run.await {
@@ -183,6 +182,8 @@ impl Topology {
                 result = Err(e);
             }
         }
+        // The stop's clock starts once the sources have ended (the stop began with them).
+        let deadline = tokio::time::Instant::now();
         before_sinks.await;
         // The sources are gone; dropping the last publisher closes the bus, and each sink then
         // takes what is left and stops.
