@@ -1,7 +1,12 @@
 //! Running tickd for real, end to end: `/metrics`, `/readyz`, log lines, secrets, SIGTERM and
-//! SIGHUP. The simulator (in this process) feeds the real `tickd run` binary, which records
-//! into PostgreSQL and serves its dashboard port; the tests assert on what an operator sees:
-//! metric values, HTTP statuses, log lines, rows, close codes and exit codes.
+//! SIGHUP. The simulator (in this process) feeds the daemon, which records into PostgreSQL and
+//! serves its dashboard port; the tests assert on what an operator sees: metric values, HTTP
+//! statuses, log lines, rows, close codes and exit codes.
+//!
+//! `/metrics` and `/readyz` are served by the daemon in this process ([`spawn_app`]), scraped
+//! over HTTP as Prometheus and a load balancer would. What belongs to the process itself runs
+//! the real `tickd run` binary: its log output (format, levels, secrets), signals and exit
+//! codes, and the journal.
 //!
 //! Counters are compared with what the simulator wrote once the stream is quiet: the
 //! simulator is paused and has written everything it generated ([`Simulator::caught_up`]),
@@ -9,7 +14,9 @@
 //! read everything before it. Heartbeats and the feed's own pings are an hour apart, so the
 //! connection carries text frames only and frame counts compare exactly.
 //!
-//! Every wait is a bounded poll of something a user can see, or a read with a deadline.
+//! Every wait is a bounded poll of something a user can see (a metric, an HTTP status, rows,
+//! the simulator's connections), or a read with a deadline; never of log wording, except in
+//! the test whose subject is the log.
 
 mod common;
 
@@ -17,9 +24,10 @@ use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use common::app::{TestApp, spawn_app};
 use common::daemon::{
     Daemon, DaemonConfig, LogLine, scalar, serve, stored_trade_ids, texts, tickd, toml_str, wait_caught_up,
-    wait_sent_trades_stored, write_config,
+    wait_sent_trades_stored, wait_until, write_config,
 };
 use common::pg::TestDb;
 use common::stream::{Client, Event, http_get, request, subscribe};
@@ -48,7 +56,49 @@ fn simulator_with(cfg: SimConfig) -> Simulator {
     Simulator::start(SimConfig { heartbeat: Duration::from_secs(3600), ..cfg })
 }
 
-/// A daemon with its simulator, database and dashboard address.
+/// The config every test daemon runs with: the dashboard token, the feed's pings an hour
+/// apart, and `tune` applied.
+async fn config(
+    sim: &Simulator,
+    db: &TestDb,
+    dir: &tempfile::TempDir,
+    tune: impl FnOnce(&mut DaemonConfig),
+) -> DaemonConfig {
+    let mut config = DaemonConfig::new(&dir.path().join("state"), &db.url, &serve(sim).await, &sim.markets());
+    config.dashboard("token", &toml_str(TOKEN)).feed("ping_interval", &toml_str("1h"));
+    tune(&mut config);
+    config
+}
+
+/// A daemon in this process with its simulator and dashboard address (its database is the
+/// app's, [`TestApp::db`]).
+struct AppRig {
+    sim: Simulator,
+    app: TestApp,
+    addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl AppRig {
+    /// The test's database URL.
+    fn url(&self) -> String {
+        self.app.db.as_ref().expect("the rig's database").url.clone()
+    }
+}
+
+/// Starts a daemon in this process against `sim` (see [`config`]) and waits until `/readyz`
+/// answers 200: the feed is live and the store has reached the database.
+async fn start_app(sim: Simulator, tune: impl FnOnce(&mut DaemonConfig)) -> AppRig {
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = config(&sim, &db, &dir, tune).await;
+    let app = spawn_app(dir.path(), "tickd", &config).await.with_db(db);
+    let addr = app.dashboard();
+    wait_ready(addr, 200).await;
+    AppRig { sim, app, addr, _dir: dir }
+}
+
+/// A `tickd run` process with its simulator, database and dashboard address.
 struct Rig {
     db: TestDb,
     sim: Simulator,
@@ -58,29 +108,23 @@ struct Rig {
     dir: tempfile::TempDir,
 }
 
-/// Starts a daemon against `sim` with the dashboard token, the feed's pings an hour apart and
-/// `tune` applied, and waits until `/readyz` answers 200: the feed is live and the store has
-/// reached the database.
+/// Starts `tickd run` against `sim` (see [`config`]) and waits until `/readyz` answers 200.
 async fn start(sim: Simulator, tune: impl FnOnce(&mut DaemonConfig)) -> Rig {
     let db = TestDb::new().await;
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut config =
-        DaemonConfig::new(&dir.path().join("state"), &db.url, &serve(&sim).await, &sim.markets());
-    config.dashboard("token", &toml_str(TOKEN)).feed("ping_interval", &toml_str("1h"));
-    tune(&mut config);
+    let config = config(&sim, &db, &dir, tune).await;
     let mut daemon = Daemon::start(dir.path(), "tickd", &config);
     let addr = daemon.dashboard_addr(LIVE).await;
-    wait_ready(&mut daemon, addr, 200).await;
+    wait_ready(addr, 200).await;
     Rig { db, sim, daemon, config, addr, dir }
 }
 
 /// Waits until `/readyz` answers `status`.
-async fn wait_ready(daemon: &mut Daemon, addr: SocketAddr, status: u16) {
-    daemon
-        .wait_until(&format!("/readyz to answer {status}"), LIVE, || async move {
-            http_get(addr, "/readyz", &[]).await.status == status
-        })
-        .await;
+async fn wait_ready(addr: SocketAddr, status: u16) {
+    wait_until(&format!("/readyz to answer {status}"), LIVE, || async move {
+        http_get(addr, "/readyz", &[]).await.status == status
+    })
+    .await;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -345,25 +389,20 @@ async fn scrape(addr: SocketAddr) -> Metrics {
 }
 
 /// Scrapes until `cond` holds (panics naming `what` after `SETTLE`), and returns that scrape.
-async fn wait_metrics(
-    daemon: &mut Daemon,
-    addr: SocketAddr,
-    what: &str,
-    cond: impl Fn(&Metrics) -> bool,
-) -> Metrics {
+async fn wait_metrics(addr: SocketAddr, what: &str, cond: impl Fn(&Metrics) -> bool) -> Metrics {
     let cond = &cond;
-    daemon.wait_until(what, SETTLE, || async move { cond(&scrape(addr).await) }).await;
+    wait_until(what, SETTLE, || async move { cond(&scrape(addr).await) }).await;
     scrape(addr).await
 }
 
 /// Quiets the stream (see the module doc) and waits until the store has committed every
 /// tick the feeds published. Returns a scrape taken then.
-async fn quiesce(sim: &Simulator, daemon: &mut Daemon, addr: SocketAddr) -> Metrics {
+async fn quiesce(sim: &Simulator, addr: SocketAddr) -> Metrics {
     sim.pause();
     wait_caught_up(sim, SETTLE).await;
     let before = scrape(addr).await.feed("tickd_feed_unknown_types_total", &[]);
     sim.send_unknown(1);
-    wait_metrics(daemon, addr, "the marker frame counted and every tick committed", |m| {
+    wait_metrics(addr, "the marker frame counted and every tick committed", |m| {
         m.feed("tickd_feed_unknown_types_total", &[]) > before
             && m.count("tickd_store_committed_total", &[]) == m.count("tickd_bus_published_total", &[])
     })
@@ -386,25 +425,20 @@ async fn metrics_parse_as_prometheus_text_and_count_what_the_simulator_sent_and_
     // Arrange: quiet until the store writes directly, so that nothing is spooled and replayed.
     let sim = simulator(5, 500);
     sim.pause();
-    let mut rig = start(sim.clone(), |_| {}).await;
-    let addr = rig.addr;
-    wait_metrics(&mut rig.daemon, addr, "the store ready", |m| {
-        m.count("tickd_store_state", &[("state", "ready")]) == 1
-    })
-    .await;
+    let mut rig = start_app(sim.clone(), |_| {}).await;
+    let (addr, url) = (rig.addr, rig.url());
+    wait_metrics(addr, "the store ready", |m| m.count("tickd_store_state", &[("state", "ready")]) == 1).await;
     let mut client = Client::connect(addr, TOKEN).await;
     let reply = client.ask(subscribe(1, &["trades"], json!("all")), REPLY).await;
     assert_eq!(reply["type"], "subscribed", "{reply}");
 
     // Act
     sim.resume();
-    let url = rig.db.url.clone();
-    rig.daemon
-        .wait_until("200 trades stored", SETTLE, || async {
-            scalar(&url, "SELECT count(*) FROM trades").await >= 200
-        })
-        .await;
-    let m = quiesce(&sim, &mut rig.daemon, addr).await;
+    wait_until("200 trades stored", SETTLE, || async {
+        scalar(&url, "SELECT count(*) FROM trades").await >= 200
+    })
+    .await;
+    let m = quiesce(&sim, addr).await;
 
     // Assert: the feed counted what the exchange wrote...
     let sent = sim.stats();
@@ -419,10 +453,10 @@ async fn metrics_parse_as_prometheus_text_and_count_what_the_simulator_sent_and_
     assert_eq!(m.feed("tickd_feed_parse_errors_total", &[]), 0);
     assert!(m.value("tickd_feed_last_message_age_seconds", &[("feed", "sim"), ("conn", "0")]) >= 0.0);
     // ...the store what PostgreSQL holds...
-    let stored_trades = scalar(&rig.db.url, "SELECT count(*) FROM trades").await as u64;
+    let stored_trades = scalar(&url, "SELECT count(*) FROM trades").await as u64;
     assert_eq!(stored_trades, trades, "rows in trades vs trades received");
     assert_eq!(m.count("tickd_store_trades_inserted_total", &[]), stored_trades);
-    assert_eq!(m.count("tickd_store_inserted_total", &[]), all_rows(&rig.db.url).await as u64);
+    assert_eq!(m.count("tickd_store_inserted_total", &[]), all_rows(&url).await as u64);
     assert_eq!(m.count("tickd_store_received_total", &[]), m.count("tickd_bus_published_total", &[]));
     assert_eq!(m.count("tickd_store_duplicates_total", &[]), 0);
     assert_eq!((m.count("tickd_store_spooled_total", &[]), m.count("tickd_store_lost_total", &[])), (0, 0));
@@ -443,13 +477,13 @@ async fn metrics_parse_as_prometheus_text_and_count_what_the_simulator_sent_and_
     let after = scrape(addr).await;
     assert!(after.count("tickd_dashboard_deliveries_total", &[]) >= trade_frames, "{}", after.text);
     assert_eq!(after.count("tickd_dashboard_evictions_total", &[("reason", "slow")]), 0);
-    assert_eq!(rig.daemon.stop(STOP).await, Some(0), "log:\n{}", rig.daemon.log_text());
+    rig.app.stop(STOP).await.expect("a clean stop");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_answers_503_while_the_exchange_refuses_the_feed_and_200_once_it_is_back() {
     // Arrange: a connection counts as healthy (and its failures reset) after a second.
-    let mut rig = start(simulator(3, 100), |c| {
+    let mut rig = start_app(simulator(3, 100), |c| {
         c.feed("backoff", "{ initial = \"50ms\", max = \"200ms\", healthy_after = \"1s\" }");
     })
     .await;
@@ -458,15 +492,15 @@ async fn readyz_answers_503_while_the_exchange_refuses_the_feed_and_200_once_it_
     // Act: the exchange drops the connection and refuses the next handshakes.
     rig.sim.refuse_handshakes(u32::MAX);
     rig.sim.drop_all();
-    wait_ready(&mut rig.daemon, addr, 503).await;
-    let down = wait_metrics(&mut rig.daemon, addr, "two refused handshakes", |m| {
+    wait_ready(addr, 503).await;
+    let down = wait_metrics(addr, "two refused handshakes", |m| {
         m.feed("tickd_feed_connect_failures_total", &[]) >= 2
     })
     .await;
     let not_ready = http_get(addr, "/readyz", &[]).await;
     rig.sim.refuse_handshakes(0);
-    wait_ready(&mut rig.daemon, addr, 200).await;
-    let up = wait_metrics(&mut rig.daemon, addr, "the failure count reset", |m| {
+    wait_ready(addr, 200).await;
+    let up = wait_metrics(addr, "the failure count reset", |m| {
         m.feed("tickd_feed_consecutive_failures", &[]) == 0
     })
     .await;
@@ -485,7 +519,7 @@ async fn readyz_answers_503_while_the_exchange_refuses_the_feed_and_200_once_it_
     assert_eq!(up.feed("tickd_feed_reconnects_total", &[]), 1);
     let refused = rig.sim.stats().handshakes_refused;
     assert_eq!(up.feed("tickd_feed_connect_failures_total", &[]), refused, "every refusal counted once");
-    assert_eq!(rig.daemon.stop(STOP).await, Some(0), "log:\n{}", rig.daemon.log_text());
+    rig.app.stop(STOP).await.expect("a clean stop");
 }
 
 /// Whether a log line is about a feed: from the feed actor or the protocol session (not the
@@ -509,14 +543,20 @@ async fn every_log_line_about_a_feed_names_it_through_a_gap_a_drop_a_refusal_and
         c.log_level("tickd=debug,info").feed("backoff", "{ initial = \"50ms\", max = \"200ms\" }");
     })
     .await;
-    let daemon = &mut rig.daemon;
+    let (addr, daemon) = (rig.addr, &mut rig.daemon);
 
     // Act: a sequence gap, repaired; a drop; a refused handshake; a reconnect; a stop.
     rig.sim.skip_seq(5);
-    daemon.wait_for_message("Books rebuilt from fresh snapshots.", LIVE).await;
+    wait_metrics(addr, "the gap repaired", |m| m.feed("tickd_feed_resyncs_total", &[]) >= 1).await;
     rig.sim.refuse_handshakes(1);
     rig.sim.drop_all();
-    daemon.wait_for_nth("the second Live.", 2, LIVE, |l| l.message() == "Live.").await;
+    wait_metrics(addr, "live again after a refusal", |m| {
+        m.feed("tickd_feed_connect_failures_total", &[]) >= 1
+            && m.feed("tickd_feed_reconnects_total", &[]) >= 1
+            && m.feed_state() == "live"
+    })
+    .await;
+    // The periodic summary line is part of what this test reads.
     daemon.wait_for_message("Feed summary.", LIVE).await;
     let exit = daemon.stop(STOP).await;
 
@@ -623,7 +663,7 @@ async fn no_secret_shows_in_trace_logs_metrics_readyz_or_check_config() {
     // the token every way there is; scrape; check the config; stop.
     let mut daemon = Daemon::start(dir.path(), "tickd", &config);
     let addr = daemon.dashboard_addr(LIVE).await;
-    wait_ready(&mut daemon, addr, 200).await;
+    wait_ready(addr, 200).await;
     daemon
         .wait_until("trades stored", SETTLE, || async {
             scalar(&url, "SELECT count(*) FROM trades").await > 20
@@ -781,7 +821,8 @@ async fn a_second_sigterm_during_a_slow_stop_exits_at_once_with_130() {
 
     // Act: the first SIGTERM starts a stop that cannot finish while the lock is held...
     rig.daemon.terminate();
-    rig.daemon.wait_for_message("All feeds stopped.", STOP).await;
+    let sim = &rig.sim;
+    wait_until("the feed's connection closed", STOP, || async { sim.stats().connections_open == 0 }).await;
     let still_waiting = scalar(&url, waiting).await;
     let running = rig.daemon.running();
     // ...and the second one ends it.
@@ -817,7 +858,6 @@ async fn sighup_adds_and_removes_markets_on_the_open_connection() {
     rig.config.markets = all[1..].to_vec();
     write_config(rig.dir.path(), "tickd", &rig.config.toml());
     rig.daemon.signal("HUP");
-    rig.daemon.wait_for_message("Configuration reloaded.", LIVE).await;
     let sim2 = sim.clone();
     rig.daemon
         .wait_until("update_subscription to add and delete markets", LIVE, || {
