@@ -1,13 +1,17 @@
-//! The dashboard port end to end: the simulator (in this process) feeds the real `tickd run`
-//! binary, which records into PostgreSQL and serves the stream; the tests are its clients.
-//! They assert on what a client sees (frames, close codes, HTTP statuses and headers), on rows
-//! in PostgreSQL and on the daemon's log lines, as `docs/dashboard.md` describes them.
+//! The dashboard port end to end: the simulator feeds the daemon (both in this process, on
+//! 127.0.0.1: the very `App` that `tickd run` runs, built from the same config file), which
+//! records into PostgreSQL and serves the stream; the tests are its clients. They assert on
+//! what a client sees (frames, close codes, HTTP statuses and headers), on rows in
+//! PostgreSQL, on the dashboard's counters and on the daemon's log lines, as
+//! `docs/dashboard.md` describes them.
 //!
-//! Every wait is a bounded poll or a read with a deadline that fails with what it saw. The
-//! slow-client test reads the kernel's view of its connection (`/proc/net/tcp`) to know when
-//! the daemon can no longer write to it, and counts the frames of a client subscribed to
-//! everything (each frame of the daemon's stream reaches it) to know that the stream has
-//! since moved on by more frames than a client may be behind.
+//! Every wait is a bounded poll of state (an HTTP answer, a query, a counter of the daemon's
+//! `Health`, a client's frames) or a read with a deadline that fails with what it saw; log
+//! lines are only asserted on, once what they report has happened. The slow-client test reads
+//! the kernel's view of its connection (`/proc/net/tcp`) to know when the daemon can no
+//! longer write to it, and counts the frames of a client subscribed to everything (each frame
+//! of the daemon's stream reaches it) to know that the stream has since moved on by more
+//! frames than a client may be behind.
 
 mod common;
 
@@ -17,8 +21,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use common::app::{TestApp, log_lines, log_text, spawn_app};
 use common::daemon::{
-    Daemon, DaemonConfig, scalar, serve, stored_trade_ids, texts, toml_str, us, wait_caught_up,
+    DaemonConfig, scalar, serve, stored_trade_ids, texts, toml_str, us, wait_caught_up,
     wait_sent_trades_stored,
 };
 use common::pg::TestDb;
@@ -39,12 +44,16 @@ const LIVE: Duration = Duration::from_secs(60);
 const REPLY: Duration = Duration::from_secs(20);
 /// How long the stream or the database may take to catch up with the simulator.
 const SETTLE: Duration = Duration::from_secs(60);
+/// How long a daemon may take to stop.
+const STOP: Duration = Duration::from_secs(30);
 
 /// A daemon with its simulator and database.
 struct Rig {
-    db: TestDb,
     sim: Simulator,
-    daemon: Daemon,
+    /// The daemon, holding the test's database.
+    app: TestApp,
+    /// The database's URL.
+    url: String,
     /// The dashboard's address.
     addr: SocketAddr,
     _dir: tempfile::TempDir,
@@ -69,14 +78,24 @@ async fn start(markets: usize, rate: u32, paused: bool, tune: impl FnOnce(&mut D
         DaemonConfig::new(&dir.path().join("state"), &db.url, &serve(&sim).await, &sim.markets());
     config.dashboard("token", &toml_str(TOKEN));
     tune(&mut config);
-    let mut daemon = Daemon::start(dir.path(), "tickd", &config);
-    let addr = daemon.dashboard_addr(LIVE).await;
-    daemon
-        .wait_until("/readyz to answer 200", LIVE, || async {
-            http_get(addr, "/readyz", &[]).await.status == 200
-        })
-        .await;
-    Rig { db, sim, daemon, addr, _dir: dir }
+    let url = db.url.clone();
+    let app = spawn_app(dir.path(), "tickd", &config).await.with_db(db);
+    let addr = app.dashboard();
+    app.wait_until("/readyz to answer 200", LIVE, || async {
+        http_get(addr, "/readyz", &[]).await.status == 200
+    })
+    .await;
+    Rig { sim, app, url, addr, _dir: dir }
+}
+
+impl Rig {
+    /// Stops the daemon as SIGTERM does and checks that it stopped cleanly, as `tickd run`
+    /// exiting 0 does. The stop waits for the stream connections to end, so a connection
+    /// seen gone before it (the `clients` counter) has logged why by then.
+    async fn stop(&mut self) {
+        let stopped = self.app.stop(STOP).await;
+        assert!(stopped.is_ok(), "a clean stop: {stopped:?}; log:\n{}", log_text());
+    }
 }
 
 /// `SELECT count(*) FROM <table> WHERE market = '<market>'`.
@@ -89,6 +108,7 @@ fn keys(v: &Value) -> BTreeSet<String> {
     v.as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default()
 }
 
+/// `names` as a set, to compare with [`keys`].
 fn key_set(names: &[&str]) -> BTreeSet<String> {
     names.iter().map(|s| s.to_string()).collect()
 }
@@ -103,12 +123,11 @@ fn error_of(frame: &Value) -> (&str, &Value) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_command_gets_its_documented_reply_and_history_matches_the_database() {
     // Arrange: a quote of the first market stored, so its state exists.
-    let rig = start(4, 200, false, |_| {}).await;
-    let url = rig.db.url.clone();
+    let mut rig = start(4, 200, false, |_| {}).await;
+    let url = rig.url.clone();
     let markets = rig.sim.markets();
     let (m, n) = (markets[0].clone(), markets[1].clone());
-    let mut daemon = rig.daemon;
-    daemon
+    rig.app
         .wait_until("a stored quote of the first market", LIVE, || async {
             count_of(&url, "quotes", &m).await > 0
         })
@@ -199,7 +218,7 @@ async fn each_command_gets_its_documented_reply_and_history_matches_the_database
     let reply = c.ask(subscribe(2, &["trades"], json!([n])), REPLY).await;
     assert_eq!(reply["type"], "subscribed", "{reply}");
     let newest_of_m = format!("SELECT coalesce(max({}), 0) FROM trades WHERE market = '{m}'", us("recv_ts"));
-    daemon
+    rig.app
         .wait_until("a trade of the unsubscribed market stored", LIVE, || async {
             scalar(&url, &newest_of_m).await > unsubscribed_at
         })
@@ -263,13 +282,13 @@ async fn each_command_gets_its_documented_reply_and_history_matches_the_database
     let newest: Vec<i64> =
         newest["rows"].as_array().expect("rows").iter().map(|r| r["exch_ts"].as_i64().unwrap_or(0)).collect();
     assert_eq!(newest, times[times.len() - 5..].to_vec(), "limit 5: the five newest, oldest first");
-    daemon.stop(Duration::from_secs(30)).await;
+    rig.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_or_excessive_commands_get_errors_and_the_documented_close_codes() {
     // Arrange
-    let rig = start(3, 100, false, |c| {
+    let mut rig = start(3, 100, false, |c| {
         c.dashboard("max_connections", "4")
             .dashboard("max_subscriptions", "4")
             .dashboard("commands_per_minute", "20")
@@ -289,6 +308,7 @@ async fn malformed_or_excessive_commands_get_errors_and_the_documented_close_cod
     let refused = http_get(rig.addr, "/ws", &headers).await;
     assert_eq!(refused.status, 503, "{refused:?}");
     assert!(refused.json()["error"].is_string(), "{refused:?}");
+    assert_eq!(rig.app.dashboard_count(|d| &d.rejected_full), 1, "the refusal is counted");
     drop(full);
     let deadline = Instant::now() + REPLY;
     let mut c = loop {
@@ -349,6 +369,7 @@ async fn malformed_or_excessive_commands_get_errors_and_the_documented_close_cod
     big.send_text(&format!("{{\"cmd\": \"ping\", \"id\": \"{}\"}}", "x".repeat(2000))).await;
     let (end, _) = big.end("the close after an oversized frame", REPLY).await;
     assert_eq!(end, Event::Closed(Some(1009)));
+    assert_eq!(rig.app.dashboard_count(|d| &d.oversized), 1, "the oversized frame is counted");
 
     // More than commands_per_minute: a rate_limited error, then closed with 4029, while the
     // client goes on sending.
@@ -369,14 +390,15 @@ async fn malformed_or_excessive_commands_get_errors_and_the_documented_close_cod
     assert_eq!(errors.len(), 1, "one error: {frames:?}");
     assert_eq!(errors[0]["code"], "rate_limited", "{frames:?}");
     assert_eq!(end, Event::Closed(Some(4029)));
+    assert_eq!(rig.app.dashboard_count(|d| &d.evicted_rate), 1, "the eviction is counted");
+    rig.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_port_checks_host_origin_and_token_before_upgrading_and_reports_health() {
     // Arrange
-    let rig = start(3, 100, false, |_| {}).await;
+    let mut rig = start(3, 100, false, |_| {}).await;
     let addr = rig.addr;
-    let mut daemon = rig.daemon;
     let upgrade = |extra: &[(&'static str, String)]| {
         let mut h: Vec<(String, String)> =
             upgrade_headers().into_iter().map(|(n, v)| (n.to_owned(), v.to_owned())).collect();
@@ -452,13 +474,18 @@ async fn the_port_checks_host_origin_and_token_before_upgrading_and_reports_heal
         .await;
         assert_eq!(r.status, 403, "{path}: {r:?}");
     }
+    let refusals = (
+        rig.app.dashboard_count(|d| &d.rejected_unauthorized),
+        rig.app.dashboard_count(|d| &d.rejected_forbidden),
+    );
+    assert_eq!(refusals, (4, 4), "each refusal counted: four 401s, four 403s (one Origin, three Host)");
 
     // Ready while the feed is live; 503 with a reason while the exchange refuses it; ready again.
     let ready = get("/readyz", vec![]).await;
     assert_eq!((ready.status, &ready.json()["ready"]), (200, &json!(true)), "{ready:?}");
     rig.sim.refuse_handshakes(u32::MAX);
     rig.sim.drop_all();
-    daemon
+    rig.app
         .wait_until("/readyz to answer 503", LIVE, || async {
             http_get(addr, "/readyz", &[]).await.status == 503
         })
@@ -474,11 +501,12 @@ async fn the_port_checks_host_origin_and_token_before_upgrading_and_reports_heal
         "a reason names the feed: {not_ready}"
     );
     rig.sim.refuse_handshakes(0);
-    daemon
+    rig.app
         .wait_until("/readyz to answer 200 again", LIVE, || async {
             http_get(addr, "/readyz", &[]).await.status == 200
         })
         .await;
+    rig.stop().await;
 }
 
 /// One market's book as a client holds it: price to size, per side.
@@ -489,6 +517,7 @@ struct Book {
 }
 
 impl Book {
+    /// The book of a `book` frame.
     fn from_frame(f: &Value) -> Book {
         let side = |key: &str| {
             f[key]
@@ -501,6 +530,7 @@ impl Book {
         Book { yes: side("yes"), no: side("no") }
     }
 
+    /// The simulator's book of `market` now.
     fn from_sim(sim: &Simulator, market: &str) -> Book {
         let b = sim.book(market).unwrap_or_else(|| panic!("the simulator knows {market}"));
         Book {
@@ -597,11 +627,10 @@ async fn apply_deltas(c: &mut Client, held: &mut Held, watched: &[String], n: u6
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_that_subscribe_to_books_mid_stream_and_apply_the_deltas_hold_the_exchanges_books() {
     // Arrange: the markets have seen deltas before the first client subscribes.
-    let rig = start(6, 1000, false, |_| {}).await;
-    let url = rig.db.url.clone();
+    let mut rig = start(6, 1000, false, |_| {}).await;
+    let url = rig.url.clone();
     let markets = rig.sim.markets();
-    let mut daemon = rig.daemon;
-    daemon
+    rig.app
         .wait_until("20 deltas stored for each market", LIVE, || async {
             let mut least = i64::MAX;
             for m in &markets {
@@ -645,7 +674,7 @@ async fn clients_that_subscribe_to_books_mid_stream_and_apply_the_deltas_hold_th
             }
         }
     }
-    daemon.stop(Duration::from_secs(30)).await;
+    rig.stop().await;
 }
 
 /// Samples a process's resident memory in the background; the largest sample so far.
@@ -655,6 +684,7 @@ struct RssWatch {
 }
 
 impl RssWatch {
+    /// Samples process `pid` every 50 ms from now until dropped.
     fn start(pid: u32) -> RssWatch {
         let max_kb = Arc::new(AtomicU64::new(rss_kb(pid)));
         let max = max_kb.clone();
@@ -667,12 +697,14 @@ impl RssWatch {
         RssWatch { max_kb, task }
     }
 
+    /// The largest sample so far, in kB.
     fn max_kb(&self) -> u64 {
         self.max_kb.load(Ordering::Relaxed)
     }
 }
 
 impl Drop for RssWatch {
+    /// Stops sampling.
     fn drop(&mut self) {
         self.task.abort();
     }
@@ -681,6 +713,7 @@ impl Drop for RssWatch {
 /// A stream client with a small receive buffer, subscribed to every channel of every market,
 /// that reads only when the test says so.
 struct Stalling {
+    /// The connection, 4 kB of receive buffer.
     client: Client,
     /// Subscribe commands whose state (every book) comes to some 256 kB.
     chunk: u64,
@@ -689,6 +722,8 @@ struct Stalling {
 }
 
 impl Stalling {
+    /// Connects with a 4 kB receive buffer, subscribes to everything and reads the state that
+    /// follows, sizing [`Stalling::chunk`] from its books.
     async fn open(addr: SocketAddr) -> Stalling {
         let (mut c, _) =
             Client::open(bearer_request(addr, TOKEN), Some(4096)).await.expect("a stream connection");
@@ -709,6 +744,7 @@ impl Stalling {
         Stalling { client: c, chunk: (256 * 1024u64).div_ceil(book_bytes), sent: 0 }
     }
 
+    /// Sends `commands` subscribe commands, each bringing the state of every book and quote.
     async fn ask_for_state(&mut self, commands: u64) {
         for _ in 0..commands {
             self.sent += 1;
@@ -743,9 +779,15 @@ impl Stalling {
 /// The message of a client closed with 4008.
 const CLOSED_SLOW: &str = "Dashboard client closed with 4008: it could not keep up.";
 
-/// The log line of `peer` closed with 4008.
-fn closed_slow(line: &common::daemon::LogLine, peer: SocketAddr) -> bool {
-    line.message() == CLOSED_SLOW && line.str("peer") == peer.to_string()
+/// The `peer` and `reason` of every log line so far of a client closed with 4008, sorted.
+fn closed_slow() -> Vec<(String, String)> {
+    let mut closed: Vec<(String, String)> = log_lines()
+        .iter()
+        .filter(|l| l.message() == CLOSED_SLOW)
+        .map(|l| (l.str("peer").to_owned(), l.str("reason").to_owned()))
+        .collect();
+    closed.sort();
+    closed
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -753,7 +795,7 @@ async fn a_stalled_client_is_resynced_then_closed_while_twenty_readers_and_the_s
     // Arrange: the exchange paused until everyone is subscribed, so every trade it sends is
     // one the readers must get. A client may be 256 frames behind.
     const QUEUE: u64 = 256;
-    let rig = start(100, 200, true, |c| {
+    let mut rig = start(100, 200, true, |c| {
         c.dashboard("client_queue", &QUEUE.to_string())
             .dashboard("slow_client_timeout", "\"10s\"")
             .dashboard("max_resyncs", "1")
@@ -761,8 +803,7 @@ async fn a_stalled_client_is_resynced_then_closed_while_twenty_readers_and_the_s
             .dashboard("commands_per_minute", "100000");
     })
     .await;
-    let (addr, url) = (rig.addr, rig.db.url.clone());
-    let mut daemon = rig.daemon;
+    let (addr, url) = (rig.addr, rig.url.clone());
     // The first reader takes every channel, so every frame of the stream reaches it: its
     // count of frames is how far the stream has moved on.
     let mut readers: Vec<Collector> = Vec::new();
@@ -782,9 +823,13 @@ async fn a_stalled_client_is_resynced_then_closed_while_twenty_readers_and_the_s
     for r in &readers {
         r.wait("20 trades", LIVE, |t| t.trades.len() >= 20).await;
     }
-    let rss_before = rss_kb(daemon.pid());
-    // Sampled from here to the end of both stalls.
-    let rss = RssWatch::start(daemon.pid());
+    // The daemon runs in this process, so this process's memory is sampled: the daemon's,
+    // plus the simulator's and the test's clients'. Their share is a few MB, small next to
+    // the bound below (the readers keep trade ids; what the stalled clients leave unread
+    // waits in the kernel's socket buffers, which RSS does not count). Sampled from here to
+    // the end of both stalls.
+    let rss_before = rss_kb(std::process::id());
+    let rss = RssWatch::start(std::process::id());
 
     // Act 1: both stall until the daemon cannot write to them, then until the stream has
     // moved on by more frames than they may be behind; then `a` reads again.
@@ -794,10 +839,9 @@ async fn a_stalled_client_is_resynced_then_closed_while_twenty_readers_and_the_s
     let lagged =
         match a.client.skip_until("a lagged frame", SETTLE, "\"lagged\"", |f| f["type"] == "lagged").await {
             Ok(lagged) => lagged,
-            Err(end) => panic!(
-                "{end:?} before a lagged frame; the daemon: {:?}",
-                daemon.last(CLOSED_SLOW).map(|l| l.raw)
-            ),
+            Err(end) => {
+                panic!("{end:?} before a lagged frame; clients closed with 4008: {:?}", closed_slow())
+            }
         };
     let mut state = Vec::new();
     let status = loop {
@@ -835,8 +879,15 @@ async fn a_stalled_client_is_resynced_then_closed_while_twenty_readers_and_the_s
     // It reads again while it sends commands, as a page polling the daemon would: the daemon
     // closes it with commands unread, and its close frame must still arrive.
     let a_end = a.client.end_while_pinging("`a` closed", SETTLE, Duration::from_millis(5)).await;
-    let a_closed = daemon.wait_for("`a` closed with 4008", SETTLE, |l| closed_slow(l, a.client.local)).await;
-    let b_closed = daemon.wait_for("`b` closed with 4008", SETTLE, |l| closed_slow(l, b.client.local)).await;
+    // `b` reads nothing, so only the daemon knows when it is closed: both are, and gone, once
+    // it has closed two clients for being slow and only the readers are left.
+    let readers_only = readers.len() as u64;
+    rig.app
+        .wait("`a` and `b` closed with 4008 and gone", SETTLE, |app| {
+            app.dashboard_count(|d| &d.evicted_slow) >= 2
+                && app.dashboard_count(|d| &d.clients) == readers_only
+        })
+        .await;
     let rss_max = rss.max_kb();
     drop(rss);
 
@@ -853,14 +904,7 @@ async fn a_stalled_client_is_resynced_then_closed_while_twenty_readers_and_the_s
     }
 
     // Assert 2
-    assert_eq!(b_closed.str("reason"), "stayed behind", "{}", b_closed.raw);
-    assert_eq!(
-        a_end,
-        Event::Closed(Some(4008)),
-        "`a`, resynced once already, is closed with 4008: {}",
-        a_closed.raw
-    );
-    assert_eq!(a_closed.str("reason"), "fell behind too often", "{}", a_closed.raw);
+    assert_eq!(a_end, Event::Closed(Some(4008)), "`a`, resynced once already, is closed with 4008");
     for r in &readers {
         r.with(|t| {
             assert!(
@@ -879,9 +923,18 @@ async fn a_stalled_client_is_resynced_then_closed_while_twenty_readers_and_the_s
     let grown_mb = rss_max.saturating_sub(rss_before) / 1024;
     assert!(
         grown_mb < 200,
-        "the daemon grew by {grown_mb} MB while clients stalled ({rss_before} kB before)"
+        "the daemon's process grew by {grown_mb} MB while clients stalled ({rss_before} kB before)"
     );
-    daemon.stop(Duration::from_secs(30)).await;
+    // The daemon closed `a` and `b` with 4008, each for its own reason, and no one else. (Its
+    // stop closes the readers, so it comes after their checks.)
+    rig.stop().await;
+    let mut expected = vec![
+        (a.client.local.to_string(), "fell behind too often".to_owned()),
+        (b.client.local.to_string(), "stayed behind".to_owned()),
+    ];
+    expected.sort();
+    assert_eq!(closed_slow(), expected, "the clients closed with 4008, and why");
+    assert_eq!(rig.app.dashboard_count(|d| &d.evicted_slow), 2, "two clients closed with 4008");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -889,14 +942,14 @@ async fn five_hundred_clients_get_live_frames_and_dead_ones_are_dropped_by_the_h
     // Arrange: 500 live clients, 19 that never read after the handshake, one watching.
     const LIVE_CLIENTS: usize = 500;
     const DEAD: usize = 19;
+    // Both ends of every connection are in this process, the daemon's and the client's.
     ensure_open_files(4 * (LIVE_CLIENTS + DEAD) as u64);
-    let rig = start(10, 5, false, |c| {
+    let mut rig = start(10, 5, false, |c| {
         c.dashboard("ping_interval", "\"3s\"")
             .dashboard("max_connections", &(LIVE_CLIENTS + DEAD + 1).to_string());
     })
     .await;
     let addr = rig.addr;
-    let mut daemon = rig.daemon;
     // Connected 25 at a time: all at once, the handshakes of a debug build on two shared
     // cores could keep clients that are already connected from answering pings in time.
     const AT_ONCE: usize = 25;
@@ -944,7 +997,7 @@ async fn five_hundred_clients_get_live_frames_and_dead_ones_are_dropped_by_the_h
             Some(Event::Frame(_)) => {}
             other => {
                 let mut why: BTreeMap<String, usize> = BTreeMap::new();
-                for l in daemon.lines().iter().filter(|l| l.message().starts_with("Dashboard client")) {
+                for l in log_lines().iter().filter(|l| l.message().starts_with("Dashboard client")) {
                     *why.entry(format!("{} {}", l.message(), l.str("reason"))).or_default() += 1;
                 }
                 panic!(
@@ -954,20 +1007,19 @@ async fn five_hundred_clients_get_live_frames_and_dead_ones_are_dropped_by_the_h
             }
         }
     };
-    let dropped = |l: &common::daemon::LogLine| {
-        l.message() == "Dashboard client dropped." && l.str("reason") == "no answer to pings"
-    };
-    daemon.wait_for_nth("a log line per dead client", DEAD, SETTLE, dropped).await;
+    rig.app
+        .wait("the heartbeat to drop every dead client", SETTLE, |app| {
+            app.dashboard_count(|d| &d.evicted_heartbeat) >= DEAD as u64
+        })
+        .await;
     let mut late = Client::connect(addr, TOKEN).await;
+    let pong = late.ask(json!({"cmd": "ping", "id": "late"}), REPLY).await;
 
     // Assert
     assert_eq!(status["clients"], json!(LIVE_CLIENTS + DEAD + 1), "{status}");
     assert_eq!(refused.status, 503, "one past max_connections: {refused:?}");
     assert_eq!(after["clients"], json!(LIVE_CLIENTS + 1), "{after}");
-    let dropped_peers: BTreeSet<String> =
-        daemon.lines().iter().filter(|l| dropped(l)).map(|l| l.str("peer").to_owned()).collect();
-    let dead_peers: BTreeSet<String> = dead.iter().map(|(a, _)| a.to_string()).collect();
-    assert_eq!(dropped_peers, dead_peers, "the clients dropped by the heartbeat are the dead ones");
+    assert_eq!(rig.app.dashboard_count(|d| &d.evicted_heartbeat), DEAD as u64, "one drop per dead client");
     for c in &clients {
         c.with(|t| {
             assert!(
@@ -978,7 +1030,15 @@ async fn five_hundred_clients_get_live_frames_and_dead_ones_are_dropped_by_the_h
             )
         });
     }
-    let pong = late.ask(json!({"cmd": "ping", "id": "late"}), REPLY).await;
     assert_eq!(pong["type"], "pong", "room again once the dead are gone");
-    daemon.stop(Duration::from_secs(30)).await;
+    // The daemon's lines name the dropped clients: the dead ones. (Its stop closes the live
+    // clients, so it comes after their checks.)
+    rig.stop().await;
+    let dropped_peers: BTreeSet<String> = log_lines()
+        .iter()
+        .filter(|l| l.message() == "Dashboard client dropped." && l.str("reason") == "no answer to pings")
+        .map(|l| l.str("peer").to_owned())
+        .collect();
+    let dead_peers: BTreeSet<String> = dead.iter().map(|(a, _)| a.to_string()).collect();
+    assert_eq!(dropped_peers, dead_peers, "the clients dropped by the heartbeat are the dead ones");
 }

@@ -17,7 +17,7 @@ use tickd::config::Settings;
 use tickd::ops::health::{Health, HealthSnapshot};
 use tickd::ops::reload::load_settings;
 use tickd::store::{StoreMetrics, StoreState};
-use tickd::telemetry::metrics::FeedState;
+use tickd::telemetry::metrics::{DashboardMetrics, FeedState};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep};
@@ -152,6 +152,34 @@ impl TestApp {
             Ok(Ok(result)) => result,
             Ok(Err(e)) => panic!("the app panicked: {e}"),
             Err(_) => panic!("the app did not stop within {limit:?}"),
+        }
+    }
+
+    /// A dashboard counter now.
+    pub fn dashboard_count(&self, counter: impl Fn(&DashboardMetrics) -> &AtomicU64) -> u64 {
+        counter(&self.health.dashboard).load(Ordering::Relaxed)
+    }
+
+    /// Waits until the async `cond` holds (an HTTP answer, a query's result), or panics naming
+    /// `what`, with the connections and the store, after `limit` or as soon as the app ends.
+    pub async fn wait_until<F: Future<Output = bool>>(
+        &self,
+        what: &str,
+        limit: Duration,
+        mut cond: impl FnMut() -> F,
+    ) {
+        let deadline = Instant::now() + limit;
+        while !cond().await {
+            let ended = !self.running();
+            if ended || Instant::now() >= deadline {
+                let snapshot = self.health.snapshot();
+                let conns: Vec<String> =
+                    snapshot.conns.iter().map(|c| format!("{} {}", c.id, c.state.as_str())).collect();
+                let why =
+                    if ended { "the app ended".to_owned() } else { format!("timed out after {limit:?}") };
+                panic!("{why} waiting for {what}; connections: {conns:?}, store: {:?}", self.store_state());
+            }
+            sleep(POLL).await;
         }
     }
 }
