@@ -2,10 +2,11 @@
 //! the watchdog, and the stop and reload notifications.
 //!
 //! In: `$NOTIFY_SOCKET`, `$WATCHDOG_USEC` and `$WATCHDOG_PID` (read once at start), every
-//! feed connection's [`FeedMetrics`] and liveness [`Beat`], the store's [`StoreMetrics`], and
-//! the supervisor's count of applied reloads. Out: datagrams on systemd's notification socket.
-//! Without `$NOTIFY_SOCKET` (not started by systemd, or not as `Type=notify`) all of this is a
-//! no-op: [`Notifier`] sends nothing and [`run`] returns at once.
+//! feed connection's [`FeedMetrics`](crate::telemetry::metrics::FeedMetrics) and liveness
+//! [`Beat`], the store's [`StoreMetrics`], and the supervisor's count of applied reloads.
+//! Out: datagrams on systemd's notification socket. Without `$NOTIFY_SOCKET` (not started by
+//! systemd, or not as `Type=notify`) all of this is a no-op: [`Notifier`] sends nothing and
+//! [`run`] returns at once.
 //!
 //! What tickd tells systemd, and when:
 //!
