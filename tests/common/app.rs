@@ -28,6 +28,9 @@ use super::pg::TestDb;
 
 /// How often the waits below look again.
 const POLL: Duration = Duration::from_millis(20);
+/// How often [`TestApp::wait_until`] looks again: its conditions may open a database
+/// connection each time.
+const QUERY_POLL: Duration = Duration::from_millis(50);
 
 /// A running daemon in this process.
 pub struct TestApp {
@@ -152,6 +155,28 @@ impl TestApp {
             Ok(Ok(result)) => result,
             Ok(Err(e)) => panic!("the app panicked: {e}"),
             Err(_) => panic!("the app did not stop within {limit:?}"),
+        }
+    }
+
+    /// Checks the async `cond` (a database query, say) every [`QUERY_POLL`] until it holds;
+    /// panics naming `what`, with the log, after `limit` or as soon as the app has ended,
+    /// since what it waits for can then never come.
+    pub async fn wait_until<F: Future<Output = bool>>(
+        &self,
+        what: &str,
+        limit: Duration,
+        mut cond: impl FnMut() -> F,
+    ) {
+        let deadline = Instant::now() + limit;
+        while !cond().await {
+            assert!(self.running(), "the app ended while waiting for {what}; log:\n{}", log_text());
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {limit:?} waiting for {what}; store: {:?}; log:\n{}",
+                self.store_state(),
+                log_text()
+            );
+            sleep(QUERY_POLL).await;
         }
     }
 }
