@@ -1,7 +1,15 @@
-//! The whole system, end to end: the simulator (in this process, on 127.0.0.1) feeds the real
-//! `tickd run` binary, which records into PostgreSQL. Each test has its own database (or its
-//! own server, where the test stops it), its own state directory and its own simulator, and
-//! asserts on what an operator sees: rows, exit codes and log lines.
+//! The whole system, end to end: the simulator (in this process, on 127.0.0.1) feeds the
+//! daemon, which records into PostgreSQL. Each test has its own database (or its own server,
+//! where the test stops it), its own state directory and its own simulator, and asserts on
+//! what an operator sees: rows, the store's counters, log lines and exit codes.
+//!
+//! Most tests run the daemon in this process ([`spawn_app`]: the very `App` that `tickd run`
+//! runs, from the same config file). They stop it with its token, which is what SIGTERM does,
+//! and a clean stop (`Ok`) is what exit code 0 reports; a restart is one app stopped and
+//! another spawned on the same state directory. The `tickd` binary still runs as a child
+//! process where the process is what is tested: SIGTERM under load and with the database
+//! away, each with its exit code, and `tickd migrate`'s exit codes (the `tickd run` part of
+//! that test runs in this process).
 //!
 //! "Every trade sent" means [`Simulator::trades_sent`]: the trades written to a client socket.
 //! After the simulator drops a socket, everything written to it still reaches tickd: the
@@ -11,29 +19,35 @@
 //! written is a trade received. Before comparing, a test pauses the simulator and waits until
 //! it has caught up ([`Simulator::caught_up`]): from then on `trades_sent` is final.
 //!
-//! Every wait is a bounded poll of something a user can see (rows, log lines, the process);
-//! only the thirty-second outage sleeps, since the outage itself is what it tests.
+//! Every wait is a bounded poll of state, never of log wording: the store's state and
+//! counters (the app's [`tickd::ops::health::Health`], or a process's `/metrics`), rows, spool
+//! files, the simulator. Log lines are read once a wait is over, for what they say. Only the
+//! thirty-second outage sleeps, since the outage itself is what it tests.
 
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use std::time::Duration;
 
+use common::app::{TestApp, log_lines, log_text, spawn_app};
 use common::daemon::{
     Daemon, DaemonConfig, EventRow, LogLine, event_count, feed_events, migrated, run_command, scalar, serve,
     spool_segments, stopped_on, stored_trade_ids, texts, us, wait_caught_up, wait_sent_trades_stored,
-    wait_until, write_config,
+    write_config,
 };
 use common::pg::{TestDb, private_server};
+use common::stream::http_get;
 use sqlx::{AssertSqlSafe, Row};
 use tickd::dev::localpg::{LocalPg, LocalPgOptions};
 use tickd::dev::sim::{SimConfig, Simulator, market_names};
+use tickd::store::StoreState;
 use tickd::tick::now_micros;
 
 /// How long a daemon may take to connect, subscribe and build its books.
 const LIVE: Duration = Duration::from_secs(60);
-/// How long a daemon may take to exit after SIGTERM.
+/// How long a daemon may take to stop: a process to exit after SIGTERM, an app after its
+/// token.
 const STOP: Duration = Duration::from_secs(30);
 /// How long the database may take to catch up with what the simulator wrote.
 const SETTLE: Duration = Duration::from_secs(60);
@@ -44,6 +58,7 @@ fn simulator(markets: Vec<String>, rate: u32) -> Simulator {
     Simulator::start(SimConfig { markets, rate, heartbeat: Duration::from_secs(60), ..SimConfig::default() })
 }
 
+/// A test's own directory: config files, logs and the state directory.
 fn workdir() -> tempfile::TempDir {
     tempfile::tempdir().expect("temp dir")
 }
@@ -56,34 +71,100 @@ async fn trade_count(url: &str) -> i64 {
     scalar(url, "SELECT count(*) FROM trades").await
 }
 
-/// Waits until `url` holds `lives` live events.
-async fn wait_live(daemon: &mut Daemon, url: &str, lives: i64) {
+/// Whether `url` holds `lives` live events and more than `trades` trades.
+async fn live_with_trades(url: &str, lives: i64, trades: i64) -> bool {
+    event_count(url, "live").await >= lives && trade_count(url).await > trades
+}
+
+/// Waits until `url` holds `lives` live events (one per connection that went live).
+async fn wait_live(app: &TestApp, url: &str, lives: i64) {
     let what = format!("{lives} live event(s)");
-    daemon.wait_until(&what, LIVE, || async { event_count(url, "live").await >= lives }).await;
+    app.wait_until(&what, LIVE, || async { event_count(url, "live").await >= lives }).await;
 }
 
 /// Waits until `url` holds `lives` live events and more than `trades` trades.
-async fn wait_live_with_trades(daemon: &mut Daemon, url: &str, lives: i64, trades: i64) {
+async fn wait_live_with_trades(app: &TestApp, url: &str, lives: i64, trades: i64) {
     let what = format!("{lives} live event(s) and more than {trades} trades");
-    daemon
-        .wait_until(&what, LIVE, || async {
-            event_count(url, "live").await >= lives && trade_count(url).await > trades
-        })
-        .await;
+    app.wait_until(&what, LIVE, || live_with_trades(url, lives, trades)).await;
 }
 
-/// Waits until the store writes directly with nothing spooled: what arrived while the first
-/// probe migrated the database has been replayed.
-async fn wait_store_ready(daemon: &mut Daemon) {
-    daemon
-        .wait_for("the store writing directly", LIVE, |l| {
-            l.message() == "Store summary." && l.str("state") == "ready"
-        })
-        .await;
+/// Waits until the store writes directly again with an empty spool, having replayed more
+/// than `replayed_before` ticks from it: what an outage spooled is in the database.
+async fn wait_spool_replayed(app: &TestApp, replayed_before: u64) {
+    app.wait_until("the spool replayed", SETTLE, || async {
+        app.store_state() == Some(StoreState::Ready)
+            && app.store_count(|m| &m.spool_batches) == 0
+            && app.store_count(|m| &m.replayed) > replayed_before
+    })
+    .await;
 }
 
-fn spool_replayed(line: &LogLine) -> bool {
-    line.message() == "Spool replayed; writing directly."
+/// The `spool_full` alerts the store has raised so far, as the alert registry counts them
+/// (one per loss incident).
+fn spool_full_alerts(app: &TestApp) -> u64 {
+    let series = app.health.alerts.metrics().series();
+    series
+        .iter()
+        .find(|((kind, source), _)| kind == "spool_full" && source == "store")
+        .map_or(0, |(_, s)| s.fired)
+}
+
+/// The last log line of the in-process daemon whose message is `message`.
+fn last_line(message: &str) -> LogLine {
+    log_lines()
+        .into_iter()
+        .rev()
+        .find(|l| l.message() == message)
+        .unwrap_or_else(|| panic!("no line {message:?}; log:\n{}", log_text()))
+}
+
+/// Checks that `app` (`which` run) stopped cleanly, as `tickd run` does when it exits 0.
+fn assert_clean_stop(stopped: &anyhow::Result<()>, which: &str) {
+    assert!(stopped.is_ok(), "{which} stops cleanly: {stopped:?}; log:\n{}", log_text());
+}
+
+/// One scrape of a `tickd run` process's `/metrics`.
+struct Scrape(String);
+
+impl Scrape {
+    /// Reads `/metrics` from the dashboard at `addr`.
+    async fn of(addr: SocketAddr) -> Scrape {
+        let page = http_get(addr, "/metrics", &[]).await;
+        assert_eq!(page.status, 200, "{page:?}");
+        Scrape(page.body)
+    }
+
+    /// The sum of the samples of `name` whose labels include each of `labels`
+    /// (`kind="trade"`); 0 without any.
+    fn sum(&self, name: &str, labels: &[&str]) -> u64 {
+        let samples = self.0.lines().filter(|l| !l.starts_with('#')).filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (metric, label_text) = series.split_once('{').unwrap_or((series, ""));
+            let wanted = metric == name && labels.iter().all(|l| label_text.contains(l));
+            if wanted { value.parse::<f64>().ok() } else { None }
+        });
+        samples.sum::<f64>() as u64
+    }
+
+    /// Whether the store is in `state` (its `tickd_store_state` sample is 1).
+    fn store_is(&self, state: StoreState) -> bool {
+        self.sum("tickd_store_state", &[&format!("state=\"{}\"", state.as_str())]) == 1
+    }
+}
+
+/// Scrapes `/metrics` of `daemon` (its dashboard at `addr`) until `cond` holds; panics naming
+/// `what`, with the log, after `limit` or once the process has exited. Returns a scrape taken
+/// then.
+async fn wait_metrics(
+    daemon: &mut Daemon,
+    addr: SocketAddr,
+    what: &str,
+    limit: Duration,
+    cond: impl Fn(&Scrape) -> bool,
+) -> Scrape {
+    let cond = &cond;
+    daemon.wait_until(what, limit, || async move { cond(&Scrape::of(addr).await) }).await;
+    Scrape::of(addr).await
 }
 
 /// The receive time of the newest tick stored, in µs.
@@ -135,6 +216,7 @@ struct Gap {
     detail: serde_json::Value,
 }
 
+/// The rows of `gaps()` from `from` to `to` (µs).
 async fn gaps(url: &str, from: i64, to: i64) -> Vec<Gap> {
     let mut conn = common::daemon::connect(url).await;
     let sql = format!(
@@ -185,29 +267,29 @@ async fn every_trade_sent_to_a_connected_feed_is_stored_once_across_a_dropped_co
 
     // Act: run A sees a dropped connection, reconnects and stops cleanly once everything
     // written is stored; run B carries on with the same database and state directory.
-    let mut a = Daemon::start(dir.path(), "a", &config);
-    wait_live_with_trades(&mut a, &db.url, 1, 100).await;
+    let mut a = spawn_app(dir.path(), "a", &config).await;
+    wait_live_with_trades(&a, &db.url, 1, 100).await;
     let before_drop = trade_count(&db.url).await;
     let dropped_at = now_micros();
     sim.drop_all();
-    wait_live_with_trades(&mut a, &db.url, 2, before_drop + 100).await;
+    wait_live_with_trades(&a, &db.url, 2, before_drop + 100).await;
     sim.pause();
     wait_sent_trades_stored(&sim, &db.url, SETTLE).await;
-    let a_exit = a.stop(STOP).await;
+    let a_stopped = a.stop(STOP).await;
 
     let b_started_at = now_micros();
-    let mut b = Daemon::start(dir.path(), "b", &config);
-    wait_live(&mut b, &db.url, 3).await;
+    let mut b = spawn_app(dir.path(), "b", &config).await;
+    wait_live(&b, &db.url, 3).await;
     let before_resume = trade_count(&db.url).await;
     sim.resume();
-    wait_live_with_trades(&mut b, &db.url, 3, before_resume + 100).await;
+    wait_live_with_trades(&b, &db.url, 3, before_resume + 100).await;
     sim.pause();
     let sent = wait_sent_trades_stored(&sim, &db.url, SETTLE).await;
-    let b_exit = b.stop(STOP).await;
+    let b_stopped = b.stop(STOP).await;
 
     // Assert
-    assert_eq!(a_exit, Some(0), "run A's exit code; log:\n{}", a.log_text());
-    assert_eq!(b_exit, Some(0), "run B's exit code; log:\n{}", b.log_text());
+    assert_clean_stop(&a_stopped, "run A");
+    assert_clean_stop(&b_stopped, "run B");
     assert_same_trades(&stored_trade_ids(&db.url).await, &sent);
     assert_eq!(duplicate_trades(&db.url).await, 0);
     let events = feed_events(&db.url).await;
@@ -234,28 +316,27 @@ async fn trades_read_as_the_connection_drops_are_stored_even_if_the_daemon_stops
     let sim = simulator(market_names(20), 2000);
     let dir = workdir();
     let config = DaemonConfig::new(&dir.path().join("state"), &db.url, &serve(&sim).await, &sim.markets());
-    let mut daemon = Daemon::start(dir.path(), "tickd", &config);
-    wait_live_with_trades(&mut daemon, &db.url, 1, 200).await;
+    let mut app = spawn_app(dir.path(), "tickd", &config).await;
+    wait_live_with_trades(&app, &db.url, 1, 200).await;
 
-    // Act: the exchange drops the connection and refuses every new one; stop meanwhile.
+    // Act: the exchange drops the connection and refuses every new one; stop meanwhile (the
+    // token is what SIGTERM cancels).
     sim.refuse_handshakes(u32::MAX);
     sim.drop_all();
-    daemon
-        .wait_until("the connection gone", LIVE, || {
-            let open = sim.stats().connections_open;
-            async move { open == 0 }
-        })
-        .await;
+    app.wait_until("the connection gone", LIVE, || {
+        let open = sim.stats().connections_open;
+        async move { open == 0 }
+    })
+    .await;
     let sent = sim.trades_sent();
-    daemon
-        .wait_until("a refused reconnect", LIVE, || async {
-            scalar(&db.url, "SELECT count(*) FROM feed_events WHERE reason LIKE '%HTTP 503%'").await > 0
-        })
-        .await;
-    let exit = daemon.stop(STOP).await;
+    app.wait_until("a refused reconnect", LIVE, || async {
+        scalar(&db.url, "SELECT count(*) FROM feed_events WHERE reason LIKE '%HTTP 503%'").await > 0
+    })
+    .await;
+    let stopped = app.stop(STOP).await;
 
     // Assert
-    assert_eq!(exit, Some(0), "exit code; log:\n{}", daemon.log_text());
+    assert_clean_stop(&stopped, "the app");
     assert_same_trades(&stored_trade_ids(&db.url).await, &sent);
 }
 
@@ -267,37 +348,33 @@ async fn thirty_seconds_without_the_database_lose_and_duplicate_nothing_and_leav
     let sim = simulator(market_names(10), 1000);
     let dir = workdir();
     let state = dir.path().join("state");
-    let mut daemon = Daemon::start(
-        dir.path(),
-        "tickd",
-        &DaemonConfig::new(&state, &url, &serve(&sim).await, &sim.markets()),
-    );
-    wait_live_with_trades(&mut daemon, &url, 1, 100).await;
-    wait_store_ready(&mut daemon).await;
-    let spooled = |d: &Daemon| d.last("Store summary.").map_or(0, |l| l.u64("spooled"));
-    let spooled_before = spooled(&daemon);
-    let replays_before = daemon.count(spool_replayed);
+    let config = DaemonConfig::new(&state, &url, &serve(&sim).await, &sim.markets());
+    let mut app = spawn_app(dir.path(), "tickd", &config).await;
+    wait_live_with_trades(&app, &url, 1, 100).await;
+    app.wait_store(StoreState::Ready, LIVE).await;
+    let spooled_before = app.store_count(|m| &m.spooled);
+    let replayed_before = app.store_count(|m| &m.replayed);
 
     // Act
     let down_at = now_micros();
     pg.stop().await.expect("server stops");
     // This one needs the wall clock: a real outage, with ticks arriving all along.
     tokio::time::sleep(Duration::from_secs(30)).await;
-    let spooled_during_outage = spooled(&daemon) - spooled_before;
+    let spooled_during_outage = app.store_count(|m| &m.spooled) - spooled_before;
     pg.restart().await.expect("server restarts");
     let up_at = now_micros();
-    daemon.wait_for_nth("the spool replayed", replays_before + 1, SETTLE, spool_replayed).await;
+    wait_spool_replayed(&app, replayed_before).await;
     sim.pause();
     let sent = wait_sent_trades_stored(&sim, &url, SETTLE).await;
-    let exit = daemon.stop(STOP).await;
+    let stopped = app.stop(STOP).await;
 
     // Assert
-    assert_eq!(exit, Some(0), "exit code; log:\n{}", daemon.log_text());
+    assert_clean_stop(&stopped, "the app");
     assert!(spooled_during_outage > 10_000, "ticks spooled during the outage: {spooled_during_outage}");
     assert_same_trades(&stored_trade_ids(&url).await, &sent);
     assert_eq!(duplicate_trades(&url).await, 0);
-    let stopped = daemon.last("Store writer stopped.").expect("the writer's last line");
-    assert_eq!((stopped.u64("lost"), stopped.u64("spooled_batches")), (0, 0), "{}", stopped.raw);
+    let writer = last_line("Store writer stopped.");
+    assert_eq!((writer.u64("lost"), writer.u64("spooled_batches")), (0, 0), "{}", writer.raw);
     assert_eq!(spool_segments(&state), Vec::<std::path::PathBuf>::new(), "the spool is drained");
     assert_eq!(event_count(&url, "store_loss").await, 0);
     let outage = gaps(&url, down_at, up_at).await;
@@ -316,40 +393,42 @@ async fn with_a_full_spool_the_trades_missing_are_exactly_those_the_store_loss_r
     let dir = workdir();
     let mut config = DaemonConfig::new(&dir.path().join("state"), &url, &serve(&sim).await, &sim.markets());
     config.store("spool_max_bytes", "1048576");
-    let mut daemon = Daemon::start(dir.path(), "tickd", &config);
-    wait_live(&mut daemon, &url, 1).await;
-    wait_store_ready(&mut daemon).await;
+    let mut app = spawn_app(dir.path(), "tickd", &config).await;
+    wait_live(&app, &url, 1).await;
+    app.wait_store(StoreState::Ready, LIVE).await;
     sim.resume();
-    wait_live_with_trades(&mut daemon, &url, 1, 100).await;
-    let spool_full = |l: &LogLine| l.str("alert") == "spool_full";
-    let reachable = |l: &LogLine| l.message() == "Database reachable; writing.";
-    let (alerts_before, reachable_before) = (daemon.count(spool_full), daemon.count(reachable));
-    let replays_before = daemon.count(spool_replayed);
+    wait_live_with_trades(&app, &url, 1, 100).await;
+    let dropped_before = (spool_full_alerts(&app), app.store_count(|m| &m.lost));
+    let replayed_before = app.store_count(|m| &m.replayed);
 
     // Act: keep the database away until the spool is full and ticks are being dropped.
     // The writer stores ticks in the order they were received, so none received up to the
     // newest one committed now can be lost.
     let committed_to = newest_receive_time(&url).await;
     pg.stop().await.expect("server stops");
-    let alert = daemon.wait_for("the spool_full alert", SETTLE, spool_full).await;
+    app.wait_until("the spool_full alert", SETTLE, || async {
+        spool_full_alerts(&app) > 0 && app.store_state() == Some(StoreState::Spooling)
+    })
+    .await;
     pg.restart().await.expect("server restarts");
-    daemon.wait_for_nth("the database back", reachable_before + 1, SETTLE, reachable).await;
+    app.wait_until("the database back", SETTLE, || async { app.store_state() != Some(StoreState::Spooling) })
+        .await;
     let up_at = now_micros();
-    daemon.wait_for_message("Store loss recorded in feed_events.", SETTLE).await;
-    daemon.wait_for_nth("the spool replayed", replays_before + 1, SETTLE, spool_replayed).await;
+    app.wait_until("the loss recorded", SETTLE, || async { event_count(&url, "store_loss").await > 0 }).await;
+    wait_spool_replayed(&app, replayed_before).await;
     sim.pause();
     let sent = wait_caught_up(&sim, SETTLE).await;
     let last = sent.last().expect("trades were sent").clone();
-    daemon
-        .wait_until("the last trade sent to be stored", SETTLE, || async {
-            stored_trade_ids(&url).await.contains(&last)
-        })
-        .await;
-    let exit = daemon.stop(STOP).await;
+    app.wait_until("the last trade sent to be stored", SETTLE, || async {
+        stored_trade_ids(&url).await.contains(&last)
+    })
+    .await;
+    let stopped = app.stop(STOP).await;
 
     // Assert
-    assert_eq!(exit, Some(0), "exit code; log:\n{}", daemon.log_text());
-    assert_eq!(alerts_before, 0, "nothing was dropped before the outage");
+    assert_clean_stop(&stopped, "the app");
+    assert_eq!(dropped_before, (0, 0), "nothing was dropped before the outage");
+    let alert = log_lines().into_iter().find(|l| l.str("alert") == "spool_full").expect("the alert's line");
     assert_eq!(alert.level(), "ERROR", "{}", alert.raw);
     assert_eq!(duplicate_trades(&url).await, 0);
     let stored: HashSet<String> = stored_trade_ids(&url).await.into_iter().collect();
@@ -362,7 +441,7 @@ async fn with_a_full_spool_the_trades_missing_are_exactly_those_the_store_loss_r
     .await;
     assert!(!missing.is_empty(), "the full spool dropped trades");
     assert_eq!(missing.len() as i64, recorded, "trades missing vs trades the store_loss rows count");
-    let lost = daemon.last("Store writer stopped.").expect("the writer's last line").u64("lost");
+    let lost = last_line("Store writer stopped.").u64("lost");
     let recorded_ticks = scalar(
         &url,
         "SELECT sum((detail->>'ticks')::bigint)::int8 FROM feed_events WHERE event = 'store_loss'",
@@ -419,7 +498,7 @@ async fn with_a_full_spool_the_trades_missing_are_exactly_those_the_store_loss_r
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_under_load_commits_every_tick_received_before_the_process_exits_0() {
-    // Arrange
+    // Arrange: a process, since SIGTERM and the exit code are what this tests.
     let db = TestDb::new().await;
     let sim = simulator(market_names(20), 3000);
     let dir = workdir();
@@ -430,11 +509,16 @@ async fn sigterm_under_load_commits_every_tick_received_before_the_process_exits
     // inserted rows exact on a loaded machine.
     config.store("write_timeout", "\"30s\"");
     let mut daemon = Daemon::start(dir.path(), "tickd", &config);
-    wait_live_with_trades(&mut daemon, &db.url, 1, 500).await;
+    let addr = daemon.dashboard_addr(LIVE).await;
+    let what = "a live event and more than 500 trades";
+    daemon.wait_until(what, LIVE, || live_with_trades(&db.url, 1, 500)).await;
     // Ticks that arrive before the first probe has migrated the database are spooled, and
     // replayed once it has; from then on nothing is spooled while the database answers.
-    wait_store_ready(&mut daemon).await;
-    let spooled_before = daemon.last("Store summary.").expect("a store summary").u64("spooled");
+    let ready = wait_metrics(&mut daemon, addr, "the store writing directly", LIVE, |m| {
+        m.store_is(StoreState::Ready)
+    })
+    .await;
+    let spooled_before = ready.sum("tickd_store_spooled_total", &[]);
 
     // Act: stop in full flow.
     let exit = daemon.stop(STOP).await;
@@ -479,26 +563,24 @@ async fn a_seq_gap_and_a_reconnect_show_up_in_feed_events_and_gaps_with_their_ti
     let mut config =
         DaemonConfig::new(&dir.path().join("state"), &db.url, &serve(&sim).await, &sim.markets());
     config.feed("channels", "[\"orderbook_delta\"]").feed("lifecycle", "false");
-    let mut daemon = Daemon::start(dir.path(), "tickd", &config);
-    wait_live(&mut daemon, &db.url, 1).await;
+    let mut app = spawn_app(dir.path(), "tickd", &config).await;
+    wait_live(&app, &db.url, 1).await;
 
     // Act
     let gap_before = now_micros();
     sim.skip_seq(5);
-    daemon
-        .wait_until("the gap repaired", LIVE, || async { event_count(&db.url, "resynced").await >= 1 })
-        .await;
+    app.wait_until("the gap repaired", LIVE, || async { event_count(&db.url, "resynced").await >= 1 }).await;
     let gap_after = now_micros();
     let drop_before = now_micros();
     sim.drop_all();
     let live_again =
         format!("SELECT count(*) FROM feed_events WHERE event = 'live' AND ts > {}", at(drop_before));
-    daemon.wait_until("live again", LIVE, || async { scalar(&db.url, &live_again).await > 0 }).await;
+    app.wait_until("live again", LIVE, || async { scalar(&db.url, &live_again).await > 0 }).await;
     let drop_after = now_micros();
-    let exit = daemon.stop(STOP).await;
+    let stopped = app.stop(STOP).await;
 
     // Assert
-    assert_eq!(exit, Some(0), "exit code; log:\n{}", daemon.log_text());
+    assert_clean_stop(&stopped, "the app");
     let events = feed_events(&db.url).await;
     let gap_rows: Vec<&EventRow> = events.iter().filter(|e| e.event == "gap").collect();
     assert_eq!(gap_rows.len(), 1, "{events:#?}");
@@ -548,44 +630,39 @@ async fn with_the_database_unreachable_at_start_the_daemon_spools_says_why_and_c
     let sim = simulator(market_names(5), 500);
     let dir = workdir();
     let state = dir.path().join("state");
-    let mut daemon = Daemon::start(
-        dir.path(),
-        "tickd",
-        &DaemonConfig::new(&state, &url, &serve(&sim).await, &sim.markets()),
-    );
+    let config = DaemonConfig::new(&state, &url, &serve(&sim).await, &sim.markets());
+    let mut app = spawn_app(dir.path(), "tickd", &config).await;
 
     // Act
-    let not_ready = daemon
-        .wait_for_message("Store not ready: the database is unreachable; spooling ticks to disk.", LIVE)
-        .await;
-    daemon
-        .wait_until("spool segments", LIVE, || {
-            let segments = spool_segments(&state);
-            async move { !segments.is_empty() }
-        })
-        .await;
+    app.wait_store(StoreState::Spooling, LIVE).await;
+    app.wait_until("spool segments", LIVE, || async {
+        app.store_count(|m| &m.spool_batches) > 0 && !spool_segments(&state).is_empty()
+    })
+    .await;
     let pg =
         LocalPg::start(LocalPgOptions { data_dir: None, port: Some(port) }).await.expect("server starts");
     pg.create_database("tickd").await.expect("database");
-    daemon.wait_for_message("Database reachable; writing.", SETTLE).await;
-    daemon.wait_for_message("Spool replayed; writing directly.", SETTLE).await;
-    wait_live_with_trades(&mut daemon, &url, 1, 100).await;
+    wait_spool_replayed(&app, 0).await;
+    wait_live_with_trades(&app, &url, 1, 100).await;
     sim.pause();
     let sent = wait_sent_trades_stored(&sim, &url, SETTLE).await;
-    let exit = daemon.stop(STOP).await;
+    let stopped = app.stop(STOP).await;
 
     // Assert
+    let not_ready = last_line("Store not ready: the database is unreachable; spooling ticks to disk.");
     assert_eq!(not_ready.level(), "WARN", "{}", not_ready.raw);
     assert!(not_ready.str("error").contains("Connection refused"), "the warning says why: {}", not_ready.raw);
     assert!(not_ready.str("spool").ends_with("state/spool"), "and where the ticks go: {}", not_ready.raw);
-    assert_eq!(exit, Some(0), "exit code; log:\n{}", daemon.log_text());
+    let reachable = log_lines().iter().any(|l| l.message() == "Database reachable; writing.");
+    assert!(reachable, "the log says when the database answers; log:\n{}", log_text());
+    assert_clean_stop(&stopped, "the app");
     assert_same_trades(&stored_trade_ids(&url).await, &sent);
     assert_eq!(duplicate_trades(&url).await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_daemon_stopped_while_the_database_is_unreachable_exits_0_and_the_next_run_stores_its_spool() {
-    // Arrange
+    // Arrange: processes, since the exit codes are what this tests.
     let port = free_port();
     let url = format!("postgres://postgres@127.0.0.1:{port}/tickd");
     let sim = simulator(market_names(5), 500);
@@ -593,10 +670,9 @@ async fn a_daemon_stopped_while_the_database_is_unreachable_exits_0_and_the_next
     let state = dir.path().join("state");
     let config = DaemonConfig::new(&state, &url, &serve(&sim).await, &sim.markets());
     let mut a = Daemon::start(dir.path(), "a", &config);
-    a.wait_for_message("Store not ready: the database is unreachable; spooling ticks to disk.", LIVE).await;
-    wait_until("trades spooled", LIVE, || {
-        let spooled = a.last("Store summary.").map_or(0, |l| l.u64("spooled"));
-        async move { spooled > 100 }
+    let a_addr = a.dashboard_addr(LIVE).await;
+    wait_metrics(&mut a, a_addr, "the store spooling more than 100 ticks", LIVE, |m| {
+        m.store_is(StoreState::Spooling) && m.sum("tickd_store_spooled_total", &[]) > 100
     })
     .await;
 
@@ -604,8 +680,8 @@ async fn a_daemon_stopped_while_the_database_is_unreachable_exits_0_and_the_next
     // written), then start again once it is there.
     sim.pause();
     let written = wait_caught_up(&sim, SETTLE).await.len() as u64;
-    a.wait_for("the feed to have read every trade written", SETTLE, |l| {
-        l.message() == "Feed summary." && l.u64("trades") == written
+    wait_metrics(&mut a, a_addr, "the feed to have read every trade written", SETTLE, |m| {
+        m.sum("tickd_feed_ticks_total", &["kind=\"trade\""]) == written
     })
     .await;
     let a_exit = a.stop(STOP).await;
@@ -613,12 +689,22 @@ async fn a_daemon_stopped_while_the_database_is_unreachable_exits_0_and_the_next
         LocalPg::start(LocalPgOptions { data_dir: None, port: Some(port) }).await.expect("server starts");
     pg.create_database("tickd").await.expect("database");
     let mut b = Daemon::start(dir.path(), "b", &config);
-    b.wait_for_message("Spool replayed; writing directly.", SETTLE).await;
+    let b_addr = b.dashboard_addr(LIVE).await;
+    wait_metrics(&mut b, b_addr, "the spool replayed", SETTLE, |m| {
+        m.store_is(StoreState::Ready)
+            && m.sum("tickd_store_spool_batches", &[]) == 0
+            && m.sum("tickd_store_replayed_total", &[]) > 0
+    })
+    .await;
     let sent = wait_sent_trades_stored(&sim, &url, SETTLE).await;
     let b_exit = b.stop(STOP).await;
 
     // Assert
     assert_eq!(a_exit, Some(0), "exit code of the run without a database; log:\n{}", a.log_text());
+    let not_ready = a
+        .last("Store not ready: the database is unreachable; spooling ticks to disk.")
+        .unwrap_or_else(|| panic!("run A says why it spools; log:\n{}", a.log_text()));
+    assert_eq!(not_ready.level(), "WARN", "{}", not_ready.raw);
     let a_writer = a.last("Store writer stopped.").expect("the writer's last line");
     assert_eq!(a_writer.u64("received"), a_writer.u64("spooled"), "all kept in the spool: {}", a_writer.raw);
     assert!(a_writer.u64("spooled_batches") > 0, "{}", a_writer.raw);
@@ -632,7 +718,9 @@ async fn a_daemon_stopped_while_the_database_is_unreachable_exits_0_and_the_next
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrating_a_database_whose_schema_was_changed_by_hand_fails_and_says_what_changed() {
-    // Arrange: (a) someone made `trades` first; (b) someone dropped a column after tickd migrated.
+    // Arrange: (a) someone made `trades` first; (b) someone dropped a column after tickd
+    // migrated. `tickd migrate` runs as a process (its exit code is what it answers);
+    // `tickd run` runs in this process.
     let made_by_hand = TestDb::new().await;
     sqlx::raw_sql("CREATE TABLE trades (id int)")
         .execute(&mut made_by_hand.connect().await)
@@ -657,27 +745,20 @@ async fn migrating_a_database_whose_schema_was_changed_by_hand_fails_and_says_wh
     // Act
     let (a_exit, a_err) = run_command("migrate", &file_a);
     let (b_exit, b_err) = run_command("migrate", &file_b);
-    let mut daemon = Daemon::start(dir.path(), "run", &config_b);
-    let not_ready = daemon
-        .wait_for_message(
-            "Store not ready: the database cannot be used until this is fixed; spooling ticks to disk.",
-            LIVE,
-        )
-        .await;
-    daemon
-        .wait_until("spool segments", LIVE, || {
-            let segments = spool_segments(&state);
-            async move { !segments.is_empty() }
-        })
-        .await;
-    // It goes on running, spooling: two more store summaries (one a second) after the spool
-    // began show it alive.
-    let summaries = daemon.count(|l| l.message() == "Store summary.");
-    daemon
-        .wait_for_nth("a later store summary", summaries + 2, LIVE, |l| l.message() == "Store summary.")
-        .await;
-    let still_running = daemon.running();
-    let exit = daemon.stop(STOP).await;
+    let mut app = spawn_app(dir.path(), "run", &config_b).await;
+    app.wait_store(StoreState::Spooling, LIVE).await;
+    app.wait_until("spool segments", LIVE, || async {
+        app.store_count(|m| &m.spool_batches) > 0 && !spool_segments(&state).is_empty()
+    })
+    .await;
+    // It goes on running, spooling: more batches spooled after the spool began show it alive.
+    let batches = app.store_count(|m| &m.spool_batches);
+    app.wait_until("two more batches spooled", LIVE, || async {
+        app.store_count(|m| &m.spool_batches) >= batches + 2
+    })
+    .await;
+    let still_running = app.running();
+    let stopped = app.stop(STOP).await;
 
     // Assert
     assert_eq!(a_exit, Some(1), "{a_err}");
@@ -687,11 +768,14 @@ async fn migrating_a_database_whose_schema_was_changed_by_hand_fails_and_says_wh
     assert_eq!(b_exit, Some(1), "{b_err}");
     let b_error = stopped_on(&b_err);
     assert!(b_error.contains("table `trades`: column `block` (boolean) is missing"), "{b_err}");
-    assert!(still_running, "tickd run keeps running; log:\n{}", daemon.log_text());
+    assert!(still_running, "tickd run keeps running; log:\n{}", log_text());
+    let not_ready = last_line(
+        "Store not ready: the database cannot be used until this is fixed; spooling ticks to disk.",
+    );
     assert_eq!(not_ready.level(), "ERROR", "{}", not_ready.raw);
     assert!(not_ready.str("error").contains("column `block`"), "{}", not_ready.raw);
-    assert_eq!(exit, Some(0), "exit code; log:\n{}", daemon.log_text());
-    let writer = daemon.last("Store writer stopped.").expect("the writer's last line");
+    assert_clean_stop(&stopped, "tickd run");
+    let writer = last_line("Store writer stopped.");
     assert!(
         writer.u64("spooled") > 0 && writer.u64("spooled_batches") > 0,
         "ticks kept in the spool: {}",
@@ -710,18 +794,17 @@ async fn a_market_ticker_with_unusual_characters_is_stored_as_is() {
         DaemonConfig::new(&dir.path().join("state"), &db.url, &serve(&sim).await, &[ticker.to_owned()]);
 
     // Act
-    let mut daemon = Daemon::start(dir.path(), "tickd", &config);
+    let mut app = spawn_app(dir.path(), "tickd", &config).await;
     let fewest = "SELECT least((SELECT count(*) FROM trades), (SELECT count(*) FROM quotes), \
                   (SELECT count(*) FROM book_deltas))";
-    daemon
-        .wait_until("trades, quotes and deltas", LIVE, || async {
-            migrated(&db.url).await && scalar(&db.url, fewest).await >= 3
-        })
-        .await;
-    let exit = daemon.stop(STOP).await;
+    app.wait_until("trades, quotes and deltas", LIVE, || async {
+        migrated(&db.url).await && scalar(&db.url, fewest).await >= 3
+    })
+    .await;
+    let stopped = app.stop(STOP).await;
 
     // Assert
-    assert_eq!(exit, Some(0), "exit code; log:\n{}", daemon.log_text());
+    assert_clean_stop(&stopped, "the app");
     for table in ["trades", "quotes", "book_snapshots", "book_deltas", "markets"] {
         let markets = texts(&db.url, &format!("SELECT DISTINCT market FROM {table}")).await;
         assert_eq!(markets, [ticker], "{table}");

@@ -28,6 +28,9 @@ use super::pg::TestDb;
 
 /// How often the waits below look again.
 const POLL: Duration = Duration::from_millis(20);
+/// How often [`TestApp::wait_until`] looks again: its conditions may open a database
+/// connection each time.
+const QUERY_POLL: Duration = Duration::from_millis(50);
 
 /// A running daemon in this process.
 pub struct TestApp {
@@ -160,8 +163,9 @@ impl TestApp {
         counter(&self.health.dashboard).load(Ordering::Relaxed)
     }
 
-    /// Waits until the async `cond` holds (an HTTP answer, a query's result), or panics naming
-    /// `what`, with the connections and the store, after `limit` or as soon as the app ends.
+    /// Checks the async `cond` (a database query, say) every [`QUERY_POLL`] until it holds;
+    /// panics naming `what`, with the log, after `limit` or as soon as the app has ended,
+    /// since what it waits for can then never come.
     pub async fn wait_until<F: Future<Output = bool>>(
         &self,
         what: &str,
@@ -170,16 +174,22 @@ impl TestApp {
     ) {
         let deadline = Instant::now() + limit;
         while !cond().await {
-            let ended = !self.running();
-            if ended || Instant::now() >= deadline {
-                let snapshot = self.health.snapshot();
-                let conns: Vec<String> =
-                    snapshot.conns.iter().map(|c| format!("{} {}", c.id, c.state.as_str())).collect();
-                let why =
-                    if ended { "the app ended".to_owned() } else { format!("timed out after {limit:?}") };
-                panic!("{why} waiting for {what}; connections: {conns:?}, store: {:?}", self.store_state());
+            assert!(self.running(), "the app ended while waiting for {what}; log:\n{}", log_text());
+            if Instant::now() >= deadline {
+                let conns: Vec<String> = self
+                    .health
+                    .snapshot()
+                    .conns
+                    .iter()
+                    .map(|c| format!("{} {}", c.id, c.state.as_str()))
+                    .collect();
+                panic!(
+                    "timed out after {limit:?} waiting for {what}; connections: {conns:?}, store: {:?}; log:\n{}",
+                    self.store_state(),
+                    log_text()
+                );
             }
-            sleep(POLL).await;
+            sleep(QUERY_POLL).await;
         }
     }
 }
