@@ -23,6 +23,7 @@
 //!
 //! Around it:
 //! - [`config`]: the layered settings tree (defaults < TOML < `TICKD_` environment).
+//! - [`http`]: how outgoing HTTP clients are built (Kalshi REST, the alert webhook).
 //! - [`telemetry`], at the bottom: what the actors write as they run: counters, liveness
 //!   beats, log spans, and the alert registry through which feeds and the store raise alerts.
 //! - [`ops`], above the feeds and the store: one [`ops::health::Health`] of the daemon, read
@@ -43,6 +44,7 @@ pub mod config;
 pub mod dashboard;
 pub mod dev;
 pub mod feed;
+pub mod http;
 pub mod kalshi;
 pub mod ops;
 pub mod store;
