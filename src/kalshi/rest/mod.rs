@@ -454,11 +454,7 @@ impl RestClient {
             .retry(backoff)
             .sleep(tokio::time::sleep)
             .when(RestError::is_retriable)
-            .adjust(|e, delay| match (delay, e.retry_after()) {
-                // Retries left and the exchange said how long to wait: wait that long.
-                (Some(_), Some(asked)) => Some(asked.min(policy.max_retry_after)),
-                (delay, _) => delay,
-            })
+            .adjust(|e, delay| retry_wait(e, delay, &policy))
             .notify(|e, delay| {
                 inner.metrics.retry(endpoint);
                 warn!(
@@ -576,6 +572,15 @@ impl RestClient {
     }
 }
 
+/// The wait before the next attempt: the backoff's `delay`, unless the answer asked for one
+/// (`Retry-After`, at most `max_retry_after`); `None` (no retry left) stays `None`.
+fn retry_wait(e: &RestError, delay: Option<Duration>, policy: &RetryPolicy) -> Option<Duration> {
+    match (delay, e.retry_after()) {
+        (Some(_), Some(asked)) => Some(asked.min(policy.max_retry_after)),
+        (delay, _) => delay,
+    }
+}
+
 fn transport(e: reqwest::Error, timeout: Duration) -> RestError {
     match failure(&e) {
         Failure::Timeout => RestError::Timeout(timeout),
@@ -635,12 +640,12 @@ impl<T> Pages<T> {
         let mut query = self.query.clone();
         query.extend(self.cursor.clone().map(|c| ("cursor", c)));
         let client = &self.client;
-        let url = client.url(&[self.key_path()], &query)?;
+        let url = client.url(self.path(), &query)?;
         let body = match client.call(self.endpoint, url, Shape::List(self.key)).await? {
             Answer::Body(body) => body,
             Answer::NotFound => {
                 self.done = true;
-                let e = RestError::NotFound(format!("/{}", self.key_path()));
+                let e = RestError::NotFound(format!("/{}", self.path().join("/")));
                 client.inner.metrics.call_failed(now_micros(), &e.to_string());
                 return Err(e);
             }
@@ -701,10 +706,11 @@ impl<T> Pages<T> {
         Ok(Some(out))
     }
 
-    fn key_path(&self) -> &'static str {
+    /// The listing's path segments under the base.
+    fn path(&self) -> &'static [&'static str] {
         match self.endpoint {
-            Endpoint::Trades => "markets/trades",
-            _ => "markets",
+            Endpoint::Trades => &["markets", "trades"],
+            _ => &["markets"],
         }
     }
 }
@@ -738,6 +744,21 @@ mod tests {
                 "{e}"
             );
         }
+    }
+
+    #[test]
+    fn a_retry_waits_as_long_as_the_answer_asks_within_bounds_and_only_while_retries_are_left() {
+        let policy = RetryPolicy::default();
+        let asked = |secs| RestError::Status {
+            status: 429,
+            retry_after: Some(Duration::from_secs(secs)),
+            body: String::new(),
+        };
+        let backoff = Some(Duration::from_millis(500));
+        assert_eq!(retry_wait(&asked(3), backoff, &policy), Some(Duration::from_secs(3)));
+        assert_eq!(retry_wait(&asked(3600), backoff, &policy), Some(policy.max_retry_after));
+        assert_eq!(retry_wait(&asked(3), None, &policy), None, "no retries left");
+        assert_eq!(retry_wait(&RestError::Timeout(Duration::from_secs(1)), backoff, &policy), backoff);
     }
 
     #[test]
