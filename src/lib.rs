@@ -13,8 +13,9 @@
 //! - [`tick`]: the normalized tick model, exact fixed-point prices and sizes, connection ids.
 //! - [`book`]: an exact order book (YES and NO bid ladders) kept per market.
 //! - [`bus`]: bounded fan-out of `Arc<Tick>` to lossless and lossy consumers.
-//! - [`kalshi`]: everything Kalshi: wire parsing, commands, handshake signing and the
-//!   sans-IO protocol session that turns frames into ticks. No Kalshi type leaves it.
+//! - [`kalshi`]: everything Kalshi: wire parsing, commands, handshake signing, the
+//!   sans-IO protocol session that turns frames into ticks, and the REST market-data client
+//!   (markets, trades, order books in tickd's units). No wire type leaves it.
 //! - [`feed`]: the feed actor (one WebSocket connection, heartbeat, backoff) and its
 //!   supervisor (one actor per connection, market sharding, restarts, live market changes).
 //! - [`store`]: recording ticks in PostgreSQL, with a disk spool for database outages.
