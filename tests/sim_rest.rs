@@ -120,9 +120,16 @@ async fn rest_answers_have_the_documented_shapes_and_agree_with_the_websocket() 
     for key in ["yes_bid_size_fp", "yes_ask_size_fp", "volume_fp", "volume_24h_fp", "open_interest_fp"] {
         assert!(two_decimals(&m[key]), "{key}: {}", m[key]);
     }
-    for key in ["created_time", "open_time", "close_time", "latest_expiration_time"] {
-        assert!(m[key].as_str().and_then(parse_rfc3339_ms).is_some(), "{key}: {}", m[key]);
-    }
+    let now_ms =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as i64;
+    let time_of =
+        |key: &str| m[key].as_str().and_then(parse_rfc3339_ms).unwrap_or_else(|| panic!("{key}: {}", m[key]));
+    assert!(
+        time_of("created_time") <= now_ms && time_of("created_time") > now_ms - 3_600_000,
+        "created at start"
+    );
+    assert_eq!(time_of("open_time"), time_of("created_time"));
+    assert!(time_of("close_time") > now_ms && time_of("latest_expiration_time") > time_of("close_time"));
     assert_eq!((m["result"].as_str(), m["settlement_value_dollars"].is_null()), (Some(""), true));
     // The quote is the book's top.
     let exchange = sim.book(market).expect("book");

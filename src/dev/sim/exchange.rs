@@ -393,6 +393,16 @@ impl Exchange {
         self
     }
 
+    /// Dates the markets that exist now (made by [`Exchange::new`] at time 0) as created at
+    /// `ts_ms` and closing a day later, as the REST API shows them.
+    pub fn started_at(mut self, ts_ms: i64) -> Exchange {
+        for m in self.markets.values_mut() {
+            m.meta.created_ms = ts_ms;
+            m.meta.close_ms = ts_ms + DAY_MS;
+        }
+        self
+    }
+
     /// The number the next update will get; every update already returned is below it.
     pub fn next_update_no(&self) -> u64 {
         self.next_no

@@ -330,8 +330,9 @@ impl Simulator {
     /// Outside a tokio runtime (a start-up invariant: every caller is async code).
     pub fn start(cfg: SimConfig) -> Simulator {
         let runtime = tokio::runtime::Handle::current();
-        let mut ex =
-            Exchange::new(cfg.seed, &cfg.markets, cfg.lifecycle_every).salt_trade_ids(rand::random());
+        let mut ex = Exchange::new(cfg.seed, &cfg.markets, cfg.lifecycle_every)
+            .salt_trade_ids(rand::random())
+            .started_at(session::now_ms());
         if let Some(period) = cfg.new_market_every {
             ex.schedule_existing(session::now_ms(), period_ms(period));
         }

@@ -646,6 +646,8 @@ impl<T> Pages<T> {
             Answer::NotFound => {
                 self.done = true;
                 let e = RestError::NotFound(format!("/{}", self.path().join("/")));
+                let _in = client.inner.span.enter();
+                warn!(endpoint = self.endpoint.as_str(), error = %e, "REST request failed.");
                 client.inner.metrics.call_failed(now_micros(), &e.to_string());
                 return Err(e);
             }
