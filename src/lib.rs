@@ -13,8 +13,9 @@
 //! - [`tick`]: the normalized tick model, exact fixed-point prices and sizes, connection ids.
 //! - [`book`]: an exact order book (YES and NO bid ladders) kept per market.
 //! - [`bus`]: bounded fan-out of `Arc<Tick>` to lossless and lossy consumers.
-//! - [`kalshi`]: everything Kalshi: wire parsing, commands, handshake signing and the
-//!   sans-IO protocol session that turns frames into ticks. No Kalshi type leaves it.
+//! - [`kalshi`]: everything Kalshi: wire parsing, commands, handshake signing, the
+//!   sans-IO protocol session that turns frames into ticks, and the REST market-data client
+//!   (markets, trades, order books in tickd's units). No wire type leaves it.
 //! - [`feed`]: the feed actor (one WebSocket connection, heartbeat, backoff) and its
 //!   supervisor (one actor per connection, market sharding, restarts, live market changes).
 //! - [`store`]: recording ticks in PostgreSQL, with a disk spool for database outages.
@@ -23,6 +24,7 @@
 //!
 //! Around it:
 //! - [`config`]: the layered settings tree (defaults < TOML < `TICKD_` environment).
+//! - [`http`]: how outgoing HTTP clients are built (Kalshi REST, the alert webhook).
 //! - [`telemetry`], at the bottom: what the actors write as they run: counters, liveness
 //!   beats, log spans, and the alert registry through which feeds and the store raise alerts.
 //! - [`ops`], above the feeds and the store: one [`ops::health::Health`] of the daemon, read
@@ -43,6 +45,7 @@ pub mod config;
 pub mod dashboard;
 pub mod dev;
 pub mod feed;
+pub mod http;
 pub mod kalshi;
 pub mod ops;
 pub mod store;

@@ -272,6 +272,27 @@ fn an_invalid_url_is_named() {
 }
 
 #[test]
+fn a_bad_rest_url_is_named() {
+    for rest_url in ["ftp://x/trade-api/v2", "not a url", "https://rest.example/trade-api/v2?token=1"] {
+        let (_dir, file) = config_file(&format!("{SIM_FEED}rest_url = \"{rest_url}\"\n"));
+
+        let out = checked(check_config(&file, &[]));
+
+        assert_eq!(out.code, Some(2), "{rest_url}");
+        assert!(out.stderr.contains("`feeds[0].rest_url`"), "{rest_url}: {}", out.stderr);
+    }
+    // A WebSocket URL whose REST sibling cannot be derived needs `rest_url`.
+    let (_dir, file) = config_file("[[feeds]]\nname = \"a\"\nurl = \"wss://proxy.example/stream\"\n");
+    let out = checked(check_config(&file, &[]));
+    assert_eq!(out.code, Some(2));
+    assert!(
+        out.stderr.contains("`feeds[0].rest_url`") && out.stderr.contains("set `rest_url`"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
 fn environment_variables_override_the_file() {
     let (_dir, file) = config_file(&format!("[log]\nlevel = \"warn\"\n{SIM_FEED}"));
 

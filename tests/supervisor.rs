@@ -15,6 +15,7 @@ use tickd::dev::sim::{SimConfig, Simulator, market_names};
 use tickd::feed::supervisor::{Handles, Supervisor, SupervisorDeps};
 use tickd::feed::{BoxIo, Connect};
 use tickd::telemetry::metrics::FeedState;
+use tickd::telemetry::rest::RestFeeds;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -22,6 +23,7 @@ const LIMIT: Duration = Duration::from_secs(60);
 
 struct Running {
     handles: Handles,
+    rest: RestFeeds,
     reload: mpsc::Sender<Settings>,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<Result<(), tickd::feed::supervisor::SupervisorError>>,
@@ -45,12 +47,15 @@ async fn start(settings: &Settings, connector: Arc<dyn Connect>) -> Running {
         jitter_seed: Some(1),
         alerter: Default::default(),
         handles: Default::default(),
+        rest: RestFeeds::default(),
     };
+    let rest = deps.rest.clone();
     let sup = Supervisor::start(settings, deps).expect("starts");
+    assert!(settings.feeds.iter().all(|f| sup.rest_client(&f.name).is_some()), "a REST client per feed");
     let handles = sup.handles();
     let (reload, rx) = mpsc::channel(4);
     let task = tokio::spawn(sup.run(rx));
-    Running { handles, reload, shutdown, task }
+    Running { handles, rest, reload, shutdown, task }
 }
 
 fn all_live(handles: &Handles, n: usize) -> bool {
@@ -96,9 +101,12 @@ async fn a_reload_with_new_markets_updates_subscriptions_without_reconnecting() 
     let connects_before = sim.stats().connections_total;
 
     // Remove one market, add four: five stay on the first connection, two open a second one.
+    // The REST budget changes too, which needs no reconnect either.
     let mut next: Vec<String> = markets[1..8].to_vec();
     next.sort();
-    run.reload.send(settings(&next, 5)).await.unwrap();
+    let mut new_settings = settings(&next, 5);
+    new_settings.feeds[0].rest_rate = 3;
+    run.reload.send(new_settings).await.unwrap();
 
     let (s, h) = (sim.clone(), run.handles.clone());
     poll_until("markets moved", LIMIT, || {
@@ -120,6 +128,8 @@ async fn a_reload_with_new_markets_updates_subscriptions_without_reconnecting() 
     }
     followed.sort();
     assert_eq!(followed, next);
+    let rest_feeds: Vec<String> = run.rest.all().into_iter().map(|(f, _)| f.to_string()).collect();
+    assert_eq!(rest_feeds, ["sim"], "the feed's REST telemetry is listed for /metrics and alerts");
     run.shutdown.cancel();
     run.task.await.unwrap().unwrap();
 }

@@ -85,6 +85,7 @@ impl App {
             store: store_metrics,
             dashboard: Default::default(),
             alerts: alerts.clone(),
+            rest: Default::default(),
         };
         let (reload_tx, reload_rx) = mpsc::channel(RELOAD_QUEUE);
         Ok(App {

@@ -254,6 +254,7 @@ impl Source for FeedsSource {
             jitter_seed: None,
             alerter: ctx.alerter.clone(),
             handles: ctx.health.feeds.clone(),
+            rest: ctx.health.rest.clone(),
         };
         self.supervisor = Some(Supervisor::start(&self.settings, deps)?);
         Ok(())

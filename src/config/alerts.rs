@@ -41,6 +41,12 @@ pub struct AlertSettings {
     /// up). A feed's own `stale_after` overrides it; `0s` turns the check off.
     #[serde(with = "humantime_serde")]
     pub feed_stale_after: Duration,
+    /// `rest_unreachable` fires when a feed's REST requests have failed (retries exhausted:
+    /// no answer, HTTP 429, 5xx, rejected credentials, an answer that cannot be read) for this
+    /// long with no success since. The WebSocket stream goes on meanwhile; what needs REST
+    /// (listing markets, backfilling trades) waits.
+    #[serde(with = "humantime_serde")]
+    pub rest_unreachable_after: Duration,
 }
 
 impl Default for AlertSettings {
@@ -54,6 +60,7 @@ impl Default for AlertSettings {
             spool_warn_fraction: 0.5,
             database_unreachable_after: Duration::from_secs(30),
             feed_stale_after: Duration::from_secs(60),
+            rest_unreachable_after: Duration::from_secs(120),
         }
     }
 }
@@ -105,6 +112,7 @@ impl AlertSettings {
                 .push("alerts.spool_warn_fraction", format!("{f} is not a fraction above 0 and at most 1"));
         }
         problems.positive("alerts.database_unreachable_after", self.database_unreachable_after);
+        problems.positive("alerts.rest_unreachable_after", self.rest_unreachable_after);
     }
 }
 
@@ -190,6 +198,7 @@ mod tests {
         a.spool_warn_fraction = 1.5;
         a.database_unreachable_after = Duration::ZERO;
         a.feed_stale_after = Duration::ZERO;
+        a.rest_unreachable_after = Duration::ZERO;
         settings.feeds[0].stale_after = Some(Duration::ZERO);
 
         assert_eq!(
@@ -201,6 +210,7 @@ mod tests {
                 "alerts.resolve_after",
                 "alerts.spool_warn_fraction",
                 "alerts.database_unreachable_after",
+                "alerts.rest_unreachable_after",
             ],
             "a zero staleness threshold turns the check off and is fine"
         );

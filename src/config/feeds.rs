@@ -29,6 +29,21 @@ pub struct FeedSettings {
     /// The exchange's WebSocket URL (`wss://…/trade-api/ws/v2`, or `ws://` for the simulator).
     #[serde(default = "defaults::url")]
     pub url: String,
+    /// Base URL of the exchange's REST API (`https://…/trade-api/v2`), used to list markets and
+    /// fetch trades and order books. Default: the REST host paired with `url`'s WebSocket host
+    /// for Kalshi's production and demo hosts, otherwise `url` with `ws`→`http`,
+    /// `wss`→`https` and `/trade-api/ws/v2`→`/trade-api/v2` (a simulator serves both on one
+    /// port).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rest_url: Option<String>,
+    /// REST requests per second this feed may make, retries included (a budget shared by
+    /// everything the feed asks of the REST API; bursts up to one second's worth).
+    #[serde(default = "defaults::rest_rate")]
+    pub rest_rate: u32,
+    /// Limit on one REST request: connect, TLS, request and the whole answer. A request that
+    /// takes longer is abandoned and tried again like a failed one.
+    #[serde(default = "defaults::rest_timeout", with = "humantime_serde")]
+    pub rest_timeout: Duration,
     /// Kalshi API key id (not secret). Requires `key_file`. Omit both to connect unsigned.
     #[serde(default)]
     pub key_id: Option<String>,
@@ -84,6 +99,23 @@ pub struct FeedSettings {
     #[serde(skip)]
     pub loaded_key: LoadedKey,
 }
+
+/// The most `rest_rate` may be: above any published tier of Kalshi's (400 reads/s), so a
+/// larger value is a typo.
+pub const MAX_REST_RATE: u32 = 10_000;
+
+/// REST bases paired with WebSocket hosts that do not follow the derivation rule (Kalshi's
+/// recommended production and demo hosts differ between the two), and the legacy hosts that
+/// do, for the record: `(WebSocket host, REST base)`.
+const KNOWN_REST_BASES: [(&str, &str); 4] = [
+    ("external-api-ws.kalshi.com", "https://external-api.kalshi.com/trade-api/v2"),
+    ("api.elections.kalshi.com", "https://api.elections.kalshi.com/trade-api/v2"),
+    ("external-api-ws.demo.kalshi.co", "https://external-api.demo.kalshi.co/trade-api/v2"),
+    ("demo-api.kalshi.co", "https://demo-api.kalshi.co/trade-api/v2"),
+];
+
+/// The WebSocket path whose REST sibling is derived (`/trade-api/ws/v2` → `/trade-api/v2`).
+const WS_PATH_SUFFIX: &str = "/ws/v2";
 
 /// How a feed's venue loads its signing key. The venue implements this for [`FeedSettings`],
 /// so that settings name no venue type; [`FeedSettings::signing_key`] calls it once.
@@ -157,6 +189,12 @@ pub(super) mod defaults {
     pub fn yes() -> bool {
         true
     }
+    pub fn rest_rate() -> u32 {
+        10
+    }
+    pub fn rest_timeout() -> Duration {
+        Duration::from_secs(10)
+    }
     pub fn max_markets_per_connection() -> usize {
         500
     }
@@ -197,6 +235,9 @@ impl FeedSettings {
         FeedSettings {
             name: name.into(),
             url: url.into(),
+            rest_url: None,
+            rest_rate: defaults::rest_rate(),
+            rest_timeout: defaults::rest_timeout(),
             key_id: None,
             key_file: None,
             channels: defaults::channels(),
@@ -243,13 +284,41 @@ impl FeedSettings {
         Ok(Some(self.loaded_key.0.get_or_init(|| key).clone()))
     }
 
+    /// The base URL of the feed's REST API, without a trailing `/`: `rest_url` when given,
+    /// else the one paired with `url` (see [`FeedSettings::rest_url`]). The error says why
+    /// neither gives one.
+    pub fn rest_base(&self) -> Result<url::Url, String> {
+        let base = match &self.rest_url {
+            Some(raw) => check_rest_url(raw)?,
+            None => derive_rest_base(&self.url)?,
+        };
+        Ok(base)
+    }
+
     pub(super) fn validate_into(&self, key: &str, problems: &mut Problems) {
         if self.name.trim().is_empty() {
             problems.push(format!("{key}.name"), "is empty; every feed needs a unique name");
         }
-        if let Err(message) = check_ws_url(&self.url) {
-            problems.push(format!("{key}.url"), message);
+        let url_ok = match check_ws_url(&self.url) {
+            Ok(()) => true,
+            Err(message) => {
+                problems.push(format!("{key}.url"), message);
+                false
+            }
+        };
+        // An unusable `url` is reported once, under its own key.
+        if (url_ok || self.rest_url.is_some())
+            && let Err(message) = self.rest_base()
+        {
+            problems.push(format!("{key}.rest_url"), message);
         }
+        if self.rest_rate == 0 || self.rest_rate > MAX_REST_RATE {
+            problems.push(
+                format!("{key}.rest_rate"),
+                format!("{} is not a rate from 1 to {MAX_REST_RATE} requests per second", self.rest_rate),
+            );
+        }
+        problems.positive(&format!("{key}.rest_timeout"), self.rest_timeout);
         self.validate_key(key, problems);
 
         let mut channels = HashSet::new();
@@ -362,10 +431,134 @@ fn check_ws_url(raw: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// An `http` or `https` URL with a host and nothing after the path: the REST base.
+fn check_rest_url(raw: &str) -> Result<url::Url, String> {
+    let mut url = url::Url::parse(raw).map_err(|e| format!("`{raw}` is not a URL: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!("`{raw}` has scheme `{}`; expected `https` or `http`", url.scheme()));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(format!("`{raw}` has no host"));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(format!(
+            "`{raw}` has a query or fragment; give the base URL only (`https://…/trade-api/v2`)"
+        ));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("carries user info; REST requests are signed with `key_id` and `key_file` instead".into());
+    }
+    let path = url.path().trim_end_matches('/').to_owned();
+    url.set_path(&path);
+    Ok(url)
+}
+
+/// The REST base belonging to a WebSocket URL: a known host's pair, else the same host and
+/// port with `ws`→`http`, `wss`→`https` and `…/ws/v2`→`…/v2`.
+fn derive_rest_base(ws: &str) -> Result<url::Url, String> {
+    let url = url::Url::parse(ws).map_err(|e| format!("cannot be derived from `url`: {e}"))?;
+    let host = url.host_str().unwrap_or("");
+    if url.scheme() == "wss"
+        && url.port().is_none()
+        && let Some((_, base)) = KNOWN_REST_BASES.iter().find(|(h, _)| h.eq_ignore_ascii_case(host))
+    {
+        return check_rest_url(base);
+    }
+    let scheme = match url.scheme() {
+        "wss" => "https",
+        "ws" => "http",
+        other => return Err(format!("cannot be derived from a `{other}` url; set `rest_url`")),
+    };
+    let path = url.path().trim_end_matches('/');
+    let Some(prefix) = path.strip_suffix(WS_PATH_SUFFIX) else {
+        return Err(format!(
+            "cannot be derived from `{ws}`, whose path does not end in `/ws/v2`; set `rest_url`"
+        ));
+    };
+    let port = url.port().map(|p| format!(":{p}")).unwrap_or_default();
+    let host = match url.host() {
+        Some(url::Host::Ipv6(a)) => format!("[{a}]"),
+        _ => host.to_owned(),
+    };
+    check_rest_url(&format!("{scheme}://{host}{port}{prefix}/v2"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::tests::{problem_keys, valid};
+
+    #[test]
+    fn the_rest_base_is_paired_with_known_hosts_and_derived_for_others() {
+        let cases = [
+            (
+                "wss://external-api-ws.kalshi.com/trade-api/ws/v2",
+                "https://external-api.kalshi.com/trade-api/v2",
+            ),
+            (
+                "wss://api.elections.kalshi.com/trade-api/ws/v2",
+                "https://api.elections.kalshi.com/trade-api/v2",
+            ),
+            (
+                "wss://external-api-ws.demo.kalshi.co/trade-api/ws/v2",
+                "https://external-api.demo.kalshi.co/trade-api/v2",
+            ),
+            ("wss://demo-api.kalshi.co/trade-api/ws/v2", "https://demo-api.kalshi.co/trade-api/v2"),
+            ("ws://127.0.0.1:9100/trade-api/ws/v2", "http://127.0.0.1:9100/trade-api/v2"),
+            (
+                "wss://proxy.example:8443/kalshi/trade-api/ws/v2/",
+                "https://proxy.example:8443/kalshi/trade-api/v2",
+            ),
+            ("ws://[::1]:9100/trade-api/ws/v2", "http://[::1]:9100/trade-api/v2"),
+        ];
+        for (ws, rest) in cases {
+            let feed = FeedSettings::new("f", ws);
+            assert_eq!(feed.rest_base().map(|u| u.to_string()), Ok(rest.to_owned()), "{ws}");
+        }
+        let mut feed = FeedSettings::new("f", "ws://127.0.0.1:9100/trade-api/ws/v2");
+        feed.rest_url = Some("https://rest.example/trade-api/v2/".into());
+        assert_eq!(feed.rest_base().map(|u| u.to_string()), Ok("https://rest.example/trade-api/v2".into()));
+    }
+
+    #[test]
+    fn a_rest_url_that_cannot_be_used_or_derived_is_named() {
+        for bad in [
+            "ftp://x/trade-api/v2",
+            "not a url",
+            "https://",
+            "https://x/trade-api/v2?token=1",
+            "https://user:pw@x/trade-api/v2",
+            "wss://x/trade-api/v2",
+        ] {
+            let mut settings = valid();
+            settings.feeds[0].rest_url = Some(bad.into());
+            assert_eq!(problem_keys(&settings), ["feeds[0].rest_url"], "{bad}");
+        }
+        // Nothing to derive from: the WebSocket path is not Kalshi's.
+        let mut settings = valid();
+        settings.feeds[0].url = "wss://proxy.example/stream".into();
+        let message = settings.validate().unwrap_err().to_string();
+        assert!(message.contains("feeds[0].rest_url") && message.contains("set `rest_url`"), "{message}");
+        settings.feeds[0].rest_url = Some("https://proxy.example/rest/v2".into());
+        assert_eq!(problem_keys(&settings), Vec::<String>::new());
+        // A broken `url` is reported once, under its own key.
+        settings.feeds[0].url = "htp://x".into();
+        settings.feeds[0].rest_url = None;
+        assert_eq!(problem_keys(&settings), ["feeds[0].url"]);
+    }
+
+    #[test]
+    fn the_rest_rate_and_timeout_are_bounded() {
+        let mut settings = valid();
+        settings.feeds[0].rest_rate = 0;
+        settings.feeds[0].rest_timeout = Duration::ZERO;
+        assert_eq!(problem_keys(&settings), ["feeds[0].rest_rate", "feeds[0].rest_timeout"]);
+        settings.feeds[0].rest_rate = MAX_REST_RATE + 1;
+        settings.feeds[0].rest_timeout = Duration::from_secs(1);
+        assert_eq!(problem_keys(&settings), ["feeds[0].rest_rate"]);
+        settings.feeds[0].rest_rate = 1;
+        assert_eq!(problem_keys(&settings), Vec::<String>::new());
+    }
 
     #[test]
     fn urls_must_be_websocket_urls_with_a_host() {

@@ -8,6 +8,10 @@
 //! running actors with `update_subscription` (no reconnect): removed markets leave their
 //! connection, new ones fill connections with room, then new connections. Other changes to a
 //! running feed need a restart and are logged as such; feeds added or removed start or stop.
+//!
+//! Each feed also gets one REST client ([`RestClient`]: its request budget, signing key and
+//! metrics), for what needs the exchange's REST API; a reload that changes `rest_url`,
+//! `rest_rate` or `rest_timeout` replaces it at once (its counters carry on).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -21,10 +25,12 @@ use tracing::{error, info, warn};
 use crate::bus::Bus;
 use crate::config::{FeedSettings, Settings};
 use crate::feed::{Connect, FeedConfig, FeedContext, FeedExit, FeedHandle, feed};
+use crate::kalshi::rest::{RestClient, RestConfig};
 use crate::kalshi::sign::Credentials;
 use crate::telemetry::alerts::Alerter;
 use crate::telemetry::metrics::FeedMetrics;
-use crate::tick::ConnId;
+use crate::telemetry::rest::RestFeeds;
+use crate::tick::{ConnId, Name};
 
 /// The most a panicked actor waits before its restart.
 const MAX_RESTART_DELAY: Duration = Duration::from_secs(30);
@@ -60,6 +66,8 @@ pub struct SupervisorDeps {
     pub alerter: Alerter,
     /// Where the running connections are listed for whoever reads them (the daemon's health).
     pub handles: Handles,
+    /// Where each feed's REST telemetry is listed (the daemon's health).
+    pub rest: RestFeeds,
 }
 
 /// A running connection as the supervisor sees it.
@@ -100,6 +108,8 @@ pub struct Supervisor {
     tasks: JoinSet<FeedExit>,
     task_ids: HashMap<Id, ConnId>,
     handles: Handles,
+    /// Each feed's REST client, by feed name.
+    rest: BTreeMap<String, RestClient>,
     /// Counts applied reloads, for whoever reports that a reload is done (systemd).
     reloaded: watch::Sender<u64>,
 }
@@ -115,6 +125,7 @@ impl Supervisor {
             conns: BTreeMap::new(),
             tasks: JoinSet::new(),
             task_ids: HashMap::new(),
+            rest: BTreeMap::new(),
             reloaded: watch::Sender::new(0),
         };
         for feed in &settings.feeds {
@@ -126,6 +137,12 @@ impl Supervisor {
     /// The running connections' handles.
     pub fn handles(&self) -> Handles {
         self.handles.clone()
+    }
+
+    /// The REST client of `feed` (`None` for a feed that is not running, or whose client could
+    /// not be built: logged at its start).
+    pub fn rest_client(&self, feed: &str) -> Option<RestClient> {
+        self.rest.get(feed).cloned()
     }
 
     /// The number of reloads applied so far; changes once each reload has been applied.
@@ -208,6 +225,7 @@ impl Supervisor {
 
     fn start_feed(&mut self, settings: FeedSettings) -> Result<(), SupervisorError> {
         let credentials = load_credentials(&settings)?;
+        self.set_rest_client(&settings, credentials.clone());
         let shards = shard(&settings.markets, settings.max_markets_per_connection);
         for (n, markets) in shards.into_iter().enumerate() {
             let cfg = FeedConfig {
@@ -221,6 +239,23 @@ impl Supervisor {
         }
         self.feeds.push(settings);
         Ok(())
+    }
+
+    /// Builds (or replaces) the feed's REST client. One that cannot be built leaves the feed
+    /// without REST, which its WebSocket stream does not need; the error is logged.
+    fn set_rest_client(&mut self, settings: &FeedSettings, credentials: Option<Arc<Credentials>>) {
+        let metrics = self.deps.rest.register(&Name::from(settings.name.as_str()));
+        match RestConfig::for_feed(settings, credentials).and_then(|cfg| RestClient::new(cfg, metrics)) {
+            Ok(client) => {
+                let cfg = client.config();
+                info!(feed = settings.name, rest_url = %cfg.base, rate = cfg.rate, "REST client ready.");
+                self.rest.insert(settings.name.clone(), client);
+            }
+            Err(e) => {
+                error!(feed = settings.name, error = %e, "No REST client for this feed; its stream goes on.");
+                self.rest.remove(&settings.name);
+            }
+        }
     }
 
     fn spawn(&mut self, cfg: FeedConfig, delay: Option<Duration>, restarts: u32) {
@@ -273,6 +308,8 @@ impl Supervisor {
                 for id in ids {
                     self.stop_conn(&id);
                 }
+                self.rest.remove(&feed.name);
+                self.deps.rest.remove(&feed.name);
             }
         }
         for new in &settings.feeds {
@@ -284,11 +321,20 @@ impl Supervisor {
                 }
                 Some(current) => {
                     let mut kept = current.clone();
-                    if !same_except_markets(current, new) {
+                    if !same_except_live(current, new) {
                         warn!(
                             feed = new.name,
-                            "Connection settings changed; they take effect after a restart. Applying market changes only."
+                            "Connection settings changed; they take effect after a restart. Applying market and REST changes only."
                         );
+                    }
+                    if !same_rest(current, new) {
+                        (kept.rest_url, kept.rest_rate, kept.rest_timeout) =
+                            (new.rest_url.clone(), new.rest_rate, new.rest_timeout);
+                        // The key the feed started with (a key change waits for a restart).
+                        match load_credentials(&kept) {
+                            Ok(credentials) => self.set_rest_client(&kept, credentials),
+                            Err(e) => error!(feed = new.name, error = %e, "REST settings not applied."),
+                        }
                     }
                     kept.markets = new.markets.clone();
                     self.apply_markets(&kept).await;
@@ -383,10 +429,18 @@ pub fn shard(markets: &[String], cap: usize) -> Vec<Vec<String>> {
     markets.chunks(cap.max(1)).map(<[String]>::to_vec).collect()
 }
 
-fn same_except_markets(a: &FeedSettings, b: &FeedSettings) -> bool {
+/// Whether two settings of one feed differ only in what a reload applies live: the markets and
+/// the REST settings.
+fn same_except_live(a: &FeedSettings, b: &FeedSettings) -> bool {
     let mut a = a.clone();
     a.markets = b.markets.clone();
+    (a.rest_url, a.rest_rate, a.rest_timeout) = (b.rest_url.clone(), b.rest_rate, b.rest_timeout);
     &a == b
+}
+
+/// Whether the REST settings of two settings of one feed are the same.
+fn same_rest(a: &FeedSettings, b: &FeedSettings) -> bool {
+    (&a.rest_url, a.rest_rate, a.rest_timeout) == (&b.rest_url, b.rest_rate, b.rest_timeout)
 }
 
 /// The feed's signing key: the one validation loaded, or, for settings that were never

@@ -10,8 +10,11 @@
 //! - [`sign`]: RSA-PSS handshake signing and the `KALSHI-ACCESS-*` headers; loading and
 //!   checking a feed's key for its settings.
 //! - [`session`]: desired subscriptions, sids, per-sid `seq`, books, gap repair.
+//! - [`rest`]: the REST market-data client (markets, trades, order books), one per feed,
+//!   within the feed's request budget.
 
 pub mod command;
+pub mod rest;
 pub mod session;
 pub mod sign;
 pub mod wire;

@@ -1,7 +1,9 @@
-//! Handshake signing: RSA-PSS / SHA-256 over `<ts_ms>GET/trade-api/ws/v2`.
+//! Request signing: RSA-PSS / SHA-256 over `<ts_ms><METHOD><path>`, for the WebSocket
+//! handshake (`GET/trade-api/ws/v2`) and REST requests (`GET/trade-api/v2/markets`: the path
+//! from the API root, without host or query).
 //!
 //! In: the API key id and the private key PEM Kalshi issued (PKCS#1 or PKCS#8). Out: the three
-//! `KALSHI-ACCESS-*` headers of one WebSocket upgrade request. Sign afresh on every connect:
+//! `KALSHI-ACCESS-*` headers of one request. Sign afresh for every connect and every request:
 //! the timestamp is part of the signed text. The private key never appears in `Debug` output
 //! or in errors.
 //!
@@ -101,7 +103,14 @@ impl Credentials {
     /// The `KALSHI-ACCESS-SIGNATURE` value for a handshake at `timestamp_ms`: standard padded
     /// base64 of RSA-PSS over `"{timestamp_ms}GET/trade-api/ws/v2"`.
     pub fn sign(&self, timestamp_ms: i64) -> String {
-        let message = format!("{timestamp_ms}GET{WS_PATH}");
+        self.sign_request(timestamp_ms, "GET", WS_PATH)
+    }
+
+    /// The `KALSHI-ACCESS-SIGNATURE` value for a request at `timestamp_ms`: standard padded
+    /// base64 of RSA-PSS over `"{timestamp_ms}{method}{path}"`, where `path` is the request's
+    /// path from the API root (`/trade-api/v2/markets`), without host or query.
+    pub fn sign_request(&self, timestamp_ms: i64, method: &str, path: &str) -> String {
+        let message = format!("{timestamp_ms}{method}{path}");
         // Cannot fail: the key size is checked at load, and OsRng only fails if the operating
         // system has no randomness to give, which nothing could sign through anyway.
         let signature = self.signer.sign_with_rng(&mut OsRng, message.as_bytes());
@@ -110,10 +119,15 @@ impl Credentials {
 
     /// The three handshake headers for a connection attempt at `now_ms` (Unix ms).
     pub fn headers(&self, now_ms: i64) -> [(&'static str, String); 3] {
+        self.request_headers(now_ms, "GET", WS_PATH)
+    }
+
+    /// The three headers of a request to `path` at `now_ms` (Unix ms).
+    pub fn request_headers(&self, now_ms: i64, method: &str, path: &str) -> [(&'static str, String); 3] {
         [
             ("KALSHI-ACCESS-KEY", self.key_id.clone()),
             ("KALSHI-ACCESS-TIMESTAMP", now_ms.to_string()),
-            ("KALSHI-ACCESS-SIGNATURE", self.sign(now_ms)),
+            ("KALSHI-ACCESS-SIGNATURE", self.sign_request(now_ms, method, path)),
         ]
     }
 }
@@ -168,13 +182,17 @@ mod tests {
 
     /// Verifies like the exchange does: PSS, SHA-256, MGF1-SHA-256, 32-byte salt.
     fn verifies(public: &RsaPublicKey, timestamp: &str, signature_b64: &str) -> bool {
+        verifies_path(public, timestamp, "GET/trade-api/ws/v2", signature_b64)
+    }
+
+    fn verifies_path(public: &RsaPublicKey, timestamp: &str, method_path: &str, signature_b64: &str) -> bool {
         let Ok(bytes) = STANDARD.decode(signature_b64) else {
             return false;
         };
         let Ok(signature) = Signature::try_from(bytes.as_slice()) else {
             return false;
         };
-        let message = format!("{timestamp}GET/trade-api/ws/v2");
+        let message = format!("{timestamp}{method_path}");
         VerifyingKey::<Sha256>::new_with_salt_len(public.clone(), 32)
             .verify(message.as_bytes(), &signature)
             .is_ok()
@@ -212,6 +230,17 @@ mod tests {
             assert_eq!(sig.0, "KALSHI-ACCESS-SIGNATURE");
             assert!(verifies(&public, &ts.1, &sig.1), "{file}");
         }
+    }
+
+    #[test]
+    fn rest_requests_sign_their_own_method_and_path() {
+        let credentials = Credentials::load(KEY_ID, &fixture("test_key_pkcs8.pem")).expect("key");
+        let public = public_test_key();
+        let [key, ts, sig] =
+            credentials.request_headers(1703123456789, "GET", "/trade-api/v2/markets/trades");
+        assert_eq!(key.1, KEY_ID);
+        assert!(verifies_path(&public, &ts.1, "GET/trade-api/v2/markets/trades", &sig.1));
+        assert!(!verifies_path(&public, &ts.1, "GET/trade-api/ws/v2", &sig.1), "the path is signed");
     }
 
     #[test]

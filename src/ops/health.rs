@@ -15,7 +15,8 @@ use crate::feed::supervisor::Handles;
 use crate::store::StoreMetrics;
 use crate::telemetry::alerts::AlertRegistry;
 use crate::telemetry::metrics::{DashboardMetrics, FeedMetrics, FeedMetricsSnapshot, FeedState};
-use crate::tick::{ConnId, now_micros};
+use crate::telemetry::rest::{RestFeeds, RestMetrics};
+use crate::tick::{ConnId, Name, now_micros};
 
 /// Where the daemon's telemetry is. Cheap to clone; every clone reads the same parts.
 #[derive(Clone)]
@@ -30,6 +31,8 @@ pub struct Health {
     pub dashboard: Arc<DashboardMetrics>,
     /// The alert registry: open incidents and their counts.
     pub alerts: AlertRegistry,
+    /// Every feed's REST telemetry (the supervisor registers each feed's client).
+    pub rest: RestFeeds,
 }
 
 /// One feed connection as it was read.
@@ -45,6 +48,18 @@ pub struct ConnHealth {
     pub metrics: Arc<FeedMetrics>,
 }
 
+/// One feed's REST API as it was read.
+#[derive(Clone, Debug)]
+pub struct RestHealth {
+    /// The feed.
+    pub feed: Name,
+    /// When its current run of failed calls began (µs since the epoch); `None` while the last
+    /// call succeeded.
+    pub failing_since_us: Option<i64>,
+    /// Its live telemetry: counters for `/metrics`, the last error.
+    pub metrics: Arc<RestMetrics>,
+}
+
 /// The daemon at one instant.
 #[derive(Clone, Debug)]
 pub struct HealthSnapshot {
@@ -52,6 +67,8 @@ pub struct HealthSnapshot {
     pub at_us: i64,
     /// Every running feed connection, in id order.
     pub conns: Vec<ConnHealth>,
+    /// Every feed's REST API, by feed name.
+    pub rest: Vec<RestHealth>,
 }
 
 impl Health {
@@ -66,7 +83,13 @@ impl Health {
                 ConnHealth { id, state: m.state(), counts: m.snapshot(), metrics: m }
             })
             .collect();
-        HealthSnapshot { at_us: now_micros(), conns }
+        let rest = self
+            .rest
+            .all()
+            .into_iter()
+            .map(|(feed, metrics)| RestHealth { feed, failing_since_us: metrics.failing_since_us(), metrics })
+            .collect();
+        HealthSnapshot { at_us: now_micros(), conns, rest }
     }
 }
 

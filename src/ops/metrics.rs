@@ -15,13 +15,16 @@ use crate::store::{LATENCY_BUCKETS_MS, StoreMetrics, StoreState};
 use crate::telemetry::alerts::AlertMetrics;
 use crate::telemetry::metrics::DashboardMetrics;
 use crate::telemetry::metrics::{FeedMetricsSnapshot, FeedState};
+use crate::telemetry::rest::{Endpoint, Outcome};
 
 /// The text of one scrape.
 pub fn render(src: &Health) -> String {
     let mut out = Exposition { buf: String::with_capacity(16 * 1024) };
     out.header("tickd_build_info", "gauge", "Always 1; the version of the running binary.");
     out.sample("tickd_build_info", &[("version", env!("CARGO_PKG_VERSION"))], 1);
-    feeds(&mut out, &src.snapshot());
+    let snapshot = src.snapshot();
+    feeds(&mut out, &snapshot);
+    rest(&mut out, &snapshot);
     let bus = src.bus.stats();
     out.single("tickd_bus_published_total", "counter", "Ticks published by the feeds.", bus.published);
     out.single(
@@ -213,6 +216,63 @@ fn feeds(out: &mut Exposition, snapshot: &HealthSnapshot) {
             let age = us as f64 / 1e6;
             out.sample("tickd_feed_last_message_age_seconds", &[("feed", feed), ("conn", conn)], age);
         }
+    }
+}
+
+/// Each feed's REST requests, by endpoint and outcome, and whether its REST API is failing.
+fn rest(out: &mut Exposition, snapshot: &HealthSnapshot) {
+    out.header(
+        "tickd_rest_requests_total",
+        "counter",
+        "REST requests (each attempt counts), by endpoint and outcome.",
+    );
+    for r in &snapshot.rest {
+        for endpoint in Endpoint::ALL {
+            for outcome in Outcome::ALL {
+                let labels =
+                    [("feed", &*r.feed), ("endpoint", endpoint.as_str()), ("outcome", outcome.as_str())];
+                out.sample("tickd_rest_requests_total", &labels, r.metrics.requests(endpoint, outcome));
+            }
+        }
+    }
+    out.header(
+        "tickd_rest_retries_total",
+        "counter",
+        "REST requests made again after a failure that may pass.",
+    );
+    for r in &snapshot.rest {
+        for endpoint in Endpoint::ALL {
+            let labels = [("feed", &*r.feed), ("endpoint", endpoint.as_str())];
+            out.sample("tickd_rest_retries_total", &labels, r.metrics.retries(endpoint));
+        }
+    }
+    out.header(
+        "tickd_rest_items_dropped_total",
+        "counter",
+        "Items (markets, trades, book levels) left out of REST answers because they could not be read.",
+    );
+    for r in &snapshot.rest {
+        for endpoint in Endpoint::ALL {
+            let labels = [("feed", &*r.feed), ("endpoint", endpoint.as_str())];
+            out.sample("tickd_rest_items_dropped_total", &labels, r.metrics.dropped(endpoint));
+        }
+    }
+    out.header(
+        "tickd_rest_budget_waits_total",
+        "counter",
+        "REST requests that waited for the feed's rest_rate.",
+    );
+    for r in &snapshot.rest {
+        out.sample("tickd_rest_budget_waits_total", &[("feed", &*r.feed)], r.metrics.budget_waits());
+    }
+    out.header(
+        "tickd_rest_failing_seconds",
+        "gauge",
+        "Seconds since the feed's REST calls began failing with no success since; 0 while they succeed.",
+    );
+    for r in &snapshot.rest {
+        let secs = r.failing_since_us.map_or(0.0, |since| (snapshot.at_us - since).max(0) as f64 / 1e6);
+        out.sample("tickd_rest_failing_seconds", &[("feed", &*r.feed)], secs);
     }
 }
 
@@ -437,6 +497,13 @@ mod tests {
             bus: bus.counters(),
             store: Some(Arc::new(StoreMetrics::default())),
             dashboard: Arc::new(DashboardMetrics::default()),
+            rest: {
+                let rest = crate::telemetry::rest::RestFeeds::default();
+                let m = rest.register(&crate::tick::Name::from("kalshi"));
+                m.request(Endpoint::Trades, Outcome::RateLimited);
+                m.call_failed(crate::tick::now_micros() - 5_000_000, "HTTP 503");
+                rest
+            },
             alerts: {
                 let registry = crate::telemetry::alerts::AlertRegistry::default();
                 registry.fire("feed_stale", "kalshi/1", "silent");
@@ -460,6 +527,17 @@ mod tests {
             }
         }
         assert_eq!(helped, typed, "a HELP and a TYPE per family, in the same order");
+        assert!(
+            text.contains(
+                "tickd_rest_requests_total{feed=\"kalshi\",endpoint=\"trades\",outcome=\"rate_limited\"} 1\n"
+            ),
+            "{text}"
+        );
+        let failing = text
+            .lines()
+            .find_map(|l| l.strip_prefix("tickd_rest_failing_seconds{feed=\"kalshi\"} "))
+            .and_then(|v| v.parse::<f64>().ok());
+        assert!(failing.is_some_and(|s| s >= 5.0), "{text}");
         let mut unique = typed.clone();
         unique.sort();
         unique.dedup();

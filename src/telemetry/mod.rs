@@ -2,6 +2,7 @@
 //! layer ([`crate::ops`]) reads.
 //!
 //! - [`metrics`]: per-connection counters and gauges, lock-free on the hot path.
+//! - [`rest`]: per-feed REST counters and since when a feed's REST API has been failing.
 //! - [`liveness`]: the beats by which long loops promise progress to the watchdog.
 //! - [`alerts`]: the alert registry and its [`alerts::Alerter`], through which feeds and the
 //!   store raise alerts without knowing each other.
@@ -13,5 +14,6 @@ pub mod alerts;
 pub mod liveness;
 pub mod log;
 pub mod metrics;
+pub mod rest;
 
 pub use log::init;

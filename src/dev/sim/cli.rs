@@ -3,7 +3,9 @@
 //! Console commands (one per line on stdin, each acknowledged with one line on stdout, a bad one
 //! with an `error:` line): `drop`, `close <code>`, `stall on|off`, `refuse <n>`, `gap <n>`,
 //! `malformed <n>`, `unknown <n>`, `oversized <bytes>`, `terminal <10|25>`, `pause`, `resume`,
-//! `rate <n>`, `stats`, `help`. End of stdin leaves the simulator running until shutdown.
+//! `rate <n>`, `stats`, `help`, and for the REST API `rest-429 <n> [<retry-after>]`,
+//! `rest-5xx <n> [<status>]`, `rest-slow <duration>`. End of stdin leaves the simulator running
+//! until shutdown.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -59,6 +61,10 @@ pub struct SimArgs {
     /// Close clients that leave this many pings unanswered.
     #[arg(long)]
     pub missed_pongs_close: Option<u32>,
+    /// Every this long (`1m`, `30s`), each series of the markets gets a new event of markets,
+    /// and older markets close, are determined and settle, with their lifecycle messages.
+    #[arg(long, value_parser = parse_duration)]
+    pub new_market_every: Option<Duration>,
     /// Run a console command once after a delay: `30s=drop`, `1m="close 1001"`. Repeatable.
     #[arg(long = "fault-at", value_name = "DELAY=COMMAND")]
     pub fault_at: Vec<String>,
@@ -84,15 +90,21 @@ enum Cmd {
     Rate(u32),
     Stats,
     Help,
+    Rest429(u32, Option<Duration>),
+    Rest5xx(u32, u16),
+    RestSlow(Duration),
 }
 
 const HELP: &str = "commands: drop | close <code> | stall on|off | refuse <n> | gap <n> | malformed <n> | \
-                    unknown <n> | oversized <bytes> | terminal <10|25> | pause | resume | rate <n> | stats";
+                    unknown <n> | oversized <bytes> | terminal <10|25> | pause | resume | rate <n> | stats | \
+                    rest-429 <n> [<retry-after>] | rest-5xx <n> [<status>] | rest-slow <duration>";
 
 fn parse_cmd(line: &str) -> Result<Cmd, String> {
     let mut words = line.split_whitespace();
     let name = words.next().ok_or("empty command")?;
     let arg = words.next();
+    // Only the REST faults take a second, optional argument.
+    let second = if name.starts_with("rest-") { words.next() } else { None };
     if words.next().is_some() {
         return Err(format!("too many arguments for `{name}`"));
     }
@@ -134,6 +146,24 @@ fn parse_cmd(line: &str) -> Result<Cmd, String> {
         },
         "stats" => no_arg(Cmd::Stats),
         "help" => no_arg(Cmd::Help),
+        "rest-429" => {
+            let after = second.map(parse_duration).transpose().map_err(|e| format!("`rest-429`: {e}"))?;
+            Ok(Cmd::Rest429(num(name, arg)?, after))
+        }
+        "rest-5xx" => {
+            let status = match second {
+                None => 503,
+                Some(s) => match s.parse::<u16>() {
+                    Ok(code @ 500..=599) => code,
+                    _ => return Err(format!("`rest-5xx`: the status must be 500 to 599, not {s}")),
+                },
+            };
+            Ok(Cmd::Rest5xx(num(name, arg)?, status))
+        }
+        "rest-slow" => {
+            let d = arg.ok_or("`rest-slow` needs a duration (`2s`, `0` for none)")?;
+            parse_duration(d).map(Cmd::RestSlow).map_err(|e| format!("`rest-slow`: {e}"))
+        }
         other => Err(format!("unknown command `{other}`")),
     }
 }
@@ -201,6 +231,24 @@ fn apply(sim: &Simulator, cmd: &Cmd) -> String {
         }
         Cmd::Stats => format!("stats: {:?}", sim.stats()),
         Cmd::Help => HELP.into(),
+        Cmd::Rest429(n, after) => {
+            sim.rest_throttle(n, after);
+            match after {
+                Some(a) => format!(
+                    "ok: answering the next {n} REST requests 429 with Retry-After {}s",
+                    a.as_secs().max(1)
+                ),
+                None => format!("ok: answering the next {n} REST requests 429"),
+            }
+        }
+        Cmd::Rest5xx(n, status) => {
+            sim.rest_fail(n, status);
+            format!("ok: answering the next {n} REST requests {status}")
+        }
+        Cmd::RestSlow(d) => {
+            sim.rest_delay(d);
+            format!("ok: REST answers wait {}ms", d.as_millis())
+        }
     }
 }
 
@@ -289,10 +337,12 @@ pub async fn run_cli(args: SimArgs, shutdown: CancellationToken) -> anyhow::Resu
         extra_fields: args.extra_fields,
         lifecycle_every: args.lifecycle_every,
         missed_pongs_close: args.missed_pongs_close,
+        new_market_every: args.new_market_every,
     };
     let sim = Simulator::start(cfg);
     let addr = sim.bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
     println!("{}", sim.url(addr));
+    tracing::info!(rest = %sim.rest_url(addr), "REST market data served on the same port.");
     tracing::info!(%addr, markets = args.markets, rate = args.rate, "Simulator listening.");
 
     for (delay, cmd, repeat) in schedule {
@@ -342,7 +392,26 @@ mod tests {
         assert_eq!(parse_cmd(" gap 3 "), Ok(Cmd::Gap(3)));
         assert_eq!(parse_cmd("oversized 2000000"), Ok(Cmd::Oversized(2_000_000)));
         assert_eq!(parse_cmd("terminal 10"), Ok(Cmd::Terminal(10)));
-        for bad in ["", "close", "close abc", "close 1006", "stall maybe", "terminal 7", "fly", "drop 3"] {
+        assert_eq!(parse_cmd("rest-429 5 2s"), Ok(Cmd::Rest429(5, Some(Duration::from_secs(2)))));
+        assert_eq!(parse_cmd("rest-429 5"), Ok(Cmd::Rest429(5, None)));
+        assert_eq!(parse_cmd("rest-5xx 3"), Ok(Cmd::Rest5xx(3, 503)));
+        assert_eq!(parse_cmd("rest-5xx 3 502"), Ok(Cmd::Rest5xx(3, 502)));
+        assert_eq!(parse_cmd("rest-slow 1500ms"), Ok(Cmd::RestSlow(Duration::from_millis(1500))));
+        for bad in [
+            "",
+            "close",
+            "close abc",
+            "close 1006",
+            "stall maybe",
+            "terminal 7",
+            "fly",
+            "drop 3",
+            "rest-5xx 3 404",
+            "rest-429",
+            "rest-slow",
+            "rest-429 1 2s 3",
+            "gap 1 2",
+        ] {
             assert!(parse_cmd(bad).is_err(), "{bad:?}");
         }
     }

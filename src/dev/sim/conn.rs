@@ -1,26 +1,36 @@
-//! One client connection: HTTP upgrade (path, refusal, auth), then the connection loop.
+//! One client connection: HTTP/1.1 (hyper), then either REST answers or a WebSocket upgrade
+//! and the connection loop.
 //!
-//! TCP and in-memory streams share this code. The loop owns the socket and a [`Session`]; it
-//! reads client frames, writes exchange updates from the broadcast, sends heartbeats and obeys
-//! fault switches arriving on its control channel or the shared stall switch.
+//! TCP and in-memory streams share this code. A request to the WebSocket path is checked
+//! (refusal, auth, upgrade headers) and upgraded; one under the REST prefix is answered by
+//! `rest`, any number of them on a kept-alive connection; anything else is 404. After the
+//! upgrade the loop owns the socket and a [`Session`]; it reads client frames, writes exchange
+//! updates from the broadcast, sends heartbeats and obeys fault switches arriving on its
+//! control channel or the shared stall switch.
 
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures_util::{SinkExt as _, StreamExt as _};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{broadcast, mpsc};
 use tokio::time::{Instant, MissedTickBehavior, interval_at, timeout};
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
-use tokio_tungstenite::tungstenite::http::StatusCode;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
-use super::auth::{self, WS_PATH};
+use super::auth::{self, REST_PREFIX, WS_PATH};
 use super::hub::Batch;
 use super::session::{Out, Session, now_ms};
 use super::{ConnEntry, Shared};
@@ -33,8 +43,9 @@ pub(crate) const CONTROL_CAPACITY: usize = 64;
 /// Largest client message accepted; a bigger one ends the connection (commands are small).
 const MAX_CLIENT_MESSAGE: usize = 1 << 20;
 
-/// How long a client may take to send its upgrade request.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client may take to send a request's head (the upgrade request, or the next REST
+/// request on a kept-alive connection).
+const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long a closing handshake may take before the socket is simply dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -61,73 +72,131 @@ pub(crate) enum Control {
     Terminal(u32),
 }
 
+/// An HTTP answer with a whole body.
+pub(crate) type HttpResponse = Response<Full<Bytes>>;
+
+/// An answer with `status` and a body.
+pub(crate) fn respond(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> HttpResponse {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
 /// Serves one accepted stream until it closes or the simulator shuts down.
 pub(crate) async fn serve<S>(shared: Arc<Shared>, stream: S)
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let mut authed = false;
-    // The error type is tungstenite's; its size is not ours to choose.
-    #[allow(clippy::result_large_err)]
-    let callback = |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
-        match check_request(&shared, req) {
-            Ok(signed) => {
-                authed = signed;
-                Ok(resp)
-            }
-            Err((status, body)) => {
-                let mut r = ErrorResponse::new(Some(body.to_owned()));
-                *r.status_mut() = status;
-                Err(r)
-            }
-        }
+    let service = {
+        let shared = shared.clone();
+        hyper::service::service_fn(move |req| {
+            let shared = shared.clone();
+            async move { Ok::<_, Infallible>(route(shared, req).await) }
+        })
     };
-    let config = WebSocketConfig::default().max_message_size(Some(MAX_CLIENT_MESSAGE));
-    let accepted = timeout(
-        HANDSHAKE_TIMEOUT,
-        tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(config)),
-    )
-    .await;
-    let ws = match accepted {
-        Ok(Ok(ws)) => ws,
-        // Refused, malformed or too slow: the HTTP error (if any) is already written.
-        Ok(Err(e)) => {
-            tracing::debug!(error = %e, "Handshake failed.");
-            return;
+    let http = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    let mut http = std::pin::pin!(http);
+    tokio::select! {
+        // The connection ended (or was upgraded and handed over to its own task).
+        done = &mut http => if let Err(e) = done {
+            tracing::debug!(error = %e, "HTTP connection ended with an error.");
+        },
+        // Shutdown: finish the request under way, then close.
+        _ = shared.shutdown.cancelled() => {
+            http.as_mut().graceful_shutdown();
+            let _ = timeout(CLOSE_TIMEOUT, http).await;
         }
-        Err(_) => return,
-    };
-    let conn = Conn::register(&shared, authed);
-    if let Err(e) = conn.run(ws).await {
-        tracing::debug!(error = %e, "Connection ended with an error.");
     }
 }
 
-/// Path, refusal and auth checks of an upgrade request. `Ok(signed)` accepts it.
-fn check_request(shared: &Shared, req: &Request) -> Result<bool, (StatusCode, &'static str)> {
-    let stats = &shared.stats;
-    if req.uri().path() != WS_PATH {
-        stats.handshakes_not_found.fetch_add(1, Ordering::Relaxed);
-        return Err((StatusCode::NOT_FOUND, "not found"));
+/// One request: the WebSocket upgrade, a REST call, or 404.
+async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> HttpResponse {
+    let path = req.uri().path();
+    if path == WS_PATH {
+        return upgrade(shared, req);
     }
+    if path.starts_with(REST_PREFIX) {
+        return super::rest::answer(&shared, &req).await;
+    }
+    shared.stats.handshakes_not_found.fetch_add(1, Ordering::Relaxed);
+    respond(StatusCode::NOT_FOUND, "text/plain", "not found")
+}
+
+/// Checks an upgrade request (refusal, auth, the upgrade headers) and, when it passes, answers
+/// 101 and runs the connection on its own task once hyper hands the socket over.
+fn upgrade(shared: Arc<Shared>, mut req: Request<Incoming>) -> HttpResponse {
+    let stats = &shared.stats;
     // Take one refusal if any are pending; the update fails (None) once the budget is zero.
     let refused =
         shared.refuse.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
     if refused {
         stats.handshakes_refused.fetch_add(1, Ordering::Relaxed);
-        return Err((StatusCode::SERVICE_UNAVAILABLE, "service unavailable"));
+        return respond(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "service unavailable");
     }
-    let Some(auth_cfg) = &shared.auth else {
-        return Ok(false);
+    let authed = match &shared.auth {
+        None => false,
+        Some(auth_cfg) => match auth::verify(auth_cfg, req.headers(), now_ms(), WS_PATH) {
+            Ok(()) => true,
+            Err(e) => {
+                stats.handshakes_unauthorized.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(reason = %e, "Handshake unauthorized.");
+                return respond(StatusCode::UNAUTHORIZED, "text/plain", "unauthorized");
+            }
+        },
     };
-    match auth::verify(auth_cfg, req.headers(), now_ms()) {
-        Ok(()) => Ok(true),
-        Err(e) => {
-            stats.handshakes_unauthorized.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(reason = %e, "Handshake unauthorized.");
-            Err((StatusCode::UNAUTHORIZED, "unauthorized"))
+    let headers = req.headers();
+    let has = |name: header::HeaderName, token: &str| {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|v| v.trim().eq_ignore_ascii_case(token))
+    };
+    let is_upgrade = req.method() == hyper::Method::GET
+        && has(header::CONNECTION, "upgrade")
+        && has(header::UPGRADE, "websocket");
+    let version_ok = headers.get(header::SEC_WEBSOCKET_VERSION).is_some_and(|v| v == "13");
+    let (Some(key), true, true) = (headers.get(header::SEC_WEBSOCKET_KEY), is_upgrade, version_ok) else {
+        return respond(StatusCode::BAD_REQUEST, "text/plain", "a WebSocket upgrade is expected here");
+    };
+    let accept = derive_accept_key(key.as_bytes());
+    let Some(on_upgrade) = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
+        return respond(StatusCode::BAD_REQUEST, "text/plain", "this connection cannot be upgraded");
+    };
+    tokio::spawn(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::debug!(error = %e, "Upgrade did not complete.");
+                return;
+            }
+        };
+        let config = WebSocketConfig::default().max_message_size(Some(MAX_CLIENT_MESSAGE));
+        let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
+        let conn = Conn::register(&shared, authed);
+        if let Err(e) = conn.run(ws).await {
+            tracing::debug!(error = %e, "Connection ended with an error.");
         }
+    });
+    let mut r = respond(StatusCode::SWITCHING_PROTOCOLS, "text/plain", Bytes::new());
+    let h = r.headers_mut();
+    h.remove(header::CONTENT_TYPE);
+    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    if let Ok(v) = HeaderValue::from_str(&accept) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
     }
+    r
 }
 
 /// A registered connection; unregisters itself when dropped.

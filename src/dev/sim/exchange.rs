@@ -10,6 +10,17 @@
 //!
 //! Books are kept as two bid ladders priced in their own contract (YES bids, NO bids), the way
 //! Kalshi publishes them, and never cross: `best_yes_bid + best_no_bid < $1.00`.
+//!
+//! Markets belong to events and series the way Kalshi's tickers read: `KXBTCD-25DEC3117-T96249.99`
+//! is in event `KXBTCD-25DEC3117` (all but the last `-` part) of series `KXBTCD` (the first
+//! part). Each market goes through a [`Phase`]: open (trading, possibly paused), closed,
+//! determined, settled; only open markets trade. [`Exchange::schedule_round`] runs the
+//! simulator's market schedule (`--new-market-every`): each round opens a new event of every
+//! series and moves older scheduled markets along their lifecycle.
+//!
+//! Every trade is also kept, up to [`TRADES_KEPT`] across all markets (oldest forgotten
+//! first, like Kalshi's rolling window), for the REST API's `GET /markets/trades`: the same
+//! ids, prices and counts as the WebSocket frames.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
@@ -29,6 +40,14 @@ const DECI_CENT: i64 = 10;
 const CONTRACT: i64 = 100;
 /// Levels kept per ladder; a deeper ladder loses its worst level so books stay small.
 const MAX_LEVELS: usize = 30;
+/// Trades kept for the REST API, across all markets; older ones are forgotten.
+pub const TRADES_KEPT: usize = 500_000;
+/// How long a market created outside the schedule trades (its announced `close_ts`).
+const DAY_MS: i64 = 86_400_000;
+/// Schedule rounds a scheduled market trades before it closes.
+pub const OPEN_ROUNDS: u64 = 3;
+/// Markets in each event the schedule opens.
+pub const MARKETS_PER_EVENT: usize = 2;
 
 /// A market's identity as it appears on the wire.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -121,7 +140,46 @@ pub struct TickerState {
     pub ts_ms: i64,
 }
 
-/// One market: identity, price grid and the two bid ladders (price units → size units).
+/// Where a market is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Trading (unless paused: see [`MarketMeta::deactivated`]).
+    Open,
+    /// Trading stopped.
+    Closed,
+    /// The result is known.
+    Determined,
+    /// Settled; the book is gone.
+    Settled,
+}
+
+/// What the REST API says about a market besides its book.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MarketMeta {
+    /// Its series: the ticker's first `-` part.
+    pub series: Arc<str>,
+    /// Its event: the ticker without its last `-` part.
+    pub event: Arc<str>,
+    /// Where it is in its life.
+    pub phase: Phase,
+    /// Paused by a `deactivated` lifecycle event (still open).
+    pub deactivated: bool,
+    /// Created and opened, Unix ms.
+    pub created_ms: i64,
+    /// Trading stops (or stopped), Unix ms.
+    pub close_ms: i64,
+    /// Determined: when, and whether YES won.
+    pub determined: Option<(i64, bool)>,
+    /// Settled, Unix ms.
+    pub settled_ms: Option<i64>,
+    /// The quote when it opened (the REST API's `previous_*` "a day ago" prices).
+    pub opening: TickerState,
+    /// Under the schedule: the round it opened in and the round its phase last changed.
+    schedule: Option<(u64, u64)>,
+}
+
+/// One market: identity, price grid, the two bid ladders (price units → size units) and its
+/// lifecycle.
 #[derive(Debug)]
 struct Market {
     info: Arc<MarketRef>,
@@ -129,7 +187,7 @@ struct Market {
     yes: BTreeMap<i64, i64>,
     no: BTreeMap<i64, i64>,
     ticker: TickerState,
-    deactivated: bool,
+    meta: MarketMeta,
 }
 
 impl Market {
@@ -145,7 +203,18 @@ impl Market {
             yes: BTreeMap::new(),
             no: BTreeMap::new(),
             ticker: TickerState::default(),
-            deactivated: false,
+            meta: MarketMeta {
+                series: series_of(ticker).into(),
+                event: event_of(ticker).into(),
+                phase: Phase::Open,
+                deactivated: false,
+                created_ms: 0,
+                close_ms: DAY_MS,
+                determined: None,
+                settled_ms: None,
+                opening: TickerState::default(),
+                schedule: None,
+            },
         };
         // Fair YES value between $0.15 and $0.85, on the grid; both ladders start a few ticks
         // away from it so the book never crosses.
@@ -162,6 +231,7 @@ impl Market {
             }
         }
         m.ticker = m.quote(m.ticker.clone(), 0);
+        m.meta.opening = m.ticker.clone();
         m
     }
 
@@ -208,10 +278,80 @@ pub struct Exchange {
     /// Mixed into trade ids (see [`Exchange::salt_trade_ids`]).
     trade_id_salt: u64,
     lifecycle_every: u32,
+    /// Every market, in creation order.
     order: Vec<Arc<str>>,
+    /// The markets that trade, in creation order: the generator picks among these.
+    open: Vec<Arc<str>>,
     markets: HashMap<Arc<str>, Market>,
+    /// Events announced so far (`event_lifecycle`).
+    known_events: std::collections::HashSet<Arc<str>>,
     next_no: u64,
     events: u64,
+    /// Trades kept for the REST API.
+    trades: TradeLog,
+    /// Rounds of the market schedule run so far.
+    round: u64,
+    /// Series the schedule opens events in (the series of the first markets).
+    series: Vec<Arc<str>>,
+}
+
+/// A trade as kept for the REST API.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredTrade {
+    /// Position in the exchange's trade sequence, from 1: later trades have higher numbers.
+    pub seq: u64,
+    /// The market.
+    pub market: Arc<str>,
+    /// The trade as the WebSocket published it.
+    pub trade: TradeUpdate,
+}
+
+/// The trades kept, oldest first, overall and per market, at most [`TRADES_KEPT`].
+#[derive(Debug, Default)]
+struct TradeLog {
+    next_seq: u64,
+    all: std::collections::VecDeque<Arc<StoredTrade>>,
+    by_market: HashMap<Arc<str>, std::collections::VecDeque<Arc<StoredTrade>>>,
+}
+
+impl TradeLog {
+    fn push(&mut self, market: Arc<str>, trade: TradeUpdate) {
+        self.next_seq += 1;
+        let t = Arc::new(StoredTrade { seq: self.next_seq, market: market.clone(), trade });
+        self.all.push_back(t.clone());
+        self.by_market.entry(market).or_default().push_back(t);
+        if self.all.len() > TRADES_KEPT
+            && let Some(old) = self.all.pop_front()
+            && let Some(list) = self.by_market.get_mut(&old.market)
+        {
+            // The oldest overall is the oldest of its market.
+            list.pop_front();
+        }
+    }
+
+    /// Up to `limit` trades newest first, of `market` (or all), numbered below `before`, whose
+    /// time is within `[from_ms, to_ms]`; and whether more follow.
+    fn page(
+        &self,
+        market: Option<&str>,
+        before: u64,
+        from_ms: i64,
+        to_ms: i64,
+        limit: usize,
+    ) -> (Vec<Arc<StoredTrade>>, bool) {
+        let list = match market {
+            Some(m) => match self.by_market.get(m) {
+                Some(list) => list,
+                None => return (Vec::new(), false),
+            },
+            None => &self.all,
+        };
+        let end = list.partition_point(|t| t.seq < before);
+        let mut matching = list.range(..end).rev().filter(|t| (from_ms..=to_ms).contains(&t.trade.ts_ms));
+        let page: Vec<Arc<StoredTrade>> = matching.by_ref().take(limit).cloned().collect();
+        let more = matching.next().is_some();
+        (page, more)
+    }
 }
 
 impl Exchange {
@@ -224,12 +364,23 @@ impl Exchange {
             trade_id_salt: 0,
             lifecycle_every,
             order: Vec::new(),
+            open: Vec::new(),
             markets: HashMap::new(),
+            known_events: Default::default(),
             next_no: 0,
             events: 0,
+            trades: TradeLog::default(),
+            round: 0,
+            series: Vec::new(),
         };
         for m in markets {
             ex.add_market(m, 0);
+        }
+        for t in &ex.order {
+            let series = series_of(t);
+            if !ex.series.iter().any(|s| &**s == series) {
+                ex.series.push(series.into());
+            }
         }
         ex
     }
@@ -239,6 +390,16 @@ impl Exchange {
     /// event sequence is otherwise unchanged.
     pub fn salt_trade_ids(mut self, salt: u64) -> Exchange {
         self.trade_id_salt = salt;
+        self
+    }
+
+    /// Dates the markets that exist now (made by [`Exchange::new`] at time 0) as created at
+    /// `ts_ms` and closing a day later, as the REST API shows them.
+    pub fn started_at(mut self, ts_ms: i64) -> Exchange {
+        for m in self.markets.values_mut() {
+            m.meta.created_ms = ts_ms;
+            m.meta.close_ms = ts_ms + DAY_MS;
+        }
         self
     }
 
@@ -282,24 +443,82 @@ impl Exchange {
         self.markets.get(ticker).map(|m| m.ticker.clone())
     }
 
-    /// Creates a market (its book seeded by the seed and its name) and returns its `created`
-    /// lifecycle update; `None` if it already exists, or for a multivariate (`KXMVE*`) market,
-    /// whose lifecycle belongs to a channel the simulator does not publish.
-    pub fn add_market(&mut self, ticker: &str, ts_ms: i64) -> Option<Update> {
+    /// A market's lifecycle and metadata.
+    pub fn meta(&self, ticker: &str) -> Option<&MarketMeta> {
+        self.markets.get(ticker).map(|m| &m.meta)
+    }
+
+    /// The `price_level_structure` name and step of a market's grid.
+    pub fn grid(&self, ticker: &str) -> Option<(&'static str, Price)> {
+        self.markets.get(ticker).map(|m| {
+            let (name, step) = grid_name(m.tick);
+            (name, Price(step))
+        })
+    }
+
+    /// Every market in creation order, with its identity (for listings).
+    pub fn market_refs(&self) -> impl Iterator<Item = &Arc<MarketRef>> + '_ {
+        self.order.iter().filter_map(|t| self.markets.get(t).map(|m| &m.info))
+    }
+
+    /// Kept trades newest first: up to `limit` of `market` (or every market), numbered below
+    /// `before` (`u64::MAX` for the newest), executed within `[from_ms, to_ms]`; and whether
+    /// more follow.
+    pub fn trades_page(
+        &self,
+        market: Option<&str>,
+        before: u64,
+        from_ms: i64,
+        to_ms: i64,
+        limit: usize,
+    ) -> (Vec<Arc<StoredTrade>>, bool) {
+        self.trades.page(market, before, from_ms, to_ms, limit)
+    }
+
+    /// Creates a market (its book seeded by the seed and its name), open from `ts_ms` for a
+    /// day, and returns its `created` and `activated` lifecycle updates, preceded by its
+    /// event's `event_lifecycle` when the event is new; nothing if it already exists, and no
+    /// update for a multivariate (`KXMVE*`) market, whose lifecycle belongs to a channel the
+    /// simulator does not publish.
+    pub fn add_market(&mut self, ticker: &str, ts_ms: i64) -> Vec<Update> {
+        self.open_market(ticker, ts_ms, ts_ms + DAY_MS)
+    }
+
+    fn open_market(&mut self, ticker: &str, ts_ms: i64, close_ms: i64) -> Vec<Update> {
+        let mut out = Vec::new();
         if self.markets.contains_key(ticker) {
-            return None;
+            return out;
         }
-        let m = Market::new(self.seed, ticker);
+        let mut m = Market::new(self.seed, ticker);
+        m.meta.created_ms = ts_ms;
+        m.meta.close_ms = close_ms;
         let info = m.info.clone();
         let tick = m.tick;
+        let event: Arc<str> = m.meta.event.clone();
+        let series = m.meta.series.clone();
         self.order.push(info.ticker.clone());
+        self.open.push(info.ticker.clone());
         self.markets.insert(info.ticker.clone(), m);
         if ticker.starts_with("KXMVE") {
-            return None;
+            return out;
         }
         let secs = ts_ms.div_euclid(1000);
+        let close = close_ms.div_euclid(1000);
+        if self.known_events.insert(event.clone()) && ts_ms != 0 {
+            let msg = format!(
+                concat!(
+                    r#"{{"event_ticker":"{e}","exchange_index":0,"title":"Simulated event {e}","#,
+                    r#""subtitle":"","collateral_return_type":"MECNET","series_ticker":"{s}","#,
+                    r#""strike_date":{d}}}"#
+                ),
+                e = Esc(&event),
+                s = Esc(&series),
+                d = close,
+            );
+            out.push(self.numbered(info.clone(), UpdateKind::Lifecycle { msg_type: "event_lifecycle", msg }));
+        }
         let (structure, step) = grid_name(tick);
-        let event_ticker = event_of(ticker);
+        let event_ticker = &*event;
         let msg = format!(
             concat!(
                 r#"{{"market_ticker":"{t}","event_type":"created","exchange_index":0,"#,
@@ -313,11 +532,91 @@ impl Exchange {
             t = Esc(ticker),
             e = Esc(event_ticker),
             open = secs,
-            close = secs + 86_400,
+            close = close,
             s = structure,
             step = Price(step),
         );
-        Some(self.numbered(info, UpdateKind::Lifecycle { msg_type: "market_lifecycle_v2", msg }))
+        out.push(self.numbered(info.clone(), UpdateKind::Lifecycle { msg_type: "market_lifecycle_v2", msg }));
+        let msg = format!(r#"{{"market_ticker":"{}","event_type":"activated"}}"#, Esc(ticker));
+        out.push(self.numbered(info, UpdateKind::Lifecycle { msg_type: "market_lifecycle_v2", msg }));
+        out
+    }
+
+    /// Puts every market that exists now under the schedule, opened in round 0 and closing
+    /// after [`OPEN_ROUNDS`] rounds of `period_ms` from `now_ms`.
+    pub fn schedule_existing(&mut self, now_ms: i64, period_ms: i64) {
+        for m in self.markets.values_mut() {
+            if m.meta.phase == Phase::Open && m.meta.schedule.is_none() {
+                m.meta.schedule = Some((self.round, self.round));
+                m.meta.close_ms = now_ms + OPEN_ROUNDS as i64 * period_ms;
+            }
+        }
+    }
+
+    /// One round of the market schedule at `ts_ms`, rounds `period_ms` apart: scheduled markets
+    /// open for [`OPEN_ROUNDS`] rounds close (no message: their `close_ts` said when), those
+    /// closed a round ago are determined and those determined a round ago settle (with their
+    /// `market_lifecycle_v2` messages); then every series gets a new event of
+    /// [`MARKETS_PER_EVENT`] markets (`event_lifecycle`, then `created` and `activated` for
+    /// each).
+    pub fn schedule_round(&mut self, ts_ms: i64, period_ms: i64) -> Vec<Update> {
+        self.round += 1;
+        let round = self.round;
+        let secs = ts_ms.div_euclid(1000);
+        let mut out = Vec::new();
+        let order = self.order.clone();
+        for t in &order {
+            let Some(m) = self.markets.get_mut(t) else { continue };
+            let Some((born, since)) = m.meta.schedule else { continue };
+            let info = m.info.clone();
+            let msg = match m.meta.phase {
+                Phase::Open if round >= born + OPEN_ROUNDS => {
+                    m.meta.phase = Phase::Closed;
+                    m.meta.close_ms = m.meta.close_ms.min(ts_ms);
+                    m.meta.schedule = Some((born, round));
+                    self.open.retain(|o| o != t);
+                    continue;
+                }
+                Phase::Closed if round > since => {
+                    let yes = self.rng.random_bool(0.5);
+                    m.meta.phase = Phase::Determined;
+                    m.meta.determined = Some((ts_ms, yes));
+                    m.meta.schedule = Some((born, round));
+                    let (result, value) = if yes { ("yes", Price::ONE_DOLLAR) } else { ("no", Price(0)) };
+                    format!(
+                        r#"{{"market_ticker":"{}","event_type":"determined","determination_ts":{secs},"result":"{result}","settlement_value":"{value}"}}"#,
+                        Esc(t)
+                    )
+                }
+                Phase::Determined if round > since => {
+                    m.meta.phase = Phase::Settled;
+                    m.meta.settled_ms = Some(ts_ms);
+                    m.meta.schedule = Some((born, round));
+                    m.yes.clear();
+                    m.no.clear();
+                    format!(r#"{{"market_ticker":"{}","event_type":"settled","settled_ts":{secs}}}"#, Esc(t))
+                }
+                _ => continue,
+            };
+            out.push(self.numbered(info, UpdateKind::Lifecycle { msg_type: "market_lifecycle_v2", msg }));
+        }
+        let close_ms = ts_ms + OPEN_ROUNDS as i64 * period_ms;
+        for series in self.series.clone() {
+            let event = format!("{series}-R{round:04}");
+            for j in 1..=MARKETS_PER_EVENT {
+                let ticker = format!("{event}-T{}", 100 * j / (MARKETS_PER_EVENT + 1));
+                out.extend(self.open_market(&ticker, ts_ms, close_ms));
+                if let Some(m) = self.markets.get_mut(ticker.as_str()) {
+                    m.meta.schedule = Some((round, round));
+                }
+            }
+        }
+        out
+    }
+
+    /// Rounds of the market schedule run so far.
+    pub fn rounds(&self) -> u64 {
+        self.round
     }
 
     /// Runs one exchange event at time `ts_ms` and returns the updates it caused (possibly none,
@@ -325,11 +624,11 @@ impl Exchange {
     pub fn step(&mut self, ts_ms: i64) -> Vec<Update> {
         self.events += 1;
         let mut out = Vec::new();
-        if self.order.is_empty() {
+        if self.open.is_empty() {
             return out;
         }
-        let idx = self.rng.random_range(0..self.order.len());
-        let name = self.order[idx].clone();
+        let idx = self.rng.random_range(0..self.open.len());
+        let name = self.open[idx].clone();
         if self.lifecycle_every > 0 && self.rng.random_range(0..self.lifecycle_every) == 0 {
             self.lifecycle(&name, ts_ms, &mut out);
             return out;
@@ -456,6 +755,7 @@ impl Exchange {
             let trade =
                 TradeUpdate { trade_id, yes_price: Price(yes_price), count: Qty(count), taker, block, ts_ms };
             let opens = self.rng.random_bool(0.6);
+            self.trades.push(info.ticker.clone(), trade.clone());
             let u = self.numbered(info, UpdateKind::Trade(trade));
             out.push(u);
             out.extend(self.delta(name, maker, price, -count, ts_ms));
@@ -501,19 +801,25 @@ impl Exchange {
         let info = m.info.clone();
         let secs = ts_ms.div_euclid(1000);
         let event = Esc(event_of(&info.ticker));
+        let series = m.meta.series.clone();
         let t = Esc(&info.ticker);
-        let kind = self.rng.random_range(0..5u32);
+        let mut kind = self.rng.random_range(0..5u32);
+        if kind == 1 && m.meta.schedule.is_some() {
+            // The schedule decides when its markets close.
+            kind = 2;
+        }
         let (msg_type, msg) = match kind {
             0 => {
-                m.deactivated = !m.deactivated;
+                m.meta.deactivated = !m.meta.deactivated;
                 let msg = format!(
                     r#"{{"market_ticker":"{t}","event_type":"deactivated","is_deactivated":{}}}"#,
-                    m.deactivated
+                    m.meta.deactivated
                 );
                 ("market_lifecycle_v2", msg)
             }
             1 => {
                 let close = secs + self.rng.random_range(3_600..=172_800);
+                m.meta.close_ms = close * 1000;
                 let msg = format!(
                     r#"{{"market_ticker":"{t}","event_type":"close_date_updated","close_ts":{close}}}"#
                 );
@@ -535,10 +841,11 @@ impl Exchange {
                 let msg = format!(
                     concat!(
                         r#"{{"event_ticker":"{e}","exchange_index":0,"title":"Simulated event {e}","#,
-                        r#""subtitle":"","collateral_return_type":"MECNET","series_ticker":"SIM","#,
+                        r#""subtitle":"","collateral_return_type":"MECNET","series_ticker":"{s}","#,
                         r#""strike_date":{d}}}"#
                     ),
                     e = event,
+                    s = Esc(&series),
                     d = secs + 86_400
                 );
                 ("event_lifecycle", msg)
@@ -585,6 +892,11 @@ fn grid_name(tick: i64) -> (&'static str, i64) {
 /// The event ticker of a market: everything before the last `-`.
 fn event_of(ticker: &str) -> &str {
     ticker.rsplit_once('-').map_or(ticker, |(e, _)| e)
+}
+
+/// The series ticker of a market: everything before the first `-`.
+fn series_of(ticker: &str) -> &str {
+    ticker.split_once('-').map_or(ticker, |(s, _)| s)
 }
 
 /// FNV-1a of the seed and a name: stable across platforms and Rust versions, unlike `Hash`.

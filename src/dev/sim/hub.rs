@@ -63,6 +63,17 @@ impl Hub {
         }
     }
 
+    /// Runs one round of the market schedule unless paused; returns whether it ran.
+    pub(crate) fn schedule_round(&self, ts_ms: i64, period_ms: i64) -> bool {
+        let mut st = self.lock();
+        if st.paused {
+            return false;
+        }
+        let updates = st.ex.schedule_round(ts_ms, period_ms);
+        self.publish(&st, updates);
+        true
+    }
+
     /// Runs `events` exchange events unless paused; returns how many ran.
     pub(crate) fn generate(&self, events: u64, ts_ms: i64) -> u64 {
         let mut st = self.lock();
@@ -92,7 +103,7 @@ impl Hub {
         if !self.auto_create {
             return Err(missing);
         }
-        let created: Vec<Update> = missing.iter().filter_map(|t| st.ex.add_market(t, ts_ms)).collect();
+        let created: Vec<Update> = missing.iter().flat_map(|t| st.ex.add_market(t, ts_ms)).collect();
         self.publish(st, created);
         Ok(())
     }

@@ -1,32 +1,37 @@
-//! A Kalshi `trade-api/ws/v2` exchange simulator with fault switches (`tickd sim`).
+//! A Kalshi exchange simulator with fault switches (`tickd sim`): the `trade-api/ws/v2`
+//! WebSocket and the `trade-api/v2` REST market data on one port.
 //!
-//! It is an independent implementation of the protocol digest (`kalshi-ws-protocol.md` §7): it
-//! shares no code with `crate::kalshi`, so tests that run the client against it cross-check both.
+//! It is an independent implementation of the protocol digests (`kalshi-ws-protocol.md` §7,
+//! `kalshi-rest.md` §12): it shares no code with `crate::kalshi`, so tests that run the client
+//! against it cross-check both.
 //!
 //! # Layout
 //!
 //! ```text
 //! generator task ──(1 ms tick)──► Hub { Mutex<Exchange>, broadcast<Batch> }
 //!                                         │ one receiver per connection
-//! accept loop / connect_in_memory ──► conn task ──► Session (commands → frames) ──► socket
-//!                                         ▲
-//! Simulator handle ── fault switches ─────┘ (per-connection control channel, stall watch)
+//! accept loop / connect_in_memory ──► conn task (HTTP/1.1) ─┬─ upgrade ─► Session (commands → frames) ──► socket
+//!                                         ▲                  └─ REST ────► answers from the same Exchange
+//! Simulator handle ── fault switches ─────┘ (per-connection control channel, stall watch, REST faults)
+//! schedule task (--new-market-every) ──► Hub: new events, markets closed, determined, settled
 //! ```
 //!
 //! - [`exchange`]: markets, books and the deterministic event generator (pure, no I/O).
 //! - `hub`: the exchange behind a mutex plus the update broadcast.
 //! - `session`: one connection's subscriptions; command validation (order documented there).
 //! - `render`: server frames, hand-written JSON.
-//! - `conn`: HTTP upgrade (404 / 503 / 401), heartbeats, the connection loop.
-//! - `auth`: RSA-PSS handshake verification.
+//! - `conn`: HTTP (hyper), the upgrade (404 / 503 / 401), heartbeats, the connection loop.
+//! - `rest`: the REST market-data endpoints and their fault switches.
+//! - `auth`: RSA-PSS verification of handshakes and REST requests.
 //! - [`cli`]: `tickd sim` arguments and the stdin fault console.
 //!
 //! Every queue is bounded: the update broadcast (`hub::BROADCAST_CAPACITY`; a connection that
 //! falls behind gets error 25 on its data sids) and each connection's control channel
 //! (`conn::CONTROL_CAPACITY`; a full one loses the switch, counted in [`SimStats`]). The logs
-//! behind [`Simulator::trades_sent`] and [`Simulator::commands_received`] keep the most recent
-//! entries only, and so does the send-time log of [`Simulator::record_send_times`] (off unless a
-//! benchmark turns it on).
+//! behind [`Simulator::trades_sent`], [`Simulator::commands_received`] and
+//! [`Simulator::rest_requests`] keep the most recent entries only, and so does the send-time log
+//! of [`Simulator::record_send_times`] (off unless a benchmark turns it on); the exchange keeps
+//! at most [`exchange::TRADES_KEPT`] trades for the REST API.
 
 pub mod cli;
 pub mod exchange;
@@ -35,6 +40,7 @@ mod auth;
 mod conn;
 mod hub;
 mod render;
+mod rest;
 mod session;
 
 use std::collections::{HashMap, VecDeque};
@@ -49,6 +55,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 pub use cli::{SimArgs, console_command, console_lines, run_cli};
+pub use rest::RestFaults;
 
 use crate::tick::BookSnapshot;
 use conn::Control;
@@ -61,6 +68,8 @@ use session::FrameOpts;
 pub const TRADE_LOG_CAP: usize = 262_144;
 /// Commands kept for [`Simulator::commands_received`]; older ones are forgotten.
 pub const COMMAND_LOG_CAP: usize = 100_000;
+/// REST requests kept for [`Simulator::rest_requests`]; older ones are forgotten.
+pub const REST_LOG_CAP: usize = 100_000;
 /// Buffer of each in-memory stream, per direction.
 const DUPLEX_BUFFER: usize = 256 * 1024;
 /// Generator tick.
@@ -97,6 +106,12 @@ pub struct SimConfig {
     pub lifecycle_every: u32,
     /// Close (code 1008) a connection that left this many pings unanswered; `None` never does.
     pub missed_pongs_close: Option<u32>,
+    /// The market schedule: every period, each series of the first markets gets a new event
+    /// of [`exchange::MARKETS_PER_EVENT`] markets, and scheduled markets (the first ones
+    /// included) close after [`exchange::OPEN_ROUNDS`] periods, are determined a period later
+    /// and settle a period after that, with their lifecycle messages. `None`: markets open at
+    /// start stay open.
+    pub new_market_every: Option<Duration>,
 }
 
 impl Default for SimConfig {
@@ -113,6 +128,7 @@ impl Default for SimConfig {
             extra_fields: false,
             lifecycle_every: 200,
             missed_pongs_close: None,
+            new_market_every: None,
         }
     }
 }
@@ -126,6 +142,11 @@ pub struct SimAuth {
     pub public_key: rsa::RsaPublicKey,
     /// Largest accepted difference between `KALSHI-ACCESS-TIMESTAMP` and the clock.
     pub max_skew: Duration,
+}
+
+/// A schedule period in ms.
+fn period_ms(period: Duration) -> i64 {
+    i64::try_from(period.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// `n` market tickers: `SIM-MKT-001`, `SIM-MKT-002`...
@@ -160,6 +181,16 @@ pub struct SimStats {
     pub events_generated: u64,
     /// Fault switches not delivered because a connection's control queue was full.
     pub faults_dropped: u64,
+    /// REST requests received.
+    pub rest_requests: u64,
+    /// REST requests answered 429 by the throttle fault.
+    pub rest_throttled: u64,
+    /// REST requests answered 5xx by the failure fault.
+    pub rest_failed: u64,
+    /// Signed REST requests whose signature did not verify (401).
+    pub rest_unauthorized: u64,
+    /// Signed REST requests whose signature verified.
+    pub rest_signed: u64,
 }
 
 #[derive(Debug, Default)]
@@ -176,6 +207,11 @@ struct Counters {
     lagged: AtomicU64,
     events_generated: AtomicU64,
     faults_dropped: AtomicU64,
+    rest_requests: AtomicU64,
+    rest_throttled: AtomicU64,
+    rest_failed: AtomicU64,
+    rest_unauthorized: AtomicU64,
+    rest_signed: AtomicU64,
 }
 
 /// State shared by the handle, the generator, accept loops and connections.
@@ -215,6 +251,10 @@ struct Shared {
     rate: AtomicU64,
     /// Guards against spawning the generator twice.
     generator_started: AtomicBool,
+    /// The REST fault switches.
+    rest_faults: Mutex<RestFaults>,
+    /// REST requests received (path and query), at most `REST_LOG_CAP`.
+    rest_log: Mutex<VecDeque<String>>,
 }
 
 /// What the handle keeps of an open connection.
@@ -244,6 +284,12 @@ impl Shared {
     }
     fn send_times_lock(&self) -> MutexGuard<'_, VecDeque<(String, std::time::Instant)>> {
         relock(&self.send_times)
+    }
+    fn rest_faults_lock(&self) -> MutexGuard<'_, RestFaults> {
+        relock(&self.rest_faults)
+    }
+    fn rest_log_lock(&self) -> MutexGuard<'_, VecDeque<String>> {
+        relock(&self.rest_log)
     }
 
     /// Sends a switch to every open connection without waiting.
@@ -284,7 +330,12 @@ impl Simulator {
     /// Outside a tokio runtime (a start-up invariant: every caller is async code).
     pub fn start(cfg: SimConfig) -> Simulator {
         let runtime = tokio::runtime::Handle::current();
-        let ex = Exchange::new(cfg.seed, &cfg.markets, cfg.lifecycle_every).salt_trade_ids(rand::random());
+        let mut ex = Exchange::new(cfg.seed, &cfg.markets, cfg.lifecycle_every)
+            .salt_trade_ids(rand::random())
+            .started_at(session::now_ms());
+        if let Some(period) = cfg.new_market_every {
+            ex.schedule_existing(session::now_ms(), period_ms(period));
+        }
         let (stall, _) = watch::channel(false);
         let shared = Arc::new(Shared {
             hub: Hub::new(ex, cfg.auto_create_markets),
@@ -308,10 +359,36 @@ impl Simulator {
             send_times: Mutex::new(VecDeque::new()),
             rate: AtomicU64::new(u64::from(cfg.rate.max(1))),
             generator_started: AtomicBool::new(false),
+            rest_faults: Mutex::new(RestFaults::default()),
+            rest_log: Mutex::new(VecDeque::new()),
         });
         let sim = Simulator { owner: Arc::new(Owner { shared, runtime }) };
         sim.spawn_generator();
+        if let Some(period) = cfg.new_market_every {
+            sim.spawn_schedule(period);
+        }
         sim
+    }
+
+    /// Runs the market schedule every `period` (first round one period after start), on
+    /// tokio's clock, so paused-time tests drive it. Rounds due while paused are skipped.
+    fn spawn_schedule(&self, period: Duration) {
+        let shared = self.shared().clone();
+        let period = period.max(Duration::from_millis(1));
+        self.owner.runtime.spawn(async move {
+            let mut rounds = tokio::time::interval_at(Instant::now() + period, period);
+            rounds.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    // The simulator is shut down.
+                    _ = shared.shutdown.cancelled() => break,
+                    // A round is due.
+                    _ = rounds.tick() => {
+                        shared.hub.schedule_round(session::now_ms(), period_ms(period));
+                    }
+                }
+            }
+        });
     }
 
     fn shared(&self) -> &Arc<Shared> {
@@ -385,6 +462,51 @@ impl Simulator {
     /// `ws://{addr}/trade-api/ws/v2`.
     pub fn url(&self, addr: SocketAddr) -> String {
         format!("ws://{addr}{}", auth::WS_PATH)
+    }
+
+    /// `http://{addr}/trade-api/v2`: the REST API's base on the same port.
+    pub fn rest_url(&self, addr: SocketAddr) -> String {
+        format!("http://{addr}{}", auth::REST_PREFIX.trim_end_matches('/'))
+    }
+
+    /// The REST fault switches now.
+    pub fn rest_faults(&self) -> RestFaults {
+        *self.shared().rest_faults_lock()
+    }
+
+    /// Sets every REST fault switch at once.
+    pub fn set_rest_faults(&self, faults: RestFaults) {
+        *self.shared().rest_faults_lock() = faults;
+    }
+
+    /// The next `n` REST requests get 429, with `Retry-After` (whole seconds, at least 1) when
+    /// `retry_after` is given.
+    pub fn rest_throttle(&self, n: u32, retry_after: Option<Duration>) {
+        let mut f = self.shared().rest_faults_lock();
+        f.throttle = n;
+        f.retry_after = retry_after;
+    }
+
+    /// The next `n` REST requests (after any 429s) get HTTP `status` (a 5xx).
+    pub fn rest_fail(&self, n: u32, status: u16) {
+        let mut f = self.shared().rest_faults_lock();
+        f.fail = n;
+        f.fail_status = status;
+    }
+
+    /// Every REST answer waits `delay` first (zero: none).
+    pub fn rest_delay(&self, delay: Duration) {
+        self.shared().rest_faults_lock().delay = delay;
+    }
+
+    /// REST requests received, oldest first: path and query as sent.
+    pub fn rest_requests(&self) -> Vec<String> {
+        self.shared().rest_log_lock().iter().cloned().collect()
+    }
+
+    /// A market's lifecycle and metadata as the REST API serves it.
+    pub fn market_meta(&self, market: &str) -> Option<exchange::MarketMeta> {
+        self.shared().hub.lock().ex.meta(market).cloned()
     }
 
     /// The client end of an in-process stream, served exactly like a TCP connection (HTTP
@@ -523,6 +645,11 @@ impl Simulator {
             lagged: get(&c.lagged),
             events_generated: get(&c.events_generated),
             faults_dropped: get(&c.faults_dropped),
+            rest_requests: get(&c.rest_requests),
+            rest_throttled: get(&c.rest_throttled),
+            rest_failed: get(&c.rest_failed),
+            rest_unauthorized: get(&c.rest_unauthorized),
+            rest_signed: get(&c.rest_signed),
         }
     }
 }

@@ -6,7 +6,10 @@
 //!   data (see [`incident::DataClock`]);
 //! - `database_unreachable`: the store has not reached the database for
 //!   `alerts.database_unreachable_after`;
-//! - `spool_filling`: the spool holds `alerts.spool_warn_fraction` of `store.spool_max_bytes`.
+//! - `spool_filling`: the spool holds `alerts.spool_warn_fraction` of `store.spool_max_bytes`;
+//! - `rest_unreachable`: a feed's REST calls have failed, with no success since, for
+//!   `alerts.rest_unreachable_after` (its client's "failing since", see
+//!   [`crate::telemetry::rest`]). About the feed (`source` is its name), not a connection.
 //!
 //! The [`watch`] task samples the health every [`EVALUATE_EVERY`] and applies the rule of
 //! [`incident`]. [`start`] builds the registry `tickd run` uses, with the [`webhook`] as its
@@ -30,7 +33,9 @@ use crate::bus::Bus;
 use crate::config::Settings;
 use crate::store::{StoreMetrics, StoreState};
 use crate::telemetry::alerts::alerter::alert_tick;
-use crate::telemetry::alerts::{AlertRegistry, DATABASE_UNREACHABLE, FEED_STALE, SPOOL_FILLING, STORE};
+use crate::telemetry::alerts::{
+    AlertRegistry, DATABASE_UNREACHABLE, FEED_STALE, REST_UNREACHABLE, SPOOL_FILLING, STORE,
+};
 use crate::telemetry::metrics::{FeedMetrics, FeedState};
 use crate::tick::{ConnId, Name};
 use incident::{DataClock, Incident, Reading, Rule, Transition};
@@ -74,8 +79,8 @@ pub fn start(settings: &Settings) -> Result<AlertRegistry, AlertError> {
 }
 
 /// Starts the task that samples the feed and store metrics every [`EVALUATE_EVERY`] and
-/// raises and resolves `feed_stale`, `database_unreachable` and `spool_filling` in
-/// `registry`. It ends when `ctx.shutdown` is cancelled; await the handle before closing the
+/// raises and resolves `feed_stale`, `database_unreachable`, `spool_filling` and
+/// `rest_unreachable` in `registry`. It ends when `ctx.shutdown` is cancelled; await the handle before closing the
 /// bus, since it publishes on it.
 pub fn watch(registry: &AlertRegistry, ctx: WatchContext) -> JoinHandle<()> {
     tokio::spawn(run_watch(registry.clone(), ctx))
@@ -108,6 +113,8 @@ pub struct Thresholds {
     pub spool_max_bytes: u64,
     /// `alerts.feed_stale_after`; zero is off.
     pub feed_stale_after: Duration,
+    /// `alerts.rest_unreachable_after`.
+    pub rest_unreachable_after: Duration,
     /// Per configured feed: its staleness threshold, `None` when off (zero, or a feed with no
     /// markets, whose lifecycle channel may rightly be quiet for hours).
     pub feeds: HashMap<String, Option<Duration>>,
@@ -139,6 +146,7 @@ impl Thresholds {
                 .map(|s| ((s.spool_max_bytes as f64 * a.spool_warn_fraction).ceil() as u64).max(1)),
             spool_max_bytes: max,
             feed_stale_after: a.feed_stale_after,
+            rest_unreachable_after: a.rest_unreachable_after,
             feeds,
         }
     }
@@ -159,6 +167,20 @@ pub struct Samples {
     pub store: Option<StoreSample>,
     /// Every running feed connection.
     pub conns: Vec<ConnSample>,
+    /// Every feed's REST API.
+    pub rest: Vec<RestSample>,
+}
+
+/// One feed's REST API at one instant.
+#[derive(Clone, Debug)]
+pub struct RestSample {
+    /// The feed.
+    pub feed: Name,
+    /// How long its calls have been failing with no success since; `None` while the last call
+    /// succeeded.
+    pub failing_for: Option<Duration>,
+    /// The last failure, for the alert's message.
+    pub last_error: Option<String>,
 }
 
 /// The store at one instant.
@@ -200,6 +222,17 @@ impl Samples {
                     }
                 })
                 .collect(),
+            rest: snapshot
+                .rest
+                .iter()
+                .map(|r| RestSample {
+                    feed: r.feed.clone(),
+                    failing_for: r.failing_since_us.map(|since| {
+                        Duration::from_micros(u64::try_from(snapshot.at_us - since).unwrap_or(0))
+                    }),
+                    last_error: r.metrics.last_error(),
+                })
+                .collect(),
         }
     }
 }
@@ -225,10 +258,10 @@ pub enum Change {
         /// Details.
         message: String,
     },
-    /// A connection is no longer running (a reload removed it): whatever is open about it
-    /// resolves.
+    /// A connection or a feed is no longer running (a reload removed it): whatever is open
+    /// about it resolves.
     Gone {
-        /// `feed/n`.
+        /// `feed/n`, or the feed's name.
         source: Name,
     },
 }
@@ -244,6 +277,8 @@ pub struct Evaluator {
     database: Incident,
     spool: Incident,
     conns: BTreeMap<ConnId, ConnWatch>,
+    /// `rest_unreachable`, by feed.
+    rest: BTreeMap<Name, Incident>,
 }
 
 impl Evaluator {
@@ -254,6 +289,7 @@ impl Evaluator {
             database: Incident::default(),
             spool: Incident::default(),
             conns: BTreeMap::new(),
+            rest: BTreeMap::new(),
         }
     }
 
@@ -272,7 +308,47 @@ impl Evaluator {
             self.conns.remove(&id);
             changes.push(Change::Gone { source: Name::from(id.to_string()) });
         }
+        for rest in &samples.rest {
+            self.judge_rest(now, rest, &mut changes);
+        }
+        let gone: Vec<Name> =
+            self.rest.keys().filter(|f| !samples.rest.iter().any(|r| &r.feed == *f)).cloned().collect();
+        for feed in gone {
+            self.rest.remove(&feed);
+            changes.push(Change::Gone { source: feed });
+        }
         changes
+    }
+
+    fn judge_rest(&mut self, now: Instant, rest: &RestSample, changes: &mut Vec<Change>) {
+        let after = self.t.rest_unreachable_after;
+        // Failing, but not for long enough yet, says nothing either way: an open alert stays
+        // open, and none opens.
+        let reading = match rest.failing_for {
+            None => Reading::Clear,
+            Some(d) if d >= after => Reading::Bad,
+            Some(_) => Reading::Unknown,
+        };
+        let rule = Rule { fire_after: Duration::ZERO, resolve_after: self.t.resolve_after };
+        let incident = self.rest.entry(rest.feed.clone()).or_default();
+        match incident.observe(reading, now, rule) {
+            Some(Transition::Fire { .. }) => changes.push(Change::Fire {
+                kind: REST_UNREACHABLE,
+                source: rest.feed.clone(),
+                message: format!(
+                    "{}: REST requests have failed for {}s with no success since (last: {}); listing markets and fetching trades wait",
+                    rest.feed,
+                    rest.failing_for.unwrap_or_default().as_secs(),
+                    rest.last_error.as_deref().unwrap_or("unknown")
+                ),
+            }),
+            Some(Transition::Resolve { open_for }) => changes.push(Change::Resolve {
+                kind: REST_UNREACHABLE,
+                source: rest.feed.clone(),
+                message: format!("{}: REST requests succeed again; alert open {}s", rest.feed, open_for.as_secs()),
+            }),
+            None => {}
+        }
     }
 
     fn judge_store(&mut self, now: Instant, store: StoreSample, changes: &mut Vec<Change>) {
@@ -451,6 +527,7 @@ mod tests {
         settings.alerts.resolve_after = Duration::from_secs(3);
         settings.alerts.database_unreachable_after = Duration::from_secs(10);
         settings.alerts.feed_stale_after = Duration::from_secs(60);
+        settings.alerts.rest_unreachable_after = Duration::from_secs(10);
         Thresholds::from_settings(&settings)
     }
 
@@ -495,7 +572,7 @@ mod tests {
             };
             let changes = e.step(
                 t0 + Duration::from_secs(s),
-                &Samples { store: None, conns: vec![conn("kalshi/0", FeedState::Live, data)] },
+                &Samples { conns: vec![conn("kalshi/0", FeedState::Live, data)], ..Samples::default() },
             );
             log.extend(kinds(&changes).into_iter().map(|c| format!("{s}: {c}")));
         }
@@ -511,7 +588,7 @@ mod tests {
         for s in 0..20u64 {
             // Backing off for 8 s (no data, not stale), connected from 8 and silent.
             let state = if s < 8 { FeedState::BackingOff } else { FeedState::Subscribing };
-            let samples = Samples { store: None, conns: vec![conn("kalshi/0", state, 7)] };
+            let samples = Samples { conns: vec![conn("kalshi/0", state, 7)], ..Samples::default() };
             log.extend(
                 kinds(&e.step(t0 + Duration::from_secs(s), &samples))
                     .into_iter()
@@ -529,7 +606,7 @@ mod tests {
         // Each connection is live 4 s with no data (under the 5 s threshold), then backs off 2 s.
         for s in 0..40u64 {
             let state = if s % 6 < 4 { FeedState::Live } else { FeedState::BackingOff };
-            let samples = Samples { store: None, conns: vec![conn("kalshi/0", state, 7)] };
+            let samples = Samples { conns: vec![conn("kalshi/0", state, 7)], ..Samples::default() };
             log.extend(
                 kinds(&e.step(t0 + Duration::from_secs(s), &samples))
                     .into_iter()
@@ -554,7 +631,7 @@ mod tests {
                 _ => (StoreState::Ready, 0),
             };
             let samples =
-                Samples { store: Some(StoreSample { state, spool_bytes: spool }), conns: Vec::new() };
+                Samples { store: Some(StoreSample { state, spool_bytes: spool }), ..Samples::default() };
             log.extend(
                 kinds(&e.step(t0 + Duration::from_secs(s), &samples))
                     .into_iter()
@@ -573,10 +650,38 @@ mod tests {
     }
 
     #[test]
+    fn rest_unreachable_fires_once_failing_long_enough_and_resolves_once_calls_succeed() {
+        let t0 = Instant::now();
+        let mut e = Evaluator::new(thresholds());
+        let mut log = Vec::new();
+        // Failing from 2 to 20 (a success at 8 breaks the first run), fine from 20.
+        for s in 0..30u64 {
+            let failing_for = match s {
+                2..8 => Some(Duration::from_secs(s - 2)),
+                8 => None,
+                9..20 => Some(Duration::from_secs(s - 9)),
+                _ => None,
+            };
+            let rest =
+                RestSample { feed: Name::from("kalshi"), failing_for, last_error: Some("HTTP 503".into()) };
+            let samples = Samples { rest: vec![rest], ..Samples::default() };
+            log.extend(
+                kinds(&e.step(t0 + Duration::from_secs(s), &samples))
+                    .into_iter()
+                    .map(|c| format!("{s}: {c}")),
+            );
+        }
+        // 10 s of failing reached at 19; clear from 20, resolved 3 s later.
+        assert_eq!(log, ["19: fire rest_unreachable kalshi", "23: resolve rest_unreachable kalshi"]);
+        // A feed removed by a reload takes its alert with it.
+        assert_eq!(kinds(&e.step(t0 + Duration::from_secs(31), &Samples::default())), ["gone kalshi"]);
+    }
+
+    #[test]
     fn a_removed_connection_is_reported_gone() {
         let t0 = Instant::now();
         let mut e = Evaluator::new(thresholds());
-        let one = Samples { store: None, conns: vec![conn("kalshi/0", FeedState::Live, 1)] };
+        let one = Samples { conns: vec![conn("kalshi/0", FeedState::Live, 1)], ..Samples::default() };
         assert_eq!(e.step(t0, &one), []);
         assert_eq!(kinds(&e.step(t0 + Duration::from_secs(1), &Samples::default())), ["gone kalshi/0"]);
     }

@@ -1,12 +1,13 @@
 //! The alert webhook: every notice POSTed as JSON to `alerts.webhook_url`, in order, by one
 //! task of its own, so that a slow or dead receiver never holds up a feed or the writer.
 //!
-//! Each POST is one HTTP/1.1 request on a fresh connection (TCP, or rustls with the ring
-//! provider and the Mozilla roots for `https`), limited to `webhook_timeout` in all. A POST
-//! that gets no answer, or HTTP 429 or 5xx, is tried again up to `webhook_retries` times
-//! after [`retry_delay`]; any other non-2xx answer is final. A notice that cannot be
-//! delivered is logged and counted, and the next one goes. No proxy and no redirects: a 3xx
-//! is a failure that says so.
+//! Each POST is one HTTP/1.1 request on a fresh connection, made with reqwest as
+//! [`crate::http`] builds it (rustls with the ring provider and the Mozilla roots for
+//! `https`, no proxy, no redirects: a 3xx is a failure that says so), limited to
+//! `webhook_timeout` in all. User info in the URL becomes a Basic `Authorization`. A POST that
+//! gets no answer, or HTTP 429 or 5xx, is tried again up to `webhook_retries` times after
+//! [`retry_delay`]; any other non-2xx answer is final. A notice that cannot be delivered is
+//! logged and counted, and the next one goes.
 //!
 //! Notices wait in a queue of [`WEBHOOK_QUEUE`]; when it is full (the receiver has been
 //! failing for a long while) a new notice is dropped, logged and counted rather than wait.
@@ -17,11 +18,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::Full;
-use hyper::http::{Request, header};
-use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
+use reqwest::header;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep, timeout_at};
@@ -29,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, warn};
 
 use crate::config::WebhookUrl;
+use crate::http::{Failure, client_builder, describe, failure};
 use crate::telemetry::alerts::AlertMetrics;
 use crate::telemetry::alerts::notice::Notice;
 
@@ -42,21 +40,18 @@ pub const DRAIN_LIMIT: Duration = Duration::from_secs(5);
 /// The longest wait between two tries of one notice.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
 
-/// Why a POST failed.
+/// Why a POST failed. No variant carries the URL, whose path or query may hold a token.
 #[derive(Debug, thiserror::Error)]
 pub enum PostError {
     /// The URL cannot be posted to.
     #[error("{0}")]
     Url(String),
-    /// TCP connect, or the connection broke.
+    /// TCP connect failed, or the connection broke before a whole answer.
     #[error("connection failed: {0}")]
-    Connect(#[from] std::io::Error),
+    Connect(String),
     /// The TLS handshake failed (certificate, protocol).
     #[error("TLS failed: {0}")]
-    Tls(std::io::Error),
-    /// HTTP protocol failure.
-    #[error("HTTP failed: {0}")]
-    Http(#[from] hyper::Error),
+    Tls(String),
     /// No answer within `webhook_timeout`.
     #[error("no answer within {0:?}")]
     Timeout(Duration),
@@ -71,7 +66,7 @@ impl PostError {
     /// not change by themselves.
     pub fn is_retriable(&self) -> bool {
         match self {
-            PostError::Connect(_) | PostError::Http(_) | PostError::Timeout(_) => true,
+            PostError::Connect(_) | PostError::Timeout(_) => true,
             PostError::Status(code) => *code == 429 || *code >= 500,
             PostError::Url(_) | PostError::Tls(_) => false,
         }
@@ -87,12 +82,12 @@ pub fn retry_delay(retry: u32) -> Duration {
 /// Where and how notices are posted.
 #[derive(Clone)]
 pub struct Webhook {
-    url: url::Url,
+    url: reqwest::Url,
     /// The URL for logs.
     shown: String,
     timeout: Duration,
     retries: u32,
-    tls: Arc<rustls::ClientConfig>,
+    client: reqwest::Client,
 }
 
 impl std::fmt::Debug for Webhook {
@@ -106,16 +101,13 @@ impl Webhook {
     /// or TLS cannot be set up; the error never shows the URL's secret parts.
     pub fn new(url: &WebhookUrl, timeout: Duration, retries: u32) -> Result<Webhook, String> {
         url.check()?;
-        let parsed = url::Url::parse(url.expose()).map_err(|e| format!("is not a URL: {e}"))?;
-        let roots = rustls::RootCertStore::from_iter(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-        let mut tls =
-            rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()
-                .map_err(|e| format!("TLS cannot be set up: {e}"))?
-                .with_root_certificates(roots)
-                .with_no_client_auth();
-        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-        Ok(Webhook { url: parsed, shown: url.redacted(), timeout, retries, tls: Arc::new(tls) })
+        let parsed = reqwest::Url::parse(url.expose()).map_err(|e| format!("is not a URL: {e}"))?;
+        // Alerts are rare: a fresh connection for each POST, none kept idle in between.
+        let client = client_builder(timeout)?
+            .pool_max_idle_per_host(0)
+            .build()
+            .map_err(|e| format!("the HTTP client cannot be set up: {}", describe(e)))?;
+        Ok(Webhook { url: parsed, shown: url.redacted(), timeout, retries, client })
     }
 
     /// The URL as logs show it (scheme, host and port only).
@@ -125,104 +117,27 @@ impl Webhook {
 
     /// POSTs `body` once; `Ok` with the 2xx status.
     pub async fn post(&self, body: Bytes) -> Result<u16, PostError> {
-        let deadline = Instant::now() + self.timeout;
-        match timeout_at(deadline, self.post_unbounded(body)).await {
-            Ok(result) => result,
-            Err(_) => Err(PostError::Timeout(self.timeout)),
-        }
-    }
-
-    async fn post_unbounded(&self, body: Bytes) -> Result<u16, PostError> {
-        let url = &self.url;
-        let host = match url.host() {
-            Some(url::Host::Domain(d)) => d.to_owned(),
-            Some(url::Host::Ipv4(a)) => a.to_string(),
-            Some(url::Host::Ipv6(a)) => a.to_string(),
-            None => return Err(PostError::Url("the URL has no host".into())),
-        };
-        let port = url.port_or_known_default().unwrap_or(80);
-        let tcp = TcpStream::connect((host.as_str(), port)).await?;
-        tcp.set_nodelay(true)?;
-        if url.scheme() == "https" {
-            let name = rustls::pki_types::ServerName::try_from(host)
-                .map_err(|e| PostError::Url(format!("the host is not a TLS server name: {e}")))?;
-            let tls = tokio_rustls::TlsConnector::from(self.tls.clone())
-                .connect(name, tcp)
-                .await
-                .map_err(PostError::Tls)?;
-            self.exchange(tls, body).await
-        } else {
-            self.exchange(tcp, body).await
-        }
-    }
-
-    /// One request on an open connection; the connection is driven in this future, so a
-    /// timeout that drops it drops the connection too.
-    async fn exchange<T>(&self, io: T, body: Bytes) -> Result<u16, PostError>
-    where
-        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
-        let url = &self.url;
-        let mut target = url.path().to_owned();
-        if let Some(q) = url.query() {
-            target.push('?');
-            target.push_str(q);
-        }
-        let authority = match (url.host_str(), url.port()) {
-            (Some(h), Some(p)) => format!("{h}:{p}"),
-            (Some(h), None) => h.to_owned(),
-            (None, _) => String::new(),
-        };
-        let mut request = Request::post(target)
-            .header(header::HOST, authority)
+        let sent = self
+            .client
+            .post(self.url.clone())
             .header(header::CONTENT_TYPE, "application/json")
-            .header(header::USER_AGENT, concat!("tickd/", env!("CARGO_PKG_VERSION")))
-            .header(header::CONNECTION, "close");
-        if !url.username().is_empty() {
-            use base64::Engine as _;
-            let user = percent_decode(url.username());
-            let password = url.password().map(percent_decode).unwrap_or_default();
-            let basic = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
-            request = request.header(header::AUTHORIZATION, format!("Basic {basic}"));
-        }
-        let request = request.body(Full::new(body)).map_err(|e| PostError::Url(e.to_string()))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
-        let mut conn = std::pin::pin!(conn);
-        let mut send = std::pin::pin!(sender.send_request(request));
-        let response = tokio::select! {
-            // The answer; the connection is driven by the other branch meanwhile.
-            response = &mut send => response?,
-            // The connection is done (with `Connection: close`, possibly just after reading
-            // the answer): the answer, if any, is waiting in `send`.
-            ended = &mut conn => {
-                ended?;
-                send.await?
+            .body(body)
+            .send()
+            .await;
+        let response = match sent {
+            Ok(response) => response,
+            Err(e) => {
+                return Err(match failure(&e) {
+                    Failure::Timeout => PostError::Timeout(self.timeout),
+                    Failure::Tls => PostError::Tls(describe(e)),
+                    Failure::Connect => PostError::Connect(describe(e)),
+                    Failure::Request => PostError::Url(describe(e)),
+                });
             }
         };
         let status = response.status().as_u16();
         if response.status().is_success() { Ok(status) } else { Err(PostError::Status(status)) }
     }
-}
-
-/// `p%40ss` → `p@ss`: user info as the URL encodes it, decoded for the `Authorization` header.
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
-        match (bytes[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
-            (b'%', Some(b)) => {
-                out.push(b);
-                i += 3;
-            }
-            (b, _) => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Starts the task that posts queued notices, in order, until `close` is cancelled (then it
@@ -348,8 +263,8 @@ mod tests {
             assert_eq!(PostError::Status(code).is_retriable(), retriable, "HTTP {code}");
         }
         assert!(PostError::Timeout(Duration::from_secs(1)).is_retriable());
-        assert!(PostError::Connect(std::io::Error::other("refused")).is_retriable());
-        assert!(!PostError::Tls(std::io::Error::other("bad certificate")).is_retriable());
+        assert!(PostError::Connect("refused".into()).is_retriable());
+        assert!(!PostError::Tls("bad certificate".into()).is_retriable());
     }
 
     /// Accepts one connection, reads one request (head and a body of `Content-Length`),

@@ -6,7 +6,7 @@
 //! - the store writer sends its one-shot notices (`spool_full`, `store_schema`,
 //!   `batch_rejected`, `spool_unreadable`: no incident, no recovery);
 //! - the alert monitor ([`crate::ops::alerts`]) raises and resolves `feed_stale`,
-//!   `database_unreachable` and `spool_filling` from the daemon's health.
+//!   `database_unreachable`, `spool_filling` and `rest_unreachable` from the daemon's health.
 //!
 //! An open incident is keyed by (kind, source); raising it again while open does nothing.
 //! Every notice is one log line (error when firing, warn when resolved, with `alert`, `source`
@@ -42,6 +42,8 @@ pub const SPOOL_FILLING: &str = "spool_filling";
 pub const MAX_RECONNECTS: &str = "max_reconnects";
 /// The exchange rejected a feed's credentials (HTTP 401).
 pub const CREDENTIALS_REJECTED: &str = "credentials_rejected";
+/// A feed's REST requests have been failing for `alerts.rest_unreachable_after`.
+pub const REST_UNREACHABLE: &str = "rest_unreachable";
 
 /// The source of the store's alerts.
 pub const STORE: &str = "store";
