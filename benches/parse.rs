@@ -296,28 +296,15 @@ fn as_normalized(frame: Frame<'_>) -> Normalized<'_> {
         Frame::Snapshot { id, sid, seq, market, yes, no, sending_ts_ms } => {
             Normalized::Snapshot { id, sending_ts_ms, sid, seq, market: market.into(), yes, no }
         }
-        Frame::Ticker {
-            sid,
-            market,
-            price,
-            yes_bid,
-            yes_ask,
-            yes_bid_size,
-            yes_ask_size,
-            last_trade_size,
-            volume,
-            open_interest,
-            dollar_volume,
-            dollar_open_interest,
-            ts_ms,
-        } => Normalized::Ticker {
+        Frame::Ticker { sid, market, quote: q, ts_ms } => Normalized::Ticker {
             sid,
             market: market.into(),
-            price,
-            bid: yes_bid,
-            ask: yes_ask,
-            sizes: [yes_bid_size, yes_ask_size, last_trade_size, volume, open_interest],
-            dollars: [dollar_volume, dollar_open_interest],
+            price: q.last,
+            bid: q.bid,
+            ask: q.ask,
+            sizes: [q.bid_size, q.ask_size, q.last_size, q.volume, q.open_interest]
+                .map(Option::unwrap_or_default),
+            dollars: [q.dollar_volume.unwrap_or_default(), q.dollar_open_interest.unwrap_or_default()],
             ts_ms,
         },
         Frame::Trade { sid, seq, market, trade_id, yes_price, count, taker_side, block, ts_ms } => {
@@ -328,8 +315,8 @@ fn as_normalized(frame: Frame<'_>) -> Normalized<'_> {
                 trade_id: trade_id.into(),
                 price: yes_price,
                 count,
-                taker: taker_side,
-                block,
+                taker: taker_side.unwrap_or(Side::Yes),
+                block: block.unwrap_or_default(),
                 ts_ms,
             }
         }

@@ -42,8 +42,8 @@ fn trade(market: &str, id: &str, exch_ms: i64, price: i64, size: i64) -> Tick {
             trade_id: id.into(),
             price: Price(price),
             size: Qty(size),
-            taker_side: Side::No,
-            block: false,
+            taker_side: Some(Side::No),
+            block: Some(false),
         }),
     )
 }
@@ -64,9 +64,9 @@ fn one_of_each() -> Vec<Tick> {
                 last: Some(Price(4801)),
                 bid: Some(Price(4800)),
                 ask: None,
-                bid_size: Qty(100),
-                volume: Qty(999_999_900),
-                dollar_volume: 123,
+                bid_size: Some(Qty(100)),
+                volume: Some(Qty(999_999_900)),
+                dollar_volume: Some(123),
                 ..Quote::default()
             }),
         ),
@@ -178,16 +178,23 @@ async fn prices_sizes_and_times_are_stored_exactly() {
     assert_eq!(t.get::<String, _>("dollars"), "0.48010000000000000000");
     assert_eq!(t.get::<String, _>("contracts"), "123.4500000000000000");
 
-    let q = sqlx::query("SELECT last, bid, ask, bid_size, volume, dollar_volume FROM quotes")
-        .fetch_one(&pool)
-        .await
-        .expect("quote row");
+    let q = sqlx::query(
+        "SELECT last, bid, ask, bid_size, ask_size, last_size, volume, open_interest, dollar_volume, \
+                dollar_open_interest FROM quotes",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("quote row");
     assert_eq!(q.get::<Option<i64>, _>("last"), Some(4801));
     assert_eq!(q.get::<Option<i64>, _>("bid"), Some(4800));
     assert_eq!(q.get::<Option<i64>, _>("ask"), None);
-    assert_eq!(q.get::<i64, _>("bid_size"), 100);
-    assert_eq!(q.get::<i64, _>("volume"), 999_999_900);
-    assert_eq!(q.get::<i64, _>("dollar_volume"), 123);
+    assert_eq!(q.get::<Option<i64>, _>("bid_size"), Some(100));
+    assert_eq!(q.get::<Option<i64>, _>("volume"), Some(999_999_900));
+    assert_eq!(q.get::<Option<i64>, _>("dollar_volume"), Some(123));
+    // Not given is NULL, never zero.
+    for column in ["ask_size", "last_size", "open_interest", "dollar_open_interest"] {
+        assert_eq!(q.get::<Option<i64>, _>(column), None, "{column}");
+    }
 
     let s = sqlx::query("SELECT yes::text, no::text, exch_ts IS NULL AS no_exch FROM book_snapshots")
         .fetch_one(&pool)
