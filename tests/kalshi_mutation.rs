@@ -7,8 +7,9 @@
 //! The generator is seeded, so a run is the same on every machine; set `MUTATION_SEED` to try
 //! another sequence and `MUTATION_FRAMES` for more frames.
 //!
-//! Each frame goes through the parser twice (in place and from a padded copy, which must
-//! agree) and through a protocol session subscribed to the seeds' markets, whose ticks go into
+//! Each frame goes through the parser twice (the feed's fast path for the common shapes, and
+//! simd-json alone), which must agree on the frame, the fields set aside and the counts, and
+//! through a protocol session subscribed to the seeds' markets, whose ticks go into
 //! a store batch. The test then checks that the outcomes add up to the frames sent, that the
 //! session counted the same rejections and unknown types as the parser, and that every name
 //! and text in the batch is one PostgreSQL accepts.
@@ -335,7 +336,7 @@ fn mutated_frames_never_panic_every_outcome_is_counted_and_what_is_kept_can_be_s
     let seeds = seeds();
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut parser = Parser::default();
-    let mut in_place = Parser::default();
+    let mut general = Parser::default();
     let metrics = Arc::new(FeedMetrics::default());
     let start = Instant::now();
     let mut session = session(metrics.clone(), start);
@@ -351,16 +352,16 @@ fn mutated_frames_never_panic_every_outcome_is_counted_and_what_is_kept_can_be_s
         for kind in made {
             *mutations.entry(kind).or_default() += 1;
         }
-        buf.load(&bytes);
+        // The feed's path (a fast scan of the common shapes, else simd-json) against simd-json
+        // alone: same frame, same notes, same counts.
         let mut notes = Vec::new();
-        let got = parser.parse_buf(&mut buf, &mut notes);
-        let mut copy = bytes.clone();
-        assert_eq!(
-            in_place.parse(&mut copy),
-            got,
-            "both paths agree on {:?}",
-            String::from_utf8_lossy(&bytes)
-        );
+        let got = parser.parse_frame(&bytes, &mut buf, &mut notes);
+        let mut padded = FrameBuf::from_text(&bytes);
+        let mut general_notes = Vec::new();
+        let general_got = general.parse_buf(&mut padded, &mut general_notes);
+        let shown = || String::from_utf8_lossy(&bytes).into_owned();
+        assert_eq!(got, general_got, "the fast path agrees with simd-json on {}", shown());
+        assert_eq!(notes, general_notes, "{}", shown());
         let outcome = match &got {
             Ok(frame) => {
                 check_frame(frame, &bytes);
@@ -403,6 +404,7 @@ fn mutated_frames_never_panic_every_outcome_is_counted_and_what_is_kept_can_be_s
     let s = metrics.snapshot();
     assert_eq!(s.parse_errors, rejected, "the session rejected what the parser rejected");
     assert_eq!(s.unknown_types, unknown, "the session counted the unknown types the parser saw");
+    assert_eq!(parser.stats, general.stats, "both paths count the same unknown and invalid fields");
     // The sweep reaches every outcome and uses every mutation.
     for reason in ["invalid_utf8", "malformed_json", "missing_field", "wrong_type", "bad_value", "bad_text"] {
         assert!(outcomes.contains_key(&format!("rejected: {reason}")), "no frame was rejected for {reason}");

@@ -240,7 +240,8 @@ pub struct Session {
     cfg: SessionConfig,
     metrics: Arc<FeedMetrics>,
     parser: Parser,
-    /// The frame being parsed, copied from the received text (which stays as sent).
+    /// A frame the fast path leaves to simd-json, copied from the received text (which stays
+    /// as sent).
     frame_buf: FrameBuf,
     /// Fields the parser set aside in the frame being parsed.
     notes: Vec<Note<'static>>,
@@ -536,10 +537,9 @@ impl Session {
     ) -> Result<(), FrameError> {
         self.recv_ts = recv_ts;
         let mut buf = std::mem::take(&mut self.frame_buf);
-        buf.load(text);
         let mut notes = recycle_notes(std::mem::take(&mut self.notes));
         let before = self.parser.stats;
-        let parsed = self.parser.parse_buf(&mut buf, &mut notes);
+        let parsed = self.parser.parse_frame(text, &mut buf, &mut notes);
         self.count_stats(before);
         if !notes.is_empty() {
             self.count_notes(&notes, text);

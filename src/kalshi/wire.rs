@@ -502,6 +502,173 @@ impl Parser {
     }
 }
 
+impl Parser {
+    /// Parses one frame as received, the feed's path: the common shapes (an object of
+    /// scalars with a `msg` object of scalars, no escaped string, no fraction or exponent:
+    /// deltas, tickers, trades) straight from `text` with [`scan_flat`], everything else with
+    /// simd-json from a padded copy in `buf`. Both give the same frame, notes and counts for
+    /// the same text; `text` is never changed. Never panics, whatever the bytes.
+    pub fn parse_frame<'a>(
+        &mut self,
+        text: &'a [u8],
+        buf: &'a mut FrameBuf,
+        notes: &mut Vec<Note<'a>>,
+    ) -> Result<Frame<'a>, WireError> {
+        let mut tape: Tape<'a> = std::mem::replace(&mut self.tape, Tape(Vec::new())).reset();
+        let result = if scan_flat(text, &mut tape.0).is_some() {
+            Some(decode(&tape.0, &mut self.stats, notes))
+        } else {
+            None
+        };
+        self.tape = tape.reset();
+        match result {
+            Some(result) => result,
+            None => {
+                buf.load(text);
+                self.parse_buf(buf, notes)
+            }
+        }
+    }
+}
+
+/// Writes the tape of `text` into `tape` without simd-json when the text is one JSON object
+/// whose values are scalars or objects of scalars, with no escaped string and no number with
+/// a fraction or an exponent: the shape of nearly every market-data frame. The tape is node
+/// for node the one simd-json writes for the same text (a test compares them over every
+/// fixture and thousands of mutations of them). `None` for anything else, valid or not: the
+/// general path then parses it, or says what is wrong with it.
+fn scan_flat<'a>(text: &'a [u8], tape: &mut Vec<Node<'a>>) -> Option<()> {
+    // One UTF-8 check for the whole text (fast for ASCII); strings are then sliced from it.
+    let s = std::str::from_utf8(text).ok()?;
+    let t = s.as_bytes();
+    tape.clear();
+    let mut i = skip_ws(t, 0);
+    if t.get(i) != Some(&b'{') {
+        return None;
+    }
+    i = scan_object(s, i, tape, false)?;
+    (skip_ws(t, i) == t.len()).then_some(())
+}
+
+#[inline]
+fn skip_ws(t: &[u8], mut i: usize) -> usize {
+    while let Some(b' ' | b'\t' | b'\n' | b'\r') = t.get(i) {
+        i += 1;
+    }
+    i
+}
+
+/// The object at `s[i]` (`{`), its nodes pushed; the index after it.
+fn scan_object<'a>(s: &'a str, mut i: usize, tape: &mut Vec<Node<'a>>, nested: bool) -> Option<usize> {
+    let t = s.as_bytes();
+    let start = tape.len();
+    tape.push(Node::Object { len: 0, count: 0 });
+    i = skip_ws(t, i + 1);
+    let mut len = 0;
+    if t.get(i) == Some(&b'}') {
+        i += 1;
+    } else {
+        loop {
+            if t.get(i) != Some(&b'"') {
+                return None;
+            }
+            let (key, after) = scan_string(s, i)?;
+            tape.push(Node::String(key));
+            i = skip_ws(t, after);
+            if t.get(i) != Some(&b':') {
+                return None;
+            }
+            i = skip_ws(t, i + 1);
+            i = match *t.get(i)? {
+                b'"' => {
+                    let (value, after) = scan_string(s, i)?;
+                    tape.push(Node::String(value));
+                    after
+                }
+                b'{' if !nested => scan_object(s, i, tape, true)?,
+                b'-' | b'0'..=b'9' => {
+                    let (number, after) = scan_integer(t, i)?;
+                    tape.push(Node::Static(number));
+                    after
+                }
+                b't' if t.get(i..i + 4) == Some(b"true") => {
+                    tape.push(Node::Static(StaticNode::Bool(true)));
+                    i + 4
+                }
+                b'f' if t.get(i..i + 5) == Some(b"false") => {
+                    tape.push(Node::Static(StaticNode::Bool(false)));
+                    i + 5
+                }
+                b'n' if t.get(i..i + 4) == Some(b"null") => {
+                    tape.push(Node::Static(StaticNode::Null));
+                    i + 4
+                }
+                _ => return None,
+            };
+            len += 1;
+            i = skip_ws(t, i);
+            match t.get(i)? {
+                b',' => i = skip_ws(t, i + 1),
+                b'}' => {
+                    i += 1;
+                    break;
+                }
+                _ => return None,
+            }
+        }
+    }
+    let count = tape.len() - start - 1;
+    if let Some(node) = tape.get_mut(start) {
+        *node = Node::Object { len, count };
+    }
+    Some(i)
+}
+
+/// The string at `s[i]` (its opening quote) and the index after it; `None` when it holds an
+/// escape or a control character (the general path unescapes, or refuses, those).
+#[inline]
+fn scan_string(s: &str, i: usize) -> Option<(&str, usize)> {
+    let t = s.as_bytes();
+    let start = i + 1;
+    let len = t.get(start..)?.iter().position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
+    let end = start + len;
+    if t[end] != b'"' {
+        return None;
+    }
+    // Both ends are at ASCII quotes, so they are character boundaries.
+    Some((s.get(start..end)?, end + 1))
+}
+
+/// The integer at `t[i]`, as simd-json writes it (`U64` unless negative); `None` for a
+/// fraction, an exponent, a leading zero, or a value beyond 64 bits.
+#[inline]
+fn scan_integer(t: &[u8], mut i: usize) -> Option<(StaticNode, usize)> {
+    let negative = t.get(i) == Some(&b'-');
+    if negative {
+        i += 1;
+    }
+    let first = i;
+    let mut n: u64 = 0;
+    while let Some(&d @ b'0'..=b'9') = t.get(i) {
+        n = n.checked_mul(10)?.checked_add(u64::from(d - b'0'))?;
+        i += 1;
+    }
+    let digits = i - first;
+    if digits == 0 || (digits > 1 && t[first] == b'0') || matches!(t.get(i), Some(b'.' | b'e' | b'E')) {
+        return None;
+    }
+    let node = if negative {
+        match n {
+            0..=0x7fff_ffff_ffff_ffff => StaticNode::I64(-(n as i64)),
+            0x8000_0000_0000_0000 => StaticNode::I64(i64::MIN),
+            _ => return None,
+        }
+    } else {
+        StaticNode::U64(n)
+    };
+    Some((node, i))
+}
+
 #[cold]
 fn json_error(e: &simd_json::Error) -> WireError {
     match e.error() {
@@ -1660,4 +1827,119 @@ fn write_json_str(s: &str, out: &mut String) {
     }
     out.push_str(s.get(plain..).unwrap_or_default());
     out.push('"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every fixture and published frame, as texts.
+    fn samples() -> Vec<String> {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/kalshi");
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "json") {
+                out.push(std::fs::read_to_string(&path).unwrap_or_default().trim_end().to_owned());
+            }
+        }
+        let published = std::fs::read_to_string(dir.join("published.jsonl")).unwrap_or_default();
+        for line in published.lines() {
+            // The frame as published (spaces and key order kept): everything after `"frame": `.
+            if let Some(at) = line.find("\"frame\": ") {
+                let frame = line[at + 9..].trim_end();
+                out.push(frame[..frame.len() - 1].to_owned());
+            }
+        }
+        assert!(out.len() > 60, "{}", out.len());
+        out
+    }
+
+    /// simd-json's tape of `text`, with owned strings so it outlives the copy it was read from.
+    fn simd_tape(text: &[u8]) -> Option<Vec<String>> {
+        let mut copy = text.to_vec();
+        let mut tape = Tape(Vec::new());
+        let mut buffers = Buffers::new(copy.len());
+        simd_json::fill_tape(&mut copy, &mut buffers, &mut tape).ok()?;
+        Some(tape.0.iter().map(|n| format!("{n:?}")).collect())
+    }
+
+    fn flat_tape(text: &[u8]) -> Option<Vec<String>> {
+        let mut tape = Vec::new();
+        scan_flat(text, &mut tape)?;
+        Some(tape.iter().map(|n| format!("{n:?}")).collect())
+    }
+
+    #[test]
+    fn the_flat_scanner_writes_simd_jsons_tape_or_nothing() {
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        const BYTES: &[u8] = b"\"{}[],:\\ -.e0159tfn \t\n\xff\x00\x80";
+        let (mut compared, mut flat) = (0, 0);
+        for text in samples() {
+            let mut variants = vec![text.clone().into_bytes()];
+            for _ in 0..2000 {
+                let mut v = text.clone().into_bytes();
+                for _ in 0..1 + next() % 3 {
+                    let at = (next() % v.len() as u64) as usize;
+                    match next() % 4 {
+                        0 => v[at] = BYTES[(next() % BYTES.len() as u64) as usize],
+                        1 => v.insert(at, BYTES[(next() % BYTES.len() as u64) as usize]),
+                        2 => {
+                            v.remove(at);
+                        }
+                        _ => v.truncate(at),
+                    }
+                    if v.is_empty() {
+                        break;
+                    }
+                }
+                variants.push(v);
+            }
+            for v in variants {
+                compared += 1;
+                if let Some(ours) = flat_tape(&v) {
+                    flat += 1;
+                    assert_eq!(Some(ours), simd_tape(&v), "{:?}", String::from_utf8_lossy(&v));
+                }
+            }
+        }
+        // The sweep reaches both paths.
+        assert!(flat > 10_000 && flat < compared, "{flat} of {compared}");
+    }
+
+    #[test]
+    fn the_flat_scanner_takes_the_hot_shapes_and_leaves_the_rest() {
+        for (text, flat) in [
+            (
+                r#"{"type":"orderbook_delta","sid":2,"seq":3,"msg":{"market_ticker":"M","price_dollars":"0.96","delta_fp":"-54.00","side":"yes","ts_ms":1669149841000}}"#,
+                true,
+            ),
+            (
+                "{ \"type\" : \"ticker\" ,\n\"sid\": 11, \"msg\": {\"market_ticker\": \"M\", \"x\": null, \"b\": true, \"n\": -0} } ",
+                true,
+            ),
+            (r#"{"type":"ok","msg":{"market_tickers":["A"]}}"#, false),
+            (r#"{"type":"x","msg":{"a":{"b":1}}}"#, false),
+            (r#"{"type":"x","sid":1.5}"#, false),
+            (r#"{"type":"x","sid":1e3}"#, false),
+            (r#"{"type":"x","sid":01}"#, false),
+            (r#"{"type":"x","sid":18446744073709551616}"#, false),
+            (r#"{"type":"K\"X"}"#, false),
+            ("{\"type\":\"K\u{1}X\"}", false),
+            (r#"{"type":"x"} x"#, false),
+            (r#"{"type":"x",}"#, false),
+            (r#"[{"type":"x"}]"#, false),
+        ] {
+            assert_eq!(flat_tape(text.as_bytes()).is_some(), flat, "{text}");
+            if flat {
+                assert_eq!(flat_tape(text.as_bytes()), simd_tape(text.as_bytes()), "{text}");
+            }
+        }
+    }
 }
