@@ -169,13 +169,13 @@ impl TickGen {
                 last: Some(Price(m.mid)),
                 bid: rng.random_bool(0.97).then_some(Price(m.mid - spread / 2)),
                 ask: rng.random_bool(0.97).then_some(Price(m.mid - spread / 2 + spread)),
-                bid_size: Qty(100 * rng.random_range(1..=50_000)),
-                ask_size: Qty(100 * rng.random_range(1..=50_000)),
-                last_size: Qty(100 * rng.random_range(1..=500)),
-                volume: Qty(m.volume),
-                open_interest: Qty(m.open_interest),
-                dollar_volume: m.volume / 100 * m.mid / 10_000,
-                dollar_open_interest: m.open_interest / 100 * m.mid / 10_000,
+                bid_size: Some(Qty(100 * rng.random_range(1..=50_000))),
+                ask_size: Some(Qty(100 * rng.random_range(1..=50_000))),
+                last_size: Some(Qty(100 * rng.random_range(1..=500))),
+                volume: Some(Qty(m.volume)),
+                open_interest: Some(Qty(m.open_interest)),
+                dollar_volume: Some(m.volume / 100 * m.mid / 10_000),
+                dollar_open_interest: Some(m.open_interest / 100 * m.mid / 10_000),
             };
             (m.ticker.clone(), Some(exch_ms), TickKind::Quote(quote))
         } else if roll < 9_890 {
@@ -194,8 +194,8 @@ impl TickGen {
                 ),
                 price: Price((m.mid + 100 * rng.random_range(-1..=1)).clamp(100, 9_900)),
                 size: Qty(size),
-                taker_side: if rng.random_bool(0.5) { Side::Yes } else { Side::No },
-                block: rng.random_bool(0.001),
+                taker_side: Some(if rng.random_bool(0.5) { Side::Yes } else { Side::No }),
+                block: Some(rng.random_bool(0.001)),
             };
             (m.ticker.clone(), Some(exch_ms), TickKind::Trade(trade))
         } else if roll < 9_990 {
@@ -356,8 +356,14 @@ fn copy_per_table(b: &Batch) -> Vec<(&'static str, Vec<u8>)> {
             c.ts(t.keys.recv_ts[i]);
             c.i64(t.price[i]);
             c.i64(t.size[i]);
-            c.text(side(t.taker_yes[i]));
-            c.bool(t.block[i]);
+            match t.taker_yes[i] {
+                Some(yes) => c.text(side(yes)),
+                None => c.null(),
+            }
+            match t.block[i] {
+                Some(block) => c.bool(block),
+                None => c.null(),
+            }
         }
         out.push((
             "COPY trades (feed, market, trade_id, exch_ts, recv_ts, price, size, taker_side, block) \
@@ -386,7 +392,7 @@ fn copy_per_table(b: &Batch) -> Vec<(&'static str, Vec<u8>)> {
                 q.dollar_volume[i],
                 q.dollar_open_interest[i],
             ] {
-                c.i64(v);
+                c.opt_i64(v);
             }
         }
         out.push((
@@ -493,7 +499,7 @@ const STAGE_COPY: &str = "COPY tickd_stage FROM STDIN (FORMAT binary)";
 const STAGE_INSERT: &str = "
 WITH t AS (
     INSERT INTO trades (feed, market, trade_id, exch_ts, recv_ts, price, size, taker_side, block)
-    SELECT feed, market, a, exch_ts, recv_ts, i1, i2, CASE WHEN b1 THEN 'yes' ELSE 'no' END, b2
+    SELECT feed, market, a, exch_ts, recv_ts, i1, i2, CASE b1 WHEN true THEN 'yes' WHEN false THEN 'no' END, b2
     FROM tickd_stage WHERE k = 0
     ON CONFLICT DO NOTHING RETURNING 1),
 q AS (
@@ -590,7 +596,7 @@ fn copy_staging(b: &Batch) -> Vec<u8> {
             a: Some(id),
             b: None,
             ints: &[Some(t.price[i]), Some(t.size[i])],
-            bools: [Some(t.taker_yes[i]), Some(t.block[i])],
+            bools: [t.taker_yes[i], t.block[i]],
             json: [None, None],
         });
     }
@@ -608,13 +614,13 @@ fn copy_staging(b: &Batch) -> Vec<u8> {
                 q.last[i],
                 q.bid[i],
                 q.ask[i],
-                Some(q.bid_size[i]),
-                Some(q.ask_size[i]),
-                Some(q.last_size[i]),
-                Some(q.volume[i]),
-                Some(q.open_interest[i]),
-                Some(q.dollar_volume[i]),
-                Some(q.dollar_open_interest[i]),
+                q.bid_size[i],
+                q.ask_size[i],
+                q.last_size[i],
+                q.volume[i],
+                q.open_interest[i],
+                q.dollar_volume[i],
+                q.dollar_open_interest[i],
             ],
             bools: [None, None],
             json: [None, None],

@@ -169,6 +169,80 @@ impl fmt::Display for Rfc3339Millis {
     }
 }
 
+/// The day number (days since 1970-01-01) of a proleptic Gregorian date, the inverse of
+/// [`civil_date`] (Howard Hinnant's days-from-civil).
+pub fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// Reads an RFC 3339 time (`2025-03-01T18:26:53.361842Z`, `2022-11-22T20:44:01+01:00`) as
+/// Unix milliseconds, digits below the millisecond dropped. `None` for anything else: a
+/// timestamp that cannot be read is not given, never guessed.
+pub fn parse_rfc3339_millis(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        let digits = b.get(r)?;
+        digits.iter().try_fold(0i64, |acc, &c| c.is_ascii_digit().then(|| acc * 10 + i64::from(c - b'0')))
+    };
+    let sep = |i: usize, c: &[u8]| b.get(i).is_some_and(|x| c.contains(x));
+    if !(sep(4, b"-") && sep(7, b"-") && sep(10, b"Tt ") && sep(13, b":") && sep(16, b":")) {
+        return None;
+    }
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    let days_in_month = match mo {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if y % 4 == 0 && (y % 100 != 0 || y % 400 == 0) => 29,
+        2 => 28,
+        _ => return None,
+    };
+    // 60 seconds is a leap second; read as the next minute's first, as POSIX time does.
+    if d < 1 || d > days_in_month || h > 23 || mi > 59 || sec > 60 {
+        return None;
+    }
+    let mut i = 19;
+    let mut millis = 0;
+    if b.get(i) == Some(&b'.') {
+        let start = i + 1;
+        i = start;
+        while b.get(i).is_some_and(u8::is_ascii_digit) {
+            if i - start < 3 {
+                millis = millis * 10 + i64::from(b[i] - b'0');
+            }
+            i += 1;
+        }
+        if i == start {
+            return None;
+        }
+        for _ in (i - start)..3 {
+            millis *= 10;
+        }
+    }
+    let offset_min = match b.get(i)? {
+        b'Z' | b'z' if i + 1 == b.len() => 0,
+        sign @ (b'+' | b'-') if i + 6 == b.len() && b[i + 3] == b':' => {
+            let (oh, om) = (num(i + 1..i + 3)?, num(i + 4..i + 6)?);
+            if oh > 23 || om > 59 {
+                return None;
+            }
+            let m = oh * 60 + om;
+            if *sign == b'+' { m } else { -m }
+        }
+        _ => return None,
+    };
+    let secs = days_from_civil(y, mo, d) * 86_400 + h * 3600 + mi * 60 + sec - offset_min * 60;
+    Some(secs * 1000 + millis)
+}
+
+/// The most text of a rejected frame kept in [`FeedEvent::Rejected`].
+pub const REJECTED_TEXT_MAX: usize = 4096;
+
 /// A cheaply cloned, interned name (feed id or market ticker).
 pub type Name = Arc<str>;
 
@@ -259,6 +333,9 @@ pub enum TickKind {
 }
 
 /// A public trade. Prices are on the YES scale; the NO price is its complement.
+///
+/// Only what makes a trade a trade is required (its id, price and size); what the exchange
+/// left out is `None`, never a made-up default.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Trade {
     /// The exchange's trade id; the dedupe key in storage.
@@ -267,13 +344,16 @@ pub struct Trade {
     pub price: Price,
     /// Contracts traded.
     pub size: Qty,
-    /// The side the taker bought.
-    pub taker_side: Side,
-    /// An off-book block trade.
-    pub block: bool,
+    /// The side the taker bought, when the exchange said.
+    pub taker_side: Option<Side>,
+    /// An off-book block trade, when the exchange said (older servers never do).
+    pub block: Option<bool>,
 }
 
 /// Top of book and statistics for one market. Prices on the YES scale.
+///
+/// Every field is optional: `None` means the exchange did not send it (absent, `null` or
+/// `""`), which is not the same as zero. Stored as SQL `NULL`, sent to dashboards as `null`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Quote {
     /// Last traded price.
@@ -283,19 +363,19 @@ pub struct Quote {
     /// Best YES ask.
     pub ask: Option<Price>,
     /// Contracts at the best bid.
-    pub bid_size: Qty,
+    pub bid_size: Option<Qty>,
     /// Contracts at the best ask.
-    pub ask_size: Qty,
+    pub ask_size: Option<Qty>,
     /// Size of the last trade.
-    pub last_size: Qty,
+    pub last_size: Option<Qty>,
     /// Cumulative contracts traded.
-    pub volume: Qty,
+    pub volume: Option<Qty>,
     /// Open interest in contracts.
-    pub open_interest: Qty,
+    pub open_interest: Option<Qty>,
     /// Cumulative traded notional, whole dollars.
-    pub dollar_volume: i64,
+    pub dollar_volume: Option<i64>,
     /// Open-interest notional, whole dollars.
-    pub dollar_open_interest: i64,
+    pub dollar_open_interest: Option<i64>,
 }
 
 /// One price level: resting bids of `size` contracts at `price`.
@@ -395,6 +475,22 @@ pub enum FeedEvent {
         /// The subscription id that now carries the data.
         sid: u64,
     },
+    /// A frame that could not be used (not JSON, or a known message without what identifies
+    /// it), kept for the operator: its reason, the parser's error and its text. At most a few
+    /// a minute per connection are kept; `unkept` counts the ones between this and the last
+    /// kept one (every one is counted in `/metrics`).
+    Rejected {
+        /// Machine-readable reason (`malformed_json`, `missing_field`...).
+        reason: String,
+        /// The parser's words.
+        error: String,
+        /// The frame's length in bytes.
+        bytes: u64,
+        /// The frame's text, at most [`REJECTED_TEXT_MAX`] bytes of it.
+        text: String,
+        /// Rejected frames since the previous kept one that were counted but not kept.
+        unkept: u64,
+    },
     /// Something needs a human: too many consecutive failures, rejected credentials...
     Alert {
         /// Machine-readable kind (`max_reconnects`, `credentials_rejected`...).
@@ -432,6 +528,37 @@ mod tests {
         assert_eq!(Rfc3339Millis(1_669_149_841_000).to_string(), "2022-11-22T20:44:01.000Z");
         assert_eq!(Rfc3339Millis(951_782_400_123).to_string(), "2000-02-29T00:00:00.123Z");
         assert_eq!(Rfc3339Millis(-1).to_string(), "1969-12-31T23:59:59.999Z");
+    }
+
+    #[test]
+    fn rfc3339_reads_back_what_is_written_and_the_exchange_sends() {
+        for ms in [0, 1, 1_669_149_841_000, 951_782_400_123, 4_102_444_799_999] {
+            assert_eq!(parse_rfc3339_millis(&Rfc3339Millis(ms).to_string()), Some(ms), "{ms}");
+        }
+        let cases = [
+            ("2022-11-22T20:44:01Z", Some(1_669_149_841_000)),
+            ("2025-03-01T18:26:53.361842Z", Some(1_740_853_613_361)),
+            ("2025-03-01T18:26:53.3Z", Some(1_740_853_613_300)),
+            ("2022-11-22T21:44:01+01:00", Some(1_669_149_841_000)),
+            ("2022-11-22T15:44:01-05:00", Some(1_669_149_841_000)),
+            ("2024-02-29T00:00:00Z", Some(1_709_164_800_000)),
+            ("2023-02-29T00:00:00Z", None),
+            ("2022-11-22T20:44:01", None),
+            ("2022-11-22T20:44:01.Z", None),
+            ("2022-13-01T00:00:00Z", None),
+            ("2022-11-22T24:00:00Z", None),
+            ("2022-11-22T20:44:01Zjunk", None),
+            ("", None),
+            ("1669149841", None),
+        ];
+        for (text, want) in cases {
+            assert_eq!(parse_rfc3339_millis(text), want, "{text:?}");
+        }
+        assert_eq!(days_from_civil(1970, 1, 1), 0);
+        for days in [-1, 0, 59, 365, 11_016, 20_000, 100_000] {
+            let (y, m, d) = civil_date(days);
+            assert_eq!(days_from_civil(y, m, d), days);
+        }
     }
 
     #[test]

@@ -42,8 +42,8 @@ fn trade(market: &str, id: &str, exch_ms: i64, price: i64, size: i64) -> Tick {
             trade_id: id.into(),
             price: Price(price),
             size: Qty(size),
-            taker_side: Side::No,
-            block: false,
+            taker_side: Some(Side::No),
+            block: Some(false),
         }),
     )
 }
@@ -64,9 +64,9 @@ fn one_of_each() -> Vec<Tick> {
                 last: Some(Price(4801)),
                 bid: Some(Price(4800)),
                 ask: None,
-                bid_size: Qty(100),
-                volume: Qty(999_999_900),
-                dollar_volume: 123,
+                bid_size: Some(Qty(100)),
+                volume: Some(Qty(999_999_900)),
+                dollar_volume: Some(123),
                 ..Quote::default()
             }),
         ),
@@ -178,16 +178,23 @@ async fn prices_sizes_and_times_are_stored_exactly() {
     assert_eq!(t.get::<String, _>("dollars"), "0.48010000000000000000");
     assert_eq!(t.get::<String, _>("contracts"), "123.4500000000000000");
 
-    let q = sqlx::query("SELECT last, bid, ask, bid_size, volume, dollar_volume FROM quotes")
-        .fetch_one(&pool)
-        .await
-        .expect("quote row");
+    let q = sqlx::query(
+        "SELECT last, bid, ask, bid_size, ask_size, last_size, volume, open_interest, dollar_volume, \
+                dollar_open_interest FROM quotes",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("quote row");
     assert_eq!(q.get::<Option<i64>, _>("last"), Some(4801));
     assert_eq!(q.get::<Option<i64>, _>("bid"), Some(4800));
     assert_eq!(q.get::<Option<i64>, _>("ask"), None);
-    assert_eq!(q.get::<i64, _>("bid_size"), 100);
-    assert_eq!(q.get::<i64, _>("volume"), 999_999_900);
-    assert_eq!(q.get::<i64, _>("dollar_volume"), 123);
+    assert_eq!(q.get::<Option<i64>, _>("bid_size"), Some(100));
+    assert_eq!(q.get::<Option<i64>, _>("volume"), Some(999_999_900));
+    assert_eq!(q.get::<Option<i64>, _>("dollar_volume"), Some(123));
+    // Not given is NULL, never zero.
+    for column in ["ask_size", "last_size", "open_interest", "dollar_open_interest"] {
+        assert_eq!(q.get::<Option<i64>, _>(column), None, "{column}");
+    }
 
     let s = sqlx::query("SELECT yes::text, no::text, exch_ts IS NULL AS no_exch FROM book_snapshots")
         .fetch_one(&pool)
@@ -461,4 +468,203 @@ async fn a_migration_abandoned_half_way_leaves_no_lock_behind() {
     let next = pg::migrate(&impatient_pool(&db)).await;
 
     assert!(next.is_ok(), "the next migration is not blocked: {next:?}");
+}
+
+/// Frames as published by others, through the protocol session and the batch into the real
+/// schema: what a frame does not give is NULL in the table, never a made-up zero.
+mod published_frames {
+    use super::*;
+    use tickd::kalshi::command::Channel;
+    use tickd::kalshi::session::{Output, Session, SessionConfig};
+    use tickd::telemetry::metrics::FeedMetrics;
+    use tokio::time::Instant;
+
+    /// A session with a ticker sid 123, a trade sid 11 and an order book sid 2, as the
+    /// published frames use them, and the ticks it publishes for `frames`.
+    fn ticks_of(frames: &[&str]) -> Vec<Tick> {
+        let cfg = SessionConfig {
+            feed: Arc::from("kalshi"),
+            conn: 0,
+            channels: vec![Channel::Ticker, Channel::Trade, Channel::OrderbookDelta],
+            markets: ["INXD-25JAN17-B5955", "HIGHNY-22DEC23-B53.5", "FED-23DEC-T3.00"]
+                .map(String::from)
+                .to_vec(),
+            use_yes_price: false,
+            ack_timeout: Duration::from_secs(10),
+        };
+        let mut session = Session::new(cfg, Arc::new(FeedMetrics::default()));
+        let now = Instant::now();
+        let mut out = Output::default();
+        let mut recv_ts = T0;
+        session.on_connected(now, recv_ts, &mut out);
+        let acks: Vec<String> = out
+            .send
+            .iter()
+            .zip([123, 11, 2])
+            .map(|(cmd, sid)| {
+                let cmd: serde_json::Value = serde_json::from_str(cmd).expect("command");
+                format!(
+                    r#"{{"id":{},"type":"subscribed","msg":{{"channel":{},"sid":{sid}}}}}"#,
+                    cmd["id"], cmd["params"]["channels"][0]
+                )
+            })
+            .collect();
+        for frame in acks.iter().map(String::as_str).chain(frames.iter().copied()) {
+            recv_ts += 1;
+            let _ = session.on_frame(frame.as_bytes(), recv_ts, now, &mut out);
+        }
+        out.ticks
+    }
+
+    #[tokio::test]
+    async fn a_ticker_without_sizes_and_a_trade_without_a_side_store_null_not_zero() {
+        // Arrange: published frames (kalshi-trade-rs docs; kalshi-node's hybrid-era spec copy).
+        let (_db, pool) = migrated().await;
+        let ticks = ticks_of(&[
+            r#"{"type": "ticker", "sid": 123, "seq": 42, "msg": {"market_ticker": "INXD-25JAN17-B5955", "price_dollars": "0.65", "yes_bid_dollars": "0.64", "yes_ask_dollars": "0.66", "volume_fp": "1000.00", "open_interest_fp": "500.00", "dollar_volume": 65000, "dollar_open_interest": 32500, "ts": 1704067200}}"#,
+            r#"{"type": "trade", "sid": 11, "msg": {"trade_id": "d91bc706-ee49-470d-82d8-11418bda6fed", "market_ticker": "HIGHNY-22DEC23-B53.5", "yes_price": 36, "yes_price_dollars": "0.360", "no_price": 64, "no_price_dollars": "0.640", "count": 136, "count_fp": "136.00", "ts": 1669149841}}"#,
+            r#"{"type": "ticker", "sid": 1, "msg": {"foo": "bar"}, "unknown_field": 99}"#,
+        ]);
+        let batch = batch_of(&ticks);
+        pg::ensure_partitions(&pool, &batch.days()).await.expect("partitions");
+
+        // Act
+        pg::write(&pool, &batch).await.expect("write");
+
+        // Assert: the given values exactly, the others NULL.
+        let q = sqlx::query(
+            "SELECT market, last, bid, ask, bid_size, ask_size, last_size, volume, open_interest, \
+                    dollar_volume, dollar_open_interest, \
+                    (extract(epoch FROM exch_ts) * 1000)::bigint AS exch_ms FROM quotes",
+        )
+        .fetch_one(&pool)
+        .await
+        .expect("the quote is stored");
+        assert_eq!(q.get::<String, _>("market"), "INXD-25JAN17-B5955");
+        let values: Vec<Option<i64>> = [
+            "last",
+            "bid",
+            "ask",
+            "bid_size",
+            "ask_size",
+            "last_size",
+            "volume",
+            "open_interest",
+            "dollar_volume",
+            "dollar_open_interest",
+            "exch_ms",
+        ]
+        .iter()
+        .map(|c| q.get::<Option<i64>, _>(*c))
+        .collect();
+        assert_eq!(
+            values,
+            [
+                Some(6500),
+                Some(6400),
+                Some(6600),
+                None,
+                None,
+                None,
+                Some(100_000),
+                Some(50_000),
+                Some(65_000),
+                Some(32_500),
+                Some(1_704_067_200_000)
+            ]
+        );
+        let t = sqlx::query("SELECT price, size, taker_side, block FROM trades")
+            .fetch_one(&pool)
+            .await
+            .expect("the trade is stored");
+        assert_eq!((t.get::<i64, _>("price"), t.get::<i64, _>("size")), (3600, 13_600));
+        assert_eq!(t.get::<Option<String>, _>("taker_side"), None);
+        assert_eq!(t.get::<Option<bool>, _>("block"), None);
+        // The ticker without a market is kept for a person to read, and listed by gaps().
+        let r = sqlx::query(
+            "SELECT reason, detail->>'text' AS text, detail->>'reason' AS why FROM feed_events \
+             WHERE event = 'rejected'",
+        )
+        .fetch_one(&pool)
+        .await
+        .expect("the rejected frame is kept");
+        assert_eq!(r.get::<String, _>("why"), "missing_field");
+        assert_eq!(
+            r.get::<Option<String>, _>("reason").as_deref(),
+            Some("missing_field: ticker: required field `market_ticker` not given")
+        );
+        assert_eq!(
+            r.get::<String, _>("text"),
+            r#"{"type": "ticker", "sid": 1, "msg": {"foo": "bar"}, "unknown_field": 99}"#
+        );
+        let kinds: Vec<String> = sqlx::query_scalar(
+            "SELECT kind FROM gaps(to_timestamp($1::bigint / 1000000), to_timestamp($1::bigint / 1000000) + interval '1 hour')",
+        )
+        .bind(T0)
+        .fetch_all(&pool)
+        .await
+        .expect("gaps");
+        assert_eq!(kinds, ["rejected"]);
+    }
+}
+
+#[tokio::test]
+async fn a_market_kept_stale_stays_a_gap_until_its_own_resync() {
+    // Arrange: market A's book breaks and is given up; meanwhile the connection resyncs after
+    // a gap (market '') and goes live; A is announced again after live, and resyncs later.
+    let (_db, pool) = migrated().await;
+    let s = 1_000_000;
+    let at = |t: i64, market: &str, e: FeedEvent| tick(market, T0 + t * s, None, TickKind::Feed(e));
+    let stale = || FeedEvent::Stale { reason: "crossed".into() };
+    let ticks = [
+        at(0, "", FeedEvent::Live),
+        at(10, "A", stale()),
+        at(20, "", FeedEvent::Gap { sid: 1, expected: 5, got: 9 }),
+        at(20, "", FeedEvent::Stale { reason: "gap".into() }),
+        at(21, "", FeedEvent::Resynced { sid: 1 }),
+        at(30, "", FeedEvent::Live),
+        at(30, "A", stale()),
+        at(40, "B", stale()),
+        at(41, "B", FeedEvent::Resynced { sid: 1 }),
+        at(400, "A", FeedEvent::Resynced { sid: 1 }),
+    ];
+    let batch = batch_of(&ticks);
+    pg::ensure_partitions(&pool, &batch.days()).await.expect("partitions");
+
+    // Act
+    pg::write(&pool, &batch).await.expect("write");
+
+    // Assert: another market's resync or the connection's does not end A's window.
+    let rows = sqlx::query(
+        "SELECT market, kind, (extract(epoch FROM started) * 1000000)::bigint, \
+                (extract(epoch FROM ended) * 1000000)::bigint \
+         FROM gaps(to_timestamp($1::bigint / 1000000), to_timestamp($1::bigint / 1000000) + interval '1 hour') \
+         ORDER BY 3, 1, 2",
+    )
+    .bind(T0)
+    .fetch_all(&pool)
+    .await
+    .expect("gaps");
+    let got: Vec<(String, String, i64, Option<i64>)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r.get(0),
+                r.get(1),
+                (r.get::<i64, _>(2) - T0) / s,
+                r.get::<Option<i64>, _>(3).map(|e| (e - T0) / s),
+            )
+        })
+        .collect();
+    let row = |m: &str, k: &str, a: i64, b: i64| (m.to_string(), k.to_string(), a, Some(b));
+    assert_eq!(
+        got,
+        [
+            row("A", "stale", 10, 30),
+            row("", "seq_gap", 20, 21),
+            row("", "stale", 20, 21),
+            row("A", "stale", 30, 400),
+            row("B", "stale", 40, 41),
+        ]
+    );
 }

@@ -60,6 +60,22 @@ impl Obj {
         self
     }
 
+    /// `null` when not given.
+    pub(crate) fn opt_bool(self, key: &str, value: Option<bool>) -> Obj {
+        match value {
+            Some(v) => self.bool(key, v),
+            None => self.raw(key, "null"),
+        }
+    }
+
+    /// `null` when not given.
+    pub(crate) fn opt_str(self, key: &str, value: Option<&str>) -> Obj {
+        match value {
+            Some(v) => self.str(key, v),
+            None => self.raw(key, "null"),
+        }
+    }
+
     /// `value` must already be valid JSON.
     pub(crate) fn raw(mut self, key: &str, json: &str) -> Obj {
         self.key(key);
@@ -135,19 +151,19 @@ pub(crate) fn tick(t: &Tick, state: bool) -> String {
             .str("trade_id", &tr.trade_id)
             .int("price", tr.price.0)
             .int("size", tr.size.0)
-            .str("taker_side", side(tr.taker_side))
-            .bool("block", tr.block),
+            .opt_str("taker_side", tr.taker_side.map(side))
+            .opt_bool("block", tr.block),
         TickKind::Quote(q) => o
             .opt_int("last", q.last.map(|p| p.0))
             .opt_int("bid", q.bid.map(|p| p.0))
             .opt_int("ask", q.ask.map(|p| p.0))
-            .int("bid_size", q.bid_size.0)
-            .int("ask_size", q.ask_size.0)
-            .int("last_size", q.last_size.0)
-            .int("volume", q.volume.0)
-            .int("open_interest", q.open_interest.0)
-            .int("dollar_volume", q.dollar_volume)
-            .int("dollar_open_interest", q.dollar_open_interest),
+            .opt_int("bid_size", q.bid_size.map(|s| s.0))
+            .opt_int("ask_size", q.ask_size.map(|s| s.0))
+            .opt_int("last_size", q.last_size.map(|s| s.0))
+            .opt_int("volume", q.volume.map(|s| s.0))
+            .opt_int("open_interest", q.open_interest.map(|s| s.0))
+            .opt_int("dollar_volume", q.dollar_volume)
+            .opt_int("dollar_open_interest", q.dollar_open_interest),
         TickKind::BookSnapshot(b) => book_levels(o, b),
         TickKind::BookDelta(d) => o.str("side", side(d.side)).int("price", d.price.0).int("delta", d.delta.0),
         TickKind::Lifecycle(l) => {
@@ -224,6 +240,13 @@ fn feed_event(o: Obj, e: &FeedEvent) -> Obj {
             o.str("event", "alert").str("kind", kind).str("message", message)
         }
         FeedEvent::GivenUp { reason } => o.str("event", "given_up").str("reason", reason),
+        FeedEvent::Rejected { reason, error, bytes, text, unkept } => o
+            .str("event", "rejected")
+            .str("reason", reason)
+            .str("error", error)
+            .uint("bytes", *bytes)
+            .str("text", text)
+            .uint("unkept", *unkept),
     }
 }
 
@@ -256,8 +279,8 @@ mod tests {
             trade_id: "t-1".into(),
             price: Price(4800),
             size: Qty(30000),
-            taker_side: Side::No,
-            block: false,
+            taker_side: Some(Side::No),
+            block: None,
         }));
         let v = json(&super::tick(&t, false));
         assert_eq!(v["type"], "trade");
@@ -265,7 +288,20 @@ mod tests {
         assert_eq!(v["price"], 4800);
         assert_eq!(v["size"], 30000);
         assert_eq!(v["taker_side"], "no");
+        assert_eq!(v["block"], serde_json::Value::Null, "not given: null, never false");
         assert!(v.get("state").is_none());
+
+        // A quote without sizes says so: null, never a made-up zero.
+        let q = tick(TickKind::Quote(crate::tick::Quote {
+            bid: Some(Price(6400)),
+            volume: Some(Qty(100_000)),
+            ..Default::default()
+        }));
+        let v = json(&super::tick(&q, false));
+        assert_eq!((v["bid"].as_i64(), v["volume"].as_i64()), (Some(6400), Some(100_000)));
+        for key in ["last", "ask", "bid_size", "ask_size", "last_size", "open_interest", "dollar_volume"] {
+            assert_eq!(v[key], serde_json::Value::Null, "{key}");
+        }
 
         let d = tick(TickKind::BookDelta(BookDelta { side: Side::Yes, price: Price(100), delta: Qty(-5) }));
         let v = json(&super::tick(&d, false));

@@ -41,7 +41,7 @@ use tracing::{Instrument, debug, error, info, warn};
 use crate::bus::Bus;
 use crate::config::{FeedSettings, GiveUpPolicy};
 use crate::kalshi::command::Channel;
-use crate::kalshi::session::{Output, Session, SessionConfig};
+use crate::kalshi::session::{AlertAction, Output, Session, SessionConfig};
 use crate::kalshi::sign::Credentials;
 use crate::telemetry::alerts::Alerter;
 use crate::telemetry::log::{conn_span, log_counts};
@@ -608,12 +608,9 @@ impl FeedActor {
                     warn!(bytes = text.len(), limit, "Oversized frame dropped.");
                     return Ok(());
                 }
-                // Owned bytes from the socket: parsed in place, no copy when unshared.
-                let mut buf: Vec<u8> = bytes::Bytes::from(text).into();
-                if let Err(e) = self.session.on_frame(&mut buf, recv_ts, now, &mut self.out) {
-                    let sample = String::from_utf8_lossy(&buf[..buf.len().min(200)]);
-                    warn!(error = %e, frame = %sample, "Unusable frame dropped.");
-                }
+                // A frame that cannot be used is counted, logged and kept by the session; the
+                // connection goes on.
+                let _ = self.session.on_frame(text.as_bytes(), recv_ts, now, &mut self.out);
                 Ok(())
             }
             Some(Ok(Message::Binary(data))) => {
@@ -660,13 +657,24 @@ impl FeedActor {
         Ok(())
     }
 
-    /// Publishes the session's ticks, in order.
+    /// Publishes the session's ticks, in order, then raises or resolves its alerts.
     async fn publish_ticks(&mut self) {
         for tick in self.out.ticks.drain(..) {
             if let TickKind::Feed(event) = &tick.kind {
                 debug!(?event, "Feed event.");
             }
             self.ctx.bus.publish(Arc::new(tick)).await;
+        }
+        for action in std::mem::take(&mut self.out.alerts) {
+            match action {
+                AlertAction::Raise { kind, message } => {
+                    let (conn, bus, metrics) = (&self.cfg.conn, &self.ctx.bus, &self.ctx.metrics);
+                    self.ctx.alerter.raise(conn, bus, metrics, kind, &message).await;
+                }
+                AlertAction::Resolve { kind, message } => {
+                    self.ctx.alerter.resolve(&self.cfg.conn, kind, &message)
+                }
+            }
         }
     }
 

@@ -7,6 +7,7 @@
 //! label holds anything secret: feed names, connection indexes, states, tick kinds, alert
 //! kinds and reasons only.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -14,7 +15,7 @@ use super::health::{Health, HealthSnapshot};
 use crate::store::{LATENCY_BUCKETS_MS, StoreMetrics, StoreState};
 use crate::telemetry::alerts::AlertMetrics;
 use crate::telemetry::metrics::DashboardMetrics;
-use crate::telemetry::metrics::{FeedMetricsSnapshot, FeedState};
+use crate::telemetry::metrics::{Aside, FeedMetricsSnapshot, FeedState, REJECT_REASONS};
 use crate::telemetry::rest::{Endpoint, Outcome};
 
 /// The text of one scrape.
@@ -112,15 +113,34 @@ type FeedSeries = (&'static str, &'static str, &'static str, fn(&FeedMetricsSnap
 const FEED_SERIES: &[FeedSeries] = &[
     ("tickd_feed_frames_total", "counter", "Frames received.", |s| s.frames),
     ("tickd_feed_bytes_total", "counter", "Payload bytes received.", |s| s.bytes),
-    ("tickd_feed_parse_errors_total", "counter", "Text frames that could not be parsed.", |s| s.parse_errors),
+    (
+        "tickd_feed_parse_errors_total",
+        "counter",
+        "Text frames that could not be used (by reason: tickd_rejected_frames_total).",
+        |s| s.parse_errors,
+    ),
     ("tickd_feed_oversized_frames_total", "counter", "Frames over max_frame_bytes, dropped.", |s| {
         s.oversized_frames
     }),
     ("tickd_feed_binary_frames_total", "counter", "Binary frames, dropped.", |s| s.binary_frames),
-    ("tickd_feed_unknown_types_total", "counter", "Frames of an unknown message type.", |s| s.unknown_types),
-    ("tickd_feed_unknown_fields_total", "counter", "Fields of a known message this version ignores.", |s| {
-        s.unknown_fields
-    }),
+    (
+        "tickd_feed_unknown_types_total",
+        "counter",
+        "Frames of an unknown message type (by type: tickd_unknown_messages_total).",
+        |s| s.unknown_types,
+    ),
+    (
+        "tickd_feed_unknown_fields_total",
+        "counter",
+        "Fields of a known message this version ignores (by name: tickd_unknown_fields_total).",
+        |s| s.unknown_fields,
+    ),
+    (
+        "tickd_feed_invalid_fields_total",
+        "counter",
+        "Optional fields whose value could not be read, taken as not given (by name: tickd_invalid_fields_total).",
+        |s| s.invalid_fields,
+    ),
     (
         "tickd_feed_stray_frames_total",
         "counter",
@@ -149,6 +169,18 @@ const FEED_SERIES: &[FeedSeries] = &[
     ("tickd_feed_resyncs_total", "counter", "Subscriptions repaired from fresh snapshots.", |s| s.resyncs),
     ("tickd_feed_resubscribes_total", "counter", "Subscriptions sent again.", |s| s.resubscribes),
     ("tickd_feed_book_errors_total", "counter", "Books found negative or crossed.", |s| s.book_errors),
+    (
+        "tickd_feed_snapshot_requests_total",
+        "counter",
+        "Markets whose fresh snapshot was asked for (get_snapshot).",
+        |s| s.snapshot_requests,
+    ),
+    (
+        "tickd_feed_stale_books",
+        "gauge",
+        "Books kept stale after their resyncs ran out, until tried again.",
+        |s| s.stale_books,
+    ),
     (
         "tickd_feed_stale_deltas_total",
         "counter",
@@ -206,6 +238,7 @@ fn feeds(out: &mut Exposition, snapshot: &HealthSnapshot) {
             out.sample("tickd_feed_ticks_total", &[("feed", feed), ("conn", conn), ("kind", kind)], n);
         }
     }
+    aside(out, snapshot);
     out.header(
         "tickd_feed_last_message_age_seconds",
         "gauge",
@@ -273,6 +306,65 @@ fn rest(out: &mut Exposition, snapshot: &HealthSnapshot) {
     for r in &snapshot.rest {
         let secs = r.failing_since_us.map_or(0.0, |since| (snapshot.at_us - since).max(0) as f64 / 1e6);
         out.sample("tickd_rest_failing_seconds", &[("feed", &*r.feed)], secs);
+    }
+}
+
+/// What the exchange sent that tickd set aside, by the names it used: unknown message types
+/// and fields, and optional fields it could not read, per feed (summed over connections);
+/// rejected frames per connection and reason (every reason listed, zero or not).
+fn aside(out: &mut Exposition, snapshot: &HealthSnapshot) {
+    let mut by_feed: BTreeMap<(Aside, String, String, String), u64> = BTreeMap::new();
+    for c in &snapshot.conns {
+        for (kind, a, b, n) in c.metrics.aside.snapshot() {
+            if kind != Aside::Rejected {
+                *by_feed.entry((kind, c.id.feed.to_string(), a, b)).or_default() += n;
+            }
+        }
+    }
+    for (kind, name, help) in [
+        (
+            Aside::UnknownMessage,
+            "tickd_unknown_messages_total",
+            "Frames of a message type tickd does not know, by type (counted, logged once per type, ignored).",
+        ),
+        (
+            Aside::UnknownField,
+            "tickd_unknown_fields_total",
+            "Fields tickd does not know in messages it reads, by message type and field (ignored).",
+        ),
+        (
+            Aside::InvalidField,
+            "tickd_invalid_fields_total",
+            "Optional fields whose value could not be read, by message type and field (taken as not given).",
+        ),
+    ] {
+        out.header(name, "counter", help);
+        for ((k, feed, a, b), n) in &by_feed {
+            if *k != kind {
+                continue;
+            }
+            if kind == Aside::UnknownMessage {
+                out.sample(name, &[("feed", feed), ("type", a)], n);
+            } else {
+                out.sample(name, &[("feed", feed), ("type", a), ("field", b)], n);
+            }
+        }
+    }
+    out.header(
+        "tickd_rejected_frames_total",
+        "counter",
+        "Frames that could not be used, by reason; a few a minute are kept in feed_events (event 'rejected').",
+    );
+    for c in &snapshot.conns {
+        let (feed, conn) = (c.id.feed.to_string(), c.id.index.to_string());
+        for reason in REJECT_REASONS {
+            let n = c.metrics.aside.get(Aside::Rejected, reason, "");
+            out.sample(
+                "tickd_rejected_frames_total",
+                &[("feed", &feed), ("conn", &conn), ("reason", reason)],
+                n,
+            );
+        }
     }
 }
 

@@ -63,13 +63,13 @@ pub struct Trades {
     pub price: Vec<i64>,
     /// Sizes.
     pub size: Vec<i64>,
-    /// Whether the taker bought YES.
-    pub taker_yes: Vec<bool>,
-    /// Block trades.
-    pub block: Vec<bool>,
+    /// Whether the taker bought YES (`None`: not given).
+    pub taker_yes: Vec<Option<bool>>,
+    /// Block trades (`None`: not given).
+    pub block: Vec<Option<bool>>,
 }
 
-/// `quotes` columns.
+/// `quotes` columns; `None` is a value the exchange did not give (SQL `NULL`).
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Quotes {
     /// Feed, market and times.
@@ -81,19 +81,19 @@ pub struct Quotes {
     /// Best ask.
     pub ask: Vec<Option<i64>>,
     /// Size at the bid.
-    pub bid_size: Vec<i64>,
+    pub bid_size: Vec<Option<i64>>,
     /// Size at the ask.
-    pub ask_size: Vec<i64>,
+    pub ask_size: Vec<Option<i64>>,
     /// Last trade size.
-    pub last_size: Vec<i64>,
+    pub last_size: Vec<Option<i64>>,
     /// Volume.
-    pub volume: Vec<i64>,
+    pub volume: Vec<Option<i64>>,
     /// Open interest.
-    pub open_interest: Vec<i64>,
+    pub open_interest: Vec<Option<i64>>,
     /// Dollar volume.
-    pub dollar_volume: Vec<i64>,
+    pub dollar_volume: Vec<Option<i64>>,
     /// Dollar open interest.
-    pub dollar_open_interest: Vec<i64>,
+    pub dollar_open_interest: Vec<Option<i64>>,
 }
 
 /// `book_snapshots` columns.
@@ -281,7 +281,7 @@ impl Batch {
                 self.trades.trade_id.push(t.trade_id.clone());
                 self.trades.price.push(t.price.0);
                 self.trades.size.push(t.size.0);
-                self.trades.taker_yes.push(t.taker_side == Side::Yes);
+                self.trades.taker_yes.push(t.taker_side.map(|s| s == Side::Yes));
                 self.trades.block.push(t.block);
             }
             TickKind::Quote(q) => {
@@ -290,11 +290,11 @@ impl Batch {
                 c.last.push(q.last.map(|p| p.0));
                 c.bid.push(q.bid.map(|p| p.0));
                 c.ask.push(q.ask.map(|p| p.0));
-                c.bid_size.push(q.bid_size.0);
-                c.ask_size.push(q.ask_size.0);
-                c.last_size.push(q.last_size.0);
-                c.volume.push(q.volume.0);
-                c.open_interest.push(q.open_interest.0);
+                c.bid_size.push(q.bid_size.map(|s| s.0));
+                c.ask_size.push(q.ask_size.map(|s| s.0));
+                c.last_size.push(q.last_size.map(|s| s.0));
+                c.volume.push(q.volume.map(|s| s.0));
+                c.open_interest.push(q.open_interest.map(|s| s.0));
                 c.dollar_volume.push(q.dollar_volume);
                 c.dollar_open_interest.push(q.dollar_open_interest);
             }
@@ -332,6 +332,9 @@ impl Batch {
             | FeedEvent::Stale { reason }
             | FeedEvent::GivenUp { reason } => (Some(reason.clone()), None, None, None),
             FeedEvent::Alert { kind, message } => (Some(format!("{kind}: {message}")), None, None, None),
+            FeedEvent::Rejected { reason, error, .. } => {
+                (Some(format!("{reason}: {error}")), None, None, None)
+            }
             FeedEvent::Gap { sid, expected, got } => {
                 (None, Some(to_i64(*sid)), Some(to_i64(*expected)), Some(to_i64(*got)))
             }
@@ -343,7 +346,11 @@ impl Batch {
             | FeedEvent::Live
             | FeedEvent::BackingOff { .. } => (None, None, None, None),
         };
-        let detail = serde_json::to_value(event).unwrap_or(serde_json::Value::Null);
+        let mut detail = serde_json::to_value(event).unwrap_or(serde_json::Value::Null);
+        // Texts that came from outside (a close reason, a rejected frame) may hold U+0000,
+        // which PostgreSQL's text and jsonb cannot store: one such row would fail the batch.
+        let reason = reason.map(|r| without_nul(&r));
+        strip_nul(&mut detail);
         let name = detail.get("event").and_then(|v| v.as_str()).unwrap_or("unknown").to_owned();
         let e = &mut self.events;
         e.ts.push(tick.recv_ts);
@@ -433,6 +440,21 @@ fn levels_json(levels: &[(crate::tick::Price, crate::tick::Qty)]) -> String {
     }
     out.push(']');
     out
+}
+
+/// `text` with U+0000 replaced by U+FFFD.
+fn without_nul(text: &str) -> String {
+    text.replace('\0', "\u{fffd}")
+}
+
+/// Replaces U+0000 in every string of a JSON value (see [`without_nul`]).
+fn strip_nul(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::String(s) if s.contains('\0') => *s = without_nul(s),
+        serde_json::Value::Array(items) => items.iter_mut().for_each(strip_nul),
+        serde_json::Value::Object(map) => map.values_mut().for_each(strip_nul),
+        _ => {}
+    }
 }
 
 /// Sequence numbers and sids fit in i64 for any real exchange; saturate rather than wrap.

@@ -346,7 +346,7 @@ WITH n AS (SELECT $1::text[] AS names),
 t AS (
     INSERT INTO trades (feed, market, trade_id, exch_ts, recv_ts, price, size, taker_side, block)
     SELECT n.names[c.f], n.names[c.m], c.id, c.et, c.rt, c.p, c.s,
-           CASE WHEN c.ty THEN 'yes' ELSE 'no' END, c.b
+           CASE c.ty WHEN true THEN 'yes' WHEN false THEN 'no' END, c.b
     FROM n, (SELECT unnest($2::int4[]) AS f, unnest($3::int4[]) AS m, unnest($4::text[]) AS id,
                     unnest($5::timestamptz[]) AS et, unnest($6::timestamptz[]) AS rt,
                     unnest($7::int8[]) AS p, unnest($8::int8[]) AS s, unnest($9::bool[]) AS ty,

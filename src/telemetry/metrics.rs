@@ -3,6 +3,8 @@
 //! One [`FeedMetrics`] per feed connection, shared by its actor, its protocol session and
 //! whoever reports: the summary line, the dashboard's status and Prometheus `/metrics`.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::telemetry::liveness::Beat;
@@ -67,6 +69,8 @@ macro_rules! feed_metrics {
             state: AtomicU64,
             /// The connection loop's liveness, for the systemd watchdog.
             pub beat: Beat,
+            /// What the exchange sent that was set aside, by name (message type, field, reason).
+            pub aside: AsideCounts,
         }
 
         /// A plain copy of [`FeedMetrics`] at one instant.
@@ -104,6 +108,8 @@ feed_metrics! {
     unknown_types,
     /// Fields this version does not know, summed over frames.
     unknown_fields,
+    /// Optional fields whose value could not be read, taken as not given.
+    invalid_fields,
     /// Sequenced frames dropped as duplicates (`seq` not above the last seen).
     duplicates,
     /// Data frames on a subscription id that is not ours, dropped.
@@ -136,6 +142,10 @@ feed_metrics! {
     resubscribes,
     /// Books found negative or crossed.
     book_errors,
+    /// Markets whose fresh snapshot was asked for with `get_snapshot`.
+    snapshot_requests,
+    /// Markets whose book stays stale after its resyncs ran out, until tried again (gauge).
+    stale_books,
     /// Deltas dropped because their book was waiting for a snapshot.
     stale_deltas,
     /// Error replies from the exchange.
@@ -172,6 +182,121 @@ impl FeedMetrics {
     }
 }
 
+/// What [`AsideCounts`] counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Aside {
+    /// Frames of a message type tickd does not know; by type.
+    UnknownMessage,
+    /// Fields tickd does not know in messages it reads; by type and field.
+    UnknownField,
+    /// Optional fields whose value could not be read (taken as not given); by type and field.
+    InvalidField,
+    /// Frames that could not be used; by reason.
+    Rejected,
+}
+
+impl Aside {
+    const ALL: [Aside; 4] =
+        [Aside::UnknownMessage, Aside::UnknownField, Aside::InvalidField, Aside::Rejected];
+}
+
+/// Every reason a frame is rejected for (the parser's `WireError::reason`), so that
+/// `/metrics` lists each one, zero or not.
+pub const REJECT_REASONS: [&str; 7] = [
+    "invalid_utf8",
+    "malformed_json",
+    "not_an_object",
+    "missing_field",
+    "wrong_type",
+    "bad_value",
+    "bad_text",
+];
+
+/// Distinct names counted per kind; later names count under `other`, so that a stream of
+/// made-up types cannot grow `/metrics` without bound.
+pub const MAX_ASIDE_NAMES: usize = 200;
+
+/// Longest name kept as a label value.
+const MAX_ASIDE_NAME: usize = 64;
+
+/// Counts of what the exchange sent that tickd set aside, by the names the exchange used.
+/// Updated only when something is set aside, so a lock is cheap enough.
+#[derive(Debug, Default)]
+pub struct AsideCounts {
+    counts: Mutex<AsideMaps>,
+}
+
+/// Per kind: first name, then second name (empty when the kind has one), then the count.
+type AsideMaps = [HashMap<Box<str>, HashMap<Box<str>, u64>>; 4];
+
+impl AsideCounts {
+    /// Adds `n` under `(kind, a, b)`. True the first time that name is counted, for a caller
+    /// that logs each name once.
+    pub fn add(&self, kind: Aside, a: &str, b: &str, n: u64) -> bool {
+        let Ok(mut maps) = self.counts.lock() else {
+            return false;
+        };
+        let map = &mut maps[kind as usize];
+        if let Some(count) = map.get_mut(a).and_then(|inner| inner.get_mut(b)) {
+            *count += n;
+            return false;
+        }
+        let (a, b) = (label(a), label(b));
+        let distinct: usize = map.values().map(HashMap::len).sum();
+        let (a, b) =
+            if distinct >= MAX_ASIDE_NAMES && map.get(&*a).is_none_or(|inner| !inner.contains_key(&*b)) {
+                (Box::from("other"), Box::from(if b.is_empty() { "" } else { "other" }))
+            } else {
+                (a, b)
+            };
+        let count = map.entry(a).or_default().entry(b).or_insert(0);
+        let first = *count == 0;
+        *count += n;
+        first
+    }
+
+    /// Every count, sorted by kind and names.
+    pub fn snapshot(&self) -> Vec<(Aside, String, String, u64)> {
+        let Ok(maps) = self.counts.lock() else {
+            return Vec::new();
+        };
+        let mut all: Vec<_> = Aside::ALL
+            .iter()
+            .flat_map(|&kind| {
+                maps[kind as usize].iter().flat_map(move |(a, inner)| {
+                    inner.iter().map(move |(b, &n)| (kind, a.to_string(), b.to_string(), n))
+                })
+            })
+            .collect();
+        all.sort();
+        all
+    }
+
+    /// The count of one name (0 when never counted).
+    pub fn get(&self, kind: Aside, a: &str, b: &str) -> u64 {
+        self.counts
+            .lock()
+            .ok()
+            .and_then(|maps| maps[kind as usize].get(a).and_then(|inner| inner.get(b)).copied())
+            .unwrap_or(0)
+    }
+}
+
+/// A name from the exchange as a label value: at most [`MAX_ASIDE_NAME`] bytes, control
+/// characters shown as `?`.
+fn label(name: &str) -> Box<str> {
+    let mut end = name.len().min(MAX_ASIDE_NAME);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    let name = name.get(..end).unwrap_or_default();
+    if name.chars().any(char::is_control) {
+        name.chars().map(|c| if c.is_control() { '?' } else { c }).collect::<String>().into()
+    } else {
+        name.into()
+    }
+}
+
 /// Counters of the dashboard server.
 #[derive(Debug, Default)]
 pub struct DashboardMetrics {
@@ -205,4 +330,27 @@ pub struct DashboardMetrics {
     pub rejected_full: AtomicU64,
     /// Ticks the hub itself missed by falling behind the bus.
     pub hub_missed: AtomicU64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aside_counts_name_each_thing_once_and_stay_bounded() {
+        let c = AsideCounts::default();
+        assert!(c.add(Aside::UnknownMessage, "fill", "", 1));
+        assert!(!c.add(Aside::UnknownMessage, "fill", "", 2));
+        assert!(c.add(Aside::UnknownField, "ticker", "Clock", 1));
+        assert_eq!(c.get(Aside::UnknownMessage, "fill", ""), 3);
+        for i in 0..1000 {
+            c.add(Aside::UnknownMessage, &format!("made_up_{i}"), "", 1);
+        }
+        let messages: Vec<_> = c.snapshot().into_iter().filter(|s| s.0 == Aside::UnknownMessage).collect();
+        assert_eq!(messages.len(), MAX_ASIDE_NAMES + 1, "names past the bound count as other");
+        let total: u64 = messages.iter().map(|s| s.3).sum();
+        assert_eq!(total, 1003, "every frame is counted");
+        assert!(c.add(Aside::Rejected, "bad\nname\u{0}", "", 1));
+        assert_eq!(c.get(Aside::Rejected, "bad?name?", ""), 1);
+    }
 }

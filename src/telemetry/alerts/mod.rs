@@ -2,7 +2,9 @@
 //!
 //! Every part of the daemon raises alerts here, without knowing who decides or delivers:
 //! - a feed actor raises `max_reconnects` and `credentials_rejected` through its [`Alerter`],
-//!   and resolves them once its connection has stayed healthy for `backoff.healthy_after`;
+//!   and resolves them once its connection has stayed healthy for `backoff.healthy_after`; it
+//!   raises `book_unrecoverable` when its protocol session gives up resyncing a book for a
+//!   while, and resolves it once every book of the connection is sound again;
 //! - the store writer sends its one-shot notices (`spool_full`, `store_schema`,
 //!   `batch_rejected`, `spool_unreadable`: no incident, no recovery);
 //! - the alert monitor ([`crate::ops::alerts`]) raises and resolves `feed_stale`,
@@ -44,6 +46,9 @@ pub const MAX_RECONNECTS: &str = "max_reconnects";
 pub const CREDENTIALS_REJECTED: &str = "credentials_rejected";
 /// A feed's REST requests have been failing for `alerts.rest_unreachable_after`.
 pub const REST_UNREACHABLE: &str = "rest_unreachable";
+/// A market's book stayed crossed or negative after its fresh snapshots: it is kept stale and
+/// tried again later. One incident per connection, resolved once no book of it is stale.
+pub const BOOK_UNRECOVERABLE: &str = "book_unrecoverable";
 
 /// The source of the store's alerts.
 pub const STORE: &str = "store";
