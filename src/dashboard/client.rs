@@ -119,13 +119,14 @@ impl Shared {
             // Being written to: not silent. A write that never ends is `slow_client_timeout`'s.
             return Heartbeat::CheckAt(now + interval);
         }
-        let alive = self.at(self.alive_us.load(Ordering::Relaxed));
-        let ping = self.ping_us.load(Ordering::Relaxed);
-        if ping <= self.alive_us.load(Ordering::Relaxed) {
+        let (alive_us, ping_us) =
+            (self.alive_us.load(Ordering::Relaxed), self.ping_us.load(Ordering::Relaxed));
+        let alive = self.at(alive_us);
+        if ping_us <= alive_us {
             // No ping outstanding (the writer has not got one out yet): nothing to answer.
             return Heartbeat::CheckAt((alive + 2 * interval).max(now + interval));
         }
-        let due = (alive + 2 * interval).max(self.at(ping) + interval);
+        let due = (alive + 2 * interval).max(self.at(ping_us) + interval);
         if now >= due { Heartbeat::Silent } else { Heartbeat::CheckAt(due) }
     }
 

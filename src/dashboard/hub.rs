@@ -429,8 +429,8 @@ impl Hub {
         let frame = frames::Obj::new("lagged").uint("missed", n).str("source", "server").finish();
         self.push(items, Channel::Feed, MarketId::MAX, frame);
         // Every book may be wrong, and a book the hub never got is missing: ask for all of
-        // them, now or once REFRESH_EVERY has passed since the last time. (A round already
-        // due stays due: its snapshots may be among the ticks just lost.)
+        // them, now or once REFRESH_EVERY has passed since the last time (the snapshots of
+        // that time may be among the ticks just lost). A round already due covers this lag.
         if self.refresh_due.is_none() {
             let now = Instant::now();
             self.refresh_due = Some(self.refreshed_at.map_or(now, |at| (at + REFRESH_EVERY).max(now)));

@@ -271,10 +271,10 @@ impl FeedHandle {
     /// Asks the exchange for a fresh snapshot of every book the connection trusts, published
     /// on the bus like any snapshot: for a consumer that missed ticks (the dashboard hub
     /// falling behind the bus) and can no longer vouch for its copies. Does not wait: false
-    /// when the actor's command queue is full (ask again later) or the actor has stopped.
-    /// A disconnected feed does nothing; its next connection brings fresh snapshots anyway.
+    /// when the actor's command queue is full (ask again later). A stopped actor has no books
+    /// to refresh, and a disconnected one's next connection brings fresh snapshots anyway.
     pub fn refresh_books(&self) -> bool {
-        self.tx.try_send(FeedCommand::RefreshBooks).is_ok()
+        !matches!(self.tx.try_send(FeedCommand::RefreshBooks), Err(mpsc::error::TrySendError::Full(_)))
     }
 
     /// The books this connection currently trusts (built from a snapshot, unbroken since).
