@@ -1042,3 +1042,222 @@ async fn five_hundred_clients_get_live_frames_and_dead_ones_are_dropped_by_the_h
     let dead_peers: BTreeSet<String> = dead.iter().map(|(a, _)| a.to_string()).collect();
     assert_eq!(dropped_peers, dead_peers, "the clients dropped by the heartbeat are the dead ones");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_tickd_is_writing_to_is_kept_by_the_heartbeat_while_a_silent_one_is_dropped() {
+    // Arrange: a ping every second; a client may stay behind (and be resynced) for a minute.
+    let mut rig = start(100, 200, false, |c| {
+        c.dashboard("ping_interval", "\"1s\"")
+            .dashboard("slow_client_timeout", "\"60s\"")
+            .dashboard("client_queue", "256")
+            .dashboard("max_resyncs", "100")
+            .dashboard("commands_per_minute", "100000");
+    })
+    .await;
+    let addr = rig.addr;
+    let mut busy = Stalling::open(addr).await;
+
+    // Act: `busy` stops reading until tickd cannot write to it, and from then on sends nothing
+    // either, not even a pong (it reads no ping). A client that connects after that and never
+    // reads nor answers is dropped by the heartbeat: by then `busy` has been silent longer.
+    busy.stall(addr).await;
+    let (silent, _) = Client::open(bearer_request(addr, TOKEN), None).await.expect("a stream connection");
+    let silent_peer = silent.local.to_string();
+    let _held = silent.into_inner();
+    rig.app
+        .wait("the heartbeat to drop the silent client", SETTLE, |app| {
+            app.dashboard_count(|d| &d.evicted_heartbeat) >= 1
+        })
+        .await;
+    // `busy` reads again: what it missed, then an answer to a command sent now.
+    let lagged =
+        busy.client.skip_until("a lagged frame", SETTLE, "\"lagged\"", |f| f["type"] == "lagged").await;
+    let sent = busy.client.try_send_text(&json!({"cmd": "ping", "id": "still-here"}).to_string()).await;
+    let pong = busy
+        .client
+        .skip_until("the pong", SETTLE, "still-here", |f| f["type"] == "pong" && f["id"] == "still-here")
+        .await;
+
+    // Assert: `busy` was kept, resynced rather than dropped; only the silent client was dropped.
+    let lagged = lagged.unwrap_or_else(|end| panic!("`busy` ended before its lagged frame: {end:?}"));
+    assert!(lagged["missed"].as_u64().is_some_and(|n| n > 0), "{lagged}");
+    assert!(sent && pong.is_ok(), "`busy` is still connected: sent {sent}, pong {pong:?}");
+    assert_eq!(rig.app.dashboard_count(|d| &d.evicted_heartbeat), 1, "one client dropped for silence");
+    assert_eq!(rig.app.dashboard_count(|d| &d.evicted_slow), 0, "none closed for being slow");
+    rig.stop().await;
+    let dropped: Vec<String> = log_lines()
+        .iter()
+        .filter(|l| l.message() == "Dashboard client dropped." && l.str("reason") == "no answer to pings")
+        .map(|l| l.str("peer").to_owned())
+        .collect();
+    assert_eq!(dropped, vec![silent_peer], "the client dropped by the heartbeat is the silent one");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribed_unknown_lists_the_markets_no_feed_follows_as_reloads_change_them() {
+    // Arrange: a feed of trades only, on an exchange that trades nothing yet: its markets are
+    // followed, and none of them has sent anything.
+    let mut rig = start(3, 100, true, |c| {
+        c.feed("channels", "[\"trade\"]").feed("lifecycle", "false");
+    })
+    .await;
+    let markets = rig.sim.markets();
+    let (kept, dropped, added) = (markets[0].clone(), markets[1].clone(), "KXNEW-26JAN01-T1".to_owned());
+    let mut c = Client::connect(rig.addr, TOKEN).await;
+
+    // Act 1
+    let named = json!([kept, dropped, added]);
+    let before = c.ask(subscribe(1, &["trades", "quotes"], named.clone()), REPLY).await;
+
+    // Act 2: a reload follows `added` and no longer `dropped`.
+    let mut settings = rig.app.settings.clone();
+    settings.feeds[0].markets = vec![kept.clone(), markets[2].clone(), added.clone()];
+    rig.app.reloads.send(settings).await.expect("the daemon takes reloads");
+    let deadline = Instant::now() + LIVE;
+    let mut id = 1;
+    let after = loop {
+        id += 1;
+        let reply = c.ask(subscribe(id, &["trades"], named.clone()), REPLY).await;
+        if reply["unknown"] == json!([dropped]) || Instant::now() > deadline {
+            break reply;
+        }
+        sleep(Duration::from_millis(50)).await;
+    };
+
+    // Assert: unknown names only what no feed follows, whether or not it has sent anything.
+    assert!(rig.sim.trades_sent().is_empty(), "the exchange has traded nothing");
+    assert_eq!(
+        before,
+        json!({"type": "subscribed", "id": 1, "channels": ["trades", "quotes"], "markets": named, "unknown": [added]})
+    );
+    assert_eq!(after["type"], "subscribed", "{after}");
+    assert_eq!(after["unknown"], json!([dropped]), "after the reload: {after}");
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_falls_behind_with_commands_in_flight_costs_the_hub_one_state_per_fall() {
+    // Arrange: the exchange paused until the clients are subscribed. A client may be 256
+    // frames behind.
+    const QUEUE: u64 = 256;
+    let mut rig = start(100, 200, true, |c| {
+        c.dashboard("client_queue", &QUEUE.to_string())
+            .dashboard("slow_client_timeout", "\"30s\"")
+            .dashboard("max_resyncs", "10")
+            .dashboard("ping_interval", "\"60s\"")
+            .dashboard("commands_per_minute", "100000");
+    })
+    .await;
+    let addr = rig.addr;
+    // Every frame of the stream reaches it: its count is how far the stream has moved on.
+    let mut clock = Client::connect(addr, TOKEN).await;
+    let reply = clock
+        .ask(subscribe(1, &["trades", "quotes", "book", "lifecycle", "feed"], json!("all")), REPLY)
+        .await;
+    assert_eq!(reply["type"], "subscribed", "{reply}");
+    let clock = clock.collect();
+    let mut a = Stalling::open(addr).await;
+    rig.sim.resume();
+
+    // Act: `a` stalls with subscribe commands waiting behind the stall, sends more, and the
+    // stream moves on further than it may be behind; then it reads everything.
+    a.stall(addr).await;
+    a.ask_for_state(a.chunk).await;
+    let seen = clock.with(|t| t.frames);
+    clock.wait("the stream to move on", LIVE, |t| t.frames > seen + QUEUE + 16).await;
+    let commands = a.sent;
+    let (mut replies, mut lagged) = (0, Vec::new());
+    let deadline = Instant::now() + SETTLE;
+    while replies < commands {
+        match a.client.next_raw_by(deadline).await {
+            Some(Ok(text)) if text.contains("\"type\":\"subscribed\"") => replies += 1,
+            Some(Ok(text)) if text.contains("\"type\":\"lagged\"") => lagged.push(text),
+            Some(Ok(_)) => {}
+            other => panic!("{other:?} after {replies} of {commands} replies; lagged {lagged:?}"),
+        }
+    }
+    let (live, _) =
+        a.client.until("a live trade", LIVE, |f| f["type"] == "trade" && f.get("state").is_none()).await;
+    rig.sim.pause();
+    wait_caught_up(&rig.sim, SETTLE).await;
+    let falls = rig.app.dashboard_count(|d| &d.lagged);
+    rig.app
+        .wait("the hub to answer the last fall", REPLY, |app| {
+            app.dashboard_count(|d| &d.resync_states) >= falls
+        })
+        .await;
+
+    // Assert: every command answered; each fall paid for with one state set, however many
+    // commands came while it was behind.
+    assert!(!lagged.is_empty(), "`a` fell behind");
+    assert!(falls >= lagged.len() as u64, "falls {falls}, lagged frames {lagged:?}");
+    assert_eq!(rig.app.dashboard_count(|d| &d.resync_states), falls, "state sets the hub built, per fall");
+    assert!(live["trade_id"].is_string(), "{live}");
+    clock.with(|t| assert!(t.lagged.is_empty() && t.end.is_none(), "the clock: {:?} {:?}", t.lagged, t.end));
+    rig.stop().await;
+}
+
+/// On one thread (`#[tokio::test]`'s runtime), a burst of frames the feed reads at once is
+/// published on the bus before the hub runs again: with a bus ring smaller than the burst, the
+/// hub falls behind for certain.
+#[tokio::test]
+async fn a_hub_that_falls_behind_asks_the_feeds_for_snapshots_and_clients_get_fresh_books() {
+    // Arrange: five markets; the hub may be 64 ticks behind the feeds.
+    let mut rig = start(5, 50, false, |c| {
+        c.top("bus", "{ lossy_capacity = 64 }");
+    })
+    .await;
+    let markets = rig.sim.markets();
+    let (mut c, _) = hold_books(rig.addr, &markets).await;
+    let connections = rig.sim.stats().connections_total;
+
+    // Act: bursts of exchange events far larger than the ring, until the hub has missed
+    // ticks; then a quiet exchange.
+    rig.sim.set_rate(50_000);
+    rig.app.wait("the hub to fall behind", LIVE, |app| app.dashboard_count(|d| &d.hub_missed) > 0).await;
+    rig.sim.set_rate(20);
+
+    // The client is told, then gets a fresh book of every market (one sent as it came, not
+    // a state frame), after the last time it was told.
+    let (mut told, mut fresh) = (0, BTreeSet::new());
+    let deadline = Instant::now() + LIVE;
+    while told == 0 || fresh.len() < markets.len() {
+        match c.next_by(deadline).await {
+            Some(Event::Frame(f)) if f["type"] == "lagged" => {
+                assert_eq!(f["source"], "server", "{f}");
+                told += 1;
+                fresh.clear();
+            }
+            Some(Event::Frame(f)) if f["type"] == "book" && f.get("state").is_none() => {
+                assert!(f.get("stale").is_none(), "{f}");
+                fresh.insert(f["market"].as_str().unwrap_or("").to_owned());
+            }
+            Some(Event::Frame(_)) => {}
+            other => panic!("{other:?} with {told} lagged frames and fresh books of {fresh:?}"),
+        }
+    }
+    rig.sim.pause();
+    wait_caught_up(&rig.sim, SETTLE).await;
+    let (mut late, held) = hold_books(rig.addr, &markets).await;
+
+    // Assert: the books came from snapshots the feed asked for, on the same connection
+    // (no reconnect, no repair of its own), and they are the exchange's.
+    let asked: BTreeSet<String> = rig
+        .sim
+        .commands_received()
+        .into_iter()
+        .filter(|(_, cmd)| cmd["cmd"] == "update_subscription" && cmd["params"]["action"] == "get_snapshot")
+        .flat_map(|(_, cmd)| {
+            let tickers = cmd["params"]["market_tickers"].as_array().cloned().unwrap_or_default();
+            tickers.into_iter().filter_map(|t| t.as_str().map(str::to_owned)).collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(asked, markets.iter().cloned().collect(), "get_snapshot asked for every market");
+    assert_eq!(rig.sim.stats().connections_total, connections, "the feed did not reconnect");
+    let theirs: BTreeMap<String, Book> =
+        markets.iter().map(|m| (m.clone(), Book::from_sim(&rig.sim, m))).collect();
+    assert_eq!(held.books, theirs, "the books a new subscriber gets are the exchange's");
+    let pong = late.ask(json!({"cmd": "ping", "id": "late"}), REPLY).await;
+    assert_eq!(pong["type"], "pong");
+    rig.stop().await;
+}

@@ -31,6 +31,15 @@ pub struct DashboardSettings {
     pub allowed_hosts: Vec<String>,
     /// Stream clients connected at once; more get 503.
     pub max_connections: usize,
+    /// HTTP connections open at once before any upgrade (page loads, health checks, metrics
+    /// scrapes, upgrades in progress); past it a new connection is closed at once, unanswered.
+    /// Counted apart from `max_connections`: a stream client leaves this count once upgraded.
+    pub max_http_connections: usize,
+    /// How long a connection may take to send a request's headers, counted from when tickd
+    /// starts waiting for them; also how long a kept-alive connection may sit idle between
+    /// requests. Past it the connection is closed.
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
     /// The largest frame a client may send; a bigger one closes its connection with 1009.
     pub max_frame_bytes: usize,
     /// Commands a client may send per minute; past it the client is closed with 4029.
@@ -46,8 +55,10 @@ pub struct DashboardSettings {
     pub slow_client_timeout: Duration,
     /// See `slow_client_timeout`.
     pub max_resyncs: u32,
-    /// WebSocket ping cadence; a client that has sent nothing (not even a pong) for two
-    /// intervals is dropped.
+    /// WebSocket ping cadence. A client that has sent nothing (not even a pong) for two
+    /// intervals, and nothing for an interval since a ping went out to it, is dropped; one
+    /// that tickd is still writing to is not (`slow_client_timeout` covers a client that stops
+    /// reading).
     #[serde(with = "humantime_serde")]
     pub ping_interval: Duration,
     /// Cadence of the `status` frames sent to clients subscribed to the `feed` channel.
@@ -67,6 +78,8 @@ impl Default for DashboardSettings {
             allowed_origins: Vec::new(),
             allowed_hosts: Vec::new(),
             max_connections: 1000,
+            max_http_connections: 256,
+            header_timeout: Duration::from_secs(10),
             max_frame_bytes: 4096,
             commands_per_minute: 600,
             max_subscriptions: 1000,
@@ -138,6 +151,8 @@ impl DashboardSettings {
             }
         }
         problems.at_least_one("dashboard.max_connections", self.max_connections);
+        problems.at_least_one("dashboard.max_http_connections", self.max_http_connections);
+        problems.positive("dashboard.header_timeout", self.header_timeout);
         if self.max_frame_bytes < 256 {
             problems.push("dashboard.max_frame_bytes", "must be at least 256");
         }
@@ -186,6 +201,14 @@ mod tests {
         );
         std::fs::write(&file, "\n").unwrap();
         assert_eq!(problem_keys(&settings), ["dashboard.token_file"], "an empty token file");
+    }
+
+    #[test]
+    fn the_ports_connection_bound_and_header_deadline_must_be_set() {
+        let mut settings = valid();
+        settings.dashboard.max_http_connections = 0;
+        settings.dashboard.header_timeout = std::time::Duration::ZERO;
+        assert_eq!(problem_keys(&settings), ["dashboard.max_http_connections", "dashboard.header_timeout"]);
     }
 
     #[test]

@@ -4,10 +4,23 @@
 //! and sends subscription changes to the hub. The writer reads the hub's stream log at its own
 //! pace, filters it by the client's subscriptions, and writes whatever is ready in one flush.
 //! Both end together: whichever sees the end first records why in [`Shared`].
+//!
+//! The heartbeat: the writer pings every `ping_interval`; the reader drops a client that has
+//! given no sign of life for two intervals, and for at least one interval since a ping went
+//! out to it. A sign of life is any frame the client sends (a pong counts), or a write that
+//! had to wait for the client's socket and then went through (the client read what it had).
+//! The reader judges only while it is reading, and reads what is there before it judges, so a
+//! busy daemon does not mistake its own delay for the client's silence; and it never judges
+//! while a write is under way: a client tickd is writing to is not silent, it is either
+//! reading (and its pong is behind the data) or stuck, which `slow_client_timeout` settles.
+//!
+//! Falling behind: a client further behind the log than `client_queue` frames skips the log
+//! until the hub's resync (the state of everything it holds) and gets `lagged`, the state, then
+//! live frames again. It has at most one resync asked of the hub at a time ([`Behind`]).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures_util::stream::{SplitSink, SplitStream};
@@ -43,11 +56,80 @@ struct Shared {
     /// Why the connection ends, set once; `None` code: drop without a close frame.
     end: std::sync::Mutex<Option<(Option<u16>, &'static str)>>,
     ending: CancellationToken,
-    /// µs since the epoch of the last frame of any kind from the client.
-    last_inbound: AtomicI64,
+    /// When the client connected: the origin of the times below, in µs.
+    born: Instant,
+    /// The last sign of life: a frame from the client, or a write its socket made the writer
+    /// wait for and then took.
+    alive_us: AtomicU64,
+    /// When the first ping not answered yet went out (its write completed); not after
+    /// `alive_us`: none outstanding.
+    ping_us: AtomicU64,
+    /// A write to the client is under way.
+    writing: AtomicBool,
+}
+
+/// What the heartbeat makes of a client now.
+#[derive(Debug, PartialEq)]
+enum Heartbeat {
+    /// Silent for two intervals, and for an interval since a ping went out: drop it.
+    Silent,
+    /// Look again then.
+    CheckAt(Instant),
 }
 
 impl Shared {
+    fn new() -> Shared {
+        Shared {
+            end: std::sync::Mutex::new(None),
+            ending: CancellationToken::new(),
+            born: Instant::now(),
+            alive_us: AtomicU64::new(0),
+            ping_us: AtomicU64::new(0),
+            writing: AtomicBool::new(false),
+        }
+    }
+
+    /// µs since the client connected.
+    fn now_us(&self) -> u64 {
+        Instant::now().duration_since(self.born).as_micros() as u64
+    }
+
+    fn at(&self, us: u64) -> Instant {
+        self.born + Duration::from_micros(us)
+    }
+
+    /// The client showed it is there.
+    fn alive(&self) {
+        self.alive_us.fetch_max(self.now_us(), Ordering::Relaxed);
+    }
+
+    /// A ping went out; the clock of the first one not answered yet starts now.
+    fn pinged(&self) {
+        let alive = self.alive_us.load(Ordering::Relaxed);
+        if self.ping_us.load(Ordering::Relaxed) <= alive {
+            // After any sign of life so far, so that it counts as unanswered.
+            self.ping_us.store(self.now_us().max(alive + 1), Ordering::Relaxed);
+        }
+    }
+
+    /// Whether the client is silent, with pings every `interval`.
+    fn heartbeat(&self, interval: Duration) -> Heartbeat {
+        let now = Instant::now();
+        if self.writing.load(Ordering::Relaxed) {
+            // Being written to: not silent. A write that never ends is `slow_client_timeout`'s.
+            return Heartbeat::CheckAt(now + interval);
+        }
+        let (alive_us, ping_us) =
+            (self.alive_us.load(Ordering::Relaxed), self.ping_us.load(Ordering::Relaxed));
+        let alive = self.at(alive_us);
+        if ping_us <= alive_us {
+            // No ping outstanding (the writer has not got one out yet): nothing to answer.
+            return Heartbeat::CheckAt((alive + 2 * interval).max(now + interval));
+        }
+        let due = (alive + 2 * interval).max(self.at(ping_us) + interval);
+        if now >= due { Heartbeat::Silent } else { Heartbeat::CheckAt(due) }
+    }
+
     fn end(&self, code: Option<u16>, reason: &'static str) {
         if let Ok(mut end) = self.end.lock()
             && end.is_none()
@@ -62,19 +144,63 @@ impl Shared {
     }
 }
 
-/// Waiting for the log to reach its boundary.
-enum Pending {
-    /// A subscription change: its reply, then its state.
-    Change(Resolved),
-    /// The fresh state after falling behind.
-    Resync(Resolved),
+/// Catching up after falling behind the stream log: the one resync asked of the hub for it,
+/// and what that resync's state must cover. A client never has two resyncs asked at once: a
+/// further fall only widens what the state must cover, and the state is asked for again (once
+/// the hub has answered) only when the answer turns out not to cover it.
+struct Behind {
+    /// The last log item taken before the fall: `missed` counts from here.
+    from_seq: u64,
+    /// Items up to this `seq` may have been lost: the state must be as of it or later.
+    cover: u64,
+    /// The subscriptions the state was asked for.
+    filter: Filter,
+    answer: Answer,
 }
 
-impl Pending {
-    fn boundary(&self) -> u64 {
-        match self {
-            Pending::Change(r) | Pending::Resync(r) => r.boundary,
+/// The hub's answer to the one resync asked.
+enum Answer {
+    /// Not here yet.
+    Awaited(oneshot::Receiver<Resolved>),
+    /// Here; applied once the log reaches its boundary.
+    Came(Resolved),
+}
+
+/// What to do after a fall or an answer.
+#[derive(Debug, PartialEq)]
+enum Next {
+    /// Nothing more: the resync asked will do.
+    Wait,
+    /// Ask for the state again (nothing is asked of the hub now).
+    Ask,
+}
+
+impl Behind {
+    /// The client fell further while catching up: items up to `head` may be lost too.
+    fn fell(&mut self, head: u64) -> Next {
+        self.cover = self.cover.max(head);
+        match &self.answer {
+            // Asked already: its answer is checked when it comes.
+            Answer::Awaited(_) => Next::Wait,
+            Answer::Came(state) if state.boundary >= self.cover => Next::Wait,
+            // It came, but items after it are lost now.
+            Answer::Came(_) => Next::Ask,
         }
+    }
+
+    /// The hub answered: kept, unless items after its boundary were lost while it was asked.
+    fn answered(&mut self, state: Resolved) -> Next {
+        if state.boundary < self.cover {
+            return Next::Ask;
+        }
+        self.answer = Answer::Came(state);
+        Next::Wait
+    }
+
+    /// Whether the state that came is of the subscriptions the client holds now (`filter`,
+    /// after the changes the hub answered before it); if not it must be asked for again.
+    fn fits(&self, filter: &Filter) -> bool {
+        matches!(self.answer, Answer::Came(_)) && self.filter == *filter
     }
 }
 
@@ -87,11 +213,7 @@ pub(crate) async fn serve(ws: Ws, server: Arc<ServerShared>, peer: String) {
     let metrics = server.metrics.clone();
     metrics.clients.fetch_add(1, Ordering::Relaxed);
     metrics.connections.fetch_add(1, Ordering::Relaxed);
-    let shared = Arc::new(Shared {
-        end: std::sync::Mutex::new(None),
-        ending: CancellationToken::new(),
-        last_inbound: AtomicI64::new(now_micros()),
-    });
+    let shared = Arc::new(Shared::new());
     let (sink, stream) = ws.split();
     // Replies the reader writes itself (pong, status, history, errors); when full, the reader
     // waits, and so stops reading commands.
@@ -116,9 +238,10 @@ pub(crate) async fn serve(ws: Ws, server: Arc<ServerShared>, peer: String) {
                 last_seq: seq,
                 filter: Filter::default(),
                 pending: VecDeque::new(),
-                lag: None,
+                behind: None,
                 resyncs: VecDeque::new(),
                 out: Vec::new(),
+                ping_queued: false,
                 server: server.clone(),
                 shared: shared.clone(),
             };
@@ -168,12 +291,6 @@ async fn close_with(
     }
 }
 
-/// Items behind the client's position when it fell behind, and the resync it waits for.
-struct Lag {
-    from_seq: u64,
-    resync: Option<oneshot::Receiver<Resolved>>,
-}
-
 struct Writer {
     sink: SplitSink<Ws, Message>,
     inbox: mpsc::Receiver<Utf8Bytes>,
@@ -183,11 +300,16 @@ struct Writer {
     /// The last log item taken (forwarded or not).
     last_seq: u64,
     filter: Filter,
-    /// Subscription changes waiting for the log to reach their boundary.
-    pending: VecDeque<Pending>,
-    lag: Option<Lag>,
+    /// Subscription changes waiting for the log to reach their boundary (or, while behind,
+    /// for the resync), in boundary order.
+    pending: VecDeque<Resolved>,
+    /// Catching up after falling behind.
+    behind: Option<Behind>,
+    /// When the client fell behind, over the last minute.
     resyncs: VecDeque<Instant>,
     out: Vec<Message>,
+    /// `out` holds a ping.
+    ping_queued: bool,
     server: Arc<ServerShared>,
     shared: Arc<Shared>,
 }
@@ -219,12 +341,12 @@ impl Writer {
                 break;
             }
             let resync = async {
-                match self.lag.as_mut().and_then(|l| l.resync.as_mut()) {
-                    Some(rx) => rx.await.ok(),
-                    None => std::future::pending().await,
+                match self.behind.as_mut().map(|b| &mut b.answer) {
+                    Some(Answer::Awaited(rx)) => rx.await.ok(),
+                    _ => std::future::pending().await,
                 }
             };
-            tokio::select! {
+            let going_on = tokio::select! {
                 // In this order: the end before any more work, the client's replies and the
                 // hub's answers before the log.
                 biased;
@@ -238,21 +360,22 @@ impl Writer {
                 // A reply the reader made: pong, status, history, an error (cancel-safe: mpsc
                 // recv). `None`: the reader is gone.
                 msg = self.inbox.recv() => match msg {
-                    Some(f) => self.out.push(Message::Text(f)),
+                    Some(f) => {
+                        self.out.push(Message::Text(f));
+                        true
+                    }
                     None => break,
                 },
                 // The hub's answer to a subscription change, applied once the log reaches its
                 // boundary (cancel-safe: mpsc recv).
-                Some(r) = self.answers.recv() => self.wait(Pending::Change(r)),
-                // The fresh state after falling behind (cancel-safe: the receiver is polled in
+                Some(r) = self.answers.recv() => {
+                    self.wait(r);
+                    true
+                }
+                // The state after falling behind (cancel-safe: the receiver is polled in
                 // place and keeps its value). `None`: the hub stopped without answering.
                 resolved = resync => match resolved {
-                    Some(r) => {
-                        if let Some(lag) = &mut self.lag {
-                            lag.resync = None;
-                        }
-                        self.wait(Pending::Resync(r));
-                    }
+                    Some(r) => self.resynced(r),
                     None => {
                         self.shared.end(Some(close::GOING_AWAY), "tickd is shutting down");
                         break;
@@ -261,36 +384,32 @@ impl Writer {
                 // The stream log (cancel-safe: broadcast recv), and up to DRAIN entries already
                 // there, so that one write flushes them all.
                 got = self.log.recv() => {
-                    if !self.take(got) {
-                        break;
-                    }
+                    let mut going_on = self.take(got);
                     for _ in 0..DRAIN {
+                        if !going_on {
+                            break;
+                        }
                         let got = match self.log.try_recv() {
                             Ok(e) => Ok(e),
                             Err(broadcast::error::TryRecvError::Empty) => break,
                             Err(broadcast::error::TryRecvError::Lagged(n)) => Err(broadcast::error::RecvError::Lagged(n)),
                             Err(broadcast::error::TryRecvError::Closed) => Err(broadcast::error::RecvError::Closed),
                         };
-                        if !self.take(got) {
-                            break;
-                        }
+                        going_on = self.take(got);
                     }
+                    going_on
                 }
-                // Heartbeat: a client silent for two intervals is dropped, any other is pinged.
+                // Heartbeat: a ping every interval. Whether the client answers is the reader's
+                // to judge (it reads what the client sent before it judges).
                 _ = ping.tick() => {
-                    let silent = now_micros() - self.shared.last_inbound.load(Ordering::Relaxed);
-                    if silent > 2 * settings.ping_interval.as_micros() as i64 {
-                        self.server.metrics.evicted_heartbeat.fetch_add(1, Ordering::Relaxed);
-                        self.shared.end(None, "no answer to pings");
-                        break;
-                    }
                     self.out.push(Message::Ping(Default::default()));
+                    self.ping_queued = true;
+                    true
                 }
-            }
-            if self.shared.ending.is_cancelled() {
+            };
+            if !going_on || self.shared.ending.is_cancelled() || !self.apply_pending() {
                 break;
             }
-            self.apply_pending();
         }
         self.finish().await;
     }
@@ -303,30 +422,30 @@ impl Writer {
                 // inside one: apply those reached before it, then take it whole. It sends an
                 // answer before it appends anything past the answer's boundary, so any answer
                 // whose boundary this entry is past is already there to take.
-                self.take_answers();
-                self.apply_pending();
+                if !self.take_answers() || !self.apply_pending() {
+                    return false;
+                }
                 // More than `client_queue` frames behind the newest: the client's queue is
                 // full, whatever the shared log still holds.
                 let head = self.server.head.load(Ordering::Relaxed);
-                if self.lag.is_none()
+                if self.behind.is_none()
                     && head.saturating_sub(self.last_seq) > self.server.settings.client_queue as u64
                 {
                     let from = self.last_seq;
                     self.last_seq = entry.last().map_or(self.last_seq, |i| i.seq);
                     return self.fell_behind(from);
                 }
-                let behind = self.lag.is_some();
+                let skipping = self.behind.is_some();
                 let mut sent = 0;
                 for item in entry.iter() {
                     self.last_seq = item.seq;
-                    if !behind && self.filter.allows(item.channel, item.market) {
+                    if !skipping && self.filter.allows(item.channel, item.market) {
                         self.out.push(Message::Text(item.frame.clone()));
                         sent += 1;
                     }
                 }
                 self.server.metrics.deliveries.fetch_add(sent, Ordering::Relaxed);
-                self.apply_pending();
-                true
+                self.apply_pending()
             }
             Err(broadcast::error::RecvError::Lagged(_)) => self.fell_behind(self.last_seq),
             Err(broadcast::error::RecvError::Closed) => {
@@ -336,79 +455,103 @@ impl Writer {
         }
     }
 
-    /// The client fell further behind than the log holds: ask the hub for fresh state, skip
-    /// the log up to it, then say how many ticks were missed.
+    /// The client fell further behind than its queue: ask the hub for fresh state, skip the
+    /// log up to it, then say how many ticks were missed. False when the connection must end.
     fn fell_behind(&mut self, from_seq: u64) -> bool {
+        // Every item lost is at most the newest appended.
+        let head = self.server.head.load(Ordering::Relaxed);
         // Right after a lag the receiver sits on the oldest entry the log holds, so the next
-        // append can lag it again before it reads. A lag while still behind (its resync not
-        // applied yet) is the same fall: it asks for fresher state but is not another resync.
-        if self.lag.is_none() {
-            let now = Instant::now();
-            self.resyncs.push_back(now);
-            while self.resyncs.front().is_some_and(|&t| now.duration_since(t) > Duration::from_secs(60)) {
-                self.resyncs.pop_front();
-            }
-            let metrics = &self.server.metrics;
-            metrics.lagged.fetch_add(1, Ordering::Relaxed);
-            if self.resyncs.len() > self.server.settings.max_resyncs as usize {
-                metrics.evicted_slow.fetch_add(1, Ordering::Relaxed);
-                self.shared.end(Some(close::TOO_SLOW), "fell behind too often");
-                return false;
-            }
+        // append can lag it again before it reads. A lag while still catching up is the same
+        // fall: it widens what the resync must cover, and is not another resync.
+        if let Some(behind) = &mut self.behind {
+            return match behind.fell(head) {
+                Next::Wait => true,
+                Next::Ask => self.ask_again(),
+            };
         }
-        self.resync(from_seq)
+        let now = Instant::now();
+        self.resyncs.push_back(now);
+        while self.resyncs.front().is_some_and(|&t| now.duration_since(t) > Duration::from_secs(60)) {
+            self.resyncs.pop_front();
+        }
+        let metrics = &self.server.metrics;
+        metrics.lagged.fetch_add(1, Ordering::Relaxed);
+        if self.resyncs.len() > self.server.settings.max_resyncs as usize {
+            metrics.evicted_slow.fetch_add(1, Ordering::Relaxed);
+            self.shared.end(Some(close::TOO_SLOW), "fell behind too often");
+            return false;
+        }
+        let Some((filter, answer)) = self.ask() else { return false };
+        self.behind = Some(Behind { from_seq, cover: head, filter, answer: Answer::Awaited(answer) });
+        true
     }
 
-    /// Asks the hub for the state of everything the client holds; the log is skipped until
-    /// it is applied. False when the connection must end.
-    fn resync(&mut self, from_seq: u64) -> bool {
-        // Changes answered already, waiting for a boundary the log will not show in order:
-        // apply them now; the resync brings the state of everything.
-        while let Ok(r) = self.answers.try_recv() {
-            self.pending.push_back(Pending::Change(r));
+    /// Asks again for the state of a fall whose resync was answered and will not do. False
+    /// when the connection must end.
+    fn ask_again(&mut self) -> bool {
+        let Some((filter, answer)) = self.ask() else { return false };
+        if let Some(behind) = &mut self.behind {
+            behind.filter = filter;
+            behind.answer = Answer::Awaited(answer);
         }
-        for pending in std::mem::take(&mut self.pending) {
-            if let Pending::Change(r) = pending {
-                self.answer(r, false);
-            }
+        true
+    }
+
+    /// Asks the hub for the state of everything the client holds. Only [`Writer::fell_behind`]
+    /// and [`Writer::ask_again`] call it, each for a fall with no resync in flight: the one
+    /// they ask is the fall's only one. The changes already answered are applied first, without
+    /// state of their own: the resync's covers them. Returns the subscriptions asked for and
+    /// where the answer comes; `None` when the connection must end.
+    fn ask(&mut self) -> Option<(Filter, oneshot::Receiver<Resolved>)> {
+        while let Ok(r) = self.answers.try_recv() {
+            self.pending.push_back(r);
+        }
+        for r in std::mem::take(&mut self.pending) {
+            self.answer(r, false);
         }
         let (tx, rx) = oneshot::channel();
         match self.server.hub.try_send(Request::Resync { filter: self.filter.clone(), reply: tx }) {
-            Ok(()) => {}
+            Ok(()) => Some((self.filter.clone(), rx)),
             // The hub's queue is full of other clients' requests: this one cannot be resynced
             // now, so it is treated as a client that could not keep up.
             Err(mpsc::error::TrySendError::Full(_)) => {
                 self.server.metrics.evicted_slow.fetch_add(1, Ordering::Relaxed);
                 self.shared.end(Some(close::TOO_SLOW), "fell behind while the server was busy");
-                return false;
+                None
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {
                 self.shared.end(Some(close::GOING_AWAY), "tickd is shutting down");
-                return false;
+                None
             }
         }
-        if self.lag.is_none() {
-            self.lag = Some(Lag { from_seq, resync: Some(rx) });
-        } else if let Some(lag) = &mut self.lag {
-            lag.resync = Some(rx);
+    }
+
+    /// The hub answered the resync. False when the connection must end.
+    fn resynced(&mut self, state: Resolved) -> bool {
+        let Some(behind) = &mut self.behind else { return true };
+        match behind.answered(state) {
+            Next::Wait => true,
+            Next::Ask => self.ask_again(),
         }
-        true
     }
 
     /// Takes the hub's answers that have arrived: subscription changes, and the resync.
-    fn take_answers(&mut self) {
+    /// False when the connection must end.
+    fn take_answers(&mut self) -> bool {
         while let Ok(r) = self.answers.try_recv() {
-            self.wait(Pending::Change(r));
+            self.wait(r);
         }
-        let resynced = match self.lag.as_mut().and_then(|l| l.resync.as_mut()) {
-            Some(rx) => rx.try_recv().ok(),
-            None => None,
+        let came = match self.behind.as_mut().map(|b| &mut b.answer) {
+            Some(Answer::Awaited(rx)) => rx.try_recv(),
+            _ => return true,
         };
-        if let Some(r) = resynced {
-            if let Some(lag) = &mut self.lag {
-                lag.resync = None;
+        match came {
+            Ok(state) => self.resynced(state),
+            Err(oneshot::error::TryRecvError::Empty) => true,
+            Err(oneshot::error::TryRecvError::Closed) => {
+                self.shared.end(Some(close::GOING_AWAY), "tickd is shutting down");
+                false
             }
-            self.wait(Pending::Resync(r));
         }
     }
 
@@ -441,59 +584,86 @@ impl Writer {
             o = o.raw("unknown", &serde_json::to_string(&r.unknown).unwrap_or_default());
         }
         self.out.push(Message::Text(o.finish().into()));
-        if !with_state {
-            return;
-        }
-        match &self.lag {
-            // Skipping the log until a resync that does not cover what this adds: ask again.
-            Some(lag) if change.add => {
-                let from = lag.from_seq;
-                self.resync(from);
-            }
-            _ => self.out.extend(r.state.into_iter().map(Message::Text)),
+        if with_state {
+            self.out.extend(r.state.into_iter().map(Message::Text));
         }
     }
 
-    /// Queues a change or resync in boundary order: the hub's order, whatever order the
-    /// replies arrived in.
-    fn wait(&mut self, pending: Pending) {
-        let at =
-            self.pending.iter().position(|p| p.boundary() > pending.boundary()).unwrap_or(self.pending.len());
-        self.pending.insert(at, pending);
-        self.apply_pending();
+    /// Queues a change in boundary order: the hub's order, whatever order the replies arrived
+    /// in.
+    fn wait(&mut self, change: Resolved) {
+        let at = self.pending.iter().position(|p| p.boundary > change.boundary).unwrap_or(self.pending.len());
+        self.pending.insert(at, change);
     }
 
-    /// Applies the changes (and the resync) whose boundary the log has reached.
-    fn apply_pending(&mut self) {
-        while self.pending.front().is_some_and(|p| p.boundary() <= self.last_seq) {
-            let Some(pending) = self.pending.pop_front() else { break };
-            match pending {
-                Pending::Resync(r) => {
-                    // Everything up to the boundary was skipped.
-                    if let Some(lag) = self.lag.take() {
-                        let missed = r.boundary.saturating_sub(lag.from_seq);
-                        let frame = frames::Obj::new("lagged").uint("missed", missed).finish();
-                        self.out.push(Message::Text(frame.into()));
-                    }
-                    self.out.extend(r.state.into_iter().map(Message::Text));
+    /// Applies what the log has reached: the resync of a fall, then the changes whose
+    /// boundary is passed. While behind, changes wait for the resync. False when the
+    /// connection must end.
+    fn apply_pending(&mut self) -> bool {
+        loop {
+            if let Some(behind) = &self.behind {
+                let Answer::Came(state) = &behind.answer else { return true };
+                let boundary = state.boundary;
+                if self.last_seq < boundary {
+                    return true;
                 }
-                Pending::Change(r) => self.answer(r, true),
+                // Changes the hub answered before this state: their replies now, and no state
+                // of their own (their items up to the boundary were skipped).
+                while self.pending.front().is_some_and(|c| c.boundary <= boundary) {
+                    if let Some(change) = self.pending.pop_front() {
+                        self.answer(change, false);
+                    }
+                }
+                let fits = self.behind.as_ref().is_some_and(|b| b.fits(&self.filter));
+                if !fits {
+                    // A change the hub answered before the resync altered what the client
+                    // holds: the state is of other subscriptions. Asked again, skipping on.
+                    return self.ask_again();
+                }
+                if let Some(Behind { from_seq, answer: Answer::Came(state), .. }) = self.behind.take() {
+                    // Everything up to the boundary was skipped.
+                    let missed = state.boundary.saturating_sub(from_seq);
+                    let frame = frames::Obj::new("lagged").uint("missed", missed).finish();
+                    self.out.push(Message::Text(frame.into()));
+                    self.out.extend(state.state.into_iter().map(Message::Text));
+                }
+                continue;
+            }
+            match self.pending.front() {
+                Some(change) if change.boundary <= self.last_seq => {
+                    if let Some(change) = self.pending.pop_front() {
+                        self.answer(change, true);
+                    }
+                }
+                _ => return true,
             }
         }
     }
 
-    /// Writes what is ready in one flush. False when the connection must end.
+    /// Writes what is ready in one flush. False when the connection must end. A write that
+    /// has to wait for the client's socket and then goes through shows the client reads: a
+    /// sign of life for the heartbeat.
     async fn write(&mut self) -> bool {
         let limit = self.server.settings.slow_client_timeout;
         let bytes: usize = self.out.iter().map(|m| m.len()).sum();
+        let pinged = std::mem::take(&mut self.ping_queued);
         let sink = &mut self.sink;
         let out = &mut self.out;
+        let mut waited = false;
         let write = async {
             for m in out.drain(..) {
                 sink.feed(m).await?;
             }
             sink.flush().await
         };
+        tokio::pin!(write);
+        // Notes whether the socket ever made the write wait.
+        let write = std::future::poll_fn(|cx| {
+            let poll = write.as_mut().poll(cx);
+            waited |= poll.is_pending();
+            poll
+        });
+        self.shared.writing.store(true, Ordering::Relaxed);
         let result = tokio::select! {
             // The write, within `slow_client_timeout`. Not cancel-safe: frames it took from
             // `out` and did not flush are dropped; only the end of the connection cancels it.
@@ -501,8 +671,15 @@ impl Writer {
             // The reader ended the connection: stop writing to it.
             _ = self.shared.ending.cancelled() => return false,
         };
+        self.shared.writing.store(false, Ordering::Relaxed);
         match result {
             Ok(Ok(())) => {
+                if waited {
+                    self.shared.alive();
+                }
+                if pinged {
+                    self.shared.pinged();
+                }
                 self.server.metrics.bytes_sent.fetch_add(bytes as u64, Ordering::Relaxed);
                 true
             }
@@ -631,16 +808,32 @@ impl Reader {
     async fn read(&mut self) {
         let ending_token = self.shared.ending.clone();
         let ending = ending_token.cancelled();
-        tokio::pin!(ending);
+        let interval = self.server.settings.ping_interval;
+        let heartbeat = tokio::time::sleep(2 * interval);
+        tokio::pin!(ending, heartbeat);
         loop {
             let next = tokio::select! {
+                // The end first; then what the client sent, before judging its silence.
+                biased;
                 // The writer ended the connection; it recorded why in `Shared`.
                 _ = &mut ending => return,
                 // The client's next frame (cancel-safe: the stream keeps partial frames
                 // buffered).
                 next = self.stream.next() => next,
+                // Time to judge whether the client is silent (cancel-safe: a sleep). Only
+                // here, in the read loop: a reader busy with a command has not looked.
+                _ = &mut heartbeat => match self.shared.heartbeat(interval) {
+                    Heartbeat::Silent => {
+                        self.server.metrics.evicted_heartbeat.fetch_add(1, Ordering::Relaxed);
+                        return self.shared.end(None, "no answer to pings");
+                    }
+                    Heartbeat::CheckAt(at) => {
+                        heartbeat.as_mut().reset(at);
+                        continue;
+                    }
+                },
             };
-            self.shared.last_inbound.store(now_micros(), Ordering::Relaxed);
+            self.shared.alive();
             match next {
                 None => return self.shared.end(None, "the client went away"),
                 Some(Ok(Message::Text(text))) => {
@@ -659,7 +852,7 @@ impl Reader {
                 Some(Ok(Message::Close(_))) => {
                     return self.shared.end(Some(close::NORMAL), "closed by the client");
                 }
-                Some(Ok(_)) => {} // ping, pong: the timestamp above is what matters
+                Some(Ok(_)) => {} // ping, pong: the sign of life above is what matters
                 Some(Err(tungstenite::Error::Capacity(e))) => {
                     self.server.metrics.oversized.fetch_add(1, Ordering::Relaxed);
                     debug!(error = %e, "Dashboard client sent an oversized frame.");
@@ -838,5 +1031,81 @@ impl DashboardMetrics {
     /// Frames delivered to clients so far.
     pub fn delivered(&self) -> u64 {
         self.deliveries.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::hub::Change;
+    use super::*;
+
+    fn resolved(boundary: u64) -> Resolved {
+        Resolved { boundary, change: None, unknown: Vec::new(), state: Vec::new(), ticket: None }
+    }
+
+    /// A fall whose resync is asked, the log lost up to `cover`.
+    fn asked(cover: u64) -> Behind {
+        let (_hub, answer) = oneshot::channel();
+        Behind { from_seq: 0, cover, filter: Filter::default(), answer: Answer::Awaited(answer) }
+    }
+
+    #[test]
+    fn a_client_that_falls_further_while_its_resync_is_asked_asks_no_other() {
+        let mut behind = asked(10);
+        // Two more losses while the hub works on it: nothing more is asked.
+        assert_eq!(behind.fell(20), Next::Wait);
+        assert_eq!(behind.fell(30), Next::Wait);
+        // Its answer comes older than the last loss: asked again, now that none is in flight.
+        assert_eq!(behind.answered(resolved(25)), Next::Ask);
+        assert_eq!(behind.answered(resolved(30)), Next::Wait);
+        // Answered, waiting for the log: a loss up to its boundary changes nothing, one past
+        // it needs a newer state.
+        assert_eq!(behind.fell(30), Next::Wait);
+        assert_eq!(behind.fell(31), Next::Ask);
+    }
+
+    #[test]
+    fn a_state_of_other_subscriptions_than_the_clients_is_asked_again() {
+        let mut behind = asked(10);
+        assert!(!behind.fits(&Filter::default()), "no state yet");
+        assert_eq!(behind.answered(resolved(12)), Next::Wait);
+        assert!(behind.fits(&Filter::default()));
+        let mut more = Filter::default();
+        more.apply(&Change { add: true, channels: vec![Channel::Quotes], ids: Some(vec![3]) });
+        assert!(!behind.fits(&more), "a change answered before the state added pairs it lacks");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_heartbeat_drops_a_client_silent_since_a_ping_went_out_and_never_one_being_written_to() {
+        let interval = Duration::from_secs(30);
+        let client = Shared::new();
+        // No ping out yet (the writer has not got one out): nothing to answer, however long.
+        tokio::time::advance(3 * interval).await;
+        assert!(matches!(client.heartbeat(interval), Heartbeat::CheckAt(_)));
+
+        // A ping goes out: an interval to answer it.
+        client.pinged();
+        let due = Instant::now() + interval;
+        assert_eq!(client.heartbeat(interval), Heartbeat::CheckAt(due));
+        // Later pings do not move the clock of the first one.
+        tokio::time::advance(interval / 2).await;
+        client.pinged();
+        assert_eq!(client.heartbeat(interval), Heartbeat::CheckAt(due));
+        // While a write to it is under way it is not silent, past the deadline or not.
+        tokio::time::advance(interval).await;
+        client.writing.store(true, Ordering::Relaxed);
+        assert!(matches!(client.heartbeat(interval), Heartbeat::CheckAt(_)));
+        client.writing.store(false, Ordering::Relaxed);
+        assert_eq!(client.heartbeat(interval), Heartbeat::Silent);
+
+        // A sign of life answers it; the next ping gets its interval, and the silence two.
+        client.alive();
+        let alive = Instant::now();
+        assert_eq!(client.heartbeat(interval), Heartbeat::CheckAt(alive + 2 * interval));
+        tokio::time::advance(interval / 10).await;
+        client.pinged();
+        assert_eq!(client.heartbeat(interval), Heartbeat::CheckAt(alive + 2 * interval));
+        tokio::time::advance(2 * interval).await;
+        assert_eq!(client.heartbeat(interval), Heartbeat::Silent);
     }
 }

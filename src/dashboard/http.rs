@@ -1,8 +1,18 @@
-//! The HTTP side: routes, the checks before a WebSocket upgrade, the page's files, health.
+//! The HTTP side: the accept loop and its limits, routes, the checks before a WebSocket
+//! upgrade, the page's files, health.
+//!
+//! Connections are served by hyper directly (axum's `serve` exposes none of these options):
+//! each must send a request's headers within `header_timeout` (hyper's header read timeout,
+//! which also closes a kept-alive connection left idle that long), and at most
+//! `max_http_connections` are open at once. Past that bound a new connection is closed as soon
+//! as it is accepted, unread and unanswered, and counted: a flood of half-sent requests costs
+//! the daemon a bounded number of sockets, each for a bounded time. A connection leaves the
+//! bound when it closes or is upgraded; a stream client then holds one of `max_connections`.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
@@ -11,12 +21,18 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use hyper_util::rt::TokioIo;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
-use tracing::{debug, warn};
+use tower_service::Service as _;
+use tracing::{debug, info, warn};
 
 use super::{Shared, client, status};
 
@@ -26,6 +42,117 @@ pub const SUBPROTOCOL: &str = "tickd.v1";
 const READ_BUFFER: usize = 8 * 1024;
 /// A subprotocol carrying the token: `bearer.<token>`.
 const BEARER_PREFIX: &str = "bearer.";
+/// Refused connections are logged at most this often (with how many since), so that a flood
+/// does not flood the journal too.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
+/// How long the accept loop pauses after an error that is not about one connection (out of
+/// file descriptors: give the ones in use a chance to close).
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+
+/// Accepts connections until `closing`, each on its own task within the bounds above; then
+/// lets the open ones finish their request (within `grace`) and drops the rest.
+pub(crate) async fn serve(listener: TcpListener, router: Router, shared: Arc<Shared>, grace: Duration) {
+    let settings = shared.settings.clone();
+    let metrics = shared.metrics.clone();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new()).header_read_timeout(settings.header_timeout).keep_alive(true);
+    // One per open connection, released when it closes or is upgraded.
+    let permits = Arc::new(Semaphore::new(settings.max_http_connections));
+    let mut conns = JoinSet::new();
+    let (mut refused, mut refusal_logged) = (0u64, None::<Instant>);
+    loop {
+        tokio::select! {
+            // The daemon is stopping: accept no more.
+            _ = shared.closing.cancelled() => break,
+            // A connection ended (cancel-safe: join_next); only reaped here.
+            Some(_) = conns.join_next() => {}
+            // A new connection (cancel-safe: accept).
+            accepted = listener.accept() => {
+                let (tcp, peer) = match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) if is_connection_error(&e) => continue,
+                    Err(e) => {
+                        warn!(error = %e, "The dashboard could not accept a connection; pausing.");
+                        tokio::time::sleep(ACCEPT_PAUSE).await;
+                        continue;
+                    }
+                };
+                let Ok(permit) = permits.clone().try_acquire_owned() else {
+                    // Closed at once, unread: its descriptor is free again now.
+                    drop(tcp);
+                    metrics.refused_connections.fetch_add(1, Ordering::Relaxed);
+                    refused += 1;
+                    if refusal_logged.is_none_or(|at| at.elapsed() >= REFUSAL_LOG_EVERY) {
+                        warn!(
+                            %peer,
+                            refused,
+                            max = settings.max_http_connections,
+                            "Refused dashboard connections: max_http_connections are open."
+                        );
+                        refusal_logged = Some(Instant::now());
+                        refused = 0;
+                    }
+                    continue;
+                };
+                conns.spawn(connection(http.clone(), tcp, peer, router.clone(), shared.clone(), permit));
+            }
+        }
+    }
+    // Each connection saw `closing` and finishes the request it is reading or answering.
+    let open = conns.len();
+    if tokio::time::timeout(grace, async { while conns.join_next().await.is_some() {} }).await.is_err() {
+        info!(open, left = conns.len(), "Dropping dashboard HTTP connections still open at shutdown.");
+        conns.abort_all();
+    }
+}
+
+/// Errors of one connection, not of the listener (the next accept may well succeed).
+fn is_connection_error(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(e.kind(), ConnectionRefused | ConnectionAborted | ConnectionReset)
+}
+
+/// Serves one connection until it closes, times out, or is upgraded (the stream then runs on
+/// its own task, and `permit` is released).
+async fn connection(
+    http: hyper::server::conn::http1::Builder,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    router: Router,
+    shared: Arc<Shared>,
+    permit: OwnedSemaphorePermit,
+) {
+    let _permit = permit;
+    let metrics = shared.metrics.clone();
+    metrics.http_connections.fetch_add(1, Ordering::Relaxed);
+    // Latency over packet count: frames and answers are small.
+    let _ = tcp.set_nodelay(true);
+    let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+        request.extensions_mut().insert(ConnectInfo(peer));
+        router.clone().call(request)
+    });
+    let conn = http.serve_connection(TokioIo::new(tcp), service).with_upgrades();
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        // The connection's whole life (not cancel-safe, and never cancelled but by `closing`).
+        r = conn.as_mut() => r,
+        // Stopping: finish the request in hand (bounded by header_timeout while reading one),
+        // then close.
+        _ = shared.closing.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    metrics.http_connections.fetch_sub(1, Ordering::Relaxed);
+    match result {
+        Ok(()) => {}
+        Err(e) if e.is_timeout() => {
+            metrics.header_timeouts.fetch_add(1, Ordering::Relaxed);
+            debug!(%peer, "Closed a dashboard connection that sent no complete request in time.");
+        }
+        Err(e) => debug!(%peer, error = %e, "A dashboard connection ended with an error."),
+    }
+}
 
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
     Router::new()

@@ -11,16 +11,23 @@
 //! appends, with the state as of the last `seq` it appended (the *boundary*). The writer
 //! forwards log items up to the boundary under its old subscriptions, then the state frames,
 //! then items after the boundary under the new ones.
+//!
+//! When the hub itself falls behind the bus it can no longer vouch for any book: it marks them
+//! stale, tells the clients (`lagged` with `source: server`) and asks every feed connection
+//! for fresh snapshots ([`FeedHandle::refresh_books`]), at most once per [`REFRESH_EVERY`];
+//! the snapshots come back on the bus like any other and clear the marks.
+//!
+//! [`FeedHandle::refresh_books`]: crate::feed::FeedHandle::refresh_books
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{broadcast, mpsc, oneshot};
-use tokio::time::MissedTickBehavior;
+use tokio::time::{Instant, MissedTickBehavior, sleep_until};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::{DashboardMetrics, frames, status};
 use crate::book::OrderBook;
@@ -92,8 +99,9 @@ pub(crate) enum Markets {
     List(Vec<String>),
 }
 
-/// A client's subscriptions: per channel, all markets or a bit set of market ids.
-#[derive(Clone, Debug, Default)]
+/// A client's subscriptions: per channel, all markets or a bit set of market ids. Two equal
+/// filters hold the same pairs (a set never ends in an empty word).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Filter {
     all: [bool; 5],
     sets: [Vec<u64>; 5],
@@ -183,7 +191,7 @@ pub(crate) struct Change {
 pub(crate) struct Resolved {
     pub boundary: u64,
     pub change: Option<Change>,
-    /// Markets named that no feed has shown yet.
+    /// Markets named that no feed follows.
     pub unknown: Vec<String>,
     pub state: Vec<Utf8Bytes>,
     /// What the client needs to answer the command that asked for the change.
@@ -236,11 +244,20 @@ pub(crate) struct Hub {
     metrics: Arc<DashboardMetrics>,
     /// The `seq` of the last item appended, for writers to tell how far behind they are.
     head: Arc<AtomicU64>,
+    /// When to ask the feeds for fresh snapshots; `None`: nothing to ask.
+    refresh_due: Option<Instant>,
+    /// When the feeds were last asked.
+    refreshed_at: Option<Instant>,
 }
 
 /// Ticks taken from the bus per log entry, at most. Bounds the log's memory: at most
 /// `client_queue` entries of this many frames, shared by every client.
 const BATCH: usize = 64;
+
+/// The feeds are asked for fresh snapshots at most this often: a hub that keeps falling behind
+/// (whose lags may lose the very snapshots it asked for) asks again after each lag, but does
+/// not flood the exchange.
+pub(crate) const REFRESH_EVERY: Duration = Duration::from_secs(1);
 
 impl Hub {
     pub(crate) fn new(
@@ -250,7 +267,17 @@ impl Hub {
         head: Arc<AtomicU64>,
     ) -> Hub {
         let (log, _) = broadcast::channel(log_capacity.max(16));
-        Hub { markets: Vec::new(), ids: HashMap::new(), log, seq: 0, health, metrics, head }
+        Hub {
+            markets: Vec::new(),
+            ids: HashMap::new(),
+            log,
+            seq: 0,
+            health,
+            metrics,
+            head,
+            refresh_due: None,
+            refreshed_at: None,
+        }
     }
 
     /// Runs until the bus closes (every feed stopped).
@@ -263,7 +290,14 @@ impl Hub {
         let mut status_tick = tokio::time::interval(every);
         status_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut items = Vec::with_capacity(BATCH);
+        let refresh = sleep_until(Instant::now());
+        tokio::pin!(refresh);
         loop {
+            if let Some(due) = self.refresh_due
+                && refresh.deadline() != due
+            {
+                refresh.as_mut().reset(due);
+            }
             tokio::select! {
                 // Requests before ticks: a client waiting on a join, a change or a resync is
                 // answered before more of the bus is read.
@@ -271,6 +305,9 @@ impl Hub {
                 // Joins, subscription changes and resyncs (cancel-safe: mpsc recv), answered
                 // between two appends. Disabled once every sender is gone.
                 Some(req) = requests.recv() => self.request(req),
+                // Time to ask the feeds for the books the hub lost track of (cancel-safe: a
+                // sleep). Before the bus, which a busy hub always finds ready.
+                _ = &mut refresh, if self.refresh_due.is_some() => self.refresh_books(),
                 // Ticks (cancel-safe: broadcast recv), and up to BATCH already waiting, appended
                 // as one log entry. A lag marks the books stale; the bus closing (every feed
                 // stopped) ends the hub.
@@ -391,6 +428,37 @@ impl Hub {
         }
         let frame = frames::Obj::new("lagged").uint("missed", n).str("source", "server").finish();
         self.push(items, Channel::Feed, MarketId::MAX, frame);
+        // Every book may be wrong, and a book the hub never got is missing: ask for all of
+        // them, now or once REFRESH_EVERY has passed since the last time (the snapshots of
+        // that time may be among the ticks just lost). A round already due covers this lag.
+        if self.refresh_due.is_none() {
+            let now = Instant::now();
+            self.refresh_due = Some(self.refreshed_at.map_or(now, |at| (at + REFRESH_EVERY).max(now)));
+        }
+    }
+
+    /// Asks every feed connection for fresh snapshots of its books. A connection whose
+    /// command queue is full is asked again after [`REFRESH_EVERY`].
+    fn refresh_books(&mut self) {
+        let now = Instant::now();
+        self.refreshed_at = Some(now);
+        self.refresh_due = None;
+        let conns = self.health.feeds.all();
+        let busy: Vec<String> =
+            conns.iter().filter(|(_, h)| !h.refresh_books()).map(|(id, _)| id.to_string()).collect();
+        info!(
+            connections = conns.len() - busy.len(),
+            "Asked the feeds for fresh snapshots of the books the dashboard hub lost track of."
+        );
+        if !busy.is_empty() {
+            debug!(?busy, "Feed connections too busy to ask now; asking again shortly.");
+            self.refresh_due = Some(now + REFRESH_EVERY);
+        }
+    }
+
+    /// Every market some feed connection follows now (after the last reload).
+    fn followed(&self) -> Vec<Arc<HashSet<String>>> {
+        self.health.feeds.all().into_iter().map(|(_, h)| h.markets()).collect()
     }
 
     fn request(&mut self, req: Request) {
@@ -402,17 +470,15 @@ impl Hub {
                 let (ids, unknown) = match &markets {
                     Markets::All => (None, Vec::new()),
                     Markets::List(names) => {
-                        let mut unknown = Vec::new();
-                        let ids = names
+                        // Unknown: no feed follows it (it may have sent nothing yet, which is
+                        // no reason). The subscription holds either way: a reload may add it.
+                        let followed = if add { self.followed() } else { Vec::new() };
+                        let unknown = names
                             .iter()
-                            .map(|n| {
-                                let name: Name = n.as_str().into();
-                                if !self.ids.contains_key(&name) {
-                                    unknown.push(n.clone());
-                                }
-                                self.id(&name)
-                            })
+                            .filter(|n| add && !followed.iter().any(|f| f.contains(n.as_str())))
+                            .cloned()
                             .collect();
+                        let ids = names.iter().map(|n| self.id(&n.as_str().into())).collect();
                         (Some(ids), unknown)
                     }
                 };
@@ -432,6 +498,7 @@ impl Hub {
                 reply.send(answer);
             }
             Request::Resync { filter, reply } => {
+                self.metrics.resync_states.fetch_add(1, Ordering::Relaxed);
                 let state = self.state(filter.each());
                 let answer =
                     Resolved { boundary: self.seq, change: None, unknown: Vec::new(), state, ticket: None };

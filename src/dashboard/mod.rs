@@ -81,6 +81,29 @@ const HUB_REQUESTS: usize = 1024;
 /// How long clients get to receive their close frame at shutdown.
 const CLOSE_GRACE: Duration = Duration::from_secs(3);
 
+/// Files the rest of the daemon may hold open besides dashboard connections: feed and
+/// database connections, the spool, the journal, the runtime's own. With the dashboard's two
+/// bounds, what the open-file limit must allow (the unit's `LimitNOFILE` is set from it).
+pub const OTHER_FILES: u64 = 256;
+
+/// Warns when the open-file limit is below what the dashboard's bounds can take: past it,
+/// accepting fails for everyone (the feeds' and the database's connections too) before the
+/// bounds refuse anyone.
+fn check_open_files(settings: &DashboardSettings) {
+    let needed = (settings.max_connections + settings.max_http_connections) as u64 + OTHER_FILES;
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
+    if let Some(limit) = limit
+        && limit < needed
+    {
+        warn!(
+            limit,
+            needed,
+            "The open-file limit is below what dashboard.max_connections and max_http_connections \
+             allow; raise LimitNOFILE (ulimit -n) or lower them."
+        );
+    }
+}
+
 impl Dashboard {
     /// Binds the port and reads the token. Fails on a taken port or an unreadable token file.
     pub async fn bind(settings: &DashboardSettings) -> anyhow::Result<Dashboard> {
@@ -94,6 +117,7 @@ impl Dashboard {
             .await
             .with_context(|| format!("the dashboard cannot listen on {}", settings.listen))?;
         let addr = listener.local_addr().context("the dashboard's bound address")?;
+        check_open_files(settings);
         Ok(Dashboard { listener, addr, settings: Arc::new(settings.clone()), token })
     }
 
@@ -135,11 +159,7 @@ impl Dashboard {
         let router = http::router(shared.clone());
         let listener = self.listener;
         let task = tokio::spawn(async move {
-            let serve = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-                .with_graceful_shutdown(closing.clone().cancelled_owned());
-            if let Err(e) = serve.await {
-                warn!(error = %e, "The dashboard server stopped with an error.");
-            }
+            http::serve(listener, router, shared.clone(), CLOSE_GRACE).await;
             // Every client sees `closing` and sends 1001; give them a moment to flush it.
             shared.tracker.close();
             if tokio::time::timeout(CLOSE_GRACE, shared.tracker.wait()).await.is_err() {

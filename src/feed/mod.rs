@@ -12,16 +12,18 @@
 //! a failure streak resolve (one recovery notice each) when the failure count resets.
 //!
 //! Callers hold a [`FeedHandle`]: change the market list (applied live, or queued while
-//! disconnected) and read the current books.
+//! disconnected), read the list and the current books, and ask for fresh snapshots of the books
+//! (for a consumer that lost its copy).
 
 pub mod backoff;
 pub mod supervisor;
 
+use std::collections::HashSet;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use futures_util::{FutureExt, SinkExt, StreamExt};
@@ -235,6 +237,7 @@ pub struct FeedContext {
 enum FeedCommand {
     SetMarkets(Vec<String>),
     Books(oneshot::Sender<Vec<(Name, BookSnapshot)>>),
+    RefreshBooks,
 }
 
 /// A cheap handle on a running feed actor.
@@ -243,13 +246,35 @@ pub struct FeedHandle {
     tx: mpsc::Sender<FeedCommand>,
     /// The connection's counters.
     pub metrics: Arc<FeedMetrics>,
+    /// The markets the connection follows, as last set: readers (the dashboard, which tells
+    /// a client which markets no feed follows) see a reload at once, before the actor applies
+    /// it. Replaced whole, never edited in place.
+    markets: Arc<RwLock<Arc<HashSet<String>>>>,
 }
 
 impl FeedHandle {
     /// Replaces the market list; applied live with `update_subscription`, or at the next
     /// connect. Returns false if the actor has stopped.
     pub async fn set_markets(&self, markets: Vec<String>) -> bool {
+        if let Ok(mut list) = self.markets.write() {
+            *list = Arc::new(markets.iter().cloned().collect());
+        }
         self.tx.send(FeedCommand::SetMarkets(markets)).await.is_ok()
+    }
+
+    /// The markets this connection follows (the configured list, whether or not they have
+    /// sent anything yet).
+    pub fn markets(&self) -> Arc<HashSet<String>> {
+        self.markets.read().map(|list| list.clone()).unwrap_or_default()
+    }
+
+    /// Asks the exchange for a fresh snapshot of every book the connection trusts, published
+    /// on the bus like any snapshot: for a consumer that missed ticks (the dashboard hub
+    /// falling behind the bus) and can no longer vouch for its copies. Does not wait: false
+    /// when the actor's command queue is full (ask again later). A stopped actor has no books
+    /// to refresh, and a disconnected one's next connection brings fresh snapshots anyway.
+    pub fn refresh_books(&self) -> bool {
+        !matches!(self.tx.try_send(FeedCommand::RefreshBooks), Err(mpsc::error::TrySendError::Full(_)))
     }
 
     /// The books this connection currently trusts (built from a snapshot, unbroken since).
@@ -267,7 +292,8 @@ impl FeedHandle {
 pub fn feed(cfg: FeedConfig, ctx: FeedContext) -> (FeedHandle, impl Future<Output = FeedExit> + Send) {
     // Bounded: callers wait when full; commands are rare (reloads, queries).
     let (tx, rx) = mpsc::channel(COMMAND_CAPACITY);
-    let handle = FeedHandle { tx, metrics: ctx.metrics.clone() };
+    let markets = Arc::new(RwLock::new(Arc::new(cfg.markets.iter().cloned().collect())));
+    let handle = FeedHandle { tx, metrics: ctx.metrics.clone(), markets };
     let metrics = ctx.metrics.clone();
     let span = conn_span(&cfg.conn);
     let actor = FeedActor::new(cfg, ctx, rx);
@@ -638,6 +664,15 @@ impl FeedActor {
             }
             FeedCommand::Books(reply) => {
                 let _ = reply.send(self.session.books());
+            }
+            FeedCommand::RefreshBooks => {
+                let asked = self.session.refresh_books(&mut self.out);
+                if asked > 0 {
+                    info!(
+                        books = asked,
+                        "Asked the exchange for fresh snapshots for a consumer that fell behind."
+                    );
+                }
             }
         }
     }

@@ -348,6 +348,31 @@ impl Session {
         all
     }
 
+    /// Asks for a fresh snapshot of every book it trusts (one `get_snapshot`), for a consumer
+    /// of the ticks that lost its copies: the replies are published like any snapshot. Books
+    /// being repaired are left to their repair, and nothing is asked while the orderbook
+    /// channel is not subscribed (a new subscription brings snapshots anyway). The books here
+    /// are sound, so no reply is awaited: an error is logged and the request forgotten.
+    /// Returns how many books were asked for.
+    pub fn refresh_books(&mut self, out: &mut Output) -> usize {
+        let Some(i) = self.sub_index(Channel::OrderbookDelta) else { return 0 };
+        let sub = &self.subs[i];
+        let Some(sid) = sub.sid.filter(|_| sub.state == SubState::Active) else { return 0 };
+        let market_tickers: Vec<String> = sub
+            .markets
+            .iter()
+            .filter(|m| self.books.get(*m).is_some_and(|b| b.fresh && !b.requested))
+            .map(|m| m.to_string())
+            .collect();
+        if market_tickers.is_empty() {
+            return 0;
+        }
+        let asked = market_tickers.len();
+        let id = self.next_id();
+        send(out, Command::UpdateSubscription { id, sid, action: Action::GetSnapshot, market_tickers });
+        asked
+    }
+
     /// A new connection is open: forget the old one's sids and subscribe everything again.
     pub fn on_connected(&mut self, now: Instant, recv_ts: i64, out: &mut Output) {
         self.recv_ts = recv_ts;

@@ -482,6 +482,30 @@ fn dashboard(out: &mut Exposition, m: &DashboardMetrics) {
     ] {
         out.sample("tickd_dashboard_refusals_total", &[("reason", reason)], get(c));
     }
+    out.single(
+        "tickd_dashboard_resync_states_total",
+        "counter",
+        "State sets built for clients that fell behind (at most one asked at a time per client).",
+        get(&m.resync_states),
+    );
+    out.single(
+        "tickd_dashboard_http_connections",
+        "gauge",
+        "HTTP connections open, before any upgrade.",
+        get(&m.http_connections),
+    );
+    out.single(
+        "tickd_dashboard_connections_refused_total",
+        "counter",
+        "Connections closed at once: max_http_connections were open.",
+        get(&m.refused_connections),
+    );
+    out.single(
+        "tickd_dashboard_header_timeouts_total",
+        "counter",
+        "Connections closed for not sending a request's headers within header_timeout.",
+        get(&m.header_timeouts),
+    );
     out.single("tickd_dashboard_commands_total", "counter", "Commands received.", get(&m.commands));
     out.single(
         "tickd_dashboard_command_errors_total",

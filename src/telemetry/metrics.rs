@@ -330,6 +330,16 @@ pub struct DashboardMetrics {
     pub rejected_full: AtomicU64,
     /// Ticks the hub itself missed by falling behind the bus.
     pub hub_missed: AtomicU64,
+    /// State sets the hub built for clients that fell behind (one per resync asked of it; a
+    /// client has at most one asked at a time).
+    pub resync_states: AtomicU64,
+    /// HTTP connections open now, before any upgrade (an upgraded stream counts in `clients`).
+    pub http_connections: AtomicU64,
+    /// Connections closed at once because `max_http_connections` were open.
+    pub refused_connections: AtomicU64,
+    /// Connections closed because a request's headers did not arrive within `header_timeout`
+    /// (half-sent requests, and kept-alive connections left idle).
+    pub header_timeouts: AtomicU64,
 }
 
 #[cfg(test)]
