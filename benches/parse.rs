@@ -17,13 +17,16 @@
 //!   on `type`, which serde buffers into an intermediate tree before picking the variant.
 //! - `simd_json_tape_only` (the floor): simd-json's tape alone, not read at all.
 //!
-//! Run with `cargo bench --bench parse`; `BENCHMARKS.md` records the numbers.
+//! Times are the benchmark thread's CPU time, so that other work on a shared machine does not
+//! count against whichever contender it happens to overlap. Run with `cargo bench --bench
+//! parse`; `BENCHMARKS.md` records the numbers.
 
 use std::borrow::Cow;
 use std::hint::black_box;
 use std::path::Path;
 use std::time::Duration;
 
+use criterion::measurement::{Measurement, ValueFormatter};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use serde::Deserialize;
 use tickd::kalshi::wire::{Frame, FrameBuf, Note, Parser, recycle_notes};
@@ -530,16 +533,83 @@ fn assert_same_results(frames: &[String]) {
     let mut parser = Parser::default();
     let mut buf = FrameBuf::default();
     for frame in frames {
-        buf.load(frame.as_bytes());
-        let got = parser.parse_buf(&mut buf, &mut Vec::new()).expect("tickd parses the mix");
+        let got =
+            parser.parse_frame(frame.as_bytes(), &mut buf, &mut Vec::new()).expect("tickd parses the mix");
         assert_eq!(fair(frame), Ok(got), "fair baseline: {frame}");
-        buf.load(frame.as_bytes());
-        let got = parser.parse_buf(&mut buf, &mut Vec::new()).expect("tickd parses the mix");
+        let got =
+            parser.parse_frame(frame.as_bytes(), &mut buf, &mut Vec::new()).expect("tickd parses the mix");
         assert_eq!(tagged(frame.as_bytes()), Ok(got), "tagged baseline: {frame}");
+        let mut padded = FrameBuf::from_text(frame.as_bytes());
+        assert_eq!(
+            parser.parse_buf(&mut padded, &mut Vec::new()).ok(),
+            fair(frame).ok(),
+            "simd-json path: {frame}"
+        );
     }
 }
 
-fn run_group(c: &mut Criterion, name: &str, frames: &[String]) {
+/// The CPU time of the benchmark thread (`CLOCK_THREAD_CPUTIME_ID`): on a machine shared with
+/// other work, time the thread spent waiting for a core is not counted against a contender.
+struct ThreadCpu;
+
+impl Measurement for ThreadCpu {
+    type Intermediate = Duration;
+    type Value = Duration;
+
+    fn start(&self) -> Duration {
+        thread_cpu()
+    }
+
+    fn end(&self, started: Duration) -> Duration {
+        thread_cpu().saturating_sub(started)
+    }
+
+    fn add(&self, a: &Duration, b: &Duration) -> Duration {
+        *a + *b
+    }
+
+    fn zero(&self) -> Duration {
+        Duration::ZERO
+    }
+
+    fn to_f64(&self, value: &Duration) -> f64 {
+        value.as_nanos() as f64
+    }
+
+    fn formatter(&self) -> &dyn ValueFormatter {
+        &Nanos
+    }
+}
+
+fn thread_cpu() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
+/// Values in ns (shown as µs), throughputs in elements per second.
+struct Nanos;
+
+impl ValueFormatter for Nanos {
+    fn scale_values(&self, _typical: f64, values: &mut [f64]) -> &'static str {
+        values.iter_mut().for_each(|v| *v /= 1e3);
+        "µs"
+    }
+
+    fn scale_throughputs(&self, _typical: f64, throughput: &Throughput, values: &mut [f64]) -> &'static str {
+        let n = match *throughput {
+            Throughput::Elements(n) | Throughput::ElementsAndBytes { elements: n, .. } => n as f64,
+            Throughput::Bytes(n) | Throughput::BytesDecimal(n) | Throughput::Bits(n) => n as f64,
+        };
+        values.iter_mut().for_each(|v| *v = n * 1e9 / *v / 1e6);
+        "Melem/s"
+    }
+
+    fn scale_for_machines(&self, _values: &mut [f64]) -> &'static str {
+        "ns"
+    }
+}
+
+fn run_group(c: &mut Criterion<ThreadCpu>, name: &str, frames: &[String]) {
     let mut group = c.benchmark_group(name);
     group.throughput(Throughput::Elements(frames.len() as u64));
     group.warm_up_time(Duration::from_secs(2));
@@ -551,11 +621,11 @@ fn run_group(c: &mut Criterion, name: &str, frames: &[String]) {
         let mut kept: Vec<Note<'static>> = Vec::new();
         b.iter(|| {
             for frame in frames {
-                // The feed's path (`Session::on_frame`): the received text copied into the
-                // parser's padded buffer, the notes' allocation reused.
-                buf.load(black_box(frame.as_bytes()));
+                // The feed's path (`Session::on_frame`): the common shapes read straight from
+                // the received text, the rest copied into a padded buffer for simd-json; the
+                // notes' allocation reused.
                 let mut notes = recycle_notes(std::mem::take(&mut kept));
-                let _ = black_box(parser.parse_buf(&mut buf, &mut notes));
+                let _ = black_box(parser.parse_frame(black_box(frame.as_bytes()), &mut buf, &mut notes));
                 kept = recycle_notes(notes);
             }
         });
@@ -600,7 +670,7 @@ fn run_group(c: &mut Criterion, name: &str, frames: &[String]) {
     group.finish();
 }
 
-fn parse_and_normalize(c: &mut Criterion) {
+fn parse_and_normalize(c: &mut Criterion<ThreadCpu>) {
     let mix = frame_mix();
     let deltas = deltas_only(&mix);
     assert_same_results(&mix);
@@ -608,5 +678,9 @@ fn parse_and_normalize(c: &mut Criterion) {
     run_group(c, "parse_deltas", &deltas);
 }
 
-criterion_group!(benches, parse_and_normalize);
+criterion_group! {
+    name = benches;
+    config = Criterion::default().with_measurement(ThreadCpu);
+    targets = parse_and_normalize
+}
 criterion_main!(benches);

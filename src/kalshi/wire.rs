@@ -630,13 +630,40 @@ fn scan_object<'a>(s: &'a str, mut i: usize, tape: &mut Vec<Node<'a>>, nested: b
 fn scan_string(s: &str, i: usize) -> Option<(&str, usize)> {
     let t = s.as_bytes();
     let start = i + 1;
-    let len = t.get(start..)?.iter().position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
-    let end = start + len;
-    if t[end] != b'"' {
+    let mut end = start;
+    // Eight bytes at a time: most strings end in their first or second word.
+    while let Some(word) = t.get(end..end + 8) {
+        let found = string_stop(u64::from_le_bytes(word.try_into().ok()?));
+        if found != 0 {
+            end += (found.trailing_zeros() / 8) as usize;
+            break;
+        }
+        end += 8;
+    }
+    while let Some(&b) = t.get(end) {
+        if b == b'"' || b == b'\\' || b < 0x20 {
+            break;
+        }
+        end += 1;
+    }
+    if t.get(end) != Some(&b'"') {
         return None;
     }
     // Both ends are at ASCII quotes, so they are character boundaries.
     Some((s.get(start..end)?, end + 1))
+}
+
+/// The bytes of `word` (little-endian) that end a plain string: `"`, `\\` or a control
+/// character, each marked by its high bit. Bits above the first mark may be wrong; only the
+/// lowest is read.
+#[inline]
+fn string_stop(word: u64) -> u64 {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGHS;
+    zero(word ^ (ONES * u64::from(b'"')))
+        | zero(word ^ (ONES * u64::from(b'\\')))
+        | (word.wrapping_sub(ONES * 0x20) & !word & HIGHS)
 }
 
 /// The integer at `t[i]`, as simd-json writes it (`U64` unless negative); `None` for a
@@ -1911,6 +1938,28 @@ mod tests {
         }
         // The sweep reaches both paths.
         assert!(flat > 10_000 && flat < compared, "{flat} of {compared}");
+    }
+
+    #[test]
+    fn the_word_at_a_time_string_scan_finds_the_first_stop_byte() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        // Bytes near every boundary the test cares about, and anything.
+        const NEAR: &[u8] = &[0x00, 0x1f, 0x20, 0x21, b'"', b'\\', 0x5b, 0x7f, 0x80, 0xff, b'a', b'0'];
+        for _ in 0..200_000 {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let mut bytes = seed.to_le_bytes();
+            for (k, b) in bytes.iter_mut().enumerate() {
+                if (seed >> (k * 3)) & 3 != 0 {
+                    *b = NEAR[((seed >> (k * 5)) % NEAR.len() as u64) as usize];
+                }
+            }
+            let naive = bytes.iter().position(|&b| b == b'"' || b == b'\\' || b < 0x20);
+            let found = string_stop(u64::from_le_bytes(bytes));
+            let swar = (found != 0).then(|| (found.trailing_zeros() / 8) as usize);
+            assert_eq!(swar, naive, "{bytes:x?}");
+        }
     }
 
     #[test]
