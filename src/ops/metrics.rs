@@ -606,6 +606,51 @@ mod tests {
     }
 
     #[test]
+    fn what_the_exchange_sent_aside_is_counted_by_name_per_feed_and_rejections_per_connection() {
+        use super::super::health::ConnHealth;
+        use crate::telemetry::metrics::FeedMetrics;
+        use crate::tick::ConnId;
+        let conn = |index: usize, f: &dyn Fn(&FeedMetrics)| {
+            let metrics = Arc::new(FeedMetrics::default());
+            f(&metrics);
+            ConnHealth {
+                id: ConnId::new("kalshi", index),
+                state: FeedState::Live,
+                counts: metrics.snapshot(),
+                metrics,
+            }
+        };
+        let snapshot = HealthSnapshot {
+            at_us: 0,
+            conns: vec![
+                conn(0, &|m| {
+                    m.aside.add(Aside::UnknownMessage, "fill", "", 2);
+                    m.aside.add(Aside::UnknownField, "ticker", "Clock", 1);
+                    m.aside.add(Aside::Rejected, "missing_field", "", 2);
+                }),
+                conn(1, &|m| {
+                    m.aside.add(Aside::UnknownMessage, "fill", "", 1);
+                    m.aside.add(Aside::InvalidField, "trade", "is_block_trade", 4);
+                }),
+            ],
+        };
+        let mut out = Exposition { buf: String::new() };
+
+        aside(&mut out, &snapshot);
+
+        for line in [
+            "tickd_unknown_messages_total{feed=\"kalshi\",type=\"fill\"} 3\n",
+            "tickd_unknown_fields_total{feed=\"kalshi\",type=\"ticker\",field=\"Clock\"} 1\n",
+            "tickd_invalid_fields_total{feed=\"kalshi\",type=\"trade\",field=\"is_block_trade\"} 4\n",
+            "tickd_rejected_frames_total{feed=\"kalshi\",conn=\"0\",reason=\"missing_field\"} 2\n",
+            "tickd_rejected_frames_total{feed=\"kalshi\",conn=\"1\",reason=\"malformed_json\"} 0\n",
+        ] {
+            assert!(out.buf.contains(line), "{line} missing from\n{}", out.buf);
+        }
+        assert_eq!(out.buf.matches("tickd_rejected_frames_total{").count(), 2 * REJECT_REASONS.len());
+    }
+
+    #[test]
     fn every_family_has_help_and_type_once_and_every_sample_a_family() {
         let bus = crate::bus::BusBuilder::new(&crate::config::BusSettings::default()).build();
         let src = Health {
