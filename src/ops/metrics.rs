@@ -633,6 +633,7 @@ mod tests {
                     m.aside.add(Aside::InvalidField, "trade", "is_block_trade", 4);
                 }),
             ],
+            rest: Vec::new(),
         };
         let mut out = Exposition { buf: String::new() };
 
