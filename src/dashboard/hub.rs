@@ -65,7 +65,7 @@ impl Channel {
             TickKind::Trade(_) => Channel::Trades,
             TickKind::Quote(_) => Channel::Quotes,
             TickKind::BookSnapshot(_) | TickKind::BookDelta(_) => Channel::Book,
-            TickKind::Lifecycle(_) => Channel::Lifecycle,
+            TickKind::Lifecycle(_) | TickKind::Market(_) => Channel::Lifecycle,
             TickKind::Feed(_) => Channel::Feed,
         }
     }

@@ -311,6 +311,7 @@ impl FeedActor {
             },
             ctx.metrics.clone(),
         );
+        ctx.metrics.markets.store(cfg.markets.len() as u64, Ordering::Relaxed);
         let backoff = match ctx.jitter_seed {
             Some(seed) => Backoff::seeded(s.backoff.clone(), seed),
             None => Backoff::new(s.backoff.clone()),
@@ -636,6 +637,7 @@ impl FeedActor {
         match cmd {
             FeedCommand::SetMarkets(markets) => {
                 info!(markets = markets.len(), "Market list changed.");
+                self.ctx.metrics.markets.store(markets.len() as u64, Ordering::Relaxed);
                 self.cfg.markets = markets;
                 self.session.set_markets(&self.cfg.markets, Instant::now(), &mut self.out);
             }
