@@ -15,6 +15,7 @@
 //! disconnected) and read the current books.
 
 pub mod backoff;
+pub mod discovery;
 pub mod supervisor;
 
 use std::fmt;

@@ -12,6 +12,12 @@
 //! Each feed also gets one REST client ([`RestClient`]: its request budget, signing key and
 //! metrics), for what needs the exchange's REST API; a reload that changes `rest_url`,
 //! `rest_rate` or `rest_timeout` replaces it at once (its counters carry on).
+//!
+//! A feed with `series` or `events` also gets a discovery task ([`discovery`]) in the same
+//! `JoinSet`: it sends the markets it finds, and the supervisor follows the feed's `markets`
+//! together with them, applied like a reload's market changes. A reload that changes what
+//! discovery does (series, events, its intervals, the REST settings) starts a new run of it;
+//! markets already found stay followed until the new run's first listing says otherwise.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -24,6 +30,7 @@ use tracing::{error, info, warn};
 
 use crate::bus::Bus;
 use crate::config::{FeedSettings, Settings};
+use crate::feed::discovery::{self, Discovered, DiscoveryConfig, DiscoveryContext};
 use crate::feed::{Connect, FeedConfig, FeedContext, FeedExit, FeedHandle, feed};
 use crate::kalshi::rest::{RestClient, RestConfig};
 use crate::kalshi::sign::Credentials;
@@ -34,6 +41,10 @@ use crate::tick::{ConnId, Name};
 
 /// The most a panicked actor waits before its restart.
 const MAX_RESTART_DELAY: Duration = Duration::from_secs(30);
+
+/// Discovered market lists queued for the supervisor, from every feed's discovery. When full,
+/// a discovery task waits (its next list replaces this one anyway).
+const DISCOVERED_QUEUE: usize = 16;
 
 /// Why the supervisor stopped abnormally.
 #[derive(Debug, thiserror::Error)]
@@ -99,6 +110,15 @@ impl Handles {
     }
 }
 
+/// A feed's running discovery.
+struct DiscoveryRun {
+    /// Its number; lists from older runs are ignored.
+    run: u64,
+    cancel: CancellationToken,
+    /// The markets it found last.
+    markets: Vec<String>,
+}
+
 /// One actor per connection.
 pub struct Supervisor {
     deps: SupervisorDeps,
@@ -112,11 +132,20 @@ pub struct Supervisor {
     rest: BTreeMap<String, RestClient>,
     /// Counts applied reloads, for whoever reports that a reload is done (systemd).
     reloaded: watch::Sender<u64>,
+    /// Each discovering feed's discovery, by feed name.
+    discovery: BTreeMap<String, DiscoveryRun>,
+    /// Discovery runs started so far (numbers them).
+    discovery_runs: u64,
+    /// Discovery tasks send here; the receiver is taken by `run`.
+    discovered_tx: mpsc::Sender<Discovered>,
+    discovered_rx: Option<mpsc::Receiver<Discovered>>,
 }
 
 impl Supervisor {
     /// Starts every configured feed.
     pub fn start(settings: &Settings, deps: SupervisorDeps) -> Result<Supervisor, SupervisorError> {
+        // Bounded: a discovery task waits while the supervisor applies earlier lists.
+        let (discovered_tx, discovered_rx) = mpsc::channel(DISCOVERED_QUEUE);
         let mut sup = Supervisor {
             alerter: deps.alerter.clone(),
             handles: deps.handles.clone(),
@@ -127,6 +156,10 @@ impl Supervisor {
             task_ids: HashMap::new(),
             rest: BTreeMap::new(),
             reloaded: watch::Sender::new(0),
+            discovery: BTreeMap::new(),
+            discovery_runs: 0,
+            discovered_tx,
+            discovered_rx: Some(discovered_rx),
         };
         for feed in &settings.feeds {
             sup.start_feed(feed.clone())?;
@@ -153,6 +186,8 @@ impl Supervisor {
     /// Runs until shutdown (then waits for every actor), applying reloads as they come.
     pub async fn run(mut self, mut reload: mpsc::Receiver<Settings>) -> Result<(), SupervisorError> {
         let mut reload_open = true;
+        // `self` keeps a sender for new discovery runs, so this never reports closed.
+        let mut discovered = self.discovered_rx.take().unwrap_or_else(|| mpsc::channel(1).1);
         loop {
             tokio::select! {
                 // Shutdown: actors see the same token; wait for all of them below.
@@ -165,6 +200,8 @@ impl Supervisor {
                     }
                     None => reload_open = false,
                 },
+                // A feed's discovery found a new market list (cancel-safe).
+                Some(found) = discovered.recv() => self.on_discovered(found).await,
                 // An actor finished: shutdown, give-up, or a panic to restart.
                 Some(joined) = self.tasks.join_next_with_id() => {
                     if let Some(err) = self.on_joined(joined) {
@@ -226,6 +263,7 @@ impl Supervisor {
     fn start_feed(&mut self, settings: FeedSettings) -> Result<(), SupervisorError> {
         let credentials = load_credentials(&settings)?;
         self.set_rest_client(&settings, credentials.clone());
+        self.start_discovery(&settings);
         let shards = shard(&settings.markets, settings.max_markets_per_connection);
         for (n, markets) in shards.into_iter().enumerate() {
             let cfg = FeedConfig {
@@ -256,6 +294,79 @@ impl Supervisor {
                 self.rest.remove(&settings.name);
             }
         }
+    }
+
+    /// Starts (or restarts) the feed's discovery when it follows series or events; stops it
+    /// when it does not. The markets found by an earlier run stay until the new one reports.
+    fn start_discovery(&mut self, settings: &FeedSettings) {
+        let kept = self.stop_discovery(&settings.name);
+        if !settings.discovers() {
+            return;
+        }
+        let Some(rest) = self.rest.get(&settings.name).cloned() else {
+            error!(
+                feed = settings.name,
+                "No REST client: the markets of `series` and `events` cannot be listed; only `markets` are followed."
+            );
+            return;
+        };
+        self.discovery_runs += 1;
+        let run = self.discovery_runs;
+        let cancel = self.deps.shutdown.child_token();
+        let ctx = DiscoveryContext {
+            bus: self.deps.bus.clone(),
+            rest,
+            shutdown: cancel.clone(),
+            updates: self.discovered_tx.clone(),
+            run,
+        };
+        let cfg = DiscoveryConfig::for_feed(settings);
+        info!(
+            feed = settings.name,
+            series = cfg.series.len(),
+            events = cfg.events.len(),
+            "Discovering markets."
+        );
+        // In the actors' JoinSet, so that the stop waits for it (it publishes on the bus); its
+        // id is not named, so its exit is not reported as a connection's.
+        self.tasks.spawn(async move {
+            discovery::run(cfg, ctx).await;
+            FeedExit::Shutdown
+        });
+        self.discovery.insert(settings.name.clone(), DiscoveryRun { run, cancel, markets: kept });
+    }
+
+    /// Stops the feed's discovery; returns the markets it had found.
+    fn stop_discovery(&mut self, feed: &str) -> Vec<String> {
+        match self.discovery.remove(feed) {
+            Some(d) => {
+                d.cancel.cancel();
+                d.markets
+            }
+            None => Vec::new(),
+        }
+    }
+
+    /// A discovery run's new list: followed with the feed's static markets.
+    async fn on_discovered(&mut self, found: Discovered) {
+        let Some(d) = self.discovery.get_mut(&found.feed) else { return };
+        if d.run != found.run || d.markets == found.markets {
+            return;
+        }
+        d.markets = found.markets;
+        if let Some(feed) = self.feeds.iter().find(|f| f.name == found.feed).cloned() {
+            self.apply_markets(&feed).await;
+        }
+    }
+
+    /// What a feed follows: its `markets`, then those discovered (each once).
+    fn wanted(&self, feed: &FeedSettings) -> Vec<String> {
+        let mut wanted = feed.markets.clone();
+        if let Some(d) = self.discovery.get(&feed.name) {
+            let fixed: HashSet<&String> = feed.markets.iter().collect();
+            wanted.extend(d.markets.iter().filter(|m| !fixed.contains(m)).cloned());
+        }
+        wanted
     }
 
     fn spawn(&mut self, cfg: FeedConfig, delay: Option<Duration>, restarts: u32) {
@@ -310,6 +421,7 @@ impl Supervisor {
                 }
                 self.rest.remove(&feed.name);
                 self.deps.rest.remove(&feed.name);
+                self.stop_discovery(&feed.name);
             }
         }
         for new in &settings.feeds {
@@ -327,6 +439,7 @@ impl Supervisor {
                             "Connection settings changed; they take effect after a restart. Applying market and REST changes only."
                         );
                     }
+                    let rediscover = !same_rest(current, new) || !same_discovery(current, new);
                     if !same_rest(current, new) {
                         (kept.rest_url, kept.rest_rate, kept.rest_timeout) =
                             (new.rest_url.clone(), new.rest_rate, new.rest_timeout);
@@ -337,6 +450,12 @@ impl Supervisor {
                         }
                     }
                     kept.markets = new.markets.clone();
+                    (kept.series, kept.events) = (new.series.clone(), new.events.clone());
+                    (kept.discovery_interval, kept.settled_grace) =
+                        (new.discovery_interval, new.settled_grace);
+                    if rediscover {
+                        self.start_discovery(&kept);
+                    }
                     self.apply_markets(&kept).await;
                     self.feeds.push(kept);
                 }
@@ -351,7 +470,8 @@ impl Supervisor {
             .into_iter()
             .filter_map(|id| self.conns.get(&id).map(|c| (id.clone(), c.cfg.markets.clone())))
             .collect();
-        let (plan, extra) = plan_markets(current, &feed.markets, feed.max_markets_per_connection);
+        let wanted = self.wanted(feed);
+        let (plan, extra) = plan_markets(current, &wanted, feed.max_markets_per_connection);
         for (n, (id, markets)) in plan.into_iter().enumerate() {
             if markets.is_empty() && n > 0 {
                 self.stop_conn(&id);
@@ -429,13 +549,21 @@ pub fn shard(markets: &[String], cap: usize) -> Vec<Vec<String>> {
     markets.chunks(cap.max(1)).map(<[String]>::to_vec).collect()
 }
 
-/// Whether two settings of one feed differ only in what a reload applies live: the markets and
-/// the REST settings.
+/// Whether two settings of one feed differ only in what a reload applies live: the markets,
+/// what discovery follows and the REST settings.
 fn same_except_live(a: &FeedSettings, b: &FeedSettings) -> bool {
     let mut a = a.clone();
     a.markets = b.markets.clone();
+    (a.series, a.events) = (b.series.clone(), b.events.clone());
+    (a.discovery_interval, a.settled_grace) = (b.discovery_interval, b.settled_grace);
     (a.rest_url, a.rest_rate, a.rest_timeout) = (b.rest_url.clone(), b.rest_rate, b.rest_timeout);
     &a == b
+}
+
+/// Whether discovery follows the same series and events the same way in both.
+fn same_discovery(a: &FeedSettings, b: &FeedSettings) -> bool {
+    (&a.series, &a.events, a.discovery_interval, a.settled_grace)
+        == (&b.series, &b.events, b.discovery_interval, b.settled_grace)
 }
 
 /// Whether the REST settings of two settings of one feed are the same.
