@@ -548,7 +548,8 @@ fn a_webhook_url_that_is_not_http_is_named_without_repeating_it() {
 
 #[test]
 fn a_feed_with_nothing_to_follow_is_named() {
-    let (_dir, file) = config_file("[[feeds]]\nname = \"a\"\nurl = \"ws://127.0.0.1:9100/trade-api/ws/v2\"\n");
+    let (_dir, file) =
+        config_file("[[feeds]]\nname = \"a\"\nurl = \"ws://127.0.0.1:9100/trade-api/ws/v2\"\n");
 
     let out = checked(check_config(&file, &[]));
 

@@ -18,12 +18,15 @@ use std::time::Duration;
 use common::app::{TestApp, spawn_app};
 use common::daemon::{DaemonConfig, scalar, serve, texts, toml_str, wait_until};
 use common::pg::TestDb;
-use common::stream::http_get;
+use common::stream::{Client, http_get, subscribe};
+use serde_json::json;
 use tickd::dev::sim::{SimConfig, Simulator, market_names};
 use tickd::store::StoreState;
 
 /// How long anything may take to show.
 const LIMIT: Duration = Duration::from_secs(90);
+/// The dashboard token of every test daemon.
+const TOKEN: &str = "discovery-token-0123456789abcdef";
 
 /// A simulator of `markets`, heartbeats an hour apart.
 fn simulator(cfg: SimConfig) -> Simulator {
@@ -42,7 +45,7 @@ async fn start(
     let sim = simulator(cfg);
     let dir = tempfile::tempdir().expect("temp dir");
     let mut config = DaemonConfig::new(&dir.path().join("state"), &db.url, &serve(&sim).await, markets);
-    config.feed("ping_interval", &toml_str("1h"));
+    config.feed("ping_interval", &toml_str("1h")).dashboard("token", &toml_str(TOKEN));
     tune(&mut config);
     let app = spawn_app(dir.path(), "tickd", &config).await.with_db(db);
     // Migrated: the tables are there to query.
@@ -100,6 +103,14 @@ fn updated(sim: &Simulator, action: &str) -> BTreeSet<String> {
                 .unwrap_or_default()
         })
         .collect()
+}
+
+/// A dashboard client subscribed to the lifecycle channel of every market.
+async fn lifecycle_watcher(app: &TestApp) -> Client {
+    let mut client = Client::connect(app.dashboard(), TOKEN).await;
+    let reply = client.ask(subscribe(1, &["lifecycle"], json!("all")), LIMIT).await;
+    assert_eq!(reply["type"], "subscribed", "{reply}");
+    client
 }
 
 /// `tickd_markets_followed{feed="sim"}` as `/metrics` shows it.
@@ -188,10 +199,11 @@ async fn a_market_created_mid_run_is_subscribed_with_update_subscription_after_i
         new_market_every: Some(Duration::from_secs(2)),
         ..SimConfig::default()
     };
-    let (sim, _app, _dir) = start(cfg, &[], |c| {
+    let (sim, app, _dir) = start(cfg, &[], |c| {
         c.feed("series", r#"["SIM"]"#).feed("discovery_interval", &toml_str("1h"));
     })
     .await;
+    let mut dashboard = lifecycle_watcher(&app).await;
     wait_until("the first markets subscribed", LIMIT, || {
         let n = all_subscribed(&sim).len();
         async move { n >= 3 }
@@ -212,6 +224,16 @@ async fn a_market_created_mid_run_is_subscribed_with_update_subscription_after_i
     assert!(added.iter().all(|m| all_subscribed(&sim).contains(m)));
     assert_eq!(sim.stats().connections_total, 1, "no reconnect");
     assert_eq!(sim.rest_requests().len(), listings, "no REST listing brought them");
+    // The dashboard saw it come.
+    let (frame, _) = dashboard
+        .until("a market frame of a new market", LIMIT, |v| {
+            v["type"] == "market"
+                && v["followed"] == true
+                && v["market"].as_str().is_some_and(|m| added.iter().any(|a| a == m))
+        })
+        .await;
+    assert_eq!(frame["series"], "SIM", "{frame}");
+    assert!(frame["event"].as_str().is_some_and(|e| e.starts_with("SIM-R")), "{frame}");
 }
 
 /// Polls `found` until it finds something (at most [`LIMIT`]).
@@ -245,6 +267,7 @@ async fn a_settled_market_is_unsubscribed_after_the_grace_with_its_trades_up_to_
     .await;
     let url = db_url(&app);
     let market = "SIM-MKT-001".to_string();
+    let mut dashboard = lifecycle_watcher(&app).await;
 
     // Act: wait for the market to leave.
     wait_until("SIM-MKT-001 deleted from the subscription", LIMIT, || {
@@ -307,6 +330,46 @@ async fn a_settled_market_is_unsubscribed_after_the_grace_with_its_trades_up_to_
             .await
                 == 1
         }
+    })
+    .await;
+    assert_eq!(sim.stats().connections_total, 1, "no reconnect");
+    // The dashboard saw it go.
+    let (frame, _) = dashboard
+        .until("SIM-MKT-001 let go", LIMIT, |v| {
+            v["type"] == "market" && v["market"] == "SIM-MKT-001" && v["followed"] == false
+        })
+        .await;
+    assert_eq!(frame["feed"], "sim", "{frame}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_changes_the_series_applies_live() {
+    // Arrange: following KXA.
+    let markets: Vec<String> =
+        ["KXA-E1-T1", "KXA-E1-T2", "KXB-E1-T1", "KXB-E2-T1"].map(String::from).to_vec();
+    let cfg = SimConfig { markets, rate: 200, ..SimConfig::default() };
+    let (sim, app, _dir) = start(cfg, &[], |c| {
+        c.feed("series", r#"["KXA"]"#);
+    })
+    .await;
+    let set = |v: &[&str]| v.iter().map(|m| m.to_string()).collect::<BTreeSet<String>>();
+    let kxa = set(&["KXA-E1-T1", "KXA-E1-T2"]);
+    wait_until("KXA followed", LIMIT, || {
+        let ok = all_subscribed(&sim) == kxa;
+        async move { ok }
+    })
+    .await;
+
+    // Act: SIGHUP with KXB instead.
+    let mut new = app.settings.clone();
+    new.feeds[0].series = vec!["KXB".into()];
+    app.reloads.send(new).await.expect("the app takes reloads");
+
+    // Assert: KXB's markets replace KXA's on the same connection.
+    let kxb = set(&["KXB-E1-T1", "KXB-E2-T1"]);
+    wait_until("KXB followed instead", LIMIT, || {
+        let ok = all_subscribed(&sim) == kxb;
+        async move { ok }
     })
     .await;
     assert_eq!(sim.stats().connections_total, 1, "no reconnect");

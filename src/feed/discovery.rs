@@ -107,6 +107,11 @@ pub struct DiscoveryContext {
     pub updates: mpsc::Sender<Discovered>,
     /// This run's number, echoed in every [`Discovered`].
     pub run: u64,
+    /// The markets an earlier run of this feed followed (a reload starts a new run): followed
+    /// from the start when they still belong to a followed series or event (read from their
+    /// tickers), so that a reload while the REST API is down loses none of them. A complete
+    /// listing lets go of those it no longer shows, after the grace.
+    pub initial: Vec<String>,
 }
 
 /// One discovered market.
@@ -299,14 +304,22 @@ struct Discovery {
 }
 
 impl Discovery {
-    fn new(cfg: DiscoveryConfig, ctx: DiscoveryContext) -> Discovery {
-        let followed = Followed::new(&cfg.series, &cfg.events, cfg.grace);
+    fn new(cfg: DiscoveryConfig, mut ctx: DiscoveryContext) -> Discovery {
+        let mut followed = Followed::new(&cfg.series, &cfg.events, cfg.grace);
+        let now = Instant::now();
+        for ticker in std::mem::take(&mut ctx.initial) {
+            if followed.belongs(&ticker, None) {
+                followed.on_opened(&ticker, now);
+            }
+        }
         Discovery { cfg, ctx, followed, known: HashMap::new() }
     }
 
     async fn run(mut self) {
         // Subscribed before the first listing starts, so nothing announced after it is missed.
         let mut ticks = self.ctx.bus.lossy();
+        // What an earlier run followed and no longer belongs goes now.
+        self.send().await;
         let mut next_listing = Some(Instant::now());
         let mut listing: Option<JoinHandle<Listing>> = None;
         let far = || Instant::now() + Duration::from_secs(86_400);

@@ -16,8 +16,8 @@
 //! A feed with `series` or `events` also gets a discovery task ([`discovery`]) in the same
 //! `JoinSet`: it sends the markets it finds, and the supervisor follows the feed's `markets`
 //! together with them, applied like a reload's market changes. A reload that changes what
-//! discovery does (series, events, its intervals, the REST settings) starts a new run of it;
-//! markets already found stay followed until the new run's first listing says otherwise.
+//! discovery does (series, events, its intervals, the REST settings) starts a new run of it,
+//! which keeps the markets found so far that still belong to what the feed follows.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -319,6 +319,7 @@ impl Supervisor {
             shutdown: cancel.clone(),
             updates: self.discovered_tx.clone(),
             run,
+            initial: kept.clone(),
         };
         let cfg = DiscoveryConfig::for_feed(settings);
         info!(
