@@ -99,7 +99,8 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn main() {
     let markets = env_or("DISCOVERY_MARKETS", 5000);
     let runs = env_or("DISCOVERY_RUNS", 5).max(1);
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let rt =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     let mut all = Vec::new();
     for n in 0..runs {
         let run = rt.block_on(one_run(markets, n as u64 + 1));
