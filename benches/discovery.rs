@@ -97,6 +97,10 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() {
+    // `cargo test --all-targets` and nextest run bench binaries too: list nothing, run nothing.
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
     let markets = env_or("DISCOVERY_MARKETS", 5000);
     let runs = env_or("DISCOVERY_RUNS", 5).max(1);
     let rt =

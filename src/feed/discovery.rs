@@ -27,8 +27,8 @@
 //! While the REST API is down, the stream goes on with the markets already followed; a listing
 //! that fails (after the REST client's own retries) is tried again after
 //! [`RETRY_AFTER_FAILURE`] at most, and only a listing that completed lets go of markets it no
-//! longer shows. A listing that missed lifecycle ticks (the bus ring overflowed) is run again at
-//! once.
+//! longer shows. When discovery missed lifecycle ticks (it fell behind the bus's ring), a
+//! listing runs again soon ([`RELIST_AFTER_LAG`] after the last one started, at the earliest).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -49,6 +49,11 @@ use crate::tick::{MarketInfo, Name, Tick, TickKind, recv_micros};
 /// The longest wait before a failed listing is tried again (a shorter `discovery_interval`
 /// wins).
 pub const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(30);
+
+/// The least time between the start of a listing and one run because discovery fell behind
+/// the bus: a daemon too busy to read its bus in time is not made busier by listing without
+/// pause.
+pub const RELIST_AFTER_LAG: Duration = Duration::from_secs(10);
 
 /// The statuses a series is listed by: every market not settled (`kalshi-rest.md` §4.1).
 const LIVE_STATUSES: [StatusFilter; 4] =
@@ -322,6 +327,7 @@ impl Discovery {
         self.send().await;
         let mut next_listing = Some(Instant::now());
         let mut listing: Option<JoinHandle<Listing>> = None;
+        let mut last_started = Instant::now();
         let far = || Instant::now() + Duration::from_secs(86_400);
         loop {
             let removal = self.followed.next_removal();
@@ -331,6 +337,7 @@ impl Discovery {
                 // A listing is due: it runs as its own task while ticks keep being read.
                 _ = sleep_until(next_listing.unwrap_or_else(far)), if next_listing.is_some() && listing.is_none() => {
                     next_listing = None;
+                    last_started = Instant::now();
                     let (rest, series, events) = (self.ctx.rest.clone(), self.cfg.series.clone(), self.cfg.events.clone());
                     listing = Some(tokio::spawn(list(rest, series, events).in_current_span()));
                 }
@@ -369,7 +376,8 @@ impl Discovery {
                     Err(Lagged(n)) => {
                         warn!(missed = n, "Discovery fell behind the bus; listing markets again.");
                         if listing.is_none() {
-                            next_listing = Some(Instant::now());
+                            let soon = Instant::now().max(last_started + RELIST_AFTER_LAG);
+                            next_listing = Some(next_listing.map_or(soon, |at| at.min(soon)));
                         }
                     }
                 },

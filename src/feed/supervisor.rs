@@ -42,6 +42,10 @@ use crate::tick::{ConnId, Name};
 /// The most a panicked actor waits before its restart.
 const MAX_RESTART_DELAY: Duration = Duration::from_secs(30);
 
+/// A discovery that panics sooner than this after its start is not started again (it would
+/// only panic again), until a reload.
+const MIN_DISCOVERY_LIFE: Duration = Duration::from_secs(10);
+
 /// Discovered market lists queued for the supervisor, from every feed's discovery. When full,
 /// a discovery task waits (its next list replaces this one anyway).
 const DISCOVERED_QUEUE: usize = 16;
@@ -114,6 +118,12 @@ impl Handles {
 struct DiscoveryRun {
     /// Its number; lists from older runs are ignored.
     run: u64,
+    /// Its task in the actors' `JoinSet`.
+    task: Id,
+    /// When it started.
+    started: tokio::time::Instant,
+    /// It panicked and was not started again (its markets stay followed).
+    dead: bool,
     cancel: CancellationToken,
     /// The markets it found last.
     markets: Vec<String>,
@@ -232,7 +242,10 @@ impl Supervisor {
             Ok((task, exit)) => (task, Ok(exit)),
             Err(e) => (e.id(), Err(e)),
         };
-        let name = self.task_ids.remove(&task)?;
+        let Some(name) = self.task_ids.remove(&task) else {
+            self.on_discovery_joined(task, outcome.err());
+            return None;
+        };
         match outcome {
             Ok(FeedExit::Shutdown) => None,
             Ok(FeedExit::GaveUp) => {
@@ -329,12 +342,25 @@ impl Supervisor {
             "Discovering markets."
         );
         // In the actors' JoinSet, so that the stop waits for it (it publishes on the bus); its
-        // id is not named, so its exit is not reported as a connection's.
-        self.tasks.spawn(async move {
-            discovery::run(cfg, ctx).await;
-            FeedExit::Shutdown
-        });
-        self.discovery.insert(settings.name.clone(), DiscoveryRun { run, cancel, markets: kept });
+        // id is not a connection's, so its exit is told apart (`on_discovery_joined`).
+        let task = self
+            .tasks
+            .spawn(async move {
+                discovery::run(cfg, ctx).await;
+                FeedExit::Shutdown
+            })
+            .id();
+        self.discovery.insert(
+            settings.name.clone(),
+            DiscoveryRun {
+                run,
+                task,
+                started: tokio::time::Instant::now(),
+                dead: false,
+                cancel,
+                markets: kept,
+            },
+        );
     }
 
     /// Stops the feed's discovery; returns the markets it had found.
@@ -345,6 +371,30 @@ impl Supervisor {
                 d.markets
             }
             None => Vec::new(),
+        }
+    }
+
+    /// A task that is no connection ended: a feed's discovery that panicked is logged and
+    /// started again (its markets stay followed meanwhile), unless it panicked within
+    /// [`MIN_DISCOVERY_LIFE`] of its start, which would only repeat; one that stopped did so on
+    /// request.
+    fn on_discovery_joined(&mut self, task: Id, error: Option<tokio::task::JoinError>) {
+        let Some((feed, started)) =
+            self.discovery.iter().find(|(_, d)| d.task == task).map(|(f, d)| (f.clone(), d.started))
+        else {
+            return;
+        };
+        let Some(e) = error.filter(|e| e.is_panic()) else { return };
+        if started.elapsed() < MIN_DISCOVERY_LIFE {
+            error!(feed, error = %e, "Market discovery panicked at once; its markets stay followed, and a reload starts it again.");
+            if let Some(d) = self.discovery.get_mut(&feed) {
+                d.dead = true;
+            }
+            return;
+        }
+        error!(feed, error = %e, "Market discovery panicked; starting it again.");
+        if let Some(settings) = self.feeds.iter().find(|f| f.name == feed).cloned() {
+            self.start_discovery(&settings);
         }
     }
 
@@ -440,7 +490,10 @@ impl Supervisor {
                             "Connection settings changed; they take effect after a restart. Applying market and REST changes only."
                         );
                     }
-                    let rediscover = !same_rest(current, new) || !same_discovery(current, new);
+                    let stopped = self.discovery.get(&new.name).is_none_or(|d| d.dead);
+                    let rediscover = !same_rest(current, new)
+                        || !same_discovery(current, new)
+                        || (new.discovers() && stopped);
                     if !same_rest(current, new) {
                         (kept.rest_url, kept.rest_rate, kept.rest_timeout) =
                             (new.rest_url.clone(), new.rest_rate, new.rest_timeout);
