@@ -340,6 +340,13 @@ async fn a_settled_market_is_unsubscribed_after_the_grace_with_its_trades_up_to_
         })
         .await;
     assert_eq!(frame["feed"], "sim", "{frame}");
+    // A dashboard that connects now gets the state of the markets followed, not of this one.
+    let mut late = Client::connect(app.dashboard(), TOKEN).await;
+    late.send(&subscribe(2, &["quotes", "book"], json!("all"))).await;
+    late.send(&json!({"cmd": "ping", "id": 3})).await;
+    let (_, before) = late.until("the pong", LIMIT, |v| v["type"] == "pong").await;
+    assert!(before.iter().any(|v| v["state"] == true), "state of the followed markets: {before:?}");
+    assert!(!before.iter().any(|v| v["market"] == "SIM-MKT-001"), "{before:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

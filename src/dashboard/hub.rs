@@ -361,6 +361,10 @@ impl Hub {
                     }
                 }
                 TickKind::Feed(FeedEvent::Stale { .. }) => m.stale = true,
+                // The feed let the market go: new subscribers get no state of it.
+                TickKind::Market(info) if info.followed == Some(false) => {
+                    (m.quote, m.book, m.stale) = (None, None, false);
+                }
                 _ => {}
             }
         } else if let TickKind::Feed(FeedEvent::Stale { .. } | FeedEvent::Disconnected { .. }) = &t.kind {
