@@ -331,9 +331,10 @@
       if (m.ticker === model.selected) dirty.book = true;
     },
     lifecycle(f) {
-      // An event's lifecycle names the event's ticker, which is no market of the table.
-      if (f.scope === 'event' && !model.markets.has(f.market)) return;
-      const m = market(f.market);
+      // The lifecycle channel covers every market of the exchange (and events, whose tickers
+      // are no markets): it updates the rows of markets shown and adds none.
+      const m = model.markets.get(f.market);
+      if (!m) return;
       m.lifecycle = f.event || '';
       touch(m, f.recv_ts);
     },
