@@ -328,6 +328,8 @@ impl Discovery {
         let mut next_listing = Some(Instant::now());
         let mut listing: Option<JoinHandle<Listing>> = None;
         let mut last_started = Instant::now();
+        // Ticks were missed while a listing ran: list again once it is over.
+        let mut missed_during_listing = false;
         let far = || Instant::now() + Duration::from_secs(86_400);
         loop {
             let removal = self.followed.next_removal();
@@ -355,7 +357,11 @@ impl Discovery {
                             self.cfg.interval.min(RETRY_AFTER_FAILURE)
                         }
                     };
-                    next_listing = Some(Instant::now() + wait);
+                    let mut at = Instant::now() + wait;
+                    if std::mem::take(&mut missed_during_listing) {
+                        at = at.min(Instant::now().max(last_started + RELIST_AFTER_LAG));
+                    }
+                    next_listing = Some(at);
                 }
                 // A market is due to be let go.
                 _ = sleep_until(removal.unwrap_or_else(far)), if removal.is_some() => {
@@ -378,6 +384,8 @@ impl Discovery {
                         if listing.is_none() {
                             let soon = Instant::now().max(last_started + RELIST_AFTER_LAG);
                             next_listing = Some(next_listing.map_or(soon, |at| at.min(soon)));
+                        } else {
+                            missed_during_listing = true;
                         }
                     }
                 },
@@ -426,6 +434,12 @@ impl Discovery {
                 info.followed = Some(true);
             }
             self.publish(&m.ticker, info).await;
+        }
+        if found.complete {
+            // What is neither followed nor listed any more (settled) need not be remembered.
+            let listed: HashSet<&str> = found.markets.iter().map(|m| m.ticker.as_str()).collect();
+            let followed = &self.followed;
+            self.known.retain(|t, _| listed.contains(t.as_str()) || followed.follows(t));
         }
         if changed {
             self.send().await;
