@@ -34,6 +34,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt as _;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep_until};
@@ -54,6 +55,9 @@ pub const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(30);
 /// the bus: a daemon too busy to read its bus in time is not made busier by listing without
 /// pause.
 pub const RELIST_AFTER_LAG: Duration = Duration::from_secs(10);
+
+/// Most ticks taken from the bus in one turn of the loop when they are already waiting.
+const BURST: usize = 1024;
 
 /// The statuses a series is listed by: every market not settled (`kalshi-rest.md` §4.1).
 const LIVE_STATUSES: [StatusFilter; 4] =
@@ -374,12 +378,34 @@ impl Discovery {
                         self.send().await;
                     }
                 }
-                // Lifecycle ticks of this feed (cancel-safe).
-                tick = ticks.recv() => match tick {
-                    Ok(Some(tick)) => self.on_tick(&tick).await,
-                    // The bus is gone: the daemon is stopping.
-                    Ok(None) => break,
-                    Err(Lagged(n)) => {
+                // Lifecycle ticks of this feed (cancel-safe). Ticks already waiting are taken in
+                // the same turn (up to BURST), so that an event opening many markets at once
+                // is one change for the supervisor.
+                tick = ticks.recv() => {
+                    let mut lagged = None;
+                    match tick {
+                        Ok(Some(tick)) => {
+                            let mut changed = self.on_tick(&tick).await;
+                            for _ in 1..BURST {
+                                match ticks.recv().now_or_never() {
+                                    Some(Ok(Some(tick))) => changed |= self.on_tick(&tick).await,
+                                    Some(Err(Lagged(n))) => {
+                                        lagged = Some(n);
+                                        break;
+                                    }
+                                    // Nothing waiting (or the bus closed: the next turn sees it).
+                                    _ => break,
+                                }
+                            }
+                            if changed {
+                                self.send().await;
+                            }
+                        }
+                        // The bus is gone: the daemon is stopping.
+                        Ok(None) => break,
+                        Err(Lagged(n)) => lagged = Some(n),
+                    }
+                    if let Some(n) = lagged {
                         warn!(missed = n, "Discovery fell behind the bus; listing markets again.");
                         if listing.is_none() {
                             let soon = Instant::now().max(last_started + RELIST_AFTER_LAG);
@@ -388,7 +414,7 @@ impl Discovery {
                             missed_during_listing = true;
                         }
                     }
-                },
+                }
             }
         }
         if let Some(listing) = listing {
@@ -446,10 +472,12 @@ impl Discovery {
         }
     }
 
-    async fn on_tick(&mut self, tick: &Tick) {
-        let TickKind::Lifecycle(l) = &tick.kind else { return };
+    /// Takes one tick; returns whether the followed set changed (the caller tells the
+    /// supervisor once for a burst).
+    async fn on_tick(&mut self, tick: &Tick) -> bool {
+        let TickKind::Lifecycle(l) = &tick.kind else { return false };
         if tick.feed != self.cfg.feed {
-            return;
+            return false;
         }
         let now = Instant::now();
         match lifecycle::read(&tick.market, l) {
@@ -462,7 +490,7 @@ impl Discovery {
                 let belongs =
                     self.followed.follows(ticker) || self.followed.belongs(ticker, event.as_deref());
                 if !belongs {
-                    return;
+                    return false;
                 }
                 info.series = event.as_deref().and_then(|e| self.followed.series_of(e)).map(str::to_owned);
                 match change {
@@ -471,8 +499,7 @@ impl Discovery {
                             info!(market = ticker, event = %l.event, "Following a new market.");
                             info.followed = Some(true);
                             self.publish(ticker, info).await;
-                            self.send().await;
-                            return;
+                            return true;
                         }
                     }
                     MarketChange::Determined | MarketChange::Settled => {
@@ -487,6 +514,7 @@ impl Discovery {
             }
             _ => {}
         }
+        false
     }
 
     /// Publishes what is new about `ticker` (nothing when it says nothing new).
