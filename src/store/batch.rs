@@ -498,3 +498,41 @@ fn levels_json(levels: &[(crate::tick::Price, crate::tick::Qty)]) -> String {
 fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::tick::MarketInfo;
+
+    #[test]
+    fn a_market_tick_describes_a_market_without_counting_as_seen_and_survives_the_spool() {
+        let info =
+            MarketInfo { series: Some("KXBTCD".into()), followed: Some(true), ..MarketInfo::default() };
+        let tick = Tick {
+            feed: Arc::from("kalshi"),
+            conn: 0,
+            market: Arc::from("KXBTCD-25DEC3117-T96249.99"),
+            exch_ts: None,
+            recv_ts: 1_000,
+            kind: TickKind::Market(info),
+        };
+        let mut batch = Batch::new();
+        batch.push(&tick);
+        assert!(!batch.is_empty());
+        assert!(batch.markets.is_empty(), "first_seen and last_seen are the data's");
+        assert!(batch.days().is_empty(), "no partitioned row");
+
+        let back = Batch::decode(&batch.encode()).expect("decodes");
+        assert_eq!(back.infos.series, [Some("KXBTCD".to_string())]);
+        assert_eq!(back.infos.followed, [Some(true)]);
+        assert_eq!(back.name(back.infos.market[0]), "KXBTCD-25DEC3117-T96249.99");
+
+        // A record spooled by a version without market ticks still replays.
+        let mut old: serde_json::Value = serde_json::from_slice(&Batch::new().encode()).expect("json");
+        old.as_object_mut().expect("an object").remove("infos");
+        let old = Batch::decode(old.to_string().as_bytes()).expect("an older record decodes");
+        assert!(old.infos.market.is_empty());
+    }
+}

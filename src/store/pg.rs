@@ -450,24 +450,33 @@ pub async fn write(pool: &PgPool, b: &Batch) -> Result<Inserted, StoreError> {
     Ok(inserted)
 }
 
-/// Upserts what the batch says about markets: a value given replaces the stored one, a value
-/// not given (`NULL`) keeps it. A market not seen before gets its row, seen from then.
-const INFO_SQL: &str = "
-INSERT INTO markets AS k (market, feed, first_seen, last_seen, event_ticker, series_ticker, title,
-                          status, open_time, close_time, followed, info_updated)
-SELECT c.m, c.f, c.ts, c.ts, c.ev, c.se, c.ti, c.st, c.op, c.cl, c.fo, c.ts
-FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::text[], $6::text[],
-            $7::text[], $8::timestamptz[], $9::timestamptz[], $10::bool[])
-     AS c(m, f, ts, ev, se, ti, st, op, cl, fo)
-ON CONFLICT (market) DO UPDATE SET
-    event_ticker = coalesce(excluded.event_ticker, k.event_ticker),
-    series_ticker = coalesce(excluded.series_ticker, k.series_ticker),
-    title = coalesce(excluded.title, k.title),
-    status = coalesce(excluded.status, k.status),
-    open_time = coalesce(excluded.open_time, k.open_time),
-    close_time = coalesce(excluded.close_time, k.close_time),
-    followed = coalesce(excluded.followed, k.followed),
-    info_updated = greatest(k.info_updated, excluded.info_updated)";
+/// Upserts what the batch says about markets. Per column, a value given replaces the stored one
+/// unless the stored one is newer (`info_updated`: a spooled batch replayed after a newer one
+/// changes nothing it knew), and a value not given (`NULL`) keeps it. A market not seen before
+/// gets its row; `first_seen` goes back to when it was first described, `last_seen` stays the
+/// data's.
+static INFO_SQL: LazyLock<String> = LazyLock::new(|| {
+    let newer = |col: &str| {
+        format!(
+            "{col} = CASE WHEN k.{col} IS NULL OR k.info_updated IS NULL OR excluded.info_updated >= k.info_updated \
+             THEN coalesce(excluded.{col}, k.{col}) ELSE k.{col} END"
+        )
+    };
+    let columns = ["event_ticker", "series_ticker", "title", "status", "open_time", "close_time", "followed"];
+    let sets: Vec<String> = columns.iter().map(|c| newer(c)).collect();
+    format!(
+        "INSERT INTO markets AS k (market, feed, first_seen, last_seen, event_ticker, series_ticker, title, \
+                                  status, open_time, close_time, followed, info_updated) \
+         SELECT c.m, c.f, c.ts, c.ts, c.ev, c.se, c.ti, c.st, c.op, c.cl, c.fo, c.ts \
+         FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::text[], $6::text[], \
+                     $7::text[], $8::timestamptz[], $9::timestamptz[], $10::bool[]) \
+              AS c(m, f, ts, ev, se, ti, st, op, cl, fo) \
+         ON CONFLICT (market) DO UPDATE SET {}, \
+             first_seen = least(k.first_seen, excluded.first_seen), \
+             info_updated = greatest(k.info_updated, excluded.info_updated)",
+        sets.join(", ")
+    )
+});
 
 /// One row per market (one statement may not update a row twice): later rows of the batch
 /// win where they say something.
@@ -505,7 +514,7 @@ async fn write_infos(pool: &PgPool, b: &Batch) -> Result<(), StoreError> {
     // Sorted by market (the map's order): concurrent upserts never deadlock.
     let rows: Vec<Row> = rows.into_values().collect();
     let text = |k: usize| rows.iter().map(|r| r.3[k].clone()).collect::<Vec<_>>();
-    sqlx::query(INFO_SQL)
+    sqlx::query(INFO_SQL.as_str())
         .bind(rows.iter().map(|r| r.0.clone()).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| r.1.clone()).collect::<Vec<_>>())
         .bind(rows.iter().map(|r| Ts(r.2)).collect::<Vec<_>>())
