@@ -425,6 +425,21 @@ async fn discovery_goes_through_rest_429s_and_5xx_and_the_stream_is_undisturbed(
         async move { scalar(&url, "SELECT count(*) FROM trades WHERE market = 'FIX-E1-T1'").await > 0 }
     })
     .await;
+    // The named market is described too: its event, title and that it is followed.
+    let described = "SELECT count(*) FROM markets WHERE market = 'FIX-E1-T1' AND event_ticker = 'FIX-E1' \
+                     AND title IS NOT NULL AND followed";
+    let ok = tokio::time::timeout(LIMIT, async {
+        while scalar(&url, described).await != 1 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    let row = texts(
+        &url,
+        "SELECT concat_ws(' | ', market, event_ticker, series_ticker, title, status, followed) FROM markets",
+    )
+    .await;
+    assert!(ok.is_ok(), "the named market not described: {row:?}");
     assert_eq!(sim.stats().connections_total, 1, "no reconnect");
     assert_eq!(
         scalar(&url, "SELECT count(*) FROM feed_events WHERE event IN ('disconnected', 'gap')").await,

@@ -16,7 +16,9 @@
 //!    over connections with `update_subscription` (no reconnect);
 //! 4. publishes on the bus what it learns of each market (a `market` tick: event, series,
 //!    title, status, open and close times, and whether it is followed), for the store's
-//!    `markets` table and the dashboard.
+//!    `markets` table and the dashboard; the feed's own `markets` are described too (listed by
+//!    ticker with each listing, read from the lifecycle), though the supervisor follows them
+//!    whatever discovery finds.
 //!
 //! A market belongs to a followed series when its event is followed or its event's series is.
 //! Events learn their series from REST listings of the series and from `event_lifecycle`;
@@ -84,6 +86,9 @@ pub struct DiscoveryConfig {
     pub series: Vec<String>,
     /// Events to follow.
     pub events: Vec<String>,
+    /// The feed's own `markets`: described like the others (listed by ticker, read from the
+    /// lifecycle), and followed by the supervisor whatever discovery finds.
+    pub markets: Vec<String>,
     /// Time between REST listings.
     pub interval: Duration,
     /// How long a determined or settled market stays followed.
@@ -97,6 +102,7 @@ impl DiscoveryConfig {
             feed: Name::from(settings.name.as_str()),
             series: settings.series.clone(),
             events: settings.events.clone(),
+            markets: settings.markets.clone(),
             interval: settings.discovery_interval,
             grace: settings.settled_grace,
         }
@@ -293,6 +299,8 @@ impl Followed {
 /// What one REST listing found.
 struct Listing {
     markets: Vec<Market>,
+    /// The feed's own markets, as listed by ticker.
+    fixed: Vec<Market>,
     /// Every series and event was listed whole.
     complete: bool,
     started: Instant,
@@ -308,6 +316,8 @@ struct Discovery {
     cfg: DiscoveryConfig,
     ctx: DiscoveryContext,
     followed: Followed,
+    /// The feed's own markets (`DiscoveryConfig::markets`).
+    fixed: HashSet<String>,
     /// What was last published of each market, so that a listing publishes only news.
     known: HashMap<String, MarketInfo>,
 }
@@ -321,7 +331,8 @@ impl Discovery {
                 followed.on_opened(&ticker, now);
             }
         }
-        Discovery { cfg, ctx, followed, known: HashMap::new() }
+        let fixed = cfg.markets.iter().cloned().collect();
+        Discovery { cfg, ctx, followed, fixed, known: HashMap::new() }
     }
 
     async fn run(mut self) {
@@ -344,8 +355,9 @@ impl Discovery {
                 _ = sleep_until(next_listing.unwrap_or_else(far)), if next_listing.is_some() && listing.is_none() => {
                     next_listing = None;
                     last_started = Instant::now();
-                    let (rest, series, events) = (self.ctx.rest.clone(), self.cfg.series.clone(), self.cfg.events.clone());
-                    listing = Some(tokio::spawn(list(rest, series, events).in_current_span()));
+                    let groups = (self.cfg.series.clone(), self.cfg.events.clone());
+                    let job = list(self.ctx.rest.clone(), groups, self.cfg.markets.clone());
+                    listing = Some(tokio::spawn(job.in_current_span()));
                 }
                 // The listing ended (cancel-safe: the handle is polled by reference).
                 done = async { listing.as_mut().expect("guarded by the branch condition").await }, if listing.is_some() => {
@@ -443,7 +455,7 @@ impl Discovery {
             complete = found.complete,
             "Markets listed."
         );
-        for m in &found.markets {
+        for m in found.markets.iter().chain(&found.fixed) {
             let mut info = MarketInfo {
                 event: m.event_ticker.clone(),
                 series: m.series_ticker.clone(),
@@ -456,14 +468,18 @@ impl Discovery {
             if info.series.is_none() {
                 info.series = info.event.as_deref().and_then(|e| self.followed.event_series.get(e)).cloned();
             }
-            if self.followed.follows(&m.ticker) && !before.contains(&m.ticker) {
+            if (self.followed.follows(&m.ticker) && !before.contains(&m.ticker))
+                || self.fixed.contains(&m.ticker)
+            {
+                // Told once: `publish` passes on only what changed.
                 info.followed = Some(true);
             }
             self.publish(&m.ticker, info).await;
         }
         if found.complete {
             // What is neither followed nor listed any more (settled) need not be remembered.
-            let listed: HashSet<&str> = found.markets.iter().map(|m| m.ticker.as_str()).collect();
+            let listed: HashSet<&str> =
+                found.markets.iter().chain(&found.fixed).map(|m| m.ticker.as_str()).collect();
             let followed = &self.followed;
             self.known.retain(|t, _| listed.contains(t.as_str()) || followed.follows(t));
         }
@@ -487,8 +503,9 @@ impl Discovery {
             Some(LifecycleNews::Market { change, mut info }) => {
                 let ticker = &*tick.market;
                 let event = info.event.clone();
-                let belongs =
-                    self.followed.follows(ticker) || self.followed.belongs(ticker, event.as_deref());
+                let belongs = self.followed.follows(ticker)
+                    || self.fixed.contains(ticker)
+                    || self.followed.belongs(ticker, event.as_deref());
                 if !belongs {
                     return false;
                 }
@@ -562,9 +579,14 @@ impl Discovery {
     }
 }
 
-/// Lists every market of `series` (by live status) and `events`; a failure leaves the listing
-/// incomplete, with what was found.
-async fn list(rest: RestClient, series: Vec<String>, events: Vec<String>) -> Listing {
+/// Most tickers asked for in one request for the feed's own markets (a comma-separated query
+/// value; 100 tickers keep the URL a few KB).
+const TICKERS_PER_REQUEST: usize = 100;
+
+/// Lists every market of `series` (by live status) and `events`, and the feed's own `fixed`
+/// markets by ticker; a failure leaves the listing incomplete, with what was found (a failure
+/// of the feed's own markets only leaves them undescribed until the next listing).
+async fn list(rest: RestClient, (series, events): (Vec<String>, Vec<String>), fixed: Vec<String>) -> Listing {
     let started = Instant::now();
     let mut markets = Vec::new();
     let mut complete = true;
@@ -595,7 +617,19 @@ async fn list(rest: RestClient, series: Vec<String>, events: Vec<String>) -> Lis
             }
         }
     }
-    Listing { markets, complete, started }
+    let mut described = Vec::new();
+    for chunk in fixed.chunks(TICKERS_PER_REQUEST) {
+        let filter = MarketFilter {
+            tickers: chunk.to_vec(),
+            page_size: Some(MAX_PAGE_SIZE),
+            ..MarketFilter::default()
+        };
+        match rest.list_markets(&filter).await {
+            Ok(found) => described.extend(found),
+            Err(e) => warn!(error = %e, "Describing the feed's own markets failed; they stream on."),
+        }
+    }
+    Listing { markets, fixed: described, complete, started }
 }
 
 #[cfg(test)]

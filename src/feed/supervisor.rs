@@ -614,10 +614,11 @@ fn same_except_live(a: &FeedSettings, b: &FeedSettings) -> bool {
     &a == b
 }
 
-/// Whether discovery follows the same series and events the same way in both.
+/// Whether discovery follows the same series and events the same way in both, and describes
+/// the same static markets.
 fn same_discovery(a: &FeedSettings, b: &FeedSettings) -> bool {
-    (&a.series, &a.events, a.discovery_interval, a.settled_grace)
-        == (&b.series, &b.events, b.discovery_interval, b.settled_grace)
+    (&a.series, &a.events, &a.markets, a.discovery_interval, a.settled_grace)
+        == (&b.series, &b.events, &b.markets, b.discovery_interval, b.settled_grace)
 }
 
 /// Whether the REST settings of two settings of one feed are the same.
