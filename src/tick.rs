@@ -328,6 +328,9 @@ pub enum TickKind {
     BookDelta(BookDelta),
     /// A market or event lifecycle change.
     Lifecycle(Lifecycle),
+    /// What a market is (its event, series, title, status, times) and whether the feed
+    /// follows it, as market discovery learned it.
+    Market(MarketInfo),
     /// A feed state change that consumers must see (connected, gap, alert...).
     Feed(FeedEvent),
 }
@@ -411,6 +414,29 @@ pub struct Lifecycle {
     pub event: String,
     /// The exchange's message body as JSON text, kept whole for storage and auditing.
     pub detail: String,
+}
+
+/// What tickd knows about one market: from the exchange's REST listing or its lifecycle
+/// messages. Each field is `None` when this source did not say; nothing is guessed (a reader
+/// keeps what it knew before for a `None`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct MarketInfo {
+    /// The market's event ticker.
+    pub event: Option<String>,
+    /// The event's series ticker.
+    pub series: Option<String>,
+    /// The market's title.
+    pub title: Option<String>,
+    /// The market's status as the exchange's REST API spells it (`active`, `closed`,
+    /// `determined`, `finalized`...).
+    pub status: Option<String>,
+    /// When it opens (or opened) for trading, Unix ms.
+    pub open_ms: Option<i64>,
+    /// When it closes (or closed), Unix ms.
+    pub close_ms: Option<i64>,
+    /// Whether the feed follows it from now on: `Some(true)` when it starts, `Some(false)` when
+    /// it stops, `None` when this tick only tells more about it.
+    pub followed: Option<bool>,
 }
 
 /// What a [`Lifecycle`] tick is about.

@@ -337,7 +337,7 @@ fn an_explicit_config_path_that_does_not_exist_is_named() {
 
 #[test]
 fn every_problem_is_reported_at_once() {
-    let text = "[bus]\nlossy_capacity = 0\n[[feeds]]\nname = \"a\"\nurl = \"htp://x\"\n";
+    let text = "[bus]\nlossy_capacity = 0\n[[feeds]]\nname = \"a\"\nurl = \"htp://x\"\nmarkets = [\"M\"]\n";
     let (_dir, file) = config_file(text);
 
     let out = checked(check_config(&file, &[]));
@@ -544,4 +544,56 @@ fn a_webhook_url_that_is_not_http_is_named_without_repeating_it() {
     assert!(out.stderr.contains("invalid `alerts.spool_warn_fraction`"), "{}", out.stderr);
     assert!(out.stderr.contains("invalid `alerts.resolve_after`"), "{}", out.stderr);
     assert!(!out.stderr.contains("pa55word"), "{}", out.stderr);
+}
+
+#[test]
+fn a_feed_with_nothing_to_follow_is_named() {
+    let (_dir, file) =
+        config_file("[[feeds]]\nname = \"a\"\nurl = \"ws://127.0.0.1:9100/trade-api/ws/v2\"\n");
+
+    let out = checked(check_config(&file, &[]));
+
+    assert_eq!(out.code, Some(2), "{}", out.stdout);
+    assert!(
+        out.stderr.contains("`feeds[0].markets`") && out.stderr.contains("nothing to follow"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn a_malformed_series_or_event_ticker_is_named() {
+    let feed = "[[feeds]]\nname = \"a\"\nurl = \"ws://127.0.0.1:9100/trade-api/ws/v2\"\n";
+    for (key, value) in [
+        ("series", r#"["KXBTCD", "kx btcd"]"#),
+        ("series", r#"["KXBTCD", ""]"#),
+        ("events", r#"["KXHIGHNY-26DEC07", "KXHIGHNY-26DEC07/x"]"#),
+    ] {
+        let (_dir, file) = config_file(&format!("{feed}{key} = {value}\n"));
+
+        let out = checked(check_config(&file, &[]));
+
+        assert_eq!(out.code, Some(2), "{value}: {}", out.stdout);
+        assert!(out.stderr.contains(&format!("`feeds[0].{key}[1]`")), "{value}: {}", out.stderr);
+    }
+}
+
+#[test]
+fn a_feed_following_series_and_events_is_valid_and_printed_with_its_discovery_keys() {
+    let (_dir, file) = config_file(
+        "[[feeds]]\nname = \"a\"\nurl = \"wss://external-api-ws.demo.kalshi.co/trade-api/ws/v2\"\n\
+         series = [\"KXBTCD\"]\nevents = [\"KXHIGHNY-26DEC07\"]\nsettled_grace = \"15m\"\n",
+    );
+
+    let out = checked(check_config(&file, &[]));
+
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    for line in [
+        r#"series = ["KXBTCD"]"#,
+        r#"events = ["KXHIGHNY-26DEC07"]"#,
+        r#"discovery_interval = "5m""#,
+        r#"settled_grace = "15m""#,
+    ] {
+        assert!(out.stdout.contains(line), "{line}: {}", out.stdout);
+    }
 }

@@ -201,6 +201,7 @@ async fn each_command_gets_its_documented_reply_and_history_matches_the_database
             "gaps",
             "alerts",
             "frames",
+            "markets",
             "last_message_age_ms",
         ];
         assert_eq!(keys(feed), key_set(&documented), "the documented fields of a feed entry: {feed}");

@@ -14,7 +14,7 @@ use tickd::store::StoreError;
 use tickd::store::batch::{Batch, Loss};
 use tickd::store::pg;
 use tickd::tick::{
-    BookDelta, BookSnapshot, FeedEvent, Lifecycle, LifecycleScope, Price, Qty, Quote, Side, Tick, TickKind,
+    BookDelta, BookSnapshot, FeedEvent, Lifecycle, LifecycleScope, MarketInfo, Price, Qty, Quote, Side, Tick, TickKind,
     Trade,
 };
 
@@ -667,4 +667,78 @@ async fn a_market_kept_stale_stays_a_gap_until_its_own_resync() {
             row("B", "stale", 40, 41),
         ]
     );
+}
+
+fn market_info(market: &str, recv_ts: i64, info: MarketInfo) -> Tick {
+    tick(market, recv_ts, None, TickKind::Market(info))
+}
+
+#[tokio::test]
+async fn what_a_market_is_is_kept_in_markets_and_a_later_silence_erases_nothing() {
+    // Arrange: a market tick from a listing, a trade, then the lifecycle's word on it, which
+    // says only its status, and a spooled copy of the first batch.
+    let (_db, pool) = migrated().await;
+    let listed = MarketInfo {
+        event: Some("KXBTCD-25DEC3117".into()),
+        series: Some("KXBTCD".into()),
+        title: Some("Bitcoin above $96,250?".into()),
+        status: Some("active".into()),
+        open_ms: Some(T0 / 1000 - 3_600_000),
+        close_ms: Some(T0 / 1000 + 3_600_000),
+        followed: Some(true),
+    };
+    let first = batch_of(&[
+        market_info("KXBTCD-25DEC3117-T96249.99", T0, listed),
+        trade("KXBTCD-25DEC3117-T96249.99", "t-1", T0 / 1000 + 5, 4800, 100),
+    ]);
+    let settled = MarketInfo { status: Some("finalized".into()), ..MarketInfo::default() };
+    let later = batch_of(&[market_info("KXBTCD-25DEC3117-T96249.99", T0 + 10_000_000, settled)]);
+    let let_go = MarketInfo { followed: Some(false), ..MarketInfo::default() };
+    let last = batch_of(&[market_info("KXBTCD-25DEC3117-T96249.99", T0 + 20_000_000, let_go)]);
+    let days: Vec<i64> = [&first, &later, &last].iter().flat_map(|b| b.days()).collect();
+    pg::ensure_partitions(&pool, &days).await.expect("partitions");
+
+    // Act
+    pg::write(&pool, &first).await.expect("first");
+    pg::write(&pool, &later).await.expect("later");
+    pg::write(&pool, &last).await.expect("last");
+    pg::write(&pool, &Batch::decode(&first.encode()).expect("decode")).await.expect("replayed");
+
+    // Assert: one row that knows what the market is, seen from its listing to its trade.
+    let row = sqlx::query(
+        "SELECT event_ticker, series_ticker, title, status, followed, \
+                (extract(epoch FROM open_time) * 1000)::int8, (extract(epoch FROM close_time) * 1000)::int8, \
+                (extract(epoch FROM first_seen) * 1000000)::int8, (extract(epoch FROM last_seen) * 1000000)::int8 \
+         FROM markets",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("markets");
+    assert_eq!(row.len(), 1);
+    let r = &row[0];
+    assert_eq!(r.get::<Option<String>, _>(0).as_deref(), Some("KXBTCD-25DEC3117"));
+    assert_eq!(r.get::<Option<String>, _>(1).as_deref(), Some("KXBTCD"));
+    assert_eq!(r.get::<Option<String>, _>(2).as_deref(), Some("Bitcoin above $96,250?"));
+    assert_eq!(r.get::<Option<i64>, _>(5), Some(T0 / 1000 - 3_600_000));
+    assert_eq!(r.get::<Option<i64>, _>(6), Some(T0 / 1000 + 3_600_000));
+    // The newest word stands: the replayed older listing does not bring `active` back.
+    assert_eq!(r.get::<Option<String>, _>(3).as_deref(), Some("finalized"));
+    assert_eq!(r.get::<Option<bool>, _>(4), Some(false));
+    let trade_us = (T0 / 1000 + 5) * 1000 + 250;
+    assert_eq!(
+        (r.get::<i64, _>(7), r.get::<i64, _>(8)),
+        (T0, trade_us),
+        "seen from the listing to the trade"
+    );
+
+    // A market nobody has described has NULLs, never invented values.
+    pg::write(&pool, &batch_of(&[trade("OTHER-1-T1", "t-2", T0 / 1000 + 6, 4800, 100)]))
+        .await
+        .expect("other");
+    let unknown: (Option<String>, Option<String>, Option<bool>) =
+        sqlx::query_as("SELECT series_ticker, status, followed FROM markets WHERE market = 'OTHER-1-T1'")
+            .fetch_one(&pool)
+            .await
+            .expect("other row");
+    assert_eq!(unknown, (None, None, None));
 }

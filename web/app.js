@@ -26,6 +26,8 @@
   // Chart points kept per market (older ones are dropped), trades kept per market.
   const SERIES_CAP = 3000;
   const TAPE_CAP = 50;
+  // Markets let go (`market` frames with `followed: false`) remembered, to ignore late frames.
+  const LET_GO_CAP = 10000;
   const BOOK_LEVELS = 12;
   const HISTORY_ROWS = 500;
   const RENDER_EVERY_MS = 100;
@@ -136,6 +138,7 @@
     clockOffsetMs: 0,
     lag: { count: 0, missed: 0 },
     markets: new Map(), // ticker -> market (see newMarket)
+    letGo: new Set(), // markets tickd stopped following: late frames about them are ignored
     feeds: new Map(), // "feed/conn" -> feed connection (see feedEntry)
     store: null,
     clients: null,
@@ -328,10 +331,35 @@
       if (m.ticker === model.selected) dirty.book = true;
     },
     lifecycle(f) {
-      // An event's lifecycle names the event's ticker, which is no market of the table.
-      if (f.scope === 'event' && !model.markets.has(f.market)) return;
-      const m = market(f.market);
+      // The lifecycle channel covers every market of the exchange (and events, whose tickers
+      // are no markets): it updates the rows of markets shown and adds none.
+      const m = model.markets.get(f.market);
+      if (!m) return;
       m.lifecycle = f.event || '';
+      touch(m, f.recv_ts);
+    },
+    // What tickd follows of a feed's series and events: a market let go leaves the table.
+    market(f) {
+      if (f.followed === false) {
+        model.letGo.add(f.market);
+        // Bounded: the oldest let-go markets are forgotten first.
+        if (model.letGo.size > LET_GO_CAP) model.letGo.delete(model.letGo.values().next().value);
+        const m = model.markets.get(f.market);
+        if (!m) return;
+        if (m.row) m.row.tr.remove();
+        model.markets.delete(f.market);
+        setText($('#market-count'), `(${model.markets.size})`);
+        $('#markets-empty').hidden = model.markets.size > 0;
+        if (model.selected === f.market) {
+          model.selected = null;
+          dirty.detail = dirty.book = dirty.tape = dirty.chart = true;
+        }
+        return;
+      }
+      if (f.followed === true) model.letGo.delete(f.market);
+      if (model.letGo.has(f.market)) return;
+      const m = market(f.market);
+      if (f.status) m.lifecycle = f.status;
       touch(m, f.recv_ts);
     },
     feed(f) {
@@ -339,7 +367,7 @@
     },
   };
 
-  const MARKET_FRAMES = new Set(['quote', 'trade', 'book', 'delta', 'lifecycle']);
+  const MARKET_FRAMES = new Set(['quote', 'trade', 'book', 'delta', 'lifecycle', 'market']);
 
   function onFrame(text) {
     let f;
@@ -360,8 +388,10 @@
       asked = pending.get(f.id);
       pending.delete(f.id);
     }
-    // Frames about a market need one; feed-wide frames go to the feed panel.
+    // Frames about a market need one; feed-wide frames go to the feed panel. Frames in flight
+    // about a market tickd has let go do not bring its row back.
     if (MARKET_FRAMES.has(f.type) && !f.market) return;
+    if (f.type !== 'market' && MARKET_FRAMES.has(f.type) && model.letGo.has(f.market)) return;
     handler(f, asked);
   }
 

@@ -61,6 +61,21 @@ pub struct FeedSettings {
     /// Market tickers to follow.
     #[serde(default)]
     pub markets: Vec<String>,
+    /// Series whose markets to follow (`KXBTCD`): every market of the series not yet settled,
+    /// found over the REST API and through `market_lifecycle_v2` as markets come and go.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub series: Vec<String>,
+    /// Events whose markets to follow (`KXHIGHNY-26DEC07`), like `series`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<String>,
+    /// How often the markets of `series` and `events` are listed again over the REST API
+    /// (between listings, lifecycle messages add and remove markets).
+    #[serde(default = "defaults::discovery_interval", with = "humantime_serde")]
+    pub discovery_interval: Duration,
+    /// How long a market of `series` or `events` stays followed after it is determined or
+    /// settled, so that its last trades and its settlement are recorded.
+    #[serde(default = "defaults::settled_grace", with = "humantime_serde")]
+    pub settled_grace: Duration,
     /// The most markets one connection carries; longer lists are spread over several.
     #[serde(default = "defaults::max_markets_per_connection")]
     pub max_markets_per_connection: usize,
@@ -195,6 +210,12 @@ pub(super) mod defaults {
     pub fn rest_timeout() -> Duration {
         Duration::from_secs(10)
     }
+    pub fn discovery_interval() -> Duration {
+        Duration::from_secs(300)
+    }
+    pub fn settled_grace() -> Duration {
+        Duration::from_secs(600)
+    }
     pub fn max_markets_per_connection() -> usize {
         500
     }
@@ -243,6 +264,10 @@ impl FeedSettings {
             channels: defaults::channels(),
             lifecycle: true,
             markets: Vec::new(),
+            series: Vec::new(),
+            events: Vec::new(),
+            discovery_interval: defaults::discovery_interval(),
+            settled_grace: defaults::settled_grace(),
             max_markets_per_connection: defaults::max_markets_per_connection(),
             use_yes_price: true,
             ping_interval: defaults::ping_interval(),
@@ -343,12 +368,16 @@ impl FeedSettings {
                 problems.push(format!("{key}.markets[{j}]"), format!("`{market}` is listed twice"));
             }
         }
-        let subscribes_markets = !self.markets.is_empty() && !self.channels.is_empty();
-        if !subscribes_markets && !self.lifecycle {
+        self.validate_discovery(key, problems);
+        if self.markets.is_empty() && !self.discovers() {
             problems.push(
                 format!("{key}.markets"),
-                "the feed subscribes to nothing: give `markets` and `channels`, or set \
-                 `lifecycle = true`",
+                "the feed has nothing to follow: give `markets`, `series` or `events`",
+            );
+        } else if self.channels.is_empty() && !self.lifecycle && !self.discovers() {
+            problems.push(
+                format!("{key}.channels"),
+                "the feed subscribes to nothing: give `channels`, or set `lifecycle = true`",
             );
         }
 
@@ -372,6 +401,67 @@ impl FeedSettings {
         }
         if backoff.multiplier < 1 {
             problems.push(format!("{key}.backoff.multiplier"), "must be at least 1");
+        }
+    }
+
+    /// Whether the feed follows series or events (and so runs market discovery).
+    pub fn discovers(&self) -> bool {
+        !self.series.is_empty() || !self.events.is_empty()
+    }
+
+    /// `series` and `events` hold tickers, each once; following them needs `lifecycle` (new
+    /// markets are announced there) and sensible intervals.
+    fn validate_discovery(&self, key: &str, problems: &mut Problems) {
+        for (name, list, what) in [("series", &self.series, "series"), ("events", &self.events, "event")] {
+            let mut seen = HashSet::new();
+            for (j, ticker) in list.iter().enumerate() {
+                if let Err(why) = check_group_ticker(ticker) {
+                    problems.push(
+                        format!("{key}.{name}[{j}]"),
+                        format!("{ticker:?} is not a {what} ticker: {why}"),
+                    );
+                } else if !seen.insert(ticker.as_str()) {
+                    problems.push(format!("{key}.{name}[{j}]"), format!("`{ticker}` is listed twice"));
+                }
+            }
+        }
+        for (j, event) in self.events.iter().enumerate() {
+            if !event.contains('-') && check_group_ticker(event).is_ok() {
+                problems.push(
+                    format!("{key}.events[{j}]"),
+                    format!(
+                        "`{event}` looks like a series ticker (an event ticker is `SERIES-…`, \
+                         e.g. `KXHIGHNY-26DEC07`); put it under `series`"
+                    ),
+                );
+            }
+        }
+        if !self.discovers() {
+            return;
+        }
+        if !self.lifecycle {
+            problems.push(
+                format!("{key}.lifecycle"),
+                "must be true for a feed with `series` or `events`: new markets are announced on \
+                 `market_lifecycle_v2`",
+            );
+        }
+        if self.channels.is_empty() {
+            problems.push(
+                format!("{key}.channels"),
+                "is empty: the markets of `series` and `events` would be followed with no data",
+            );
+        }
+        problems.positive(&format!("{key}.discovery_interval"), self.discovery_interval);
+        if self.discovery_interval > Duration::ZERO && self.discovery_interval < MIN_DISCOVERY_INTERVAL {
+            problems.push(
+                format!("{key}.discovery_interval"),
+                format!(
+                    "{:?} is below {MIN_DISCOVERY_INTERVAL:?}: each listing takes REST requests \
+                     from the feed's `rest_rate`",
+                    self.discovery_interval
+                ),
+            );
         }
     }
 
@@ -417,6 +507,36 @@ impl FeedSettings {
             }
         }
     }
+}
+
+/// The shortest `discovery_interval`: a listing costs REST requests from the feed's budget.
+pub const MIN_DISCOVERY_INTERVAL: Duration = Duration::from_secs(1);
+
+/// A series or event ticker as Kalshi spells them: upper-case letters, digits and `-`, `_`,
+/// `.`, starting with a letter or digit (`KXBTCD`, `KXHIGHNY-26DEC07`, `INXD-23SEP14`).
+fn check_group_ticker(ticker: &str) -> Result<(), &'static str> {
+    let Some(first) = ticker.chars().next() else {
+        return Err("empty");
+    };
+    if ticker.len() > 100 {
+        return Err("longer than 100 characters");
+    }
+    if !first.is_ascii_alphanumeric() {
+        return Err("must start with a letter or a digit");
+    }
+    if ticker.ends_with('-') {
+        return Err("ends with `-`");
+    }
+    if let Some(c) =
+        ticker.chars().find(|c| !(c.is_ascii_uppercase() || c.is_ascii_digit() || "-_.".contains(*c)))
+    {
+        return Err(if c.is_ascii_lowercase() {
+            "has lower-case letters (Kalshi's tickers are upper-case)"
+        } else {
+            "only upper-case letters, digits, `-`, `_` and `.` are allowed"
+        });
+    }
+    Ok(())
 }
 
 /// A WebSocket URL with a host: `ws://` (simulator, tests) or `wss://` (the exchange).
@@ -656,15 +776,74 @@ mod tests {
     }
 
     #[test]
-    fn a_feed_that_subscribes_to_nothing_is_a_problem() {
+    fn a_feed_with_nothing_to_follow_is_a_problem() {
         let mut settings = valid();
         settings.feeds[0].markets.clear();
+        assert_eq!(problem_keys(&settings), ["feeds[0].markets"]);
         settings.feeds[0].lifecycle = false;
         assert_eq!(problem_keys(&settings), ["feeds[0].markets"]);
 
-        // Lifecycle alone is a useful feed.
+        // A series or an event is something to follow.
+        settings.feeds[0].lifecycle = true;
+        settings.feeds[0].series = vec!["KXBTCD".into()];
+        assert_eq!(problem_keys(&settings), Vec::<String>::new());
+        settings.feeds[0].series.clear();
+        settings.feeds[0].events = vec!["KXHIGHNY-26DEC07".into()];
+        assert_eq!(problem_keys(&settings), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_feed_with_markets_and_no_channel_needs_lifecycle() {
+        let mut settings = valid();
+        settings.feeds[0].channels.clear();
+        settings.feeds[0].lifecycle = false;
+        assert_eq!(problem_keys(&settings), ["feeds[0].channels"]);
         settings.feeds[0].lifecycle = true;
         assert_eq!(problem_keys(&settings), Vec::<String>::new());
+    }
+
+    #[test]
+    fn series_and_event_tickers_are_checked_and_named() {
+        let mut settings = valid();
+        settings.feeds[0].series = vec![
+            "KXBTCD".into(),
+            "kxbtcd".into(),
+            "KX BTC".into(),
+            "".into(),
+            "KXBTCD".into(),
+            "INX-".into(),
+        ];
+        settings.feeds[0].events = vec!["KXHIGHNY-26DEC07".into(), "KXHIGHNY".into(), "-26DEC07".into()];
+        let mut keys = problem_keys(&settings);
+        keys.sort();
+        assert_eq!(
+            keys,
+            [
+                "feeds[0].events[1]",
+                "feeds[0].events[2]",
+                "feeds[0].series[1]",
+                "feeds[0].series[2]",
+                "feeds[0].series[3]",
+                "feeds[0].series[4]",
+                "feeds[0].series[5]",
+            ]
+        );
+        let message = settings.validate().unwrap_err().to_string();
+        assert!(message.contains("feeds[0].series[1]") && message.contains("upper-case"), "{message}");
+    }
+
+    #[test]
+    fn following_series_needs_lifecycle_channels_and_a_sane_interval() {
+        let mut settings = valid();
+        settings.feeds[0].series = vec!["KXBTCD".into()];
+        settings.feeds[0].lifecycle = false;
+        settings.feeds[0].channels.clear();
+        settings.feeds[0].discovery_interval = Duration::from_millis(10);
+        let mut keys = problem_keys(&settings);
+        keys.sort();
+        assert_eq!(keys, ["feeds[0].channels", "feeds[0].discovery_interval", "feeds[0].lifecycle"]);
+        settings.feeds[0].discovery_interval = Duration::ZERO;
+        assert!(problem_keys(&settings).contains(&"feeds[0].discovery_interval".to_string()));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use crate::tick::{BookSnapshot, FeedEvent, LifecycleScope, Side, Tick, TickKind};
+use crate::tick::{BookSnapshot, FeedEvent, LifecycleScope, MarketInfo, Side, Tick, TickKind};
 
 /// A JSON object being written: `Obj::new("trade").str("feed", ..).int(..).finish()`.
 pub(crate) struct Obj {
@@ -139,6 +139,7 @@ pub(crate) fn tick(t: &Tick, state: bool) -> String {
         TickKind::BookSnapshot(_) => "book",
         TickKind::BookDelta(_) => "delta",
         TickKind::Lifecycle(_) => "lifecycle",
+        TickKind::Market(_) => "market",
         TickKind::Feed(_) => "feed",
     };
     let o = Obj::new(kind)
@@ -179,6 +180,7 @@ pub(crate) fn tick(t: &Tick, state: bool) -> String {
                 o.str("detail", &l.detail)
             }
         }
+        TickKind::Market(m) => market_info(o, m),
         TickKind::Feed(e) => feed_event(o.int("conn", i64::from(t.conn)), e),
     };
     if state { o.bool("state", true).finish() } else { o.finish() }
@@ -258,6 +260,24 @@ pub(crate) fn error(id: Option<&serde_json::Value>, code: &str, message: &str) -
         None => o.raw("id", "null"),
     };
     o.str("code", code).str("message", message).finish()
+}
+
+/// A `market` frame's fields: what tickd knows of the market (`null` for what the exchange
+/// did not say) and whether the feed follows it (`null`: unchanged).
+fn market_info(o: Obj, m: &MarketInfo) -> Obj {
+    let opt_str = |o: Obj, key: &str, v: &Option<String>| match v {
+        Some(v) => o.str(key, v),
+        None => o.raw(key, "null"),
+    };
+    let o = opt_str(o, "event", &m.event);
+    let o = opt_str(o, "series", &m.series);
+    let o = opt_str(o, "title", &m.title);
+    let o = opt_str(o, "status", &m.status);
+    let o = o.opt_int("open_ms", m.open_ms).opt_int("close_ms", m.close_ms);
+    match m.followed {
+        Some(f) => o.bool("followed", f),
+        None => o.raw("followed", "null"),
+    }
 }
 
 #[cfg(test)]

@@ -72,7 +72,7 @@ impl Channel {
             TickKind::Trade(_) => Channel::Trades,
             TickKind::Quote(_) => Channel::Quotes,
             TickKind::BookSnapshot(_) | TickKind::BookDelta(_) => Channel::Book,
-            TickKind::Lifecycle(_) => Channel::Lifecycle,
+            TickKind::Lifecycle(_) | TickKind::Market(_) => Channel::Lifecycle,
             TickKind::Feed(_) => Channel::Feed,
         }
     }
@@ -398,6 +398,10 @@ impl Hub {
                     }
                 }
                 TickKind::Feed(FeedEvent::Stale { .. }) => m.stale = true,
+                // The feed let the market go: new subscribers get no state of it.
+                TickKind::Market(info) if info.followed == Some(false) => {
+                    (m.quote, m.book, m.stale) = (None, None, false);
+                }
                 _ => {}
             }
         } else if let TickKind::Feed(FeedEvent::Stale { .. } | FeedEvent::Disconnected { .. }) = &t.kind {

@@ -27,6 +27,7 @@ pub(crate) fn feeds(snapshot: &HealthSnapshot) -> Vec<Value> {
                 "gaps": s.gaps,
                 "alerts": s.alerts,
                 "frames": s.frames,
+                "markets": s.markets,
                 "last_message_age_ms": c.last_frame_age_ms(snapshot.at_us),
             })
         })

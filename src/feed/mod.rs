@@ -16,6 +16,7 @@
 //! (for a consumer that lost its copy).
 
 pub mod backoff;
+pub mod discovery;
 pub mod supervisor;
 
 use std::collections::HashSet;
@@ -337,6 +338,7 @@ impl FeedActor {
             },
             ctx.metrics.clone(),
         );
+        ctx.metrics.markets.store(cfg.markets.len() as u64, Ordering::Relaxed);
         let backoff = match ctx.jitter_seed {
             Some(seed) => Backoff::seeded(s.backoff.clone(), seed),
             None => Backoff::new(s.backoff.clone()),
@@ -659,6 +661,7 @@ impl FeedActor {
         match cmd {
             FeedCommand::SetMarkets(markets) => {
                 info!(markets = markets.len(), "Market list changed.");
+                self.ctx.metrics.markets.store(markets.len() as u64, Ordering::Relaxed);
                 self.cfg.markets = markets;
                 self.session.set_markets(&self.cfg.markets, Instant::now(), &mut self.out);
             }

@@ -12,6 +12,12 @@
 //! Each feed also gets one REST client ([`RestClient`]: its request budget, signing key and
 //! metrics), for what needs the exchange's REST API; a reload that changes `rest_url`,
 //! `rest_rate` or `rest_timeout` replaces it at once (its counters carry on).
+//!
+//! A feed with `series` or `events` also gets a discovery task ([`discovery`]) in the same
+//! `JoinSet`: it sends the markets it finds, and the supervisor follows the feed's `markets`
+//! together with them, applied like a reload's market changes. A reload that changes what
+//! discovery does (series, events, its intervals, the REST settings) starts a new run of it,
+//! which keeps the markets found so far that still belong to what the feed follows.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -24,6 +30,7 @@ use tracing::{error, info, warn};
 
 use crate::bus::Bus;
 use crate::config::{FeedSettings, Settings};
+use crate::feed::discovery::{self, Discovered, DiscoveryConfig, DiscoveryContext};
 use crate::feed::{Connect, FeedConfig, FeedContext, FeedExit, FeedHandle, feed};
 use crate::kalshi::rest::{RestClient, RestConfig};
 use crate::kalshi::sign::Credentials;
@@ -34,6 +41,14 @@ use crate::tick::{ConnId, Name};
 
 /// The most a panicked actor waits before its restart.
 const MAX_RESTART_DELAY: Duration = Duration::from_secs(30);
+
+/// A discovery that panics sooner than this after its start is not started again (it would
+/// only panic again), until a reload.
+const MIN_DISCOVERY_LIFE: Duration = Duration::from_secs(10);
+
+/// Discovered market lists queued for the supervisor, from every feed's discovery. When full,
+/// a discovery task waits (its next list replaces this one anyway).
+const DISCOVERED_QUEUE: usize = 16;
 
 /// Why the supervisor stopped abnormally.
 #[derive(Debug, thiserror::Error)]
@@ -99,6 +114,21 @@ impl Handles {
     }
 }
 
+/// A feed's running discovery.
+struct DiscoveryRun {
+    /// Its number; lists from older runs are ignored.
+    run: u64,
+    /// Its task in the actors' `JoinSet`.
+    task: Id,
+    /// When it started.
+    started: tokio::time::Instant,
+    /// It panicked and was not started again (its markets stay followed).
+    dead: bool,
+    cancel: CancellationToken,
+    /// The markets it found last.
+    markets: Vec<String>,
+}
+
 /// One actor per connection.
 pub struct Supervisor {
     deps: SupervisorDeps,
@@ -112,11 +142,20 @@ pub struct Supervisor {
     rest: BTreeMap<String, RestClient>,
     /// Counts applied reloads, for whoever reports that a reload is done (systemd).
     reloaded: watch::Sender<u64>,
+    /// Each discovering feed's discovery, by feed name.
+    discovery: BTreeMap<String, DiscoveryRun>,
+    /// Discovery runs started so far (numbers them).
+    discovery_runs: u64,
+    /// Discovery tasks send here; the receiver is taken by `run`.
+    discovered_tx: mpsc::Sender<Discovered>,
+    discovered_rx: Option<mpsc::Receiver<Discovered>>,
 }
 
 impl Supervisor {
     /// Starts every configured feed.
     pub fn start(settings: &Settings, deps: SupervisorDeps) -> Result<Supervisor, SupervisorError> {
+        // Bounded: a discovery task waits while the supervisor applies earlier lists.
+        let (discovered_tx, discovered_rx) = mpsc::channel(DISCOVERED_QUEUE);
         let mut sup = Supervisor {
             alerter: deps.alerter.clone(),
             handles: deps.handles.clone(),
@@ -127,6 +166,10 @@ impl Supervisor {
             task_ids: HashMap::new(),
             rest: BTreeMap::new(),
             reloaded: watch::Sender::new(0),
+            discovery: BTreeMap::new(),
+            discovery_runs: 0,
+            discovered_tx,
+            discovered_rx: Some(discovered_rx),
         };
         for feed in &settings.feeds {
             sup.start_feed(feed.clone())?;
@@ -153,6 +196,8 @@ impl Supervisor {
     /// Runs until shutdown (then waits for every actor), applying reloads as they come.
     pub async fn run(mut self, mut reload: mpsc::Receiver<Settings>) -> Result<(), SupervisorError> {
         let mut reload_open = true;
+        // `self` keeps a sender for new discovery runs, so this never reports closed.
+        let mut discovered = self.discovered_rx.take().unwrap_or_else(|| mpsc::channel(1).1);
         loop {
             tokio::select! {
                 // Shutdown: actors see the same token; wait for all of them below.
@@ -165,6 +210,8 @@ impl Supervisor {
                     }
                     None => reload_open = false,
                 },
+                // A feed's discovery found a new market list (cancel-safe).
+                Some(found) = discovered.recv() => self.on_discovered(found).await,
                 // An actor finished: shutdown, give-up, or a panic to restart.
                 Some(joined) = self.tasks.join_next_with_id() => {
                     if let Some(err) = self.on_joined(joined) {
@@ -195,7 +242,10 @@ impl Supervisor {
             Ok((task, exit)) => (task, Ok(exit)),
             Err(e) => (e.id(), Err(e)),
         };
-        let name = self.task_ids.remove(&task)?;
+        let Some(name) = self.task_ids.remove(&task) else {
+            self.on_discovery_joined(task, outcome.err());
+            return None;
+        };
         match outcome {
             Ok(FeedExit::Shutdown) => None,
             Ok(FeedExit::GaveUp) => {
@@ -226,6 +276,7 @@ impl Supervisor {
     fn start_feed(&mut self, settings: FeedSettings) -> Result<(), SupervisorError> {
         let credentials = load_credentials(&settings)?;
         self.set_rest_client(&settings, credentials.clone());
+        self.start_discovery(&settings);
         let shards = shard(&settings.markets, settings.max_markets_per_connection);
         for (n, markets) in shards.into_iter().enumerate() {
             let cfg = FeedConfig {
@@ -256,6 +307,117 @@ impl Supervisor {
                 self.rest.remove(&settings.name);
             }
         }
+    }
+
+    /// Starts (or restarts) the feed's discovery when it follows series or events; stops it
+    /// when it does not. The markets found by an earlier run stay until the new one reports.
+    fn start_discovery(&mut self, settings: &FeedSettings) {
+        let kept = self.stop_discovery(&settings.name);
+        if !settings.discovers() {
+            return;
+        }
+        let Some(rest) = self.rest.get(&settings.name).cloned() else {
+            error!(
+                feed = settings.name,
+                "No REST client: the markets of `series` and `events` cannot be listed; only `markets` are followed."
+            );
+            return;
+        };
+        self.discovery_runs += 1;
+        let run = self.discovery_runs;
+        let cancel = self.deps.shutdown.child_token();
+        let ctx = DiscoveryContext {
+            bus: self.deps.bus.clone(),
+            rest,
+            shutdown: cancel.clone(),
+            updates: self.discovered_tx.clone(),
+            run,
+            initial: kept.clone(),
+        };
+        let cfg = DiscoveryConfig::for_feed(settings);
+        info!(
+            feed = settings.name,
+            series = cfg.series.len(),
+            events = cfg.events.len(),
+            "Discovering markets."
+        );
+        // In the actors' JoinSet, so that the stop waits for it (it publishes on the bus); its
+        // id is not a connection's, so its exit is told apart (`on_discovery_joined`).
+        let task = self
+            .tasks
+            .spawn(async move {
+                discovery::run(cfg, ctx).await;
+                FeedExit::Shutdown
+            })
+            .id();
+        self.discovery.insert(
+            settings.name.clone(),
+            DiscoveryRun {
+                run,
+                task,
+                started: tokio::time::Instant::now(),
+                dead: false,
+                cancel,
+                markets: kept,
+            },
+        );
+    }
+
+    /// Stops the feed's discovery; returns the markets it had found.
+    fn stop_discovery(&mut self, feed: &str) -> Vec<String> {
+        match self.discovery.remove(feed) {
+            Some(d) => {
+                d.cancel.cancel();
+                d.markets
+            }
+            None => Vec::new(),
+        }
+    }
+
+    /// A task that is no connection ended: a feed's discovery that panicked is logged and
+    /// started again (its markets stay followed meanwhile), unless it panicked within
+    /// [`MIN_DISCOVERY_LIFE`] of its start, which would only repeat; one that stopped did so on
+    /// request.
+    fn on_discovery_joined(&mut self, task: Id, error: Option<tokio::task::JoinError>) {
+        let Some((feed, started)) =
+            self.discovery.iter().find(|(_, d)| d.task == task).map(|(f, d)| (f.clone(), d.started))
+        else {
+            return;
+        };
+        let Some(e) = error.filter(|e| e.is_panic()) else { return };
+        if started.elapsed() < MIN_DISCOVERY_LIFE {
+            error!(feed, error = %e, "Market discovery panicked at once; its markets stay followed, and a reload starts it again.");
+            if let Some(d) = self.discovery.get_mut(&feed) {
+                d.dead = true;
+            }
+            return;
+        }
+        error!(feed, error = %e, "Market discovery panicked; starting it again.");
+        if let Some(settings) = self.feeds.iter().find(|f| f.name == feed).cloned() {
+            self.start_discovery(&settings);
+        }
+    }
+
+    /// A discovery run's new list: followed with the feed's static markets.
+    async fn on_discovered(&mut self, found: Discovered) {
+        let Some(d) = self.discovery.get_mut(&found.feed) else { return };
+        if d.run != found.run || d.markets == found.markets {
+            return;
+        }
+        d.markets = found.markets;
+        if let Some(feed) = self.feeds.iter().find(|f| f.name == found.feed).cloned() {
+            self.apply_markets(&feed).await;
+        }
+    }
+
+    /// What a feed follows: its `markets`, then those discovered (each once).
+    fn wanted(&self, feed: &FeedSettings) -> Vec<String> {
+        let mut wanted = feed.markets.clone();
+        if let Some(d) = self.discovery.get(&feed.name) {
+            let fixed: HashSet<&String> = feed.markets.iter().collect();
+            wanted.extend(d.markets.iter().filter(|m| !fixed.contains(m)).cloned());
+        }
+        wanted
     }
 
     fn spawn(&mut self, cfg: FeedConfig, delay: Option<Duration>, restarts: u32) {
@@ -310,6 +472,7 @@ impl Supervisor {
                 }
                 self.rest.remove(&feed.name);
                 self.deps.rest.remove(&feed.name);
+                self.stop_discovery(&feed.name);
             }
         }
         for new in &settings.feeds {
@@ -327,6 +490,10 @@ impl Supervisor {
                             "Connection settings changed; they take effect after a restart. Applying market and REST changes only."
                         );
                     }
+                    let stopped = self.discovery.get(&new.name).is_none_or(|d| d.dead);
+                    let rediscover = !same_rest(current, new)
+                        || !same_discovery(current, new)
+                        || (new.discovers() && stopped);
                     if !same_rest(current, new) {
                         (kept.rest_url, kept.rest_rate, kept.rest_timeout) =
                             (new.rest_url.clone(), new.rest_rate, new.rest_timeout);
@@ -337,6 +504,12 @@ impl Supervisor {
                         }
                     }
                     kept.markets = new.markets.clone();
+                    (kept.series, kept.events) = (new.series.clone(), new.events.clone());
+                    (kept.discovery_interval, kept.settled_grace) =
+                        (new.discovery_interval, new.settled_grace);
+                    if rediscover {
+                        self.start_discovery(&kept);
+                    }
                     self.apply_markets(&kept).await;
                     self.feeds.push(kept);
                 }
@@ -351,7 +524,8 @@ impl Supervisor {
             .into_iter()
             .filter_map(|id| self.conns.get(&id).map(|c| (id.clone(), c.cfg.markets.clone())))
             .collect();
-        let (plan, extra) = plan_markets(current, &feed.markets, feed.max_markets_per_connection);
+        let wanted = self.wanted(feed);
+        let (plan, extra) = plan_markets(current, &wanted, feed.max_markets_per_connection);
         for (n, (id, markets)) in plan.into_iter().enumerate() {
             if markets.is_empty() && n > 0 {
                 self.stop_conn(&id);
@@ -429,13 +603,22 @@ pub fn shard(markets: &[String], cap: usize) -> Vec<Vec<String>> {
     markets.chunks(cap.max(1)).map(<[String]>::to_vec).collect()
 }
 
-/// Whether two settings of one feed differ only in what a reload applies live: the markets and
-/// the REST settings.
+/// Whether two settings of one feed differ only in what a reload applies live: the markets,
+/// what discovery follows and the REST settings.
 fn same_except_live(a: &FeedSettings, b: &FeedSettings) -> bool {
     let mut a = a.clone();
     a.markets = b.markets.clone();
+    (a.series, a.events) = (b.series.clone(), b.events.clone());
+    (a.discovery_interval, a.settled_grace) = (b.discovery_interval, b.settled_grace);
     (a.rest_url, a.rest_rate, a.rest_timeout) = (b.rest_url.clone(), b.rest_rate, b.rest_timeout);
     &a == b
+}
+
+/// Whether discovery follows the same series and events the same way in both, and describes
+/// the same static markets.
+fn same_discovery(a: &FeedSettings, b: &FeedSettings) -> bool {
+    (&a.series, &a.events, &a.markets, a.discovery_interval, a.settled_grace)
+        == (&b.series, &b.events, &b.markets, b.discovery_interval, b.settled_grace)
 }
 
 /// Whether the REST settings of two settings of one feed are the same.

@@ -12,8 +12,10 @@
 //! - [`session`]: desired subscriptions, sids, per-sid `seq`, books, gap repair.
 //! - [`rest`]: the REST market-data client (markets, trades, order books), one per feed,
 //!   within the feed's request budget.
+//! - [`lifecycle`]: what lifecycle messages say about markets and events (for discovery).
 
 pub mod command;
+pub mod lifecycle;
 pub mod rest;
 pub mod session;
 pub mod sign;

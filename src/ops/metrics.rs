@@ -194,6 +194,7 @@ const FEED_SERIES: &[FeedSeries] = &[
     ("tickd_feed_heartbeat_timeouts_total", "counter", "Dead connections found by the heartbeat.", |s| {
         s.heartbeat_timeouts
     }),
+    ("tickd_feed_markets", "gauge", "Markets the connection follows now.", |s| s.markets),
 ];
 
 const FEED_STATES: [FeedState; 8] = [
@@ -225,6 +226,22 @@ fn feeds(out: &mut Exposition, snapshot: &HealthSnapshot) {
         for (feed, conn, _, snap) in &feeds {
             out.sample(name, &[("feed", feed), ("conn", conn)], read(snap));
         }
+    }
+    // Per feed: the sum over its connections (each market is on exactly one).
+    out.header(
+        "tickd_markets_followed",
+        "gauge",
+        "Markets the feed follows now: its `markets` and those found for its `series` and `events`.",
+    );
+    let mut followed: Vec<(&str, u64)> = Vec::new();
+    for (feed, _, _, s) in &feeds {
+        match followed.iter_mut().find(|(f, _)| *f == feed.as_str()) {
+            Some((_, n)) => *n += s.markets,
+            None => followed.push((feed.as_str(), s.markets)),
+        }
+    }
+    for (feed, n) in followed {
+        out.sample("tickd_markets_followed", &[("feed", feed)], n);
     }
     out.header("tickd_feed_ticks_total", "counter", "Ticks published, by kind.");
     for (feed, conn, _, s) in &feeds {

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::tick::{FeedEvent, LifecycleScope, Name, Side, Tick, TickKind};
+use crate::tick::{FeedEvent, LifecycleScope, MarketInfo, Name, Side, Tick, TickKind};
 
 /// One batch. Field vectors of a table always have equal lengths.
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -33,6 +33,10 @@ pub struct Batch {
     pub events: Events,
     /// Per market name index: (feed index, first recv_ts, last recv_ts) for `markets`.
     pub markets: HashMap<i32, (i32, i64, i64)>,
+    /// What is known of markets (`market` ticks), upserted into `markets`. Absent from spool
+    /// records of versions that had no such ticks.
+    #[serde(default)]
+    pub infos: MarketInfos,
     /// Ticks pushed.
     pub ticks: usize,
     /// The smallest `recv_ts` pushed (0 when empty): how stale the batch's oldest tick is.
@@ -131,6 +135,32 @@ pub struct Lifecycles {
     pub event: Vec<String>,
     /// The message bodies, valid JSON.
     pub detail: Vec<String>,
+}
+
+/// What market ticks say about markets, for the metadata columns of `markets`: one row per
+/// tick, in order (a later row about the same market wins where it says something).
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct MarketInfos {
+    /// Market name index.
+    pub market: Vec<i32>,
+    /// Feed name index.
+    pub feed: Vec<i32>,
+    /// Receive time, µs since the epoch.
+    pub recv_ts: Vec<i64>,
+    /// Event tickers.
+    pub event: Vec<Option<String>>,
+    /// Series tickers.
+    pub series: Vec<Option<String>>,
+    /// Titles.
+    pub title: Vec<Option<String>>,
+    /// Statuses as the exchange spells them.
+    pub status: Vec<Option<String>>,
+    /// Open times, µs since the epoch.
+    pub open_ts: Vec<Option<i64>>,
+    /// Close times, µs since the epoch.
+    pub close_ts: Vec<Option<i64>>,
+    /// Whether the feed follows the market from then on.
+    pub followed: Vec<Option<bool>>,
 }
 
 /// `feed_events` columns.
@@ -257,6 +287,12 @@ impl Batch {
 
     /// Adds one tick to the columns of its table.
     pub fn push(&mut self, tick: &Tick) {
+        if let TickKind::Market(info) = &tick.kind {
+            // Says what a market is, not that anything happened in it: `first_seen` and
+            // `last_seen` stay as the market's data set them.
+            self.push_info(tick, info);
+            return;
+        }
         let (feed, market) = self.keys(tick);
         let exch_us = tick.exch_ts.map(|ms| ms.saturating_mul(1000));
         if self.ticks == 0 || tick.recv_ts < self.oldest_recv_ts {
@@ -323,7 +359,30 @@ impl Batch {
                 self.lifecycle.detail.push(detail);
             }
             TickKind::Feed(event) => self.push_event(tick, feed, market, event),
+            // Taken by `push_info` above.
+            TickKind::Market(_) => {}
         }
+    }
+
+    fn push_info(&mut self, tick: &Tick, info: &MarketInfo) {
+        let feed = self.intern(&tick.feed);
+        let market = self.intern(&tick.market);
+        if self.ticks == 0 || tick.recv_ts < self.oldest_recv_ts {
+            self.oldest_recv_ts = tick.recv_ts;
+        }
+        self.ticks += 1;
+        let ms_to_us = |ms: Option<i64>| ms.map(|ms| ms.saturating_mul(1000));
+        let i = &mut self.infos;
+        i.market.push(market);
+        i.feed.push(feed);
+        i.recv_ts.push(tick.recv_ts);
+        i.event.push(info.event.clone());
+        i.series.push(info.series.clone());
+        i.title.push(info.title.clone());
+        i.status.push(info.status.clone());
+        i.open_ts.push(ms_to_us(info.open_ms));
+        i.close_ts.push(ms_to_us(info.close_ms));
+        i.followed.push(info.followed);
     }
 
     fn push_event(&mut self, tick: &Tick, feed: i32, market: i32, event: &FeedEvent) {
@@ -460,4 +519,42 @@ fn strip_nul(value: &mut serde_json::Value) {
 /// Sequence numbers and sids fit in i64 for any real exchange; saturate rather than wrap.
 fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::tick::MarketInfo;
+
+    #[test]
+    fn a_market_tick_describes_a_market_without_counting_as_seen_and_survives_the_spool() {
+        let info =
+            MarketInfo { series: Some("KXBTCD".into()), followed: Some(true), ..MarketInfo::default() };
+        let tick = Tick {
+            feed: Arc::from("kalshi"),
+            conn: 0,
+            market: Arc::from("KXBTCD-25DEC3117-T96249.99"),
+            exch_ts: None,
+            recv_ts: 1_000,
+            kind: TickKind::Market(info),
+        };
+        let mut batch = Batch::new();
+        batch.push(&tick);
+        assert!(!batch.is_empty());
+        assert!(batch.markets.is_empty(), "first_seen and last_seen are the data's");
+        assert!(batch.days().is_empty(), "no partitioned row");
+
+        let back = Batch::decode(&batch.encode()).expect("decodes");
+        assert_eq!(back.infos.series, [Some("KXBTCD".to_string())]);
+        assert_eq!(back.infos.followed, [Some(true)]);
+        assert_eq!(back.name(back.infos.market[0]), "KXBTCD-25DEC3117-T96249.99");
+
+        // A record spooled by a version without market ticks still replays.
+        let mut old: serde_json::Value = serde_json::from_slice(&Batch::new().encode()).expect("json");
+        old.as_object_mut().expect("an object").remove("infos");
+        let old = Batch::decode(old.to_string().as_bytes()).expect("an older record decodes");
+        assert!(old.infos.market.is_empty());
+    }
 }

@@ -252,6 +252,14 @@ const EXPECTED: &[(&str, &[(&str, &str)])] = &[
             ("feed", "text"),
             ("first_seen", "timestamp with time zone"),
             ("last_seen", "timestamp with time zone"),
+            ("event_ticker", "text"),
+            ("series_ticker", "text"),
+            ("title", "text"),
+            ("status", "text"),
+            ("open_time", "timestamp with time zone"),
+            ("close_time", "timestamp with time zone"),
+            ("followed", "boolean"),
+            ("info_updated", "timestamp with time zone"),
         ],
     ),
 ];
@@ -428,13 +436,99 @@ const UNIQUE_VIOLATION: &str = "23505";
 /// tables; a unique violation rolls it back whole, and the batch is written again with the
 /// check everywhere. `trades` (the exchange's id, which two connections can both deliver),
 /// `feed_events` (loss records are written again on purpose) and `markets` always keep it.
+///
+/// What the batch says about markets (`market` ticks) is upserted into `markets` after that,
+/// in a statement of its own (idempotent too).
 pub async fn write(pool: &PgPool, b: &Batch) -> Result<Inserted, StoreError> {
-    match write_with(pool, b, FIRST_WRITE_SQL.as_str()).await {
+    let inserted = match write_with(pool, b, FIRST_WRITE_SQL.as_str()).await {
         Err(StoreError::Database { code, .. }) if code == UNIQUE_VIOLATION => {
             write_with(pool, b, DEDUPE_WRITE_SQL.as_str()).await
         }
         result => result,
+    }?;
+    write_infos(pool, b).await?;
+    Ok(inserted)
+}
+
+/// Upserts what the batch says about markets. Per column, a value given replaces the stored one
+/// unless the stored one is newer (`info_updated`: a spooled batch replayed after a newer one
+/// changes nothing it knew), and a value not given (`NULL`) keeps it. A market not seen before
+/// gets its row; `first_seen` goes back to when it was first described, `last_seen` stays the
+/// data's.
+static INFO_SQL: LazyLock<String> = LazyLock::new(|| {
+    let newer = |col: &str| {
+        format!(
+            "{col} = CASE WHEN k.{col} IS NULL OR k.info_updated IS NULL OR excluded.info_updated >= k.info_updated \
+             THEN coalesce(excluded.{col}, k.{col}) ELSE k.{col} END"
+        )
+    };
+    let columns = ["event_ticker", "series_ticker", "title", "status", "open_time", "close_time", "followed"];
+    let sets: Vec<String> = columns.iter().map(|c| newer(c)).collect();
+    format!(
+        "INSERT INTO markets AS k (market, feed, first_seen, last_seen, event_ticker, series_ticker, title, \
+                                  status, open_time, close_time, followed, info_updated) \
+         SELECT c.m, c.f, c.ts, c.ts, c.ev, c.se, c.ti, c.st, c.op, c.cl, c.fo, c.ts \
+         FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::text[], $5::text[], $6::text[], \
+                     $7::text[], $8::timestamptz[], $9::timestamptz[], $10::bool[]) \
+              AS c(m, f, ts, ev, se, ti, st, op, cl, fo) \
+         ON CONFLICT (market) DO UPDATE SET {}, \
+             first_seen = least(k.first_seen, excluded.first_seen), \
+             info_updated = greatest(k.info_updated, excluded.info_updated)",
+        sets.join(", ")
+    )
+});
+
+/// One row per market (one statement may not update a row twice): later rows of the batch
+/// win where they say something.
+async fn write_infos(pool: &PgPool, b: &Batch) -> Result<(), StoreError> {
+    let i = &b.infos;
+    if i.market.is_empty() {
+        return Ok(());
     }
+    type Row = (String, String, i64, [Option<String>; 4], Option<i64>, Option<i64>, Option<bool>);
+    let mut rows: std::collections::BTreeMap<&str, Row> = std::collections::BTreeMap::new();
+    for n in 0..i.market.len() {
+        let market = b.name(i.market[n]);
+        let texts = [i.event[n].clone(), i.series[n].clone(), i.title[n].clone(), i.status[n].clone()];
+        let row = rows.entry(market).or_insert_with(|| {
+            (
+                market.to_owned(),
+                b.name(i.feed[n]).to_owned(),
+                i.recv_ts[n],
+                Default::default(),
+                None,
+                None,
+                None,
+            )
+        });
+        row.2 = row.2.max(i.recv_ts[n]);
+        for (kept, new) in row.3.iter_mut().zip(texts) {
+            if new.is_some() {
+                *kept = new;
+            }
+        }
+        row.4 = i.open_ts[n].or(row.4);
+        row.5 = i.close_ts[n].or(row.5);
+        row.6 = i.followed[n].or(row.6);
+    }
+    // Sorted by market (the map's order): concurrent upserts never deadlock.
+    let rows: Vec<Row> = rows.into_values().collect();
+    let text = |k: usize| rows.iter().map(|r| r.3[k].clone()).collect::<Vec<_>>();
+    sqlx::query(INFO_SQL.as_str())
+        .bind(rows.iter().map(|r| r.0.clone()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.1.clone()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| Ts(r.2)).collect::<Vec<_>>())
+        .bind(text(0))
+        .bind(text(1))
+        .bind(text(2))
+        .bind(text(3))
+        .bind(rows.iter().map(|r| r.4.map(Ts)).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.5.map(Ts)).collect::<Vec<_>>())
+        .bind(rows.iter().map(|r| r.6).collect::<Vec<_>>())
+        .execute(pool)
+        .await
+        .map_err(classify)?;
+    Ok(())
 }
 
 async fn write_with(pool: &PgPool, b: &Batch, sql: &'static str) -> Result<Inserted, StoreError> {

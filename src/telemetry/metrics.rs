@@ -156,6 +156,8 @@ feed_metrics! {
     heartbeat_timeouts,
     /// Receive time of the last frame, µs since the epoch (gauge).
     last_frame_us,
+    /// Markets this connection follows now (gauge).
+    markets,
 }
 
 impl FeedMetricsSnapshot {

@@ -628,6 +628,14 @@ impl Simulator {
         self.shared().commands_lock().iter().cloned().collect()
     }
 
+    /// The ids of the connections open now (as [`Simulator::commands_received`] names them),
+    /// ascending.
+    pub fn open_connections(&self) -> Vec<u64> {
+        let mut ids: Vec<u64> = self.shared().conns_lock().keys().copied().collect();
+        ids.sort_unstable();
+        ids
+    }
+
     /// Counters since start.
     pub fn stats(&self) -> SimStats {
         let c = &self.shared().stats;
