@@ -458,7 +458,9 @@
 
   function onFeedEvent(f) {
     const e = feedEntry(f.feed, f.conn);
-    const state = EVENT_STATE[f.event];
+    // An event that names a market (one book gone stale, or resynced) says nothing about the
+    // connection, whose other markets stay live: the book frames carry that market's state.
+    const state = f.market ? undefined : EVENT_STATE[f.event];
     if (state) {
       e.state = state;
       e.live = state === 'live';
