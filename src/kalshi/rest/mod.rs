@@ -25,7 +25,7 @@ pub mod model;
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use backon::{ExponentialBuilder, Retryable as _};
 use serde_json::{Map, Value};
@@ -514,11 +514,9 @@ impl RestClient {
             return Ok(Answer::NotFound);
         }
         if !response.status().is_success() {
-            let retry_after = response
-                .headers()
-                .get(reqwest::header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(parse_retry_after);
+            let header = |name| response.headers().get(name).and_then(|v| v.to_str().ok());
+            let retry_after = header(reqwest::header::RETRY_AFTER)
+                .and_then(|v| parse_retry_after(v, header(reqwest::header::DATE), SystemTime::now()));
             // The body is only for the log: what arrives within the time limit, cut short.
             let mut body = Vec::new();
             while body.len() < ERROR_BODY_CHARS * 4 {
@@ -590,11 +588,22 @@ fn transport(e: reqwest::Error, timeout: Duration) -> RestError {
     }
 }
 
-/// `Retry-After` in seconds (`3`, `1.5`). The HTTP-date form is not honoured: the backoff
-/// applies instead.
-fn parse_retry_after(value: &str) -> Option<Duration> {
-    let secs: f64 = value.trim().parse().ok()?;
-    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(86_400.0)))
+/// `Retry-After` in seconds (`3`, `1.5`) or as an HTTP date. A date is measured from the
+/// answer's own `Date` when it sent one, so that a skewed local clock neither stretches nor
+/// cancels the wait, else from `now`; a date already past asks for no wait. Anything else is
+/// not honoured: the backoff applies instead.
+fn parse_retry_after(value: &str, date: Option<&str>, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    let wait = match value.parse::<f64>() {
+        Ok(secs) if secs.is_finite() && secs >= 0.0 => Duration::from_secs_f64(secs.min(86_400.0)),
+        Ok(_) => return None,
+        Err(_) => {
+            let at = httpdate::parse_http_date(value).ok()?;
+            let sent = date.and_then(|d| httpdate::parse_http_date(d.trim()).ok()).unwrap_or(now);
+            at.duration_since(sent).unwrap_or(Duration::ZERO)
+        }
+    };
+    Some(wait.min(Duration::from_secs(86_400)))
 }
 
 /// How an item of a page is read: the item, or why it cannot be used.
@@ -764,11 +773,22 @@ mod tests {
     }
 
     #[test]
-    fn retry_after_is_read_in_seconds() {
-        assert_eq!(parse_retry_after("3"), Some(Duration::from_secs(3)));
-        assert_eq!(parse_retry_after(" 1.5 "), Some(Duration::from_millis(1500)));
-        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), None);
-        assert_eq!(parse_retry_after("-1"), None);
+    fn retry_after_is_read_in_seconds_or_as_a_date() {
+        let now = httpdate::parse_http_date("Wed, 21 Oct 2015 07:28:00 GMT").expect("date");
+        let parse = |v| parse_retry_after(v, None, now);
+        assert_eq!(parse("3"), Some(Duration::from_secs(3)));
+        assert_eq!(parse(" 1.5 "), Some(Duration::from_millis(1500)));
+        assert_eq!(parse("-1"), None);
+        assert_eq!(parse("soon"), None);
+        assert_eq!(parse("Wed, 21 Oct 2015 07:28:07 GMT"), Some(Duration::from_secs(7)));
+        assert_eq!(parse("Wed, 21 Oct 2015 07:27:00 GMT"), Some(Duration::ZERO), "already past");
+        // Measured from the answer's own clock when it gives one: ours is a minute behind.
+        let theirs = Some("Wed, 21 Oct 2015 07:29:00 GMT");
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:29:05 GMT", theirs, now),
+            Some(Duration::from_secs(5))
+        );
+        assert_eq!(parse("Thu, 21 Oct 2055 07:28:00 GMT"), Some(Duration::from_secs(86_400)));
     }
 
     #[test]
