@@ -12,23 +12,23 @@
 //! `postgres` system user (through `setpriv`), and the directories they need are handed to it.
 //!
 //! `pg_ctl` detaches the server, so it would outlive a process that dies without dropping its
-//! `LocalPg` (a `static` in a test binary, a kill, Ctrl-C). Each `LocalPg` therefore starts a
-//! watchdog shell in its own process group that blocks reading a pipe only this process holds;
-//! when the pipe closes, the watchdog stops the server and removes the scratch directory.
+//! `LocalPg`; a [`Watchdog`] stops it then and removes the scratch directory.
 
 use std::ffi::OsStr;
 use std::fmt::Write as _;
 use std::io;
-use std::net::{Ipv4Addr, TcpListener};
+
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
-use std::os::unix::process::CommandExt as _;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, ExitStatus, Output, Stdio};
+use std::process::{Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use sqlx::{AssertSqlSafe, Connection as _, PgConnection};
 use tempfile::TempDir;
 use tracing::{debug, info, warn};
+
+use crate::dev::process::{self, Watchdog};
 
 /// Environment variable naming the directory that holds `initdb` and `pg_ctl`; it wins over
 /// any search.
@@ -675,44 +675,6 @@ impl Tools {
     }
 }
 
-/// Stops the server and removes the scratch directory once this process is gone.
-#[derive(Debug)]
-struct Watchdog {
-    /// The shell, blocked reading `_pipe`.
-    child: Child,
-    /// The only write end of the shell's stdin: it closes when this process exits, however it
-    /// exits. std opens pipes close-on-exec, so no other child (the server included) holds it.
-    _pipe: ChildStdin,
-}
-
-impl Watchdog {
-    fn spawn(stop: &Command, scratch: &Path) -> io::Result<Watchdog> {
-        let mut cmd = Command::new("sh");
-        cmd.arg("-c")
-            .arg(r#"dir=$1; shift; read -r _; "$@" >/dev/null 2>&1; rm -rf -- "$dir""#)
-            .arg("sh")
-            .arg(scratch)
-            .arg(stop.get_program())
-            .args(stop.get_args())
-            .current_dir("/")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            // Its own process group, so Ctrl-C in a terminal or a test runner killing our group
-            // leaves it alive to clean up.
-            .process_group(0);
-        for (key, value) in stop.get_envs() {
-            match value {
-                Some(value) => cmd.env(key, value),
-                None => cmd.env_remove(key),
-            };
-        }
-        let mut child = cmd.spawn()?;
-        let pipe = child.stdin.take().ok_or_else(|| io::Error::other("watchdog stdin was not piped"))?;
-        Ok(Watchdog { child, _pipe: pipe })
-    }
-}
-
 /// Who holds a `postmaster.pid`.
 enum Holder {
     /// A live server on this data directory.
@@ -771,10 +733,7 @@ fn create_dir_all(dir: &Path) -> Result<(), LocalPgError> {
 
 /// A port on 127.0.0.1 that was free a moment ago.
 fn free_port() -> Result<u16, LocalPgError> {
-    let probe = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|listener| listener.local_addr())
-        .map_err(io_error("finding a free port on 127.0.0.1"))?;
-    Ok(probe.port())
+    process::free_port().map_err(io_error("finding a free port on 127.0.0.1"))
 }
 
 /// `id` with `args`: `None` when `id` knows no such user.
@@ -822,12 +781,7 @@ fn printed(output: &Output) -> String {
 
 /// The last [`LOG_TAIL_LINES`] lines written to `log` after `offset`.
 fn log_tail(log: &Path, offset: u64) -> String {
-    let Ok(bytes) = std::fs::read(log) else { return format!("({} is unreadable)", log.display()) };
-    let start = usize::try_from(offset).unwrap_or(0).min(bytes.len());
-    let text = String::from_utf8_lossy(&bytes[start..]);
-    let lines: Vec<&str> = text.lines().collect();
-    let tail = lines[lines.len().saturating_sub(LOG_TAIL_LINES)..].join("\n");
-    if tail.is_empty() { "(nothing)".to_owned() } else { tail }
+    process::log_tail(log, offset, LOG_TAIL_LINES)
 }
 
 /// `name` as a quoted SQL identifier.
