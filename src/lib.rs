@@ -21,6 +21,7 @@
 //!   and market discovery (the markets of followed series and events, over REST and from
 //!   lifecycle ticks, handed to the supervisor; `market` ticks say what each market is).
 //! - [`store`]: recording ticks in PostgreSQL, with a disk spool for database outages.
+//! - [`nats`]: ticks over NATS JetStream between hosts (subjects and message ids).
 //! - [`dashboard`]: the HTTP port: the page, the live stream for dashboards and bots, and the
 //!   operations endpoints (`/healthz`, `/readyz`, `/metrics`) it serves from [`ops`].
 //!
@@ -49,6 +50,7 @@ pub mod dev;
 pub mod feed;
 pub mod http;
 pub mod kalshi;
+pub mod nats;
 pub mod ops;
 pub mod store;
 pub mod telemetry;
