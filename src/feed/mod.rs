@@ -8,7 +8,7 @@
 //! connection ends it publishes `Disconnected`, waits a capped, jittered, growing delay and
 //! connects again; the failure count resets only after a connection stayed healthy for
 //! `backoff.healthy_after`. After `max_reconnects` consecutive failures it raises an alert and,
-//! by policy, keeps retrying at the capped delay, stops, or asks the process to exit. Alerts of
+//! by policy, keeps retrying every `backoff.max`, stops, or asks the process to exit. Alerts of
 //! a failure streak resolve (one recovery notice each) when the failure count resets.
 //!
 //! Callers hold a [`FeedHandle`]: change the market list (applied live, or queued while
@@ -46,7 +46,7 @@ use crate::config::{FeedSettings, GiveUpPolicy};
 use crate::kalshi::command::Channel;
 use crate::kalshi::session::{AlertAction, Output, Session, SessionConfig};
 use crate::kalshi::sign::Credentials;
-use crate::telemetry::alerts::Alerter;
+use crate::telemetry::alerts::{Alerter, BOOK_UNRECOVERABLE, CREDENTIALS_REJECTED, MAX_RECONNECTS};
 use crate::telemetry::log::{conn_span, log_counts};
 use crate::telemetry::metrics::{FeedMetrics, FeedState};
 use crate::tick::{BookSnapshot, ConnId, FeedEvent, Name, Tick, TickKind, now_micros, recv_micros};
@@ -403,7 +403,7 @@ impl FeedActor {
                         error!(error = %e, "Credentials rejected.");
                         if self.backoff.failures() == 0 {
                             let message = format!("{id}: {e}");
-                            self.alert("credentials_rejected", &message).await;
+                            self.alert(CREDENTIALS_REJECTED, &message).await;
                         }
                     } else {
                         warn!(error = %e, "Connection attempt failed.");
@@ -412,8 +412,7 @@ impl FeedActor {
                 }
             }
             // Every end of a connection that did not stay healthy counts as a failure.
-            let delay = self.backoff.next_delay();
-            let failures = self.backoff.failures();
+            let failures = self.backoff.fail();
             self.ctx.metrics.consecutive_failures.store(u64::from(failures), Ordering::Relaxed);
             if failures >= self.cfg.settings.max_reconnects && !self.alerted {
                 self.alerted = true;
@@ -421,14 +420,18 @@ impl FeedActor {
                 let message = format!(
                     "{id}: {failures} consecutive connection failures; {}",
                     match policy {
-                        GiveUpPolicy::Retry => "retrying at the capped delay",
-                        GiveUpPolicy::StopFeed => "stopping this feed",
-                        GiveUpPolicy::Exit => "exiting",
+                        GiveUpPolicy::Retry => format!(
+                            "retrying every {} (backoff.max, jittered) until a connection stays healthy",
+                            humantime::format_duration(self.cfg.settings.backoff.max)
+                        ),
+                        GiveUpPolicy::StopFeed => "stopping this feed".to_owned(),
+                        GiveUpPolicy::Exit => "exiting".to_owned(),
                     }
                 );
-                self.alert("max_reconnects", &message).await;
+                self.alert(MAX_RECONNECTS, &message).await;
                 match policy {
-                    GiveUpPolicy::Retry => {}
+                    // From this failure on, the delay is the cap, as the alert says.
+                    GiveUpPolicy::Retry => self.backoff.hold_at_max(),
                     GiveUpPolicy::StopFeed | GiveUpPolicy::Exit => {
                         self.ctx.metrics.set_state(FeedState::GivenUp);
                         self.publish_event(FeedEvent::GivenUp { reason: message }).await;
@@ -440,6 +443,7 @@ impl FeedActor {
                     }
                 }
             }
+            let delay = self.backoff.delay();
             self.ctx.metrics.set_state(FeedState::BackingOff);
             info!(failures, delay_ms = delay.as_millis() as u64, "Backing off.");
             self.publish_event(FeedEvent::BackingOff { failures, delay_ms: delay.as_millis() as u64 }).await;
