@@ -318,6 +318,10 @@ struct FeedActor {
     alerted: bool,
     /// Alerts raised in the current failure streak, resolved once a connection is healthy.
     open_alerts: Vec<&'static str>,
+    /// A `book_unrecoverable` alert this actor found open when it started (raised before a
+    /// panic, or carried over from the last run) and its session knows nothing of: resolved
+    /// once a connection is healthy with every book sound.
+    adopted_book_alert: bool,
 }
 
 impl FeedActor {
@@ -343,6 +347,23 @@ impl FeedActor {
             Some(seed) => Backoff::seeded(s.backoff.clone(), seed),
             None => Backoff::new(s.backoff.clone()),
         };
+        // Alerts about this connection still open (the actor panicked and was restarted, or
+        // the last run stopped with them open) are this actor's to resolve, or to raise again:
+        // the registry sends no duplicate of one raised in this run.
+        let mut open_alerts = Vec::new();
+        let mut adopted_book_alert = false;
+        for kind in ctx.alerter.open_kinds(&cfg.conn) {
+            match kind.as_str() {
+                MAX_RECONNECTS => open_alerts.push(MAX_RECONNECTS),
+                CREDENTIALS_REJECTED => open_alerts.push(CREDENTIALS_REJECTED),
+                BOOK_UNRECOVERABLE => adopted_book_alert = true,
+                // `feed_stale` is the alert monitor's to judge.
+                _ => {}
+            }
+        }
+        if !open_alerts.is_empty() || adopted_book_alert {
+            info!(alerts = ?ctx.alerter.open_kinds(&cfg.conn), "Starting with alerts open; they resolve once a connection is healthy.");
+        }
         FeedActor {
             cfg,
             ctx,
@@ -351,7 +372,8 @@ impl FeedActor {
             backoff,
             out: Output::default(),
             alerted: false,
-            open_alerts: Vec::new(),
+            open_alerts,
+            adopted_book_alert,
         }
     }
 
@@ -739,12 +761,22 @@ impl FeedActor {
         }
     }
 
-    /// The failure streak is over: one recovery notice per alert it raised.
+    /// The failure streak is over: one recovery notice per alert it raised (or took on at
+    /// its start). An adopted `book_unrecoverable` resolves too when every book is sound;
+    /// otherwise the session, which has given up on a book since, resolves it in its turn.
     fn resolve_alerts(&mut self, healthy_after: Duration) {
         let message =
             format!("{}: connected and healthy for {}s again", self.cfg.conn, healthy_after.as_secs_f64());
         for kind in self.open_alerts.drain(..) {
             self.ctx.alerter.resolve(&self.cfg.conn, kind, &message);
+        }
+        if std::mem::take(&mut self.adopted_book_alert) && self.session.books_given_up() == 0 {
+            let message = format!(
+                "{}: every book is sound again (connected and healthy for {}s)",
+                self.cfg.conn,
+                healthy_after.as_secs_f64()
+            );
+            self.ctx.alerter.resolve(&self.cfg.conn, BOOK_UNRECOVERABLE, &message);
         }
     }
 }
