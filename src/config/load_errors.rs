@@ -16,7 +16,7 @@ use std::collections::HashSet;
 
 use figment::Figment;
 use figment::error::Kind;
-use figment::value::{Dict, Value};
+use figment::value::Value;
 use serde::Deserialize;
 
 use super::{ConfigError, FeedSettings, Settings, StoreSettings, display_key, feeds};
@@ -73,9 +73,11 @@ pub(super) fn collect(figment: &Figment, first: figment::Error) -> ConfigError {
 /// Every setting with a value, as the patch's source of defaults: the built-in defaults with
 /// one feed and a store.
 fn template() -> Option<Value> {
-    let mut settings = Settings::default();
-    settings.feeds = vec![FeedSettings::new("feed", feeds::defaults::url())];
-    settings.store = Some(StoreSettings::default());
+    let settings = Settings {
+        feeds: vec![FeedSettings::new("feed", feeds::defaults::url())],
+        store: Some(StoreSettings::default()),
+        ..Settings::default()
+    };
     Value::serialize(&settings).ok()
 }
 
@@ -172,7 +174,7 @@ fn set(value: &mut Value, key: &[String], new: Value) -> bool {
     let Some((last, parent)) = key.split_last() else { return false };
     match container(value, parent) {
         Some(Value::Dict(_, dict)) => {
-            insert(dict, last, new);
+            dict.insert(last.to_owned(), new);
             true
         }
         Some(Value::Array(_, items)) => match last.parse::<usize>().ok().and_then(|i| items.get_mut(i)) {
@@ -184,8 +186,4 @@ fn set(value: &mut Value, key: &[String], new: Value) -> bool {
         },
         _ => false,
     }
-}
-
-fn insert(dict: &mut Dict, key: &str, new: Value) {
-    dict.insert(key.to_owned(), new);
 }
