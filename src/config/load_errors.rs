@@ -8,8 +8,8 @@
 //! Patching, for an error at key `k`: an unknown key is removed; a value of the wrong type,
 //! or a missing one, takes the built-in default of `k` (for `feeds[3].backoff.max`, that of
 //! any feed); where there is none, the key is removed (an optional setting) or, for an item of
-//! a list, the whole list takes its default. A patched key's validation problems are not
-//! reported again. The merged value keeps each value's tag, and the errors found after the
+//! a list, the whole list takes its default. Validation problems of a patched key (or of the
+//! list holding a patched item) are not reported again. The merged value keeps each value's tag, and the errors found after the
 //! first name their file or variable through the tags of the original value.
 
 use std::collections::HashSet;
@@ -51,8 +51,10 @@ pub(super) fn collect(figment: &Figment, first: figment::Error) -> ConfigError {
                     Err(_) => Vec::new(),
                 };
                 let errored: Vec<String> = patched.iter().map(|k| display_key(k)).collect();
-                let problems =
-                    problems.into_iter().filter(|p| !errored.iter().any(|k| is_within(&p.key, k))).collect();
+                // A patched key's problems are its error's; a list patched whole for one bad
+                // item may look empty to validation, which is that item's error too.
+                let related = |key: &str| errored.iter().any(|k| is_within(key, k) || is_within(k, key));
+                let problems = problems.into_iter().filter(|p| !related(&p.key)).collect();
                 return ConfigError::Load { errors, problems };
             }
             Err(next) => {
@@ -185,5 +187,38 @@ fn set(value: &mut Value, key: &[String], new: Value) -> bool {
             None => false,
         },
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_name_and_list_items_of_the_wrong_type_are_named_and_the_rest_is_still_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("tickd.toml");
+        let text = "[[feeds]]\nurl = \"htp://x\"\nmarkets = [\"A\", 5]\nchannels = [\"ticker\", 7]\n\
+                    [[feeds]]\nname = \"b\"\nmarkets = [\"B\"]\nmax_reconnects = 0\n";
+        std::fs::write(&file, text).unwrap();
+
+        let error = Settings::load(Some(&file)).unwrap_err();
+
+        let mut keys = error.keys();
+        keys.sort();
+        assert_eq!(
+            keys,
+            [
+                "feeds[0]",
+                "feeds[0].channels[1]",
+                "feeds[0].markets[1]",
+                "feeds[0].url",
+                "feeds[1].max_reconnects"
+            ],
+            "{error}"
+        );
+        let message = error.to_string();
+        assert!(message.contains("missing field `name`"), "{message}");
+        assert!(message.contains(&file.display().to_string()), "{message}");
     }
 }
