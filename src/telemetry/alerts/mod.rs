@@ -384,6 +384,10 @@ impl AlertRegistry {
                 message: open.message.clone(),
             })
             .collect();
+        // Nothing open, and nothing kept from before: no file to make.
+        if incidents.is_empty() && !file.exists() {
+            return;
+        }
         if let Err(e) = kept::write(&file, &incidents) {
             error!(file = %file.display(), error = %e, "Open alerts could not be kept; a restart now would forget them.");
         }
