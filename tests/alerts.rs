@@ -371,3 +371,99 @@ async fn a_feed_that_keeps_failing_raises_max_reconnects_once_and_recovers_once_
     assert_eq!(ledger.len(), 1, "{ledger:?}");
     assert!(ledger[0].starts_with("max_reconnects: sim/0: 3 consecutive"), "{ledger:?}");
 }
+
+/// The accepted notices of `kind` about `source`, as (state, id), in the order received.
+fn notices_of(hooks: &Hooks, kind: &str, source: &str) -> Vec<(String, String)> {
+    hooks
+        .accepted()
+        .into_iter()
+        .filter(|j| j["kind"] == kind && j["source"] == source)
+        .map(|j| {
+            (
+                j["state"].as_str().unwrap_or_default().to_owned(),
+                j["id"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alert_open_at_stop_is_announced_kept_and_resolved_by_the_next_run() {
+    // Arrange: a stalled exchange makes `feed_stale` (2 s) fire; tickd stops with it open.
+    let db = TestDb::new().await;
+    let sim = simulator(market_names(2), 50);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (hooks, hook) = Hooks::serve(0).await;
+    let script = Script::new(dir.path());
+    let mut config = config(dir.path(), &db.url, &serve(&sim).await, &sim, &script, &hook);
+    config.alerts("feed_stale_after", "\"1h\"").feed("stale_after", "\"2s\"");
+    let mut first = spawn_app(dir.path(), "tickd", &config).await;
+    first.wait_live(1, LIVE).await;
+    sim.set_stall(true);
+    wait_posted(&hooks, "feed_stale", "firing").await;
+
+    // Act: stop with the alert open; the exchange speaks again; the next run starts.
+    stop(&mut first).await;
+    let at_stop = hooks.accepted_of("feed_stale", "open_at_stop");
+    let kept = std::fs::read_to_string(dir.path().join("state/alerts.json")).expect("kept alerts");
+    sim.set_stall(false);
+    let mut second = spawn_app(dir.path(), "tickd", &config).await;
+    wait_posted(&hooks, "feed_stale", "resolved").await;
+    let addr = second.dashboard();
+    let active = metric(addr, r#"tickd_alert_active{kind="feed_stale",source="sim/0"}"#).await;
+    stop(&mut second).await;
+
+    // Assert: one incident, told three times under one id: raised, open at the stop, over.
+    let told = notices_of(&hooks, "feed_stale", "sim/0");
+    let states: Vec<&str> = told.iter().map(|(s, _)| s.as_str()).collect();
+    assert_eq!(states, ["firing", "open_at_stop", "resolved"], "{:?}", hooks.all());
+    assert!(told.iter().all(|(_, id)| *id == told[0].1), "one id: {told:?}");
+    assert_eq!(at_stop.len(), 1);
+    assert!(at_stop[0]["message"].as_str().unwrap_or_default().contains("stopping"), "{}", at_stop[0]);
+    assert!(at_stop[0]["duration_seconds"].is_u64(), "{}", at_stop[0]);
+    assert!(kept.contains("feed_stale") && kept.contains("sim/0"), "{kept}");
+    assert_eq!(active, Some(0.0));
+    let runs: Vec<String> =
+        script.runs().into_iter().filter(|r| r.kind == "feed_stale").map(|r| r.state).collect();
+    assert_eq!(runs, ["firing", "open_at_stop", "resolved"]);
+    // Nothing is left to carry over to a third run.
+    let kept = std::fs::read_to_string(dir.path().join("state/alerts.json")).expect("kept alerts");
+    assert!(!kept.contains("feed_stale"), "{kept}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_that_outlives_a_restart_is_raised_again_by_the_next_run_under_the_same_id() {
+    // Arrange: the database goes away and `database_unreachable` (1 s) fires.
+    let pg = private_server().await;
+    let url = pg.create_database("tickd").await.expect("database");
+    let sim = simulator(market_names(2), 50);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (hooks, hook) = Hooks::serve(0).await;
+    let script = Script::new(dir.path());
+    let mut config = config(dir.path(), &url, &serve(&sim).await, &sim, &script, &hook);
+    config.alerts("database_unreachable_after", "\"1s\"");
+    let mut first = spawn_app(dir.path(), "tickd", &config).await;
+    first.wait_live(1, LIVE).await;
+    first.wait_store(StoreState::Ready, LIVE).await;
+    pg.stop().await.expect("server stops");
+    wait_posted(&hooks, "database_unreachable", "firing").await;
+
+    // Act: stop and start again with the database still away; then it comes back.
+    stop(&mut first).await;
+    let mut second = spawn_app(dir.path(), "tickd", &config).await;
+    let what = "the alert raised again by the next run";
+    wait_until(what, NOTICE, || async { hooks.accepted_of("database_unreachable", "firing").len() == 2 })
+        .await;
+    pg.restart().await.expect("server restarts");
+    wait_posted(&hooks, "database_unreachable", "resolved").await;
+    stop(&mut second).await;
+
+    // Assert
+    let told = notices_of(&hooks, "database_unreachable", "store");
+    let states: Vec<&str> = told.iter().map(|(s, _)| s.as_str()).collect();
+    assert_eq!(states, ["firing", "open_at_stop", "firing", "resolved"], "{:?}", hooks.all());
+    assert!(told.iter().all(|(_, id)| *id == told[0].1), "one incident, one id: {told:?}");
+    let again = &hooks.accepted_of("database_unreachable", "firing")[1];
+    let first_alert = &hooks.accepted_of("database_unreachable", "firing")[0];
+    assert_eq!(again["started"], first_alert["started"], "it started in the first run");
+}

@@ -597,3 +597,59 @@ fn a_feed_following_series_and_events_is_valid_and_printed_with_its_discovery_ke
         assert!(out.stdout.contains(line), "{line}: {}", out.stdout);
     }
 }
+
+#[test]
+fn unknown_keys_wrong_types_and_bad_values_across_feeds_are_all_reported_in_one_run() {
+    // Two stray keys, two values of the wrong type and three bad values, over three feeds.
+    let text = r#"
+summary_interval = 5
+venue = "kalshi"
+
+[[feeds]]
+name = "a"
+url = "htp://x"
+markets = ["M1"]
+max_reconnects = "ten"
+
+[[feeds]]
+name = "b"
+url = "ws://127.0.0.1:9100/trade-api/ws/v2"
+markets = ["M2"]
+jitter = 0.2
+[feeds.backoff]
+multiplier = 0.5
+jitter = 1.5
+
+[[feeds]]
+name = "c"
+url = "ws://127.0.0.1:9100/trade-api/ws/v2"
+markets = ["M3"]
+rest_rate = 0
+"#;
+    let (_dir, file) = config_file(text);
+
+    let out = checked(check_config(&file, &[]));
+
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    assert_eq!(out.stdout, "");
+    let lines: Vec<&str> = out.stderr.lines().collect();
+    assert!(lines.iter().all(|l| l.starts_with("error: ")), "{}", out.stderr);
+    let expected = [
+        ("`venue`", true),
+        ("`summary_interval`", true),
+        ("`feeds[0].max_reconnects`", true),
+        ("`feeds[1].jitter`", true),
+        ("`feeds[0].url`", false),
+        ("`feeds[1].backoff.multiplier`", false),
+        ("`feeds[1].backoff.jitter`", false),
+        ("`feeds[2].rest_rate`", false),
+    ];
+    for (key, in_file) in expected {
+        let line = lines.iter().find(|l| l.contains(key));
+        let line = line.unwrap_or_else(|| panic!("{key} is not named:\n{}", out.stderr));
+        if in_file {
+            assert!(line.contains(&file.display().to_string()), "names the file: {line}");
+        }
+    }
+    assert_eq!(lines.len(), expected.len(), "one line per problem, nothing else:\n{}", out.stderr);
+}

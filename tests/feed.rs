@@ -228,6 +228,73 @@ async fn refused_handshakes_back_off_growing_capped_and_jittered_then_alert_and_
     h.stop().await;
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_multiplier_of_one_and_a_half_with_a_tenth_jitter_spaces_reconnects_so_and_holds_the_cap_after_the_alert()
+ {
+    // Arrange: delays of 1 s × 1.5ⁿ up to 10 s, a tenth of each drawn at random; the alert
+    // after six failures in a row.
+    let h = Harness::start(sim_config(3, 20), Transport::InMemory, |s| {
+        s.backoff = tickd::config::BackoffSettings {
+            initial: Duration::from_secs(1),
+            multiplier: 1.5,
+            max: Duration::from_secs(10),
+            jitter: 0.1,
+            healthy_after: Duration::from_secs(2),
+        };
+        s.max_reconnects = 6;
+    })
+    .await;
+    h.wait_live(1, LIMIT).await;
+
+    // Act: the connection drops and the next nine handshakes are refused: ten failures.
+    h.sim.refuse_handshakes(9);
+    h.sim.drop_all();
+    let skip = h.ticks.event_count();
+    h.wait_live(2, Duration::from_secs(600)).await;
+
+    // Assert: each wait, from the failure's backoff row to the next attempt, as observed.
+    let events: Vec<(tokio::time::Instant, FeedEvent)> =
+        h.ticks.timed_events().into_iter().skip(skip).collect();
+    let mut waits = Vec::new();
+    for (i, (at, event)) in events.iter().enumerate() {
+        if let FeedEvent::BackingOff { failures, delay_ms } = event {
+            let next = events[i..].iter().find(|(_, e)| matches!(e, FeedEvent::Connecting { .. }));
+            let (attempt_at, _) = next.expect("an attempt after each backoff");
+            waits.push((*failures, *delay_ms, *attempt_at - *at));
+        }
+    }
+    assert_eq!(waits.iter().map(|w| w.0).collect::<Vec<_>>(), (1..=10).collect::<Vec<_>>(), "{events:?}");
+    // 1 s × 1.5ⁿ⁻¹ for the first five, then the cap: the alert came with the sixth.
+    let bases_ms = [1000.0, 1500.0, 2250.0, 3375.0, 5062.5, 10_000.0, 10_000.0, 10_000.0, 10_000.0, 10_000.0];
+    // tokio's timers wake on whole milliseconds: a wait is its delay rounded up to one.
+    for (&(n, delay_ms, waited), base) in waits.iter().zip(bases_ms) {
+        let waited_ms = waited.as_secs_f64() * 1000.0;
+        assert!(
+            waited_ms >= base * 0.9 && waited_ms <= base.ceil(),
+            "failure {n}: waited {waited:?}, outside [0.9 × {base} ms, {base} ms]"
+        );
+        let rounded = waited.as_millis() as u64;
+        assert!(
+            rounded == delay_ms || rounded == delay_ms + 1,
+            "failure {n}: the backoff row says {delay_ms} ms"
+        );
+    }
+    assert!(
+        waits.iter().zip(bases_ms).any(|(w, base)| w.2.as_secs_f64() * 1000.0 < base - 1.0),
+        "a tenth of each delay is random: {waits:?}"
+    );
+    let alerts: Vec<&String> = events
+        .iter()
+        .filter_map(|(_, e)| match e {
+            FeedEvent::Alert { kind, message } if kind == "max_reconnects" => Some(message),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(alerts.len(), 1, "{events:?}");
+    assert!(alerts[0].contains("6 consecutive connection failures; retrying every 10s"), "{}", alerts[0]);
+    h.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sequence_gap_is_repaired_on_the_live_connection() {
     let h = Harness::start(sim_config(10, 2_000), Transport::Tcp, |_| {}).await;

@@ -175,8 +175,8 @@ async fn prices_sizes_and_times_are_stored_exactly() {
     assert!(!t.get::<bool, _>("block"));
     assert_eq!(t.get::<i64, _>("exch_us"), T0);
     assert_eq!(t.get::<i64, _>("recv_us"), T0 + 250);
-    assert_eq!(t.get::<String, _>("dollars"), "0.48010000000000000000");
-    assert_eq!(t.get::<String, _>("contracts"), "123.4500000000000000");
+    assert_eq!(t.get::<String, _>("dollars"), "0.4801");
+    assert_eq!(t.get::<String, _>("contracts"), "123.45");
 
     let q = sqlx::query(
         "SELECT last, bid, ask, bid_size, ask_size, last_size, volume, open_interest, dollar_volume, \
@@ -305,7 +305,7 @@ async fn ohlcv_trades_in_and_latest_quotes_answer_from_the_stored_rows() {
     pg::write(&pool, &batch).await.expect("write");
 
     let bars = sqlx::query(
-        "SELECT open, high, low, close, volume, trades FROM ohlcv('MKT-A', '1 minute', \
+        "SELECT open_int, high_int, low_int, close_int, volume_int, trades FROM ohlcv('MKT-A', '1 minute', \
          to_timestamp($1::bigint / 1000), to_timestamp($1::bigint / 1000) + interval '1 hour')",
     )
     .bind(ms)
@@ -741,4 +741,171 @@ async fn what_a_market_is_is_kept_in_markets_and_a_later_silence_erases_nothing(
             .await
             .expect("other row");
     assert_eq!(unknown, (None, None, None));
+}
+
+/// The statements of the README's "What users ask first" block, as a person pastes them.
+fn readme_queries() -> Vec<String> {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).expect("README");
+    let block = readme
+        .split_once("What users ask first:")
+        .and_then(|(_, rest)| rest.split_once("```sql\n"))
+        .and_then(|(_, rest)| rest.split_once("```"))
+        .map(|(sql, _)| sql.to_owned())
+        .expect("the README's query block");
+    block
+        .split(';')
+        .map(str::trim)
+        // A chunk of nothing but a comment is the tail of the last statement's line.
+        .filter(|s| s.lines().any(|l| !l.trim().is_empty() && !l.trim_start().starts_with("--")))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The rows `query` prints, each value as PostgreSQL writes it as text (what psql shows),
+/// with its column name; times become `<time>`, since they move with the clock.
+async fn printed_rows(pool: &PgPool, query: &str) -> Vec<Vec<(String, Option<String>)>> {
+    let wrapped = format!(
+        r"SELECT array_agg(e.key ORDER BY e.n),
+                 array_agg(CASE WHEN e.value ~ '^\d{{4}}-\d\d-\d\dT\d\d:' THEN '<time>' ELSE e.value END
+                           ORDER BY e.n)
+          FROM (SELECT row_number() OVER () AS q, row_to_json(r) AS j FROM ({query}
+) r) printed,
+               LATERAL json_each_text(printed.j) WITH ORDINALITY AS e(key, value, n)
+          GROUP BY printed.q ORDER BY printed.q"
+    );
+    let rows: Vec<(Vec<String>, Vec<Option<String>>)> = sqlx::query_as(AssertSqlSafe(wrapped))
+        .fetch_all(pool)
+        .await
+        .unwrap_or_else(|e| panic!("{query}: {e}"));
+    rows.into_iter().map(|(keys, values)| keys.into_iter().zip(values).collect()).collect()
+}
+
+#[tokio::test]
+async fn every_readme_query_prints_dollars_contracts_and_counts_a_person_reads() {
+    // Arrange: five trades of a KXBTCD market in two minutes of the last ten, a quote, what the
+    // market is, and a disconnect that was repaired.
+    let (_db, pool) = migrated().await;
+    let market = "KXBTCD-25DEC31-T96250";
+    let now_ms =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as i64;
+    let minute = 60_000;
+    let start = (now_ms - 5 * minute) / minute * minute;
+    let us = |ms: i64| ms * 1000;
+    let info = MarketInfo {
+        event: Some("KXBTCD-25DEC31".into()),
+        series: Some("KXBTCD".into()),
+        followed: Some(true),
+        ..MarketInfo::default()
+    };
+    let quote = Quote { bid: Some(Price(4150)), ask: Some(Price(4300)), ..Quote::default() };
+    let mut ticks = vec![
+        market_info(market, us(start) - 10, info),
+        trade(market, "a1", start, 4000, 100),
+        trade(market, "a2", start + 10_000, 4500, 200),
+        trade(market, "a3", start + 20_000, 3900, 300),
+        trade(market, "a4", start + 50_000, 4200, 400),
+        trade(market, "a5", start + 61_000, 4300, 500),
+        tick(market, us(start + 62_000), Some(start + 62_000), TickKind::Quote(quote)),
+    ];
+    ticks.push(event(us(start + 1_000), FeedEvent::Disconnected { reason: "connection reset".into() }));
+    ticks.push(event(us(start + 3_000), FeedEvent::Live));
+    let batch = batch_of(&ticks);
+    pg::ensure_partitions(&pool, &batch.days()).await.expect("partitions");
+    pg::write(&pool, &batch).await.expect("write");
+    let queries = readme_queries();
+
+    // Act
+    let mut printed = Vec::new();
+    for query in &queries {
+        printed.push(printed_rows(&pool, query).await);
+    }
+
+    // Assert
+    let row = |cells: &[(&str, Option<&str>)]| -> Vec<(String, Option<String>)> {
+        cells.iter().map(|(k, v)| (k.to_string(), v.map(str::to_owned))).collect()
+    };
+    let t = Some("<time>");
+    let expected = vec![
+        vec![row(&[
+            ("market", Some(market)),
+            ("bid", Some("0.4150")),
+            ("ask", Some("0.4300")),
+            ("recv_ts", t),
+        ])],
+        vec![
+            row(&[
+                ("bucket_start", t),
+                ("open", Some("0.4000")),
+                ("high", Some("0.4500")),
+                ("low", Some("0.3900")),
+                ("close", Some("0.4200")),
+                ("volume", Some("10.00")),
+                ("trades", Some("4")),
+            ]),
+            row(&[
+                ("bucket_start", t),
+                ("open", Some("0.4300")),
+                ("high", Some("0.4300")),
+                ("low", Some("0.4300")),
+                ("close", Some("0.4300")),
+                ("volume", Some("5.00")),
+                ("trades", Some("1")),
+            ]),
+        ],
+        ["a1", "a2", "a3", "a4", "a5"]
+            .iter()
+            .zip([
+                ("0.4000", "1.00"),
+                ("0.4500", "2.00"),
+                ("0.3900", "3.00"),
+                ("0.4200", "4.00"),
+                ("0.4300", "5.00"),
+            ])
+            .map(|(id, (price, size))| {
+                row(&[
+                    ("trade_id", Some(id)),
+                    ("price", Some(price)),
+                    ("size", Some(size)),
+                    ("taker_side", Some("no")),
+                    ("exch_ts", t),
+                ])
+            })
+            .collect(),
+        vec![row(&[
+            ("feed", Some("sim")),
+            ("conn", Some("0")),
+            ("market", Some("")),
+            ("kind", Some("disconnected")),
+            ("started", t),
+            ("ended", t),
+        ])],
+        vec![row(&[
+            ("event_ticker", Some("KXBTCD-25DEC31")),
+            ("trades", Some("5")),
+            ("contracts", Some("15.00")),
+        ])],
+    ];
+    assert_eq!(queries.len(), expected.len(), "one expectation per README query: {queries:#?}");
+    for ((query, got), want) in queries.iter().zip(&printed).zip(&expected) {
+        assert_eq!(got, want, "{query}");
+    }
+}
+
+#[tokio::test]
+async fn dollars_and_contracts_have_the_scale_of_their_unit_for_any_number() {
+    let (_db, pool) = migrated().await;
+
+    let printed: (String, String, String, String, String, Option<String>) = sqlx::query_as(
+        "SELECT tickd_dollars(5400)::text, tickd_dollars(5400::bigint)::text, tickd_contracts(12345)::text, \
+                tickd_contracts(sum(x))::text, tickd_dollars(avg(x))::text, tickd_dollars(NULL)::text \
+         FROM (VALUES (1::bigint), (2::bigint)) v(x)",
+    )
+    .fetch_one(&pool)
+    .await
+    .expect("conversions");
+
+    assert_eq!(
+        printed,
+        ("0.5400".into(), "0.5400".into(), "123.45".into(), "0.03".into(), "0.0002".into(), None)
+    );
 }

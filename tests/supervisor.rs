@@ -14,6 +14,7 @@ use tickd::config::{BusSettings, Settings};
 use tickd::dev::sim::{SimConfig, Simulator, market_names};
 use tickd::feed::supervisor::{Handles, Supervisor, SupervisorDeps};
 use tickd::feed::{BoxIo, Connect};
+use tickd::telemetry::alerts::{AlertRegistry, Alerter, Series};
 use tickd::telemetry::metrics::FeedState;
 use tickd::telemetry::rest::RestFeeds;
 use tokio::sync::mpsc;
@@ -36,6 +37,11 @@ fn settings(markets: &[String], cap: usize) -> Settings {
 }
 
 async fn start(settings: &Settings, connector: Arc<dyn Connect>) -> Running {
+    start_alerting(settings, connector, Alerter::default()).await
+}
+
+/// Like [`start`], raising alerts through `alerter`.
+async fn start_alerting(settings: &Settings, connector: Arc<dyn Connect>, alerter: Alerter) -> Running {
     let mut builder = BusBuilder::new(&BusSettings { lossless_capacity: 1 << 16, lossy_capacity: 16 });
     let mut rx = builder.lossless();
     tokio::spawn(async move { while rx.recv().await.is_some() {} });
@@ -45,7 +51,7 @@ async fn start(settings: &Settings, connector: Arc<dyn Connect>) -> Running {
         shutdown: shutdown.clone(),
         connector,
         jitter_seed: Some(1),
-        alerter: Default::default(),
+        alerter,
         handles: Default::default(),
         rest: RestFeeds::default(),
     };
@@ -163,6 +169,65 @@ async fn a_panicked_feed_actor_is_restarted() {
     let handles = run.handles.clone();
     poll_until("live after the restart", LIMIT, || all_live(&handles, 1)).await;
     assert_eq!(connector.calls.load(Ordering::SeqCst), 2, "one panic, one restart");
+    run.shutdown.cancel();
+    run.task.await.unwrap().unwrap();
+}
+
+/// Refuses the first `refuse` attempts, panics on the next one, then connects to the simulator.
+struct RefusesThenPanics {
+    inner: InMemory,
+    refuse: u32,
+    calls: AtomicU32,
+}
+
+impl Connect for RefusesThenPanics {
+    fn open<'a>(
+        &'a self,
+        host: &'a str,
+        port: u16,
+    ) -> Pin<Box<dyn Future<Output = std::io::Result<BoxIo>> + Send + 'a>> {
+        let call = self.calls.fetch_add(1, Ordering::SeqCst);
+        if call == self.refuse {
+            panic!("injected connector failure");
+        }
+        if call < self.refuse {
+            let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "injected refusal");
+            return Box::pin(async move { Err(refused) });
+        }
+        self.inner.open(host, port)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_feed_actor_restarted_after_a_panic_keeps_its_open_alert_and_resolves_it_once() {
+    // Arrange: three refusals raise `max_reconnects`; the actor panics; the new one connects
+    // and stays healthy, which is the end of the incident the old one opened.
+    let markets = market_names(2);
+    let sim = Simulator::start(SimConfig { markets: markets.clone(), rate: 50, ..SimConfig::default() });
+    let connector =
+        Arc::new(RefusesThenPanics { inner: InMemory(sim.clone()), refuse: 3, calls: AtomicU32::new(0) });
+    let mut settings = settings(&markets, 10);
+    settings.feeds[0].max_reconnects = 3;
+    let registry = AlertRegistry::default();
+
+    // Act
+    let run = start_alerting(&settings, connector.clone(), registry.alerter()).await;
+    let r = registry.clone();
+    poll_until("the alert raised before the panic", LIMIT, || !r.active().is_empty()).await;
+    let handles = run.handles.clone();
+    poll_until("live after the restart", LIMIT, || all_live(&handles, 1)).await;
+    poll_until("the alert resolved", LIMIT, || r.active().is_empty()).await;
+
+    // Assert: what /metrics shows of the incident: raised once, resolved once.
+    assert_eq!(connector.calls.load(Ordering::SeqCst), 5, "3 refused, a panic, connected");
+    let series: Vec<((String, String), Series)> = registry.metrics().series();
+    assert_eq!(
+        series,
+        [(
+            ("max_reconnects".to_string(), "sim/0".to_string()),
+            Series { fired: 1, resolved: 1, active: false }
+        )]
+    );
     run.shutdown.cancel();
     run.task.await.unwrap().unwrap();
 }

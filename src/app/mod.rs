@@ -8,8 +8,8 @@
 //!
 //! Shutdown runs in order: the sources close their connections, the observers that publish
 //! end, the bus closes (every publisher is gone), the store commits or spools its last batch,
-//! the dashboard closes its clients with 1001, and queued alert notices get a last, bounded
-//! chance. The whole stop is bounded by [`topology::STOP_DEADLINE`].
+//! the dashboard closes its clients with 1001, alerts still open are announced as such and
+//! kept in `state_dir` for the next run, and queued alert notices get a last, bounded chance. The whole stop is bounded by [`topology::STOP_DEADLINE`].
 
 pub mod topology;
 
@@ -175,7 +175,10 @@ impl App {
         let result = topology.run(reload_rx, bus, observers).await;
         // A source that failed stops everything else too.
         shutdown.cancel();
-        // Queued webhook notices get a last, bounded chance.
+        // Nothing raises or resolves alerts any more: the open ones are announced as open at
+        // the stop and kept for the next run; then queued webhook notices get a last, bounded
+        // chance.
+        alerts.stopping().await;
         alerts.close().await;
         result
     }

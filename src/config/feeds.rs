@@ -103,7 +103,7 @@ pub struct FeedSettings {
     /// Consecutive failed connections before an alert is raised.
     #[serde(default = "defaults::max_reconnects")]
     pub max_reconnects: u32,
-    /// What to do after the alert: keep retrying at the capped delay, stop this feed, or exit.
+    /// What to do after the alert: keep retrying every `backoff.max`, stop this feed, or exit.
     #[serde(default)]
     pub on_max_reconnects: GiveUpPolicy,
     /// `feed_stale` for this feed's connections: no market data for this long while connected.
@@ -168,11 +168,16 @@ pub struct BackoffSettings {
     /// Delay after the first failure.
     #[serde(with = "humantime_serde")]
     pub initial: Duration,
-    /// Growth factor per consecutive failure.
-    pub multiplier: u32,
+    /// Growth factor per consecutive failure: any number from 1 (`1.5`, `2`; `1` keeps every
+    /// delay at `initial`).
+    pub multiplier: f64,
     /// The most a delay can be.
     #[serde(with = "humantime_serde")]
     pub max: Duration,
+    /// The fraction of each delay drawn at random, from 0 to 1: a delay of base `d` is drawn
+    /// from `[d × (1 − jitter), d]`. `0.5` (equal jitter) spreads feeds that fail together
+    /// while keeping delays growing; `0` waits exactly `d`; `1` draws from `[0, d]`.
+    pub jitter: f64,
     /// A connection must stay up and healthy this long before the failure count resets.
     #[serde(with = "humantime_serde")]
     pub healthy_after: Duration,
@@ -183,7 +188,7 @@ pub struct BackoffSettings {
 #[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum GiveUpPolicy {
-    /// Keep retrying at the capped delay.
+    /// Keep retrying, every `backoff.max` (jittered) until a connection stays healthy.
     #[default]
     Retry,
     /// Stop this feed; the others go on.
@@ -243,8 +248,9 @@ impl Default for BackoffSettings {
     fn default() -> Self {
         BackoffSettings {
             initial: Duration::from_secs(1),
-            multiplier: 2,
+            multiplier: 2.0,
             max: Duration::from_secs(30),
+            jitter: 0.5,
             healthy_after: Duration::from_secs(30),
         }
     }
@@ -399,8 +405,24 @@ impl FeedSettings {
                 format!("{:?} is more than `backoff.max` ({:?})", backoff.initial, backoff.max),
             );
         }
-        if backoff.multiplier < 1 {
-            problems.push(format!("{key}.backoff.multiplier"), "must be at least 1");
+        if !(backoff.multiplier.is_finite() && backoff.multiplier >= 1.0) {
+            problems.push(
+                format!("{key}.backoff.multiplier"),
+                format!(
+                    "{} is not a growth factor: give a number of at least 1 (`1.5`, `2`)",
+                    backoff.multiplier
+                ),
+            );
+        }
+        if !(0.0..=1.0).contains(&backoff.jitter) {
+            problems.push(
+                format!("{key}.backoff.jitter"),
+                format!(
+                    "{} is not a fraction of the delay: give a number from 0 (no randomness) to 1 \
+                     (`0.5`, the default, draws each delay from its upper half)",
+                    backoff.jitter
+                ),
+            );
         }
     }
 
@@ -857,12 +879,49 @@ mod tests {
     fn backoff_starts_below_its_cap_and_does_not_shrink() {
         let mut settings = valid();
         settings.feeds[0].backoff.initial = Duration::from_secs(60);
-        settings.feeds[0].backoff.multiplier = 0;
+        settings.feeds[0].backoff.multiplier = 0.0;
         assert_eq!(problem_keys(&settings), ["feeds[0].backoff.initial", "feeds[0].backoff.multiplier"]);
 
         settings.feeds[0].backoff.initial = Duration::ZERO;
         settings.feeds[0].backoff.max = Duration::ZERO;
-        settings.feeds[0].backoff.multiplier = 1;
+        settings.feeds[0].backoff.multiplier = 1.0;
         assert_eq!(problem_keys(&settings), ["feeds[0].backoff.initial", "feeds[0].backoff.max"]);
+    }
+
+    #[test]
+    fn a_multiplier_is_any_number_from_1_and_jitter_a_fraction() {
+        for (multiplier, jitter, bad) in [
+            (1.0, 0.0, &[][..]),
+            (1.5, 0.1, &[]),
+            (2.0, 1.0, &[]),
+            (0.99, 0.5, &["feeds[0].backoff.multiplier"][..]),
+            (f64::NAN, 0.5, &["feeds[0].backoff.multiplier"]),
+            (f64::INFINITY, 0.5, &["feeds[0].backoff.multiplier"]),
+            (2.0, -0.1, &["feeds[0].backoff.jitter"]),
+            (2.0, 1.5, &["feeds[0].backoff.jitter"]),
+            (2.0, f64::NAN, &["feeds[0].backoff.jitter"]),
+        ] {
+            let mut settings = valid();
+            settings.feeds[0].backoff.multiplier = multiplier;
+            settings.feeds[0].backoff.jitter = jitter;
+            assert_eq!(problem_keys(&settings), bad, "multiplier {multiplier}, jitter {jitter}");
+        }
+    }
+
+    #[test]
+    fn backoff_numbers_are_read_as_people_write_them() {
+        for (text, multiplier) in [("1.5", 1.5), ("2.0", 2.0), ("2", 2.0), ("3", 3.0)] {
+            let toml =
+                format!("[[feeds]]\nname = \"a\"\n[feeds.backoff]\nmultiplier = {text}\njitter = 0.1\n");
+            let dir = tempfile::tempdir().unwrap();
+            let file = dir.path().join("tickd.toml");
+            std::fs::write(&file, toml).unwrap();
+
+            let settings =
+                crate::config::Settings::load(Some(&file)).unwrap_or_else(|e| panic!("{text}: {e}"));
+
+            assert_eq!(settings.feeds[0].backoff.multiplier, multiplier, "{text}");
+            assert_eq!(settings.feeds[0].backoff.jitter, 0.1, "{text}");
+        }
     }
 }

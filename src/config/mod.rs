@@ -18,6 +18,7 @@ mod alerts;
 mod bus;
 mod dashboard;
 mod feeds;
+mod load_errors;
 mod log;
 mod reload;
 mod secrets;
@@ -44,7 +45,8 @@ pub use store::{DatabaseUrl, StoreSettings};
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
-    /// Where tickd keeps state that must survive a restart: the store's spool.
+    /// Where tickd keeps state that must survive a restart: the store's spool, the batches the
+    /// database refused and the alerts still open (`alerts.json`).
     pub state_dir: PathBuf,
     /// A program run for every alert and every recovery; details arrive in `TICKD_ALERT_*`
     /// variables (see `alerts::notice`).
@@ -99,10 +101,17 @@ pub enum ConfigError {
         /// The path as given.
         path: PathBuf,
     },
-    /// A source could not be read or parsed into settings: TOML syntax, an unknown key, a
-    /// value of the wrong type. The message names the key and the file or variable.
-    #[error("{}", render_figment(.0))]
-    Load(Box<figment::Error>),
+    /// Sources could not be read or parsed into settings: TOML syntax, unknown keys, values of
+    /// the wrong type, each named with its key and its file or variable; and, so that one run
+    /// names everything, the problems [`Settings::validate`] finds in the values that could be
+    /// read (empty when the file cannot be parsed at all).
+    #[error("{}", render_load(.errors, .problems))]
+    Load {
+        /// What could not be read, in the order found.
+        errors: Vec<figment::Error>,
+        /// What is wrong with the values that could be read.
+        problems: Vec<Problem>,
+    },
     /// The settings parsed, but some values would make the daemon misbehave.
     #[error("{}", render_problems(.0))]
     Invalid(Vec<Problem>),
@@ -128,7 +137,11 @@ impl ConfigError {
     pub fn keys(&self) -> Vec<String> {
         match self {
             ConfigError::NotFound { .. } => Vec::new(),
-            ConfigError::Load(err) => (**err).clone().into_iter().map(|e| display_key(&e.path)).collect(),
+            ConfigError::Load { errors, problems } => errors
+                .iter()
+                .map(|e| display_key(&e.path))
+                .chain(problems.iter().map(|p| p.key.clone()))
+                .collect(),
             ConfigError::Invalid(problems) => problems.iter().map(|p| p.key.clone()).collect(),
         }
     }
@@ -141,9 +154,15 @@ fn render_problems(problems: &[Problem]) -> String {
 }
 
 /// figment's own `Display` says `for key "default.feeds.0.urll"` (profile-qualified, dotted
-/// indices); users write `feeds[0].urll` and want the environment variable's real name.
-fn render_figment(err: &figment::Error) -> String {
-    let lines: Vec<String> = err.clone().into_iter().map(|e| render_one(&e)).collect();
+/// indices); users write `feeds[0].urll` and want the environment variable's real name. One
+/// line per error, then one per problem.
+fn render_load(errors: &[figment::Error], problems: &[Problem]) -> String {
+    let lines: Vec<String> = errors
+        .iter()
+        .flat_map(|err| err.clone().into_iter())
+        .map(|e| render_one(&e))
+        .chain(problems.iter().map(Problem::to_string))
+        .collect();
     lines.join("\n")
 }
 
@@ -193,7 +212,9 @@ fn display_key(path: &[String]) -> String {
 impl Settings {
     /// Loads settings from built-in defaults < the TOML file < `TICKD_…` environment
     /// variables. `path` must exist when given; without it [`DEFAULT_CONFIG_PATH`] is read if
-    /// present. Does not validate values: call [`Settings::validate`].
+    /// present. Does not validate values that load: call [`Settings::validate`]. When some
+    /// cannot load, the error names every one (see [`load_errors`]) and what validation says
+    /// of the rest, so that one run of `check-config` finds everything.
     pub fn load(path: Option<&Path>) -> Result<Settings, ConfigError> {
         let file = match path {
             Some(path) if !path.exists() => {
@@ -206,11 +227,9 @@ impl Settings {
         // from file and environment keeps its `Default`. `file_exact`, because `Toml::file`
         // would search parent directories for a relative path. A missing default file yields
         // no values, not an error.
-        Figment::new()
-            .merge(Toml::file_exact(file))
-            .merge(Env::prefixed(ENV_PREFIX).split("__"))
-            .extract()
-            .map_err(|e| ConfigError::Load(Box::new(e)))
+        let figment =
+            Figment::new().merge(Toml::file_exact(file)).merge(Env::prefixed(ENV_PREFIX).split("__"));
+        figment.extract().map_err(|first| load_errors::collect(&figment, first))
     }
 
     /// Checks every value that could make the daemon misbehave and reports all problems at

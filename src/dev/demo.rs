@@ -230,8 +230,9 @@ fn print_banner(sim_url: &str, args: &DemoArgs, db_url: &str, page: &str) {
          \n\
          \nTry:\
          \n  SELECT market, tickd_dollars(bid) AS bid, tickd_dollars(ask) AS ask, recv_ts FROM latest_quotes;\
-         \n  SELECT * FROM ohlcv('SIM-MKT-001', '1 minute', now() - interval '1 hour', now());\
-         \n  SELECT * FROM gaps(now() - interval '1 day', now());\
+         \n  SELECT bucket_start, open, high, low, close, volume, trades\
+         \n    FROM ohlcv('SIM-MKT-001', '1 minute', now() - interval '1 hour', now());\
+         \n  SELECT feed, conn, market, kind, started, ended FROM gaps(now() - interval '1 day', now());\
          \n\
          \nFaults, one per line here: drop | refuse <n> | stall on|off | gap <n> | pause | resume | rate <n> | help\
          \nCtrl-C stops everything (the data stays for the next run).\n",

@@ -8,7 +8,7 @@
 //! connection ends it publishes `Disconnected`, waits a capped, jittered, growing delay and
 //! connects again; the failure count resets only after a connection stayed healthy for
 //! `backoff.healthy_after`. After `max_reconnects` consecutive failures it raises an alert and,
-//! by policy, keeps retrying at the capped delay, stops, or asks the process to exit. Alerts of
+//! by policy, keeps retrying every `backoff.max`, stops, or asks the process to exit. Alerts of
 //! a failure streak resolve (one recovery notice each) when the failure count resets.
 //!
 //! Callers hold a [`FeedHandle`]: change the market list (applied live, or queued while
@@ -46,7 +46,7 @@ use crate::config::{FeedSettings, GiveUpPolicy};
 use crate::kalshi::command::Channel;
 use crate::kalshi::session::{AlertAction, Output, Session, SessionConfig};
 use crate::kalshi::sign::Credentials;
-use crate::telemetry::alerts::Alerter;
+use crate::telemetry::alerts::{Alerter, BOOK_UNRECOVERABLE, CREDENTIALS_REJECTED, MAX_RECONNECTS};
 use crate::telemetry::log::{conn_span, log_counts};
 use crate::telemetry::metrics::{FeedMetrics, FeedState};
 use crate::tick::{BookSnapshot, ConnId, FeedEvent, Name, Tick, TickKind, now_micros, recv_micros};
@@ -318,6 +318,10 @@ struct FeedActor {
     alerted: bool,
     /// Alerts raised in the current failure streak, resolved once a connection is healthy.
     open_alerts: Vec<&'static str>,
+    /// A `book_unrecoverable` alert this actor found open when it started (raised before a
+    /// panic, or carried over from the last run) and its session knows nothing of: resolved
+    /// once a connection is healthy with every book sound.
+    adopted_book_alert: bool,
 }
 
 impl FeedActor {
@@ -343,6 +347,23 @@ impl FeedActor {
             Some(seed) => Backoff::seeded(s.backoff.clone(), seed),
             None => Backoff::new(s.backoff.clone()),
         };
+        // Alerts about this connection still open (the actor panicked and was restarted, or
+        // the last run stopped with them open) are this actor's to resolve, or to raise again:
+        // the registry sends no duplicate of one raised in this run.
+        let mut open_alerts = Vec::new();
+        let mut adopted_book_alert = false;
+        for kind in ctx.alerter.open_kinds(&cfg.conn) {
+            match kind.as_str() {
+                MAX_RECONNECTS => open_alerts.push(MAX_RECONNECTS),
+                CREDENTIALS_REJECTED => open_alerts.push(CREDENTIALS_REJECTED),
+                BOOK_UNRECOVERABLE => adopted_book_alert = true,
+                // `feed_stale` is the alert monitor's to judge.
+                _ => {}
+            }
+        }
+        if !open_alerts.is_empty() || adopted_book_alert {
+            info!(alerts = ?ctx.alerter.open_kinds(&cfg.conn), "Starting with alerts open; they resolve once a connection is healthy.");
+        }
         FeedActor {
             cfg,
             ctx,
@@ -351,7 +372,8 @@ impl FeedActor {
             backoff,
             out: Output::default(),
             alerted: false,
-            open_alerts: Vec::new(),
+            open_alerts,
+            adopted_book_alert,
         }
     }
 
@@ -403,7 +425,7 @@ impl FeedActor {
                         error!(error = %e, "Credentials rejected.");
                         if self.backoff.failures() == 0 {
                             let message = format!("{id}: {e}");
-                            self.alert("credentials_rejected", &message).await;
+                            self.alert(CREDENTIALS_REJECTED, &message).await;
                         }
                     } else {
                         warn!(error = %e, "Connection attempt failed.");
@@ -412,8 +434,7 @@ impl FeedActor {
                 }
             }
             // Every end of a connection that did not stay healthy counts as a failure.
-            let delay = self.backoff.next_delay();
-            let failures = self.backoff.failures();
+            let failures = self.backoff.fail();
             self.ctx.metrics.consecutive_failures.store(u64::from(failures), Ordering::Relaxed);
             if failures >= self.cfg.settings.max_reconnects && !self.alerted {
                 self.alerted = true;
@@ -421,14 +442,18 @@ impl FeedActor {
                 let message = format!(
                     "{id}: {failures} consecutive connection failures; {}",
                     match policy {
-                        GiveUpPolicy::Retry => "retrying at the capped delay",
-                        GiveUpPolicy::StopFeed => "stopping this feed",
-                        GiveUpPolicy::Exit => "exiting",
+                        GiveUpPolicy::Retry => format!(
+                            "retrying every {} (backoff.max, jittered) until a connection stays healthy",
+                            humantime::format_duration(self.cfg.settings.backoff.max)
+                        ),
+                        GiveUpPolicy::StopFeed => "stopping this feed".to_owned(),
+                        GiveUpPolicy::Exit => "exiting".to_owned(),
                     }
                 );
-                self.alert("max_reconnects", &message).await;
+                self.alert(MAX_RECONNECTS, &message).await;
                 match policy {
-                    GiveUpPolicy::Retry => {}
+                    // From this failure on, the delay is the cap, as the alert says.
+                    GiveUpPolicy::Retry => self.backoff.hold_at_max(),
                     GiveUpPolicy::StopFeed | GiveUpPolicy::Exit => {
                         self.ctx.metrics.set_state(FeedState::GivenUp);
                         self.publish_event(FeedEvent::GivenUp { reason: message }).await;
@@ -440,6 +465,7 @@ impl FeedActor {
                     }
                 }
             }
+            let delay = self.backoff.delay();
             self.ctx.metrics.set_state(FeedState::BackingOff);
             info!(failures, delay_ms = delay.as_millis() as u64, "Backing off.");
             self.publish_event(FeedEvent::BackingOff { failures, delay_ms: delay.as_millis() as u64 }).await;
@@ -735,12 +761,22 @@ impl FeedActor {
         }
     }
 
-    /// The failure streak is over: one recovery notice per alert it raised.
+    /// The failure streak is over: one recovery notice per alert it raised (or took on at
+    /// its start). An adopted `book_unrecoverable` resolves too when every book is sound;
+    /// otherwise the session, which has given up on a book since, resolves it in its turn.
     fn resolve_alerts(&mut self, healthy_after: Duration) {
         let message =
             format!("{}: connected and healthy for {}s again", self.cfg.conn, healthy_after.as_secs_f64());
         for kind in self.open_alerts.drain(..) {
             self.ctx.alerter.resolve(&self.cfg.conn, kind, &message);
+        }
+        if std::mem::take(&mut self.adopted_book_alert) && self.session.books_given_up() == 0 {
+            let message = format!(
+                "{}: every book is sound again (connected and healthy for {}s)",
+                self.cfg.conn,
+                healthy_after.as_secs_f64()
+            );
+            self.ctx.alerter.resolve(&self.cfg.conn, BOOK_UNRECOVERABLE, &message);
         }
     }
 }

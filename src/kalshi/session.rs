@@ -525,6 +525,12 @@ impl Session {
         }
     }
 
+    /// How many books are kept stale after their resyncs gave up (each under the connection's
+    /// `book_unrecoverable` alert).
+    pub fn books_given_up(&self) -> usize {
+        self.given_up_count()
+    }
+
     fn given_up_count(&self) -> usize {
         self.repairs.values().filter(|r| r.given_up).count()
     }

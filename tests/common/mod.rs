@@ -52,6 +52,9 @@ pub enum Transport {
 #[derive(Clone, Default)]
 pub struct Collected {
     ticks: Arc<Mutex<Vec<Arc<Tick>>>>,
+    /// When each tick arrived, on tokio's clock (exact on paused time: the collector runs at
+    /// the instant the feed publishes).
+    arrived: Arc<Mutex<Vec<Instant>>>,
     notify: Arc<Notify>,
 }
 
@@ -93,6 +96,20 @@ impl Collected {
     /// Feed events so far, in order.
     pub fn events(&self) -> Vec<FeedEvent> {
         feed_events(&self.ticks.lock().unwrap())
+    }
+
+    /// Feed events so far, in order, each with the instant it arrived.
+    pub fn timed_events(&self) -> Vec<(Instant, FeedEvent)> {
+        let ticks = self.ticks.lock().unwrap();
+        let arrived = self.arrived.lock().unwrap();
+        ticks
+            .iter()
+            .zip(arrived.iter())
+            .filter_map(|(t, at)| match &t.kind {
+                TickKind::Feed(e) => Some((*at, e.clone())),
+                _ => None,
+            })
+            .collect()
     }
 
     /// How many feed events so far.
@@ -221,6 +238,7 @@ impl Harness {
         let sink = ticks.clone();
         tokio::spawn(async move {
             while let Some(tick) = rx.recv().await {
+                sink.arrived.lock().unwrap().push(Instant::now());
                 sink.ticks.lock().unwrap().push(tick);
                 sink.notify.notify_waiters();
             }

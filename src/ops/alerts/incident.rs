@@ -13,6 +13,10 @@
 //!
 //! So two alerts of one kind about one source are at least `resolve_after + fire_after`
 //! apart, however the condition behaves.
+//!
+//! An incident carried over from the last run ([`Incident::carried_over`]) is open but not
+//! confirmed: it resolves by the rule above, or, seen bad for `fire_after`, fires again (the
+//! condition outlived the restart) and is an ordinary open incident from then on.
 
 use std::time::Duration;
 
@@ -62,11 +66,22 @@ pub struct Incident {
     fired_at: Option<Instant>,
     /// Start of the current unbroken run of clear samples, while open.
     clear_since: Option<Instant>,
+    /// Open since the last run, and not seen bad or clear long enough since.
+    carried: bool,
 }
 
 impl Incident {
+    /// An incident the last run left open, `open_for` ago as of `now`.
+    pub fn carried_over(now: Instant, open_for: Duration) -> Incident {
+        let fired_at = now.checked_sub(open_for).unwrap_or(now);
+        Incident { bad_since: None, fired_at: Some(fired_at), clear_since: None, carried: true }
+    }
+
     /// Takes one sample taken at `now` (samples come in time order).
     pub fn observe(&mut self, reading: Reading, now: Instant, rule: Rule) -> Option<Transition> {
+        if self.carried {
+            return self.observe_carried(reading, now, rule);
+        }
         match (self.fired_at, reading) {
             (None, Reading::Bad) => {
                 let since = *self.bad_since.get_or_insert(now);
@@ -74,7 +89,7 @@ impl Incident {
                 if bad_for < rule.fire_after {
                     return None;
                 }
-                *self = Incident { bad_since: None, fired_at: Some(now), clear_since: None };
+                *self = Incident { bad_since: None, fired_at: Some(now), clear_since: None, carried: false };
                 Some(Transition::Fire { bad_for })
             }
             (None, Reading::Clear | Reading::Unknown) => {
@@ -90,6 +105,40 @@ impl Incident {
                 if now.saturating_duration_since(since) < rule.resolve_after {
                     return None;
                 }
+                *self = Incident::default();
+                Some(Transition::Resolve { open_for: now.saturating_duration_since(fired) })
+            }
+        }
+    }
+
+    /// A carried-over incident: fires again once bad for `fire_after`, resolves once clear for
+    /// `resolve_after`.
+    fn observe_carried(&mut self, reading: Reading, now: Instant, rule: Rule) -> Option<Transition> {
+        match reading {
+            Reading::Bad => {
+                self.clear_since = None;
+                let since = *self.bad_since.get_or_insert(now);
+                let bad_for = now.saturating_duration_since(since);
+                if bad_for < rule.fire_after {
+                    return None;
+                }
+                // Still open, now confirmed: it resolves by the ordinary rule from here.
+                self.bad_since = None;
+                self.carried = false;
+                Some(Transition::Fire { bad_for })
+            }
+            Reading::Unknown => {
+                self.bad_since = None;
+                self.clear_since = None;
+                None
+            }
+            Reading::Clear => {
+                self.bad_since = None;
+                let since = *self.clear_since.get_or_insert(now);
+                if now.saturating_duration_since(since) < rule.resolve_after {
+                    return None;
+                }
+                let fired = self.fired_at.unwrap_or(now);
                 *self = Incident::default();
                 Some(Transition::Resolve { open_for: now.saturating_duration_since(fired) })
             }
@@ -177,6 +226,22 @@ mod tests {
             [(6, Transition::Fire { bad_for: secs(5) }), (18, Transition::Resolve { open_for: secs(12) })]
         );
         assert!(!i.is_open());
+    }
+
+    #[test]
+    fn a_carried_over_incident_resolves_once_clear_or_fires_again_once_bad_and_then_is_ordinary() {
+        let t0 = Instant::now();
+        let mut cleared = Incident::carried_over(t0, secs(100));
+        let mut confirmed = Incident::carried_over(t0, secs(100));
+
+        let resolved = run(&mut cleared, t0, &[U, B, B, C, C, C, C, C, C, C, C, C, C, C]);
+        let fired_again = run(&mut confirmed, t0, &[C, C, B, B, B, B, B, B, C, C, B, C]);
+
+        // Clear from 3, ten seconds later: open since 100 s before the start.
+        assert_eq!(resolved, [(13, Transition::Resolve { open_for: secs(113) })]);
+        // Bad from 2, five seconds later; after that, an ordinary open incident that flaps.
+        assert_eq!(fired_again, [(7, Transition::Fire { bad_for: secs(5) })]);
+        assert!(confirmed.is_open() && !cleared.is_open());
     }
 
     #[test]

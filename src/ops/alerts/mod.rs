@@ -34,7 +34,7 @@ use crate::config::Settings;
 use crate::store::{StoreMetrics, StoreState};
 use crate::telemetry::alerts::alerter::alert_tick;
 use crate::telemetry::alerts::{
-    AlertRegistry, DATABASE_UNREACHABLE, FEED_STALE, REST_UNREACHABLE, SPOOL_FILLING, STORE,
+    AlertRegistry, DATABASE_UNREACHABLE, FEED_STALE, REST_UNREACHABLE, SPOOL_FILLING, STORE, kept,
 };
 use crate::telemetry::metrics::{FeedMetrics, FeedState};
 use crate::tick::{ConnId, Name};
@@ -53,9 +53,10 @@ pub enum AlertError {
 }
 
 /// The registry `tickd run` uses: `alert_command` and, when `[alerts]` names one, the
-/// webhook, whose delivery task starts here (call inside the runtime). Start the monitoring
-/// itself with [`watch`] once the feeds and the store exist, and
-/// [`AlertRegistry::close`] the registry last.
+/// webhook, whose delivery task starts here (call inside the runtime); the open incidents are
+/// kept in `state_dir` across restarts, and those the last run left open are taken back.
+/// Start the monitoring itself with [`watch`] once the feeds and the store exist, and end with
+/// [`AlertRegistry::stopping`] and [`AlertRegistry::close`].
 pub fn start(settings: &Settings) -> Result<AlertRegistry, AlertError> {
     let alerts = &settings.alerts;
     let webhook = match alerts.load_webhook_url().map_err(AlertError::Webhook)? {
@@ -65,16 +66,25 @@ pub fn start(settings: &Settings) -> Result<AlertRegistry, AlertError> {
         ),
         None => None,
     };
-    let Some(hook) = webhook else {
-        return Ok(AlertRegistry::with_command(settings.alert_command.clone()));
+    let registry = match webhook {
+        None => AlertRegistry::with_command(settings.alert_command.clone()),
+        Some(hook) => {
+            // Bounded: when full the newest notice is dropped, counted and logged (see the
+            // registry's `dispatch`).
+            let (tx, rx) = mpsc::channel(WEBHOOK_QUEUE);
+            let registry = AlertRegistry::with_outlet(settings.alert_command.clone(), tx);
+            info!(webhook = %hook.shown(), "Alerts are posted to a webhook.");
+            let (close, metrics) = registry.outlet();
+            registry.set_outlet_task(webhook::spawn(hook, rx, close, metrics));
+            registry
+        }
     };
-    // Bounded: when full the newest notice is dropped, counted and logged (see the registry's
-    // `dispatch`).
-    let (tx, rx) = mpsc::channel(WEBHOOK_QUEUE);
-    let registry = AlertRegistry::with_outlet(settings.alert_command.clone(), tx);
-    info!(webhook = %hook.shown(), "Alerts are posted to a webhook.");
-    let (close, metrics) = registry.outlet();
-    registry.set_outlet_task(webhook::spawn(hook, rx, close, metrics));
+    // Incidents the last run left open are taken back before any feed starts, so that each
+    // is judged again by what raised it.
+    let carried = registry.keep_in(settings.state_dir.join(kept::FILE_NAME));
+    if carried > 0 {
+        info!(carried, "Alerts left open by the last run are judged again.");
+    }
     Ok(registry)
 }
 
@@ -277,6 +287,9 @@ pub struct Evaluator {
     database: Incident,
     spool: Incident,
     conns: BTreeMap<ConnId, ConnWatch>,
+    /// `feed_stale` incidents carried over from the last run, until their connection's first
+    /// sample.
+    carried_stale: BTreeMap<ConnId, Incident>,
     /// `rest_unreachable`, by feed.
     rest: BTreeMap<Name, Incident>,
 }
@@ -289,15 +302,47 @@ impl Evaluator {
             database: Incident::default(),
             spool: Incident::default(),
             conns: BTreeMap::new(),
+            carried_stale: BTreeMap::new(),
             rest: BTreeMap::new(),
         }
+    }
+
+    /// Takes over the incidents of the monitored kinds that the last run left open, as
+    /// (kind, source, open for) at `now`: each resolves once its condition is clear for
+    /// `resolve_after`, or fires again once it is bad. Returns those about what no longer
+    /// runs (a feed no longer configured, a store no longer there), to resolve now; the feed
+    /// actors' own kinds are theirs and are left alone.
+    pub fn carry_over(&mut self, now: Instant, incidents: &[(String, String, Duration)]) -> Vec<Change> {
+        let mut gone = Vec::new();
+        for (kind, source, open_for) in incidents {
+            let incident = Incident::carried_over(now, *open_for);
+            let configured = source == STORE || self.t.feeds.contains_key(ConnId::feed_of(source));
+            if !configured {
+                gone.push(Change::Gone { source: Name::from(source.as_str()) });
+                continue;
+            }
+            match (kind.as_str(), ConnId::parse(source)) {
+                (DATABASE_UNREACHABLE, _) if source == STORE => self.database = incident,
+                (SPOOL_FILLING, _) if source == STORE => self.spool = incident,
+                (FEED_STALE, Some(conn)) => {
+                    self.carried_stale.insert(conn, incident);
+                }
+                (REST_UNREACHABLE, None) => {
+                    self.rest.insert(Name::from(source.as_str()), incident);
+                }
+                _ => {}
+            }
+        }
+        gone.dedup();
+        gone
     }
 
     /// Takes the samples read at `now`; returns the alerts to raise and resolve.
     pub fn step(&mut self, now: Instant, samples: &Samples) -> Vec<Change> {
         let mut changes = Vec::new();
-        if let Some(store) = samples.store {
-            self.judge_store(now, store, &mut changes);
+        match samples.store {
+            Some(store) => self.judge_store(now, store, &mut changes),
+            None => self.judge_no_store(&mut changes),
         }
         for conn in &samples.conns {
             self.judge_conn(now, conn, &mut changes);
@@ -348,6 +393,21 @@ impl Evaluator {
                 message: format!("{}: REST requests succeed again; alert open {}s", rest.feed, open_for.as_secs()),
             }),
             None => {}
+        }
+    }
+
+    /// The store's incidents carried over from a run that had a store, in one that has none.
+    fn judge_no_store(&mut self, changes: &mut Vec<Change>) {
+        for (kind, incident) in [(DATABASE_UNREACHABLE, &mut self.database), (SPOOL_FILLING, &mut self.spool)]
+        {
+            if incident.is_open() {
+                *incident = Incident::default();
+                changes.push(Change::Resolve {
+                    kind,
+                    source: Name::from(STORE),
+                    message: "no [store] is configured any more".into(),
+                });
+            }
         }
     }
 
@@ -418,13 +478,22 @@ impl Evaluator {
 
     fn judge_conn(&mut self, now: Instant, conn: &ConnSample, changes: &mut Vec<Change>) {
         let connected = matches!(conn.state, FeedState::Subscribing | FeedState::Live | FeedState::Stale);
+        let carried = self.carried_stale.remove(&conn.id);
         let watch = self.conns.entry(conn.id.clone()).or_insert_with(|| ConnWatch {
             clock: DataClock::new(conn.data, connected, now),
-            stale: Incident::default(),
+            stale: carried.unwrap_or_default(),
         });
         let silent = watch.clock.observe(conn.data, connected, now);
-        let Some(stale_after) = self.t.stale_after(&conn.id.feed) else { return };
         let source = Name::from(conn.id.to_string());
+        let Some(stale_after) = self.t.stale_after(&conn.id.feed) else {
+            // Carried over from a run that checked this feed, in one that does not.
+            if watch.stale.is_open() {
+                watch.stale = Incident::default();
+                let message = format!("{}: the staleness check is off for this feed now", conn.id);
+                changes.push(Change::Resolve { kind: FEED_STALE, source, message });
+            }
+            return;
+        };
         let reading = match (connected, silent >= stale_after) {
             (false, _) => Reading::Unknown,
             (true, true) => Reading::Bad,
@@ -460,6 +529,13 @@ impl Evaluator {
 /// The monitoring loop: sample, judge, notify, every [`EVALUATE_EVERY`].
 async fn run_watch(monitor: AlertRegistry, ctx: WatchContext) {
     let mut evaluator = Evaluator::new(ctx.thresholds.clone());
+    // What the last run left open: judged again from here, or resolved now when what it was
+    // about no longer runs.
+    for change in evaluator.carry_over(Instant::now(), &monitor.carried_over()) {
+        if let Change::Gone { source } = change {
+            monitor.resolve_all(&source, &format!("{source}: no longer configured"));
+        }
+    }
     let mut every = tokio::time::interval(EVALUATE_EVERY);
     every.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
@@ -498,8 +574,10 @@ async fn run_watch(monitor: AlertRegistry, ctx: WatchContext) {
                     monitor.resolve(kind, &source, &message);
                 }
                 Change::Gone { source } => {
-                    monitor
-                        .resolve_all(&source, &format!("{source}: the connection was removed by a reload"));
+                    monitor.resolve_all(
+                        &source,
+                        &format!("{source}: no longer running (removed from the configuration)"),
+                    );
                 }
             }
         }

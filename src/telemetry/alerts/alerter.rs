@@ -51,6 +51,12 @@ impl Alerter {
         self.registry.resolve(kind, &conn.to_string(), message);
     }
 
+    /// The kinds open about connection `conn`: what an actor that starts again (after a panic,
+    /// or in a new run that carried them over) takes on and resolves in its turn.
+    pub fn open_kinds(&self, conn: &ConnId) -> Vec<String> {
+        self.registry.open_kinds(&conn.to_string())
+    }
+
     /// Sends a one-shot alert raised outside a feed, such as the store's (no incident, no
     /// recovery); `source` goes in `TICKD_ALERT_SOURCE` and `TICKD_ALERT_FEED`. Logging and
     /// counting in the caller's own metrics are the caller's.

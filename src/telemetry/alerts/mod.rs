@@ -14,15 +14,26 @@
 //! Every notice is one log line (error when firing, warn when resolved, with `alert`, `source`
 //! and `feed`), counted in [`AlertMetrics`] (`/metrics`), handed to `alert_command` and queued
 //! for an outlet (the webhook, which [`crate::ops::alerts`] starts); nothing here ever waits
-//! for a receiver. Incidents open at shutdown get no recovery: the next start judges afresh.
+//! for a receiver.
+//!
+//! Across restarts: the open incidents are kept in `state_dir/alerts.json` ([`kept`]), written
+//! anew after every change and at stop. A stop with incidents open sends one `open_at_stop`
+//! notice for each ([`AlertRegistry::stopping`]). The next run takes them back as *carried
+//! over*: still open, with their id and start, until judged again. Raising one then sends its
+//! alert again (same id: the condition outlived the restart); resolving it sends its recovery.
+//! Whoever raises a kind judges it again: the feed actors adopt theirs
+//! ([`AlertRegistry::open_kinds`]; a feed actor restarted after a panic does the same), and
+//! the alert monitor its own.
 
 pub mod alerter;
+pub mod kept;
 pub mod notice;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -99,6 +110,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 struct Open {
     feed: String,
     started_us: i64,
+    /// Its alert's message, for the notice at stop.
+    message: String,
+    /// Carried over from the last run and not judged again yet.
+    carried_over: bool,
 }
 
 struct Inner {
@@ -111,6 +126,10 @@ struct Inner {
     /// Stops the webhook task (after a bounded drain).
     close: CancellationToken,
     webhook_task: Mutex<Option<JoinHandle<()>>>,
+    /// Where the open incidents are kept across restarts, once [`AlertRegistry::keep_in`] set it.
+    kept: Mutex<Option<PathBuf>>,
+    /// Held while the kept file is written, so that writes do not interleave.
+    writing: Mutex<()>,
 }
 
 /// The alert registry: open incidents, their metrics, the command and an outlet (the webhook).
@@ -165,6 +184,8 @@ impl AlertRegistry {
                 webhook,
                 close: CancellationToken::new(),
                 webhook_task: Mutex::default(),
+                kept: Mutex::default(),
+                writing: Mutex::default(),
             }),
         }
     }
@@ -186,24 +207,41 @@ impl AlertRegistry {
     }
 
     /// Opens an incident about `source` (`kalshi/0`, `store`) and sends its alert. Returns
-    /// false, and sends nothing, when one of this kind is already open for it.
+    /// false, and sends nothing, when one of this kind is already open for it. One carried
+    /// over from the last run is raised again: its alert is sent anew with its first id and
+    /// start, since the condition outlived the restart.
     pub fn fire(&self, kind: &str, source: &str, message: &str) -> bool {
         let now = now_micros();
         let feed = ConnId::feed_of(source).to_owned();
-        {
+        let (started_us, carried_over) = {
             let mut open = lock(&self.inner.open);
             let key = (kind.to_owned(), source.to_owned());
-            if open.contains_key(&key) {
-                return false;
+            match open.get_mut(&key) {
+                Some(known) if !known.carried_over => return false,
+                Some(known) => {
+                    known.carried_over = false;
+                    known.message = message.to_owned();
+                    (known.started_us, true)
+                }
+                None => {
+                    let incident = Open {
+                        feed: feed.clone(),
+                        started_us: now,
+                        message: message.to_owned(),
+                        carried_over: false,
+                    };
+                    open.insert(key, incident);
+                    (now, false)
+                }
             }
-            open.insert(key, Open { feed: feed.clone(), started_us: now });
-        }
+        };
         self.inner.metrics.update(kind, source, |s| {
             s.fired += 1;
             s.active = true;
         });
-        error!(alert = kind, %source, %feed, detail = %message, "Alert raised.");
-        self.dispatch(Notice::new(kind, source, &feed, NoticeState::Firing, message, now, now));
+        error!(alert = kind, %source, %feed, detail = %message, carried_over, "Alert raised.");
+        self.dispatch(Notice::new(kind, source, &feed, NoticeState::Firing, message, started_us, now));
+        self.persist();
         true
     }
 
@@ -229,7 +267,130 @@ impl AlertRegistry {
             "Alert resolved."
         );
         self.dispatch(notice);
+        self.persist();
         true
+    }
+
+    /// The kinds open about `source`, for an actor that starts (again) and judges them from
+    /// now on: after a panic, or after a restart that carried them over.
+    pub fn open_kinds(&self, source: &str) -> Vec<String> {
+        lock(&self.inner.open).keys().filter(|(_, s)| s == source).map(|(k, _)| k.clone()).collect()
+    }
+
+    /// The incidents carried over from the last run and not judged again yet, as
+    /// (kind, source, how long open so far).
+    pub fn carried_over(&self) -> Vec<(String, String, Duration)> {
+        let now = now_micros();
+        lock(&self.inner.open)
+            .iter()
+            .filter(|(_, open)| open.carried_over)
+            .map(|((kind, source), open)| {
+                let open_for = u64::try_from(now.saturating_sub(open.started_us)).unwrap_or(0);
+                (kind.clone(), source.clone(), Duration::from_micros(open_for))
+            })
+            .collect()
+    }
+
+    /// Keeps the open incidents in `file` from now on (written after every change), and takes
+    /// back those a previous run left open there, as carried over. Returns how many it took
+    /// back. A file that cannot be read is logged and replaced.
+    pub fn keep_in(&self, file: PathBuf) -> usize {
+        let taken = match kept::read(&file) {
+            Ok(incidents) => incidents,
+            Err(e) => {
+                warn!(file = %file.display(), error = %e, "Alerts left open by the last run cannot be read; they are not judged again.");
+                Vec::new()
+            }
+        };
+        let mut count = 0;
+        {
+            let mut open = lock(&self.inner.open);
+            for incident in taken {
+                let key = (incident.kind.clone(), incident.source.clone());
+                if open.contains_key(&key) {
+                    continue;
+                }
+                warn!(alert = %incident.kind, source = %incident.source, feed = %incident.feed, detail = %incident.message, "Alert left open by the last run; judged again.");
+                self.inner.metrics.update(&incident.kind, &incident.source, |s| s.active = true);
+                let known = Open {
+                    feed: incident.feed,
+                    started_us: incident.started_us,
+                    message: incident.message,
+                    carried_over: true,
+                };
+                open.insert(key, known);
+                count += 1;
+            }
+        }
+        *lock(&self.inner.kept) = Some(file);
+        count
+    }
+
+    /// tickd is stopping: one `open_at_stop` notice for every incident still open, and the
+    /// open incidents written to the kept file for the next run. Call once nothing raises or
+    /// resolves any more, before [`AlertRegistry::close`].
+    pub async fn stopping(&self) {
+        let now = now_micros();
+        let open: Vec<((String, String), Open)> =
+            lock(&self.inner.open).iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        for ((kind, source), open) in open {
+            let message = format!(
+                "tickd is stopping with this alert open ({}); the next start resolves it or raises it again",
+                open.message
+            );
+            warn!(alert = %kind, %source, feed = %open.feed, detail = %open.message, "Alert still open as tickd stops.");
+            self.dispatch(Notice::new(
+                &kind,
+                &source,
+                &open.feed,
+                NoticeState::OpenAtStop,
+                &message,
+                open.started_us,
+                now,
+            ));
+        }
+        let registry = self.clone();
+        // File I/O, off the async workers; awaited, so that the file is whole before exit.
+        if let Err(e) = tokio::task::spawn_blocking(move || registry.write_kept()).await {
+            error!(error = %e, "Keeping the open alerts failed.");
+        }
+    }
+
+    /// Writes the open incidents to the kept file, soon and off the caller's thread (on the
+    /// runtime's blocking pool; in place without a runtime).
+    fn persist(&self) {
+        if lock(&self.inner.kept).is_none() {
+            return;
+        }
+        let registry = self.clone();
+        match tokio::runtime::Handle::try_current() {
+            // Each write takes the set as it is when it runs, so the last one is the newest.
+            Ok(runtime) => drop(runtime.spawn_blocking(move || registry.write_kept())),
+            Err(_) => registry.write_kept(),
+        }
+    }
+
+    /// Writes the open incidents as they are now to the kept file, atomically.
+    fn write_kept(&self) {
+        let Some(file) = lock(&self.inner.kept).clone() else { return };
+        let _writing = lock(&self.inner.writing);
+        let incidents: Vec<kept::KeptIncident> = lock(&self.inner.open)
+            .iter()
+            .map(|((kind, source), open)| kept::KeptIncident {
+                kind: kind.clone(),
+                source: source.clone(),
+                feed: open.feed.clone(),
+                started_us: open.started_us,
+                message: open.message.clone(),
+            })
+            .collect();
+        // Nothing open, and nothing kept from before: no file to make.
+        if incidents.is_empty() && !file.exists() {
+            return;
+        }
+        if let Err(e) = kept::write(&file, &incidents) {
+            error!(file = %file.display(), error = %e, "Open alerts could not be kept; a restart now would forget them.");
+        }
     }
 
     /// A one-shot alert (no incident, no recovery), such as the store's `spool_full`: counted

@@ -2,7 +2,8 @@
 //! `alert_command`.
 //!
 //! The command runs detached with the details in its environment: `TICKD_ALERT_KIND`,
-//! `TICKD_ALERT_STATE` (`firing` or `resolved`), `TICKD_ALERT_SOURCE` (`kalshi/0`,
+//! `TICKD_ALERT_STATE` (`firing`, `resolved`, or `open_at_stop` when tickd stops with the
+//! incident open), `TICKD_ALERT_SOURCE` (`kalshi/0`,
 //! `store`), `TICKD_ALERT_FEED` (the feed's name, or `store`), `TICKD_ALERT_MESSAGE`,
 //! `TICKD_ALERT_TIME` (seconds since the Unix epoch) and `TICKD_ALERT_ID` (the same for an
 //! alert and its recovery). A command that hangs is killed after [`COMMAND_TIMEOUT`]; its
@@ -22,22 +23,26 @@ use crate::tick::Rfc3339Millis;
 /// How long an alert command may run before it is killed.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Whether a notice opens or closes an incident.
+/// Whether a notice opens or closes an incident, or says tickd stops while it is open.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum NoticeState {
-    /// Something is wrong.
+    /// Something is wrong (sent again, with the same id, when the next run finds it still so).
     Firing,
     /// It is over.
     Resolved,
+    /// tickd is stopping with the incident still open: no one watches it until the next run,
+    /// which resolves it or raises it again (same id).
+    OpenAtStop,
 }
 
 impl NoticeState {
-    /// `firing` or `resolved`.
+    /// `firing`, `resolved` or `open_at_stop`.
     pub fn as_str(self) -> &'static str {
         match self {
             NoticeState::Firing => "firing",
             NoticeState::Resolved => "resolved",
+            NoticeState::OpenAtStop => "open_at_stop",
         }
     }
 }
@@ -62,7 +67,8 @@ pub struct Notice {
     pub time: String,
     /// When the incident started (its alert), RFC 3339 UTC.
     pub started: String,
-    /// For a recovery, how long the alert was open, in whole seconds.
+    /// For a recovery, or an incident open as tickd stops, how long the alert has been open, in
+    /// whole seconds.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub duration_seconds: Option<u64>,
     /// The machine's host name.
@@ -83,7 +89,7 @@ impl Notice {
         started_us: i64,
         time_us: i64,
     ) -> Notice {
-        let duration_seconds = (state == NoticeState::Resolved)
+        let duration_seconds = (state != NoticeState::Firing)
             .then(|| u64::try_from(time_us.saturating_sub(started_us) / 1_000_000).unwrap_or(0));
         Notice {
             id: format!("{kind}:{source}:{started_us}"),
