@@ -22,7 +22,9 @@
 //! 5. the feed then asks for the market afresh on the same connection, records a
 //!    `market_frozen` event, raises the `market_frozen` alert and asks for the backfill of its
 //!    trades ([`BackfillWindow`]). The market recovers when it streams again, or when a check
-//!    after its fresh snapshot agrees with REST ([`Verdict::Recovered`]).
+//!    after its fresh snapshot agrees with REST ([`Verdict::Recovered`]); the connection's
+//!    incident is over once no market of it has been frozen for `market_quiet_after`
+//!    ([`Verdict::AllClear`]).
 //!
 //! The watch is sans-IO: time and what the session saw are passed in, the REST calls are made
 //! by [`fetch`] in tasks the feed owns.
@@ -242,6 +244,10 @@ pub struct BackfillWindow {
 pub enum Verdict {
     /// A market was found frozen: ask for it afresh, record it, alert, backfill.
     Frozen(FrozenMarket),
+    /// No market of the connection has been frozen for `market_quiet_after` since the last
+    /// one recovered: the incident is over (so a market that freezes again right after its
+    /// recovery stays one incident).
+    AllClear,
     /// A market found frozen before still differs from REST after its resync: ask again.
     StillFrozen {
         /// The market.
@@ -299,18 +305,29 @@ pub struct FrozenWatch {
     queue: VecDeque<Name>,
     in_flight: usize,
     scans: u64,
+    /// The connection's `market_frozen` incident is open; since when no market of it has
+    /// been frozen, if none is.
+    incident: Option<Option<Instant>>,
 }
 
 impl FrozenWatch {
     /// A watch that checks markets quiet for `quiet_after`.
     pub fn new(quiet_after: Duration) -> FrozenWatch {
-        FrozenWatch { quiet_after, watched: HashMap::new(), queue: VecDeque::new(), in_flight: 0, scans: 0 }
+        FrozenWatch {
+            quiet_after,
+            watched: HashMap::new(),
+            queue: VecDeque::new(),
+            in_flight: 0,
+            scans: 0,
+            incident: None,
+        }
     }
 
     /// The connection ended: everything starts over on the next one. Returns the markets
     /// that were frozen and not recovered (a new connection subscribes them afresh).
     pub fn reset(&mut self) -> Vec<Name> {
         let frozen = self.frozen();
+        self.incident = None;
         self.watched.clear();
         self.queue.clear();
         self.in_flight = 0;
@@ -419,6 +436,18 @@ impl FrozenWatch {
             let watched = &self.watched;
             self.queue.retain(|m| watched.contains_key(m));
         }
+        if let Some(clear) = &mut self.incident {
+            let any_frozen = self.watched.values().any(|w| w.resynced_at.is_some());
+            match (any_frozen, *clear) {
+                (true, _) => *clear = None,
+                (false, None) => *clear = Some(now),
+                (false, Some(since)) if now.saturating_duration_since(since) >= self.quiet_after => {
+                    self.incident = None;
+                    verdicts.push(Verdict::AllClear);
+                }
+                (false, Some(_)) => {}
+            }
+        }
         verdicts
     }
 
@@ -499,6 +528,7 @@ impl FrozenWatch {
         };
         w.resynced_at = Some(now);
         w.confirm_queued = false;
+        self.incident = Some(None);
         Some(Verdict::Frozen(FrozenMarket {
             market: market.clone(),
             quiet,
@@ -658,6 +688,19 @@ mod tests {
         let verdict = watch.on_answer(Instant::now(), 0, &m, Ok(&same), snap, local.clone());
         assert!(matches!(verdict, Some(Verdict::Recovered { .. })), "{verdict:?}");
         assert!(watch.frozen().is_empty());
+
+        // The incident is over once no market has been frozen for `market_quiet_after`.
+        let streams =
+            |at: Instant| Seen { last_update: Some(at), last_streamed: Some(at), last_snapshot: None };
+        assert_eq!(watch.scan(Instant::now(), 0, [(m.clone(), streams(Instant::now()))]), []);
+        tokio::time::advance(QUIET - Duration::from_secs(1)).await;
+        assert_eq!(watch.scan(Instant::now(), 0, [(m.clone(), streams(Instant::now()))]), []);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(
+            watch.scan(Instant::now(), 0, [(m.clone(), streams(Instant::now()))]),
+            [Verdict::AllClear]
+        );
+        assert_eq!(watch.scan(Instant::now(), 0, [(m.clone(), streams(Instant::now()))]), [], "once");
     }
 
     #[tokio::test(start_paused = true)]

@@ -839,14 +839,14 @@ impl FeedActor {
                 let reason = "market frozen: still behind the exchange after its resync";
                 self.session.resync_market(&market, trades, reason, now, &mut self.out);
             }
-            Verdict::Recovered { market, why } => {
-                info!(%market, why, "Frozen market recovered.");
-                let watch = self.watch.as_ref().map(FrozenWatch::frozen).unwrap_or_default();
-                if watch.is_empty() {
-                    let message =
-                        format!("{}: {market} recovered ({why}); no market of it is frozen", self.cfg.conn);
-                    self.out.alerts.push(AlertAction::Resolve { kind: MARKET_FROZEN, message });
-                }
+            Verdict::Recovered { market, why } => info!(%market, why, "Frozen market recovered."),
+            Verdict::AllClear => {
+                let quiet_after = self.cfg.settings.market_quiet_after.as_secs_f64();
+                let message = format!(
+                    "{}: every market found frozen updates again (for {quiet_after}s)",
+                    self.cfg.conn
+                );
+                self.out.alerts.push(AlertAction::Resolve { kind: MARKET_FROZEN, message });
             }
         }
         let frozen = self.watch.as_ref().map_or(0, |w| w.frozen().len());

@@ -53,7 +53,8 @@ pub const REST_UNREACHABLE: &str = "rest_unreachable";
 pub const BOOK_UNRECOVERABLE: &str = "book_unrecoverable";
 /// A market of a live connection stopped updating while the exchange's REST API showed it
 /// changing; tickd asked for it afresh. One incident per connection, resolved once every
-/// market found frozen on it updates again or agrees with REST.
+/// market found frozen on it updates again or agrees with REST, and none has been frozen for
+/// `market_quiet_after` since.
 pub const MARKET_FROZEN: &str = "market_frozen";
 
 /// The source of the store's alerts.
