@@ -179,3 +179,51 @@ async fn a_thousand_quiet_markets_raise_no_alert_and_their_checks_stay_within_th
         "{requests} REST requests in {elapsed:?}: more than the checks' {share}/s (allowed {allowed})"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_simulators_freeze_stops_one_markets_updates_until_its_snapshot_is_asked_for() {
+    // Arrange: a feed (no REST checks) following three busy markets.
+    let sim_cfg =
+        SimConfig { markets: market_names(3), rate: 600, lifecycle_every: 0, ..SimConfig::default() };
+    let h = common::Harness::start(sim_cfg, common::Transport::Tcp, |_| {}).await;
+    h.wait_live(1, LIVE).await;
+    let frozen = h.markets[1].clone();
+    let of = |market: &str, ticks: &[std::sync::Arc<tickd::tick::Tick>]| {
+        ticks
+            .iter()
+            .filter(|t| &*t.market == market && !matches!(t.kind, tickd::tick::TickKind::Feed(_)))
+            .count()
+    };
+
+    // Act: freeze one market, and let the others run on past the switch.
+    h.sim.freeze(&frozen);
+    let others = h.markets[0].clone();
+    let settled = h.ticks.all().len();
+    h.ticks
+        .wait_until("the other markets to keep updating", NOTICE, |t| {
+            (of(&others, t) > of(&others, &t[..settled]) + 200).then_some(())
+        })
+        .await;
+    let before = h.ticks.all();
+    let book_before = h.sim.book(&frozen);
+    h.ticks
+        .wait_until("another 200 updates of the other markets", NOTICE, |t| {
+            (of(&others, t) > of(&others, &before) + 200).then_some(())
+        })
+        .await;
+    let during = h.ticks.all();
+    let book_moved = h.sim.book(&frozen);
+    // The client asks for every book afresh: the frozen market's snapshot, then its updates.
+    assert!(h.handle.refresh_books(), "asked");
+    h.ticks
+        .wait_until("the frozen market to update again", NOTICE, |t| {
+            (of(&frozen, t) > of(&frozen, &during) + 5).then_some(())
+        })
+        .await;
+
+    // Assert: nothing of it came while frozen (after the switch reached the connection),
+    // although the exchange changed it.
+    assert_eq!(of(&frozen, &during), of(&frozen, &before), "no update of the frozen market while frozen");
+    assert!(book_moved.is_some() && book_moved != book_before, "the exchange changed its book meanwhile");
+    h.stop().await;
+}

@@ -921,20 +921,23 @@ impl FeedActor {
     }
 
     /// The connection ended: checks in flight are dropped and the watch starts over on the
-    /// next one, whose subscriptions bring every market afresh (an open `market_frozen`
-    /// incident resolves).
+    /// next one, whose subscriptions bring every market afresh, which ends an open
+    /// `market_frozen` incident (the registry ignores the recovery when none is open).
     fn end_checks(&mut self, ended: &Ended) {
         self.checks.abort_all();
         let Some(watch) = self.watch.as_mut() else { return };
         let frozen = watch.reset();
         self.ctx.metrics.markets_frozen_now.store(0, Ordering::Relaxed);
-        if !frozen.is_empty() {
-            let message = format!(
-                "{}: the connection ended ({ended}); its next one subscribes {} afresh",
-                self.cfg.conn, frozen[0]
-            );
-            self.ctx.alerter.resolve(&self.cfg.conn, MARKET_FROZEN, &message);
-        }
+        let message = match frozen.first() {
+            Some(market) => {
+                format!(
+                    "{}: the connection ended ({ended}); the next one subscribes {market} afresh",
+                    self.cfg.conn
+                )
+            }
+            None => format!("{}: the connection ended ({ended}); no market of it was frozen", self.cfg.conn),
+        };
+        self.ctx.alerter.resolve(&self.cfg.conn, MARKET_FROZEN, &message);
     }
 
     async fn publish_event(&self, event: FeedEvent) {
