@@ -501,6 +501,33 @@ pub enum FeedEvent {
         /// The subscription id that now carries the data.
         sid: u64,
     },
+    /// One market of a live connection stopped updating while the exchange's REST API showed
+    /// it changing (a book that differs, or trades tickd never received, on two checks with
+    /// nothing received between them): tickd asked for it afresh on the same connection. The
+    /// tick names the market. Its trades from `backfill_from_us` to `backfill_to_us` may be
+    /// missing.
+    MarketFrozen {
+        /// How long nothing had come for the market when it was found frozen, in ms.
+        quiet_ms: u64,
+        /// REST's order book differed from tickd's.
+        book_differs: bool,
+        /// Trades REST listed (among the newest it was asked for) that tickd never received.
+        missed_trades: u64,
+        /// REST checks it took: the first and the one that confirmed it.
+        checks: u32,
+        /// The last `ticker` message tickd received for it, µs since the epoch.
+        last_ticker_us: Option<i64>,
+        /// The last trade tickd received for it, µs since the epoch.
+        last_trade_us: Option<i64>,
+        /// The last book update (delta or snapshot) tickd received for it, µs since the epoch.
+        last_book_us: Option<i64>,
+        /// Start of the window whose trades may be missing: the exchange's time of the last
+        /// trade tickd received for the market (or when the connection began following it),
+        /// µs since the epoch.
+        backfill_from_us: i64,
+        /// End of that window: when the market was found frozen, µs since the epoch.
+        backfill_to_us: i64,
+    },
     /// A frame that could not be used (not JSON, or a known message without what identifies
     /// it), kept for the operator: its reason, the parser's error and its text. At most a few
     /// a minute per connection are kept; `unkept` counts the ones between this and the last

@@ -1,7 +1,7 @@
 //! Alerts end to end: the simulator feeds the daemon (both in this process, on 127.0.0.1), a
 //! fault is made real (a stalled exchange, a stopped PostgreSQL, a refusing exchange), and
-//! the tests assert on what an operator gets: the webhook's POSTs (a small HTTP server here,
-//! on 127.0.0.1, that records every request), the lines `alert_command` wrote, `/metrics`,
+//! the tests assert on what an operator gets: the webhook's POSTs (a small HTTP server on
+//! 127.0.0.1 that records every request, `common::hooks`), the lines `alert_command` wrote, `/metrics`,
 //! the log and `feed_events`. Each incident must be exactly one alert and one recovery.
 //!
 //! Every wait is a bounded poll of something an operator sees; nothing sleeps.
@@ -9,19 +9,13 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::Router;
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, Uri};
-use axum::routing::post;
 use common::app::{TestApp, log_lines, log_text, spawn_app};
 use common::daemon::{DaemonConfig, LogLine, serve, texts, toml_str, wait_until};
+use common::hooks::{HOOK_TOKEN, Hooks};
 use common::pg::{TestDb, private_server};
-use common::stream::http_get;
+use common::stream::metric;
 use serde_json::Value;
 use tickd::dev::sim::{SimConfig, Simulator, market_names};
 use tickd::store::StoreState;
@@ -33,72 +27,10 @@ const NOTICE: Duration = Duration::from_secs(60);
 /// How long a daemon may take to stop.
 const STOP: Duration = Duration::from_secs(30);
 
-/// The secret in the webhook URL's query, which must never be logged.
-const HOOK_TOKEN: &str = "hook-secret-5f2c9a";
-
 /// A simulator of `markets` at `rate` events per second, whose own heartbeats are too rare
 /// to matter.
 fn simulator(markets: Vec<String>, rate: u32) -> Simulator {
     Simulator::start(SimConfig { markets, rate, heartbeat: Duration::from_secs(60), ..SimConfig::default() })
-}
-
-/// One request the webhook receiver got, and how it answered.
-#[derive(Clone, Debug)]
-struct Post {
-    target: String,
-    content_type: String,
-    json: Value,
-    status: u16,
-}
-
-/// A webhook receiver on 127.0.0.1 that records every POST to `/hook` and answers 503 to the
-/// first `fail_first`, 200 after.
-#[derive(Clone, Default)]
-struct Hooks {
-    posts: Arc<Mutex<Vec<Post>>>,
-    fail_first: Arc<AtomicU32>,
-}
-
-impl Hooks {
-    /// Starts a receiver; returns it and the webhook URL (with [`HOOK_TOKEN`] in its query).
-    async fn serve(fail_first: u32) -> (Hooks, String) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("receiver binds");
-        let addr = listener.local_addr().expect("receiver address");
-        let hooks = Hooks { fail_first: Arc::new(AtomicU32::new(fail_first)), ..Hooks::default() };
-        let app = Router::new().route("/hook", post(receive)).with_state(hooks.clone());
-        tokio::spawn(async move { axum::serve(listener, app).await.expect("receiver serves") });
-        (hooks, format!("http://{addr}/hook?token={HOOK_TOKEN}"))
-    }
-
-    fn all(&self) -> Vec<Post> {
-        self.posts.lock().unwrap().clone()
-    }
-
-    /// The bodies of the POSTs answered 200.
-    fn accepted(&self) -> Vec<Value> {
-        self.all().into_iter().filter(|p| p.status == 200).map(|p| p.json).collect()
-    }
-
-    /// The accepted bodies of `kind` in `state`.
-    fn accepted_of(&self, kind: &str, state: &str) -> Vec<Value> {
-        self.accepted().into_iter().filter(|j| j["kind"] == kind && j["state"] == state).collect()
-    }
-}
-
-async fn receive(State(hooks): State<Hooks>, uri: Uri, headers: HeaderMap, body: Bytes) -> StatusCode {
-    let fail =
-        hooks.fail_first.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
-    let status = if fail { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
-    let content_type =
-        headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
-    let json = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    hooks.posts.lock().unwrap().push(Post {
-        target: uri.to_string(),
-        content_type,
-        json,
-        status: status.as_u16(),
-    });
-    status
 }
 
 /// An executable `alert_command` that appends one line per run: the `TICKD_ALERT_*` variables
@@ -181,13 +113,6 @@ async fn wait_posted(hooks: &Hooks, kind: &str, state: &str) {
 async fn stop(app: &mut TestApp) {
     let stopped = app.stop(STOP).await;
     assert!(stopped.is_ok(), "a clean stop: {stopped:?}; log:\n{}", log_text());
-}
-
-/// The value of the `/metrics` sample `series` (name and labels, as printed), if present.
-async fn metric(addr: std::net::SocketAddr, series: &str) -> Option<f64> {
-    let page = http_get(addr, "/metrics", &[]).await;
-    assert_eq!(page.status, 200, "{page:?}");
-    page.body.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
 fn alert_lines(message: &str, kind: &str) -> Vec<LogLine> {

@@ -110,6 +110,14 @@ pub struct FeedSettings {
     /// Overrides `alerts.feed_stale_after`; `0s` turns the check off for this feed.
     #[serde(default, with = "humantime_serde::option", skip_serializing_if = "Option::is_none")]
     pub stale_after: Option<Duration>,
+    /// A market with no update of any kind (ticker, trade, book) for this long while its
+    /// connection is live is checked against the REST API: its order book and newest trades.
+    /// One whose book differs or that has trades tickd never received (twice, with nothing
+    /// received in between) is frozen: asked for afresh on the same connection, recorded in
+    /// `feed_events` and alerted (`market_frozen`). Checks use at most half of `rest_rate`,
+    /// quiet markets taking turns. `0s` turns the check off.
+    #[serde(default = "defaults::market_quiet_after", with = "humantime_serde")]
+    pub market_quiet_after: Duration,
     /// Not a setting: the signing key once loaded from `key_id` and `key_file`.
     #[serde(skip)]
     pub loaded_key: LoadedKey,
@@ -221,6 +229,9 @@ pub(super) mod defaults {
     pub fn settled_grace() -> Duration {
         Duration::from_secs(600)
     }
+    pub fn market_quiet_after() -> Duration {
+        Duration::from_secs(60)
+    }
     pub fn max_markets_per_connection() -> usize {
         500
     }
@@ -285,6 +296,7 @@ impl FeedSettings {
             max_reconnects: defaults::max_reconnects(),
             on_max_reconnects: GiveUpPolicy::Retry,
             stale_after: None,
+            market_quiet_after: defaults::market_quiet_after(),
             loaded_key: LoadedKey::default(),
         }
     }
@@ -350,6 +362,16 @@ impl FeedSettings {
             );
         }
         problems.positive(&format!("{key}.rest_timeout"), self.rest_timeout);
+        if !self.market_quiet_after.is_zero() && self.market_quiet_after < MIN_MARKET_QUIET_AFTER {
+            problems.push(
+                format!("{key}.market_quiet_after"),
+                format!(
+                    "{:?} is below {MIN_MARKET_QUIET_AFTER:?} (or `0s` to turn the check off): a \
+                     market quieter than that is normal, and each check takes REST requests",
+                    self.market_quiet_after
+                ),
+            );
+        }
         self.validate_key(key, problems);
 
         let mut channels = HashSet::new();
@@ -534,6 +556,9 @@ impl FeedSettings {
 /// The shortest `discovery_interval`: a listing costs REST requests from the feed's budget.
 pub const MIN_DISCOVERY_INTERVAL: Duration = Duration::from_secs(1);
 
+/// The shortest `market_quiet_after` other than `0s` (off).
+pub const MIN_MARKET_QUIET_AFTER: Duration = Duration::from_secs(1);
+
 /// A series or event ticker as Kalshi spells them: upper-case letters, digits and `-`, `_`,
 /// `.`, starting with a letter or digit (`KXBTCD`, `KXHIGHNY-26DEC07`, `INXD-23SEP14`).
 fn check_group_ticker(ticker: &str) -> Result<(), &'static str> {
@@ -687,6 +712,18 @@ mod tests {
         settings.feeds[0].url = "htp://x".into();
         settings.feeds[0].rest_url = None;
         assert_eq!(problem_keys(&settings), ["feeds[0].url"]);
+    }
+
+    #[test]
+    fn market_quiet_after_is_off_or_at_least_a_second() {
+        let mut settings = valid();
+        assert_eq!(settings.feeds[0].market_quiet_after, Duration::from_secs(60), "the default");
+        settings.feeds[0].market_quiet_after = Duration::ZERO;
+        assert_eq!(problem_keys(&settings), Vec::<String>::new(), "off");
+        settings.feeds[0].market_quiet_after = Duration::from_millis(500);
+        assert_eq!(problem_keys(&settings), ["feeds[0].market_quiet_after"]);
+        settings.feeds[0].market_quiet_after = MIN_MARKET_QUIET_AFTER;
+        assert_eq!(problem_keys(&settings), Vec::<String>::new());
     }
 
     #[test]

@@ -238,6 +238,12 @@ fn feed_event(o: Obj, e: &FeedEvent) -> Obj {
         }
         FeedEvent::Stale { reason } => o.str("event", "stale").str("reason", reason),
         FeedEvent::Resynced { sid } => o.str("event", "resynced").uint("sid", *sid),
+        FeedEvent::MarketFrozen { quiet_ms, book_differs, missed_trades, checks, .. } => o
+            .str("event", "market_frozen")
+            .uint("quiet_ms", *quiet_ms)
+            .bool("book_differs", *book_differs)
+            .uint("missed_trades", *missed_trades)
+            .uint("checks", u64::from(*checks)),
         FeedEvent::Alert { kind, message } => {
             o.str("event", "alert").str("kind", kind).str("message", message)
         }

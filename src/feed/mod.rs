@@ -11,12 +11,17 @@
 //! by policy, keeps retrying every `backoff.max`, stops, or asks the process to exit. Alerts of
 //! a failure streak resolve (one recovery notice each) when the failure count resets.
 //!
+//! While live, it also watches for frozen markets ([`frozen`]): a market quiet for
+//! `market_quiet_after` is checked against the REST API, and one that REST shows changing is
+//! asked for afresh on the same connection, recorded (`market_frozen`) and alerted.
+//!
 //! Callers hold a [`FeedHandle`]: change the market list (applied live, or queued while
 //! disconnected), read the list and the current books, and ask for fresh snapshots of the books
 //! (for a consumer that lost its copy).
 
 pub mod backoff;
 pub mod discovery;
+pub mod frozen;
 pub mod supervisor;
 
 use std::collections::HashSet;
@@ -30,6 +35,7 @@ use std::time::Duration;
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, oneshot};
+use tokio::task::{JoinError, JoinSet};
 use tokio::time::{Instant, MissedTickBehavior, sleep_until};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
@@ -44,13 +50,18 @@ use tracing::{Instrument, debug, error, info, warn};
 use crate::bus::Bus;
 use crate::config::{FeedSettings, GiveUpPolicy};
 use crate::kalshi::command::Channel;
-use crate::kalshi::session::{AlertAction, Output, Session, SessionConfig};
+use crate::kalshi::session::{Activity, AlertAction, Output, Session, SessionConfig};
 use crate::kalshi::sign::Credentials;
-use crate::telemetry::alerts::{Alerter, BOOK_UNRECOVERABLE, CREDENTIALS_REJECTED, MAX_RECONNECTS};
+use crate::telemetry::alerts::{
+    Alerter, BOOK_UNRECOVERABLE, CREDENTIALS_REJECTED, MARKET_FROZEN, MAX_RECONNECTS,
+};
 use crate::telemetry::log::{conn_span, log_counts};
 use crate::telemetry::metrics::{FeedMetrics, FeedState};
 use crate::tick::{BookSnapshot, ConnId, FeedEvent, Name, Tick, TickKind, now_micros, recv_micros};
 use backoff::Backoff;
+use frozen::{
+    BackfillWindow, CheckRest, Fetched, FrozenMarket, FrozenWatch, Local, SCAN_EVERY, Seen, Verdict, Wanted,
+};
 
 /// Commands queued for a feed actor. A full queue makes the caller wait (they are rare:
 /// reloads and book queries).
@@ -233,12 +244,16 @@ pub struct FeedContext {
     pub alerter: Alerter,
     /// Seed for backoff jitter; `None` seeds from the OS.
     pub jitter_seed: Option<u64>,
+    /// The feed's REST client and its checks' share of the budget, for the frozen-market
+    /// check; `None` turns the check off (a feed without REST).
+    pub checks: Option<CheckRest>,
 }
 
 enum FeedCommand {
     SetMarkets(Vec<String>),
     Books(oneshot::Sender<Vec<(Name, BookSnapshot)>>),
     RefreshBooks,
+    SetChecks(Option<CheckRest>),
 }
 
 /// A cheap handle on a running feed actor.
@@ -276,6 +291,12 @@ impl FeedHandle {
     /// to refresh, and a disconnected one's next connection brings fresh snapshots anyway.
     pub fn refresh_books(&self) -> bool {
         !matches!(self.tx.try_send(FeedCommand::RefreshBooks), Err(mpsc::error::TrySendError::Full(_)))
+    }
+
+    /// Replaces the REST client the frozen-market check uses (the feed's REST settings were
+    /// reloaded). Returns false if the actor has stopped.
+    pub async fn set_checks(&self, checks: Option<CheckRest>) -> bool {
+        self.tx.send(FeedCommand::SetChecks(checks)).await.is_ok()
     }
 
     /// The books this connection currently trusts (built from a snapshot, unbroken since).
@@ -322,6 +343,10 @@ struct FeedActor {
     /// panic, or carried over from the last run) and its session knows nothing of: resolved
     /// once a connection is healthy with every book sound.
     adopted_book_alert: bool,
+    /// The frozen-market watch; `None` when `market_quiet_after` is zero.
+    watch: Option<FrozenWatch>,
+    /// Checks of quiet markets in flight (REST calls), dropped (aborted) with the connection.
+    checks: JoinSet<Fetched>,
 }
 
 impl FeedActor {
@@ -343,6 +368,7 @@ impl FeedActor {
             ctx.metrics.clone(),
         );
         ctx.metrics.markets.store(cfg.markets.len() as u64, Ordering::Relaxed);
+        let watch = (!s.market_quiet_after.is_zero()).then(|| FrozenWatch::new(s.market_quiet_after));
         let backoff = match ctx.jitter_seed {
             Some(seed) => Backoff::seeded(s.backoff.clone(), seed),
             None => Backoff::new(s.backoff.clone()),
@@ -356,6 +382,9 @@ impl FeedActor {
             match kind.as_str() {
                 MAX_RECONNECTS => open_alerts.push(MAX_RECONNECTS),
                 CREDENTIALS_REJECTED => open_alerts.push(CREDENTIALS_REJECTED),
+                // Its connection ended with the old actor; a fresh one subscribes every market
+                // afresh, as a reconnect does.
+                MARKET_FROZEN => open_alerts.push(MARKET_FROZEN),
                 BOOK_UNRECOVERABLE => adopted_book_alert = true,
                 // `feed_stale` is the alert monitor's to judge.
                 _ => {}
@@ -374,6 +403,8 @@ impl FeedActor {
             alerted: false,
             open_alerts,
             adopted_book_alert,
+            watch,
+            checks: JoinSet::new(),
         }
     }
 
@@ -409,6 +440,7 @@ impl FeedActor {
                     self.out.send.clear();
                     self.publish_ticks().await;
                     self.session.on_disconnected();
+                    self.end_checks(&ended);
                     FeedMetrics::inc(&self.ctx.metrics.disconnects);
                     if matches!(ended, Ended::Shutdown) {
                         self.publish_event(FeedEvent::Disconnected { reason: ended.to_string() }).await;
@@ -558,6 +590,9 @@ impl FeedActor {
         let mut deadline = self.session.next_deadline().unwrap_or_else(far);
         let timer = sleep_until(deadline);
         tokio::pin!(timer);
+        let mut scan = tokio::time::interval_at(started + SCAN_EVERY, SCAN_EVERY);
+        scan.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let watching = self.watch.is_some();
 
         loop {
             // Liveness (systemd watchdog): the ping timer turns the loop at least this often.
@@ -634,6 +669,20 @@ impl FeedActor {
                         return e;
                     }
                 }
+                // Quiet markets: queue those due for a check, start what the budget allows.
+                _ = scan.tick(), if watching => {
+                    self.scan_markets(Instant::now());
+                    if let Err(e) = self.flush(&mut sink).await {
+                        return e;
+                    }
+                }
+                // A check's answer (cancel-safe: JoinSet::join_next).
+                Some(joined) = self.checks.join_next(), if !self.checks.is_empty() => {
+                    self.on_check(joined, Instant::now());
+                    if let Err(e) = self.flush(&mut sink).await {
+                        return e;
+                    }
+                }
             }
             let next = self.session.next_deadline().unwrap_or_else(far);
             if next != deadline {
@@ -694,6 +743,7 @@ impl FeedActor {
             FeedCommand::Books(reply) => {
                 let _ = reply.send(self.session.books());
             }
+            FeedCommand::SetChecks(checks) => self.ctx.checks = checks,
             FeedCommand::RefreshBooks => {
                 let asked = self.session.refresh_books(&mut self.out);
                 if asked > 0 {
@@ -742,6 +792,185 @@ impl FeedActor {
         }
     }
 
+    /// Looks for quiet markets (while the connection is live) and starts the checks due.
+    fn scan_markets(&mut self, now: Instant) {
+        let (Some(watch), Some(_)) = (self.watch.as_mut(), &self.ctx.checks) else { return };
+        if !self.session.is_live() {
+            return;
+        }
+        let session = &self.session;
+        let markets =
+            session.market_names().map(|m| (m.clone(), seen(session.activity(m)))).collect::<Vec<_>>();
+        let verdicts = watch.scan(now, now_micros(), markets);
+        for verdict in verdicts {
+            self.on_verdict(verdict, now);
+        }
+        self.start_checks(now);
+    }
+
+    /// Starts checks of the markets due, as many as the watch allows in flight.
+    fn start_checks(&mut self, now: Instant) {
+        let (Some(watch), Some(rest)) = (self.watch.as_mut(), &self.ctx.checks) else { return };
+        let wanted = Wanted {
+            book: self.session.has_channel(Channel::OrderbookDelta),
+            trades: self.session.has_channel(Channel::Trade),
+        };
+        if !wanted.book && !wanted.trades {
+            return;
+        }
+        while let Some(market) = watch.next_check(now) {
+            debug!(%market, "Checking a quiet market against the REST API.");
+            self.checks.spawn(frozen::fetch(rest.clone(), market, wanted).in_current_span());
+        }
+    }
+
+    /// A check answered: compares REST's answer with what tickd has now.
+    fn on_check(&mut self, joined: Result<Fetched, JoinError>, now: Instant) {
+        let Some(watch) = self.watch.as_mut() else { return };
+        let fetched = match joined {
+            Ok(fetched) => fetched,
+            Err(e) => {
+                error!(error = %e, "A check of a quiet market ended without an answer.");
+                watch.on_lost();
+                self.start_checks(now);
+                return;
+            }
+        };
+        let market = &fetched.market;
+        match &fetched.result {
+            Ok(_) => FeedMetrics::inc(&self.ctx.metrics.market_checks),
+            Err(e) => {
+                FeedMetrics::inc(&self.ctx.metrics.market_check_failures);
+                debug!(%market, error = %e, "Checking a quiet market failed; it is checked again later.");
+            }
+        }
+        let activity = self.session.activity(market);
+        let local = Local {
+            book: self.session.book(market),
+            recent_trades: activity
+                .map(|a| a.recent_trades.iter().map(String::as_str).collect())
+                .unwrap_or_default(),
+            last_trade_ms: activity.and_then(|a| a.last_trade_ms),
+            since_ms: 0,
+        };
+        let result = fetched.result.as_ref().map_err(|_| ());
+        let verdict = watch.on_answer(now, now_micros(), market, result, seen(activity), local);
+        if let Some(verdict) = verdict {
+            self.on_verdict(verdict, now);
+        }
+        self.start_checks(now);
+    }
+
+    /// Acts on what the watch found.
+    fn on_verdict(&mut self, verdict: Verdict, now: Instant) {
+        match verdict {
+            Verdict::Frozen(found) => self.on_frozen(found, now),
+            Verdict::StillFrozen { market, trades } => {
+                warn!(%market, "Frozen market still behind the exchange after its resync; asking again.");
+                let reason = "market frozen: still behind the exchange after its resync";
+                self.session.resync_market(&market, trades, reason, now, &mut self.out);
+            }
+            Verdict::Recovered { market, why } => info!(%market, why, "Frozen market recovered."),
+            Verdict::AllClear => {
+                let quiet_after = self.cfg.settings.market_quiet_after.as_secs_f64();
+                let message = format!(
+                    "{}: every market found frozen updates again (for {quiet_after}s)",
+                    self.cfg.conn
+                );
+                self.out.alerts.push(AlertAction::Resolve { kind: MARKET_FROZEN, message });
+            }
+        }
+        let frozen = self.watch.as_ref().map_or(0, |w| w.frozen().len());
+        self.ctx.metrics.markets_frozen_now.store(frozen as u64, Ordering::Relaxed);
+    }
+
+    /// A market was found frozen: it is asked for afresh on this connection (its book with
+    /// `get_snapshot`; also removed and added again on `ticker` and `trade` when trades were
+    /// missed), recorded as a `market_frozen` event naming it, alerted, and its trades of the
+    /// window handed to the backfill.
+    fn on_frozen(&mut self, found: FrozenMarket, now: Instant) {
+        let m = &self.ctx.metrics;
+        FeedMetrics::inc(&m.markets_frozen);
+        let d = &found.difference;
+        let quiet_s = found.quiet.as_secs_f64();
+        warn!(
+            market = %found.market,
+            quiet_ms = found.quiet.as_millis() as u64,
+            book_differs = d.book,
+            missed_trades = d.missed_trades,
+            "Market frozen: no update while the REST API shows it changing; asking for it afresh."
+        );
+        let now_us = now_micros();
+        let wall =
+            |at: Option<Instant>| at.map(|at| now_us - now.saturating_duration_since(at).as_micros() as i64);
+        let activity = self.session.activity(&found.market).cloned().unwrap_or_default();
+        let event = FeedEvent::MarketFrozen {
+            quiet_ms: found.quiet.as_millis() as u64,
+            book_differs: d.book,
+            missed_trades: d.missed_trades,
+            checks: found.checks,
+            last_ticker_us: wall(activity.ticker),
+            last_trade_us: wall(activity.trade),
+            last_book_us: wall(activity.last_book()),
+            backfill_from_us: found.backfill.from_us,
+            backfill_to_us: found.backfill.to_us,
+        };
+        self.out.ticks.push(Tick {
+            feed: self.cfg.conn.feed.clone(),
+            conn: self.cfg.conn.index,
+            market: found.market.clone(),
+            exch_ts: None,
+            recv_ts: recv_micros(),
+            kind: TickKind::Feed(event),
+        });
+        let what = match (d.book, d.missed_trades) {
+            (true, 0) => "a different book".to_owned(),
+            (false, n) => format!("{n} trades tickd never received"),
+            (true, n) => format!("a different book and {n} trades tickd never received"),
+        };
+        let reason = format!("market frozen: no update for {quiet_s:.1}s while REST showed {what}");
+        self.session.resync_market(&found.market, d.missed_trades > 0, &reason, now, &mut self.out);
+        self.backfill_frozen(&found.backfill);
+        let message = format!(
+            "{}: {} had no update for {quiet_s:.1}s while the REST API showed {what}; asked for it afresh",
+            self.cfg.conn, found.market
+        );
+        self.out.alerts.push(AlertAction::Raise { kind: MARKET_FROZEN, message });
+    }
+
+    /// Hands the trades a frozen market may have missed to the trade backfill: the one place
+    /// that says which market and which window. Without a backfill in this daemon, the window
+    /// is kept in the `market_frozen` row of `feed_events` (`backfill_from_us`,
+    /// `backfill_to_us`) and logged here.
+    fn backfill_frozen(&self, window: &BackfillWindow) {
+        info!(
+            market = %window.market,
+            from_us = window.from_us,
+            to_us = window.to_us,
+            "Trades of a frozen market may be missing in this window."
+        );
+    }
+
+    /// The connection ended: checks in flight are dropped and the watch starts over on the
+    /// next one, whose subscriptions bring every market afresh, which ends an open
+    /// `market_frozen` incident (the registry ignores the recovery when none is open).
+    fn end_checks(&mut self, ended: &Ended) {
+        self.checks.abort_all();
+        let Some(watch) = self.watch.as_mut() else { return };
+        let frozen = watch.reset();
+        self.ctx.metrics.markets_frozen_now.store(0, Ordering::Relaxed);
+        let message = match frozen.first() {
+            Some(market) => {
+                format!(
+                    "{}: the connection ended ({ended}); the next one subscribes {market} afresh",
+                    self.cfg.conn
+                )
+            }
+            None => format!("{}: the connection ended ({ended}); no market of it was frozen", self.cfg.conn),
+        };
+        self.ctx.alerter.resolve(&self.cfg.conn, MARKET_FROZEN, &message);
+    }
+
     async fn publish_event(&self, event: FeedEvent) {
         let tick = Tick {
             feed: self.cfg.conn.feed.clone(),
@@ -779,6 +1008,15 @@ impl FeedActor {
             self.ctx.alerter.resolve(&self.cfg.conn, BOOK_UNRECOVERABLE, &message);
         }
     }
+}
+
+/// What the watch needs of a market's activity.
+fn seen(activity: Option<&Activity>) -> Seen {
+    activity.map_or_else(Seen::default, |a| Seen {
+        last_update: a.last_update(),
+        last_streamed: a.last_streamed(),
+        last_snapshot: a.snapshot,
+    })
 }
 
 #[cfg(test)]

@@ -11,7 +11,9 @@
 //!
 //! Each feed also gets one REST client ([`RestClient`]: its request budget, signing key and
 //! metrics), for what needs the exchange's REST API; a reload that changes `rest_url`,
-//! `rest_rate` or `rest_timeout` replaces it at once (its counters carry on).
+//! `rest_rate` or `rest_timeout` replaces it at once (its counters carry on). The feed's
+//! connections check their quiet markets with it ([`crate::feed::frozen`]), within one share
+//! of its budget for all of them together.
 //!
 //! A feed with `series` or `events` also gets a discovery task ([`discovery`]) in the same
 //! `JoinSet`: it sends the markets it finds, and the supervisor follows the feed's `markets`
@@ -31,6 +33,7 @@ use tracing::{error, info, warn};
 use crate::bus::Bus;
 use crate::config::{FeedSettings, Settings};
 use crate::feed::discovery::{self, Discovered, DiscoveryConfig, DiscoveryContext};
+use crate::feed::frozen::CheckRest;
 use crate::feed::{Connect, FeedConfig, FeedContext, FeedExit, FeedHandle, feed};
 use crate::kalshi::rest::{RestClient, RestConfig};
 use crate::kalshi::sign::Credentials;
@@ -140,6 +143,9 @@ pub struct Supervisor {
     handles: Handles,
     /// Each feed's REST client, by feed name.
     rest: BTreeMap<String, RestClient>,
+    /// Each feed's frozen-market checks (its REST client and their share of its budget), by
+    /// feed name.
+    checks: BTreeMap<String, CheckRest>,
     /// Counts applied reloads, for whoever reports that a reload is done (systemd).
     reloaded: watch::Sender<u64>,
     /// Each discovering feed's discovery, by feed name.
@@ -165,6 +171,7 @@ impl Supervisor {
             tasks: JoinSet::new(),
             task_ids: HashMap::new(),
             rest: BTreeMap::new(),
+            checks: BTreeMap::new(),
             reloaded: watch::Sender::new(0),
             discovery: BTreeMap::new(),
             discovery_runs: 0,
@@ -300,11 +307,13 @@ impl Supervisor {
             Ok(client) => {
                 let cfg = client.config();
                 info!(feed = settings.name, rest_url = %cfg.base, rate = cfg.rate, "REST client ready.");
+                self.checks.insert(settings.name.clone(), CheckRest::new(client.clone()));
                 self.rest.insert(settings.name.clone(), client);
             }
             Err(e) => {
                 error!(feed = settings.name, error = %e, "No REST client for this feed; its stream goes on.");
                 self.rest.remove(&settings.name);
+                self.checks.remove(&settings.name);
             }
         }
     }
@@ -430,6 +439,7 @@ impl Supervisor {
             connector: self.deps.connector.clone(),
             alerter: self.alerter.clone(),
             jitter_seed: self.deps.jitter_seed,
+            checks: self.checks.get(cfg.conn.feed.as_ref()).cloned(),
         };
         let (handle, run) = feed(cfg.clone(), ctx);
         let task = self
@@ -471,6 +481,7 @@ impl Supervisor {
                     self.stop_conn(&id);
                 }
                 self.rest.remove(&feed.name);
+                self.checks.remove(&feed.name);
                 self.deps.rest.remove(&feed.name);
                 self.stop_discovery(&feed.name);
             }
@@ -499,7 +510,15 @@ impl Supervisor {
                             (new.rest_url.clone(), new.rest_rate, new.rest_timeout);
                         // The key the feed started with (a key change waits for a restart).
                         match load_credentials(&kept) {
-                            Ok(credentials) => self.set_rest_client(&kept, credentials),
+                            Ok(credentials) => {
+                                self.set_rest_client(&kept, credentials);
+                                let checks = self.checks.get(&new.name).cloned();
+                                for id in self.conn_ids(&new.name) {
+                                    if let Some(conn) = self.conns.get(&id) {
+                                        conn.handle.set_checks(checks.clone()).await;
+                                    }
+                                }
+                            }
                             Err(e) => error!(feed = new.name, error = %e, "REST settings not applied."),
                         }
                     }

@@ -32,7 +32,7 @@
 //! - NO-side prices are normalized to the NO contract's own price whatever `use_yes_price`
 //!   was sent.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -82,6 +82,10 @@ const LOGGED_TEXT_MAX: usize = 1024;
 /// Sids remembered per connection (ours before, or unsubscribed as strays); the sets start
 /// over past this, which at worst sends one more `unsubscribe`.
 const MAX_REMEMBERED_SIDS: usize = 4096;
+
+/// Trade ids remembered per market (newest last), so that a check against the REST API can
+/// tell the trades tickd received from those it missed.
+pub const RECENT_TRADES: usize = 16;
 
 /// What a session follows and how.
 #[derive(Clone, Debug)]
@@ -210,6 +214,43 @@ struct Repair {
     sound_since: Option<Instant>,
 }
 
+/// What the session last received of one market, per channel: the frozen-market check
+/// ([`crate::feed::frozen`]) reads it to find markets that went quiet and to compare what tickd
+/// has with what the REST API shows.
+#[derive(Clone, Debug, Default)]
+pub struct Activity {
+    /// The last `ticker` message.
+    pub ticker: Option<Instant>,
+    /// The last trade.
+    pub trade: Option<Instant>,
+    /// The last book delta.
+    pub delta: Option<Instant>,
+    /// The last book snapshot (part of a subscription, or asked for).
+    pub snapshot: Option<Instant>,
+    /// Ids of the newest trades received, newest last, at most [`RECENT_TRADES`].
+    pub recent_trades: VecDeque<String>,
+    /// The exchange's time (ms) of the newest trade received, when its frame said.
+    pub last_trade_ms: Option<i64>,
+}
+
+impl Activity {
+    /// The last update the exchange sent of its own accord (a snapshot may have been asked
+    /// for, so it proves nothing about the stream).
+    pub fn last_streamed(&self) -> Option<Instant> {
+        self.ticker.max(self.trade).max(self.delta)
+    }
+
+    /// The last update of any kind.
+    pub fn last_update(&self) -> Option<Instant> {
+        self.last_streamed().max(self.snapshot)
+    }
+
+    /// The last book update, delta or snapshot.
+    pub fn last_book(&self) -> Option<Instant> {
+        self.delta.max(self.snapshot)
+    }
+}
+
 /// How many rejected frames may be kept now (a token bucket), and how many were not.
 #[derive(Debug)]
 struct RejectBudget {
@@ -253,6 +294,8 @@ pub struct Session {
     pending: HashMap<u64, Pending>,
     next_id: u64,
     books: HashMap<Name, MarketBook>,
+    /// What was last received of each wanted market, per channel.
+    activity: HashMap<Name, Activity>,
     /// Books under repair (usually none), so timers never walk every book.
     repairs: HashMap<Name, Repair>,
     /// A `Stale` event for the whole connection is out; `Resynced` follows once every book is
@@ -299,6 +342,7 @@ impl Session {
             pending: HashMap::new(),
             next_id: 1,
             books: HashMap::new(),
+            activity: HashMap::new(),
             repairs: HashMap::new(),
             resyncing: false,
             retired: HashSet::new(),
@@ -321,6 +365,11 @@ impl Session {
         self.desired.iter().map(|m| &**m)
     }
 
+    /// The markets this session wants, by name.
+    pub fn market_names(&self) -> impl Iterator<Item = &Name> {
+        self.desired.iter()
+    }
+
     /// Whether every subscription is acknowledged and every book built (or, after its
     /// resyncs ran out, kept stale and announced as such).
     pub fn is_live(&self) -> bool {
@@ -338,6 +387,76 @@ impl Session {
             self.books.iter().filter(|(_, b)| b.fresh).map(|(m, b)| (m.clone(), b.book.snapshot())).collect();
         all.sort_by(|a, b| a.0.cmp(&b.0));
         all
+    }
+
+    /// What was last received of `market` (`None` before anything was).
+    pub fn activity(&self, market: &str) -> Option<&Activity> {
+        self.activity.get(market)
+    }
+
+    /// Whether `channel` is one this session subscribes.
+    pub fn has_channel(&self, channel: Channel) -> bool {
+        self.sub_index(channel).is_some()
+    }
+
+    /// Asks the exchange for `market` afresh on this connection, for a market that stopped
+    /// updating: a `get_snapshot` of its book (which is stale until the snapshot arrives, a
+    /// `stale` then a `resynced` event naming it), and, with `resubscribe`, its removal from
+    /// the `ticker` and `trade` subscriptions followed by its addition again
+    /// (`update_subscription`), for a market whose trades stopped coming. Returns whether
+    /// anything was asked (nothing is while a subscription is not settled: the next connect
+    /// or the pending change brings the market afresh anyway).
+    pub fn resync_market(
+        &mut self,
+        market: &str,
+        resubscribe: bool,
+        reason: &str,
+        now: Instant,
+        out: &mut Output,
+    ) -> bool {
+        let Some(market) = self.desired.get(market).cloned() else { return false };
+        let mut asked = false;
+        let held =
+            |sub: &Sub| sub.state == SubState::Active && sub.sid.is_some() && sub.markets.contains(&market);
+        if let Some(i) = self.sub_index(Channel::OrderbookDelta)
+            && held(&self.subs[i])
+            && let Some(sid) = self.subs[i].sid
+        {
+            // A new round of repair: the book is not broken, it was left behind.
+            if let Some(repair) = self.repairs.get_mut(&market)
+                && !repair.given_up
+            {
+                repair.attempts = 0;
+                repair.due = None;
+            }
+            self.book_broken(&market, sid, reason, now, out);
+            asked = true;
+        }
+        let channels = if resubscribe || !asked { &[Channel::Ticker, Channel::Trade][..] } else { &[] };
+        for &channel in channels {
+            let Some(i) = self.sub_index(channel) else { continue };
+            let sub = &self.subs[i];
+            let Some(sid) = sub.sid.filter(|_| held(sub) && sub.updating.is_none()) else { continue };
+            // Removed now and added again by `reconcile` once the removal is acknowledged.
+            let id = self.next_id();
+            self.subs[i].updating = Some(id);
+            let changed = vec![market.clone()];
+            self.pending.insert(
+                id,
+                Pending { channel, what: PendingKind::Update(Action::DeleteMarkets, changed), sent_at: now },
+            );
+            send(
+                out,
+                Command::UpdateSubscription {
+                    id,
+                    sid,
+                    action: Action::DeleteMarkets,
+                    market_tickers: vec![market.to_string()],
+                },
+            );
+            asked = true;
+        }
+        asked
     }
 
     /// Markets whose book is kept stale after its resyncs ran out, sorted.
@@ -427,6 +546,7 @@ impl Session {
         self.desired = markets.iter().map(|m| self.intern(m)).collect();
         let desired = &self.desired;
         self.books.retain(|market, _| desired.contains(market));
+        self.activity.retain(|market, _| desired.contains(market));
         let before = self.given_up_count();
         self.repairs.retain(|market, _| desired.contains(market));
         self.after_repairs_removed(before, out);
@@ -708,7 +828,7 @@ impl Session {
                     self.on_delta(sid, market, side, price, delta, ts_ms, now, out);
                 }
             }
-            Frame::Ticker { market, quote, ts_ms, .. } => self.on_quote(market, quote, ts_ms, out),
+            Frame::Ticker { market, quote, ts_ms, .. } => self.on_quote(market, quote, ts_ms, now, out),
             Frame::Trade { sid, seq, market, trade_id, yes_price, count, taker_side, block, ts_ms } => {
                 if self.seq_ok(sid, seq, now, out) {
                     let trade = Trade {
@@ -720,6 +840,16 @@ impl Session {
                     };
                     FeedMetrics::inc(&self.metrics.trades);
                     let market = self.intern(market);
+                    if let Some(seen) = self.touch(&market) {
+                        seen.trade = Some(now);
+                        if seen.recent_trades.len() >= RECENT_TRADES {
+                            seen.recent_trades.pop_front();
+                        }
+                        seen.recent_trades.push_back(trade.trade_id.clone());
+                        if ts_ms.is_some() {
+                            seen.last_trade_ms = ts_ms;
+                        }
+                    }
                     self.emit(out, market, ts_ms, TickKind::Trade(trade));
                 }
             }
@@ -745,9 +875,12 @@ impl Session {
         }
     }
 
-    fn on_quote(&mut self, market: &str, quote: Quote, ts_ms: Option<i64>, out: &mut Output) {
+    fn on_quote(&mut self, market: &str, quote: Quote, ts_ms: Option<i64>, now: Instant, out: &mut Output) {
         FeedMetrics::inc(&self.metrics.quotes);
         let market = self.intern(market);
+        if let Some(seen) = self.touch(&market) {
+            seen.ticker = Some(now);
+        }
         self.emit(out, market, ts_ms, TickKind::Quote(quote));
     }
 
@@ -1082,6 +1215,9 @@ impl Session {
             return;
         }
         let market = self.intern(market);
+        if let Some(seen) = self.touch(&market) {
+            seen.snapshot = Some(now);
+        }
         let mut no = no;
         if self.cfg.use_yes_price {
             // NO levels came on the YES scale: back to NO contract prices, ascending.
@@ -1165,6 +1301,15 @@ impl Session {
             // A market being removed: its book is no longer kept.
             FeedMetrics::inc(&self.metrics.stray_frames);
             return;
+        }
+        match self.activity.get_mut(market) {
+            Some(seen) => seen.delta = Some(now),
+            None => {
+                let name = self.intern(market);
+                if let Some(seen) = self.touch(&name) {
+                    seen.delta = Some(now);
+                }
+            }
         }
         let Some(entry) = self.books.get_mut(market) else {
             // Deltas come only after a market's snapshot: one was lost.
@@ -1449,6 +1594,15 @@ impl Session {
             );
             self.emit(out, market, None, TickKind::Feed(FeedEvent::Stale { reason }));
         }
+    }
+
+    /// The activity record of a wanted market (`None` for one no longer wanted, whose frames
+    /// are still arriving).
+    fn touch(&mut self, market: &Name) -> Option<&mut Activity> {
+        if !self.desired.contains(market) {
+            return None;
+        }
+        Some(self.activity.entry(market.clone()).or_default())
     }
 
     fn sub_index(&self, channel: Channel) -> Option<usize> {

@@ -190,6 +190,24 @@ const FEED_SERIES: &[FeedSeries] = &[
     ("tickd_feed_exchange_errors_total", "counter", "Error replies from the exchange.", |s| {
         s.exchange_errors
     }),
+    ("tickd_feed_market_checks_total", "counter", "Quiet markets checked against the REST API.", |s| {
+        s.market_checks
+    }),
+    (
+        "tickd_feed_market_check_failures_total",
+        "counter",
+        "Checks of quiet markets the REST API could not answer.",
+        |s| s.market_check_failures,
+    ),
+    (
+        "tickd_feed_markets_frozen_total",
+        "counter",
+        "Markets found frozen: quiet while the REST API showed them changing.",
+        |s| s.markets_frozen,
+    ),
+    ("tickd_feed_markets_frozen", "gauge", "Markets found frozen that have not updated again yet.", |s| {
+        s.markets_frozen_now
+    }),
     ("tickd_feed_alerts_total", "counter", "Alerts raised.", |s| s.alerts),
     ("tickd_feed_heartbeat_timeouts_total", "counter", "Dead connections found by the heartbeat.", |s| {
         s.heartbeat_timeouts

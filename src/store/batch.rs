@@ -394,6 +394,16 @@ impl Batch {
             FeedEvent::Rejected { reason, error, .. } => {
                 (Some(format!("{reason}: {error}")), None, None, None)
             }
+            FeedEvent::MarketFrozen { quiet_ms, book_differs, missed_trades, .. } => {
+                let what = match (*book_differs, *missed_trades) {
+                    (true, 0) => "its book differed from REST's".to_owned(),
+                    (false, n) => format!("REST listed {n} trades it never received"),
+                    (true, n) => {
+                        format!("its book differed from REST's and REST listed {n} trades it never received")
+                    }
+                };
+                (Some(format!("no update for {quiet_ms} ms while {what}")), None, None, None)
+            }
             FeedEvent::Gap { sid, expected, got } => {
                 (None, Some(to_i64(*sid)), Some(to_i64(*expected)), Some(to_i64(*got)))
             }

@@ -150,6 +150,14 @@ feed_metrics! {
     stale_deltas,
     /// Error replies from the exchange.
     exchange_errors,
+    /// Quiet markets checked against the exchange's REST API (answered checks).
+    market_checks,
+    /// Checks of quiet markets that REST could not answer (tried again later).
+    market_check_failures,
+    /// Markets found frozen: quiet while REST showed them changing.
+    markets_frozen,
+    /// Markets found frozen and not updating again yet (gauge).
+    markets_frozen_now,
     /// Alerts raised.
     alerts,
     /// Dead connections detected by the heartbeat (no frame for ping interval + pong timeout).

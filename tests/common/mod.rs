@@ -3,6 +3,7 @@
 
 pub mod app;
 pub mod daemon;
+pub mod hooks;
 pub mod pg;
 pub mod stream;
 
@@ -233,6 +234,7 @@ impl Harness {
             connector,
             alerter: Alerter::new(alert_command),
             jitter_seed: Some(7),
+            checks: None,
         };
         let ticks = Collected::default();
         let sink = ticks.clone();

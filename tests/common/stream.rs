@@ -583,3 +583,10 @@ pub fn ensure_open_files(needed: u64) {
         "this test needs {needed} open files; the limit is {now} (hard {hard}) and prlimit gave {status:?}: raise `ulimit -n`"
     );
 }
+
+/// The value of the `/metrics` sample `series` (name and labels, as printed), if present.
+pub async fn metric(addr: SocketAddr, series: &str) -> Option<f64> {
+    let page = http_get(addr, "/metrics", &[]).await;
+    assert_eq!(page.status, 200, "{page:?}");
+    page.body.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}

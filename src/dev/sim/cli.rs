@@ -2,7 +2,8 @@
 //!
 //! Console commands (one per line on stdin, each acknowledged with one line on stdout, a bad one
 //! with an `error:` line): `drop`, `close <code>`, `stall on|off`, `refuse <n>`, `gap <n>`,
-//! `malformed <n>`, `unknown <n>`, `oversized <bytes>`, `terminal <10|25>`, `pause`, `resume`,
+//! `malformed <n>`, `unknown <n>`, `oversized <bytes>`, `terminal <10|25>`, `freeze <market>`,
+//! `pause`, `resume`,
 //! `rate <n>`, `stats`, `help`, and for the REST API `rest-429 <n> [<retry-after>]`,
 //! `rest-5xx <n> [<status>]`, `rest-slow <duration>`. End of stdin leaves the simulator running
 //! until shutdown.
@@ -85,6 +86,7 @@ enum Cmd {
     Unknown(u32),
     Oversized(usize),
     Terminal(u32),
+    Freeze(String),
     Pause,
     Resume,
     Rate(u32),
@@ -96,7 +98,7 @@ enum Cmd {
 }
 
 const HELP: &str = "commands: drop | close <code> | stall on|off | refuse <n> | gap <n> | malformed <n> | \
-                    unknown <n> | oversized <bytes> | terminal <10|25> | pause | resume | rate <n> | stats | \
+                    unknown <n> | oversized <bytes> | terminal <10|25> | freeze <market> | pause | resume | rate <n> | stats | \
                     rest-429 <n> [<retry-after>] | rest-5xx <n> [<status>] | rest-slow <duration>";
 
 fn parse_cmd(line: &str) -> Result<Cmd, String> {
@@ -137,6 +139,10 @@ fn parse_cmd(line: &str) -> Result<Cmd, String> {
         "terminal" => match num(name, arg)? {
             c @ (10 | 25) => Ok(Cmd::Terminal(c)),
             c => Err(format!("`terminal`: code must be 10 or 25, not {c}")),
+        },
+        "freeze" => match arg {
+            Some(market) => Ok(Cmd::Freeze(market.to_owned())),
+            None => Err("`freeze` needs a market ticker".into()),
         },
         "pause" => no_arg(Cmd::Pause),
         "resume" => no_arg(Cmd::Resume),
@@ -216,6 +222,12 @@ fn apply(sim: &Simulator, cmd: &Cmd) -> String {
         Cmd::Terminal(c) => {
             sim.send_terminal_error(c);
             format!("ok: terminal error {c} on every orderbook sid")
+        }
+        Cmd::Freeze(ref market) => {
+            sim.freeze(market);
+            format!(
+                "ok: {market} frozen on every connection until its snapshot is asked for or it is resubscribed"
+            )
         }
         Cmd::Pause => {
             sim.pause();
@@ -392,6 +404,7 @@ mod tests {
         assert_eq!(parse_cmd(" gap 3 "), Ok(Cmd::Gap(3)));
         assert_eq!(parse_cmd("oversized 2000000"), Ok(Cmd::Oversized(2_000_000)));
         assert_eq!(parse_cmd("terminal 10"), Ok(Cmd::Terminal(10)));
+        assert_eq!(parse_cmd("freeze SIM-MKT-002"), Ok(Cmd::Freeze("SIM-MKT-002".into())));
         assert_eq!(parse_cmd("rest-429 5 2s"), Ok(Cmd::Rest429(5, Some(Duration::from_secs(2)))));
         assert_eq!(parse_cmd("rest-429 5"), Ok(Cmd::Rest429(5, None)));
         assert_eq!(parse_cmd("rest-5xx 3"), Ok(Cmd::Rest5xx(3, 503)));
@@ -404,6 +417,8 @@ mod tests {
             "close 1006",
             "stall maybe",
             "terminal 7",
+            "freeze",
+            "freeze A B",
             "fly",
             "drop 3",
             "rest-5xx 3 404",

@@ -54,7 +54,7 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 const MAX_BATCHES_PER_WRITE: usize = 64;
 
 /// A fault switch addressed to every connection.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) enum Control {
     /// Drop the socket without a close frame.
     Drop,
@@ -70,6 +70,9 @@ pub(crate) enum Control {
     Oversized(usize),
     /// Terminal error with this code on every orderbook sid.
     Terminal(u32),
+    /// Stop sending this market's updates on the sids that carry it, until the client asks
+    /// for its snapshot or resubscribes it.
+    Freeze(Arc<str>),
 }
 
 /// An HTTP answer with a whole body.
@@ -382,6 +385,9 @@ impl Conn {
                 out.push(Out { text, trade_id: None });
             }
             Control::Terminal(code) => session.terminal(code, out),
+            Control::Freeze(market) => {
+                session.freeze(&market);
+            }
         }
         self.write(ws, out).await?;
         Ok(true)

@@ -295,7 +295,7 @@ impl Shared {
     /// Sends a switch to every open connection without waiting.
     fn broadcast(&self, ctl: Control) {
         for conn in self.conns_lock().values() {
-            if conn.ctl.try_send(ctl).is_err() {
+            if conn.ctl.try_send(ctl.clone()).is_err() {
                 self.stats.faults_dropped.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -567,6 +567,14 @@ impl Simulator {
     /// Error `code` (10 or 25) on every `orderbook_delta` sid, then silence on it.
     pub fn send_terminal_error(&self, code: u32) {
         self.shared().broadcast(Control::Terminal(code));
+    }
+
+    /// Freezes `market` on every open connection: its updates stop on the subscriptions that
+    /// carry it while its book and trades keep changing on the exchange (and in the REST
+    /// answers), until a client asks for its snapshot (`get_snapshot`) or removes it from a
+    /// subscription and adds it again. Connections opened later are not frozen.
+    pub fn freeze(&self, market: &str) {
+        self.shared().broadcast(Control::Freeze(Arc::from(market)));
     }
 
     /// Stops generating exchange events (heartbeats continue). When it returns, no further

@@ -39,7 +39,7 @@
 //!
 //! Code 27 (command rate) is not implemented: the simulator accepts any command rate.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use serde_json::{Map, Value};
@@ -137,6 +137,8 @@ struct Sub {
     filter: HashMap<Arc<str>, u64>,
     use_yes_price: bool,
     skip_ticker_ack: bool,
+    /// Markets frozen on this sid (the `freeze` fault): their updates are not sent.
+    frozen: HashSet<Arc<str>>,
 }
 
 impl Sub {
@@ -147,6 +149,9 @@ impl Sub {
     }
 
     fn wants(&self, u: &Update) -> bool {
+        if !self.frozen.is_empty() && self.frozen.contains(&*u.market.ticker) {
+            return false;
+        }
         match self.all {
             Some(as_of) => u.no >= as_of,
             None => self.filter.get(&*u.market.ticker).is_some_and(|as_of| u.no >= *as_of),
@@ -325,6 +330,7 @@ impl Session {
                 filter: HashMap::new(),
                 use_yes_price,
                 skip_ticker_ack,
+                frozen: HashSet::new(),
             };
             match (&tickers, channel) {
                 // Lifecycle has no market filter: always every market.
@@ -492,6 +498,8 @@ impl Session {
             "delete_markets" => {
                 for t in &tickers {
                     sub.filter.remove(t);
+                    // Resubscribed later, it streams again.
+                    sub.frozen.remove(t);
                 }
                 sub.markets.retain(|m| sub.filter.contains_key(m));
                 let seq = sub.next_seq();
@@ -504,6 +512,13 @@ impl Session {
                 )));
             }
             _ => {
+                for t in &tickers {
+                    // The client asked for the market afresh: it streams again, on every sid.
+                    for other in &mut self.subs {
+                        other.frozen.remove(t);
+                    }
+                }
+                let sub = &mut self.subs[pos];
                 for t in &tickers {
                     let (Some(m), Some(book)) = (st.ex.market_ref(t), st.ex.book(t)) else {
                         continue;
@@ -597,6 +612,23 @@ impl Session {
             out.push(Out::text(render::error(None, Some((sub.sid, seq)), code, &[])));
             false
         });
+    }
+
+    /// Stops sending `market`'s updates on every data sid that carries it now (its book and
+    /// trades keep changing on the exchange), until the client asks for its snapshot
+    /// (`get_snapshot`) or removes it from a sid and adds it again. Returns how many sids it
+    /// froze.
+    pub(crate) fn freeze(&mut self, market: &str) -> usize {
+        let mut frozen = 0;
+        for sub in &mut self.subs {
+            let carries = sub.channel.has_data()
+                && sub.channel != Channel::Lifecycle
+                && (sub.all.is_some() || sub.filter.contains_key(market));
+            if carries && sub.frozen.insert(Arc::from(market)) {
+                frozen += 1;
+            }
+        }
+        frozen
     }
 
     /// The next sequenced frame of every live sequenced sid jumps by `n`.

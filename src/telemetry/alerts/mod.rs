@@ -4,7 +4,9 @@
 //! - a feed actor raises `max_reconnects` and `credentials_rejected` through its [`Alerter`],
 //!   and resolves them once its connection has stayed healthy for `backoff.healthy_after`; it
 //!   raises `book_unrecoverable` when its protocol session gives up resyncing a book for a
-//!   while, and resolves it once every book of the connection is sound again;
+//!   while, and resolves it once every book of the connection is sound again; it raises
+//!   `market_frozen` when a market stopped updating while REST showed it changing, and
+//!   resolves it once every such market of the connection updates again;
 //! - the store writer sends its one-shot notices (`spool_full`, `store_schema`,
 //!   `batch_rejected`, `spool_unreadable`: no incident, no recovery);
 //! - the alert monitor ([`crate::ops::alerts`]) raises and resolves `feed_stale`,
@@ -60,6 +62,11 @@ pub const REST_UNREACHABLE: &str = "rest_unreachable";
 /// A market's book stayed crossed or negative after its fresh snapshots: it is kept stale and
 /// tried again later. One incident per connection, resolved once no book of it is stale.
 pub const BOOK_UNRECOVERABLE: &str = "book_unrecoverable";
+/// A market of a live connection stopped updating while the exchange's REST API showed it
+/// changing; tickd asked for it afresh. One incident per connection, resolved once every
+/// market found frozen on it updates again or agrees with REST, and none has been frozen for
+/// `market_quiet_after` since.
+pub const MARKET_FROZEN: &str = "market_frozen";
 
 /// The source of the store's alerts.
 pub const STORE: &str = "store";
