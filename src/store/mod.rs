@@ -137,6 +137,11 @@ pub struct StoreMetrics {
     pub spooled: AtomicU64,
     /// Ticks replayed from the spool and committed.
     pub replayed: AtomicU64,
+    /// Batches written from the spool: each merges consecutive spool records up to
+    /// `batch_size` ticks, one statement.
+    pub replayed_batches: AtomicU64,
+    /// Spool records replayed (merged into those batches).
+    pub replayed_records: AtomicU64,
     /// Ticks dropped because the spool was full (each recorded as a `store_loss` row).
     pub lost: AtomicU64,
     /// Bytes in the spool now.

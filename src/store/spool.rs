@@ -309,6 +309,17 @@ struct Segment {
     len: u64,
 }
 
+/// A record handed out by [`Spool::front`] or [`Spool::next`] and not consumed yet.
+#[derive(Clone, Copy, Debug)]
+struct Handed {
+    /// Its id.
+    id: u64,
+    /// The first id of its segment (the segment's name).
+    segment: u64,
+    /// The offset just past it in that segment.
+    end: u64,
+}
+
 /// The checkpoint file: the id of the oldest unconsumed record.
 #[derive(Debug)]
 struct Checkpoint {
@@ -316,8 +327,8 @@ struct Checkpoint {
     path: PathBuf,
     /// Grows with every write; the readable slot with the highest one wins.
     generation: u64,
-    /// Writes since the last sync.
-    unsynced: u32,
+    /// Records consumed since the last sync.
+    unsynced: u64,
 }
 
 impl Checkpoint {
@@ -353,8 +364,9 @@ impl Checkpoint {
         Ok((Checkpoint { file, path, generation, unsynced: 0 }, best.map(|(_, next)| next)))
     }
 
-    /// Records `next` as the oldest unconsumed id, into the slot the last write did not use.
-    fn save(&mut self, next: u64, sync: bool) -> Result<(), SpoolError> {
+    /// Records `next` as the oldest unconsumed id, into the slot the last write did not use;
+    /// `records` were consumed since the last save.
+    fn save(&mut self, next: u64, sync: bool, records: u64) -> Result<(), SpoolError> {
         self.generation += 1;
         let mut buf = [0u8; CHECKPOINT_SLOT_BYTES];
         buf[0..4].copy_from_slice(&CHECKPOINT_MAGIC);
@@ -364,8 +376,8 @@ impl Checkpoint {
         buf[20..24].copy_from_slice(&own.to_le_bytes());
         let offset = (self.generation % 2) * CHECKPOINT_SLOT_STRIDE;
         self.file.write_all_at(&buf, offset).map_err(io_error(&self.path))?;
-        self.unsynced += 1;
-        if sync || self.unsynced >= CHECKPOINT_SYNC_EVERY {
+        self.unsynced = self.unsynced.saturating_add(records);
+        if sync || self.unsynced >= u64::from(CHECKPOINT_SYNC_EVERY) {
             self.file.sync_data().map_err(io_error(&self.path))?;
             self.unsynced = 0;
         }
@@ -392,8 +404,10 @@ pub struct Spool {
     front_id: u64,
     /// Id the next append gets.
     next_id: u64,
-    /// What `front` last returned: its id and the offset just past it.
-    peeked: Option<(u64, u64)>,
+    /// What `front` and `next` handed out and `consume` has not taken yet, oldest first.
+    handed: VecDeque<Handed>,
+    /// Open on a segment other than the first, keyed by its first id, for reading ahead.
+    ahead: Option<(u64, File)>,
     /// Sum of the segments' lengths.
     bytes: u64,
     /// Records skipped as damaged since open.
@@ -466,7 +480,8 @@ impl Spool {
             cursor: 0,
             front_id,
             next_id,
-            peeked: None,
+            handed: VecDeque::new(),
+            ahead: None,
             bytes,
             corrupt: 0,
             checkpoint,
@@ -540,15 +555,17 @@ impl Spool {
 
     /// The oldest record not yet consumed, read from disk, or `None` when the spool is empty.
     /// Damaged records on the way are skipped and counted (see the [module docs](self)).
-    /// Calling it again without [`consume`](Self::consume) returns the same record.
+    /// Calling it again without [`consume`](Self::consume) returns the same record: it starts
+    /// the reading over, forgetting what [`next`](Self::next) read ahead.
     pub fn front(&mut self) -> Result<Option<(RecordId, Vec<u8>)>, SpoolError> {
-        self.peeked = None;
+        self.handed.clear();
         loop {
             let Some((header, offset)) = self.locate()? else { return Ok(None) };
+            let segment = self.segments.front().map_or(0, |s| s.first);
             let (path, file) = self.front_reader()?;
             match read_payload(file, path, offset, &header)? {
                 Some(payload) => {
-                    self.peeked = Some((header.id, offset + header.size()));
+                    self.handed.push_back(Handed { id: header.id, segment, end: offset + header.size() });
                     return Ok(Some((RecordId(header.id), payload)));
                 }
                 None => {
@@ -561,23 +578,89 @@ impl Spool {
         }
     }
 
-    /// Marks the record [`front`](Self::front) last returned as done. A segment whose records
-    /// are all consumed is deleted; the progress is checkpointed (see the [module docs](self)
-    /// for how much a restart may replay). On an error the record still counts as consumed in
-    /// this process: only the checkpoint or the deletion failed, and later calls retry them.
-    pub fn consume(&mut self, id: RecordId) -> Result<(), SpoolError> {
-        let Some((peeked, end)) = self.peeked.filter(|(peeked, _)| *peeked == id.0) else {
-            return Err(SpoolError::NotFront { id, front: self.peeked.map(|(p, _)| RecordId(p)) });
+    /// Reads ahead of consumption: the record after the last one [`front`](Self::front) or
+    /// `next` handed out (the oldest unconsumed record when none is out), or `None` when every
+    /// record is out. Records handed out stay in the spool until [`consume`](Self::consume)
+    /// takes them, so a replay can read the next records while earlier ones are still being
+    /// stored. Damaged records on the way are skipped; they are counted once the records after
+    /// them are consumed.
+    pub fn next(&mut self) -> Result<Option<(RecordId, Vec<u8>)>, SpoolError> {
+        let Some(last) = self.handed.back().copied() else { return self.front() };
+        let Some(mut ix) = self.segments.iter().position(|s| s.first == last.segment) else {
+            return Err(no_segment(&self.dir));
         };
-        self.peeked = None;
-        self.front_id = peeked + 1;
-        self.cursor = end;
+        let (mut offset, mut want) = (last.end, last.id + 1);
+        loop {
+            if want >= self.next_id {
+                return Ok(None);
+            }
+            let limit = self.segments.get(ix + 1).map_or(self.next_id, |s| s.first);
+            if want >= limit {
+                // The rest of this segment is read (or lost): the next one starts at `limit`.
+                (ix, offset) = (ix + 1, 0);
+                continue;
+            }
+            let (segment, seg_len) = self.segments.get(ix).map_or((0, 0), |s| (s.first, s.len));
+            let header = {
+                let (path, file) = self.reader_at(ix)?;
+                read_header(file, path, offset, seg_len)?
+            };
+            match header {
+                // Consumed before a restart: only possible at the front, kept for safety.
+                Some(h) if h.id < want => offset += h.size(),
+                Some(h) if h.id < limit => {
+                    let payload = {
+                        let (path, file) = self.reader_at(ix)?;
+                        read_payload(file, path, offset, &h)?
+                    };
+                    match payload {
+                        Some(payload) => {
+                            self.handed.push_back(Handed { id: h.id, segment, end: offset + h.size() });
+                            return Ok(Some((RecordId(h.id), payload)));
+                        }
+                        // Skipped; the header holds, so the next record follows it.
+                        None => (offset, want) = (offset + h.size(), h.id + 1),
+                    }
+                }
+                // A damaged header, or the file ends early: the rest of the segment is lost.
+                _ => want = limit,
+            }
+        }
+    }
+
+    /// Marks `id` and every record handed out before it as done: a run of records stored
+    /// together is consumed in one call. `id` must be one [`front`](Self::front) or
+    /// [`next`](Self::next) handed out and not consumed yet. Segments whose records are all
+    /// consumed are deleted; the progress is checkpointed (see the [module docs](self) for how
+    /// much a restart may replay). On an error the records still count as consumed in this
+    /// process: only the checkpoint or a deletion failed, and later calls retry them.
+    pub fn consume(&mut self, id: RecordId) -> Result<(), SpoolError> {
+        let Some(at) = self.handed.iter().position(|h| h.id == id.0) else {
+            return Err(SpoolError::NotFront { id, front: self.handed.front().map(|h| RecordId(h.id)) });
+        };
+        let done: Vec<Handed> = self.handed.drain(..=at).collect();
+        let records = done.len() as u64;
+        let Some(last) = done.last().copied() else { return Ok(()) };
+        // Ids between the records handed out were skipped as damaged while reading ahead.
+        self.corrupt += (last.id + 1 - self.front_id).saturating_sub(records);
+        self.front_id = last.id + 1;
+        // Segments read past are consumed whole.
+        while self.segments.front().is_some_and(|s| s.first != last.segment) {
+            self.finish_front_segment()?;
+        }
+        self.cursor = last.end;
         if self.front_id >= self.front_limit() {
             // The whole oldest segment is consumed: the checkpoint is synced before the file goes.
             self.finish_front_segment()
         } else {
-            self.checkpoint.save(self.front_id, false)
+            self.checkpoint.save(self.front_id, false, records)
         }
+    }
+
+    /// Forgets what [`front`](Self::front) and [`next`](Self::next) handed out: the next read
+    /// starts again at the oldest unconsumed record (after a failed store, to try it again).
+    pub fn rewind(&mut self) {
+        self.handed.clear();
     }
 
     /// Whether no record waits.
@@ -650,6 +733,22 @@ impl Spool {
         }
     }
 
+    /// The path of the segment at `ix` (0 is the oldest) and a read handle on it.
+    fn reader_at(&mut self, ix: usize) -> Result<(&Path, &File), SpoolError> {
+        if ix == 0 {
+            return self.front_reader();
+        }
+        let Some(seg) = self.segments.get(ix) else { return Err(no_segment(&self.dir)) };
+        if self.ahead.as_ref().is_none_or(|(first, _)| *first != seg.first) {
+            let file = File::open(&seg.path).map_err(io_error(&seg.path))?;
+            self.ahead = Some((seg.first, file));
+        }
+        match (self.segments.get(ix), &self.ahead) {
+            (Some(seg), Some((_, file))) => Ok((&seg.path, file)),
+            _ => Err(no_segment(&self.dir)),
+        }
+    }
+
     /// The oldest segment's path and a read handle on it.
     fn front_reader(&mut self) -> Result<(&Path, &File), SpoolError> {
         let Some(seg) = self.segments.front() else { return Err(no_segment(&self.dir)) };
@@ -667,7 +766,7 @@ impl Spool {
     fn finish_front_segment(&mut self) -> Result<(), SpoolError> {
         // Synced first: were the deletion to reach the disk before the checkpoint, a restart
         // would take the next segment for the oldest and could not tell what was consumed.
-        self.checkpoint.save(self.front_id, true)?;
+        self.checkpoint.save(self.front_id, true, 0)?;
         if let Some(seg) = self.segments.front() {
             match fs::remove_file(&seg.path) {
                 Ok(()) => {}
@@ -680,7 +779,6 @@ impl Spool {
         }
         self.cursor = 0;
         self.reader = None;
-        self.peeked = None;
         if self.segments.is_empty() {
             self.writer = None;
         }
@@ -705,6 +803,142 @@ impl Spool {
         self.segments.push_back(Segment { first: self.next_id, path, len: 0 });
         self.writer = Some(file);
         Ok(())
+    }
+}
+
+/// A batch the spool keeps as one record and that a replay may merge with the batches spooled
+/// after it, so that records written small during an outage go back in full batches.
+pub trait Coalesce: Sized {
+    /// Why a record cannot be read back as a batch.
+    type Error: fmt::Display;
+    /// Reads a record back.
+    fn decode(record: &[u8]) -> Result<Self, Self::Error>;
+    /// The items in the batch: what a group's size is counted in.
+    fn items(&self) -> usize;
+    /// Appends the items of a batch spooled after this one.
+    fn absorb(&mut self, later: Self);
+}
+
+/// A run of consecutive records read for one write: everything in it is stored (or set aside)
+/// together and consumed together, by consuming [`Group::last`].
+#[derive(Debug)]
+pub struct Group<B> {
+    /// The last record of the run.
+    pub last: RecordId,
+    /// Records in the run, the undecodable ones included.
+    pub records: u64,
+    /// The records that decoded, merged in spool order; `None` when none did.
+    pub batch: Option<B>,
+    /// Records that did not decode, for the caller to keep aside.
+    pub undecodable: Vec<Undecodable>,
+}
+
+/// A spooled record that no longer decodes.
+#[derive(Debug)]
+pub struct Undecodable {
+    /// Its id.
+    pub id: RecordId,
+    /// Its bytes, as spooled.
+    pub record: Vec<u8>,
+    /// Why it does not decode.
+    pub error: String,
+}
+
+/// Reads a [`Spool`] ahead of consumption in [`Group`]s of at most `max_items` items: as many
+/// consecutive records as fit (at least one, however large). A record read that does not fit
+/// waits, decoded, to open the next group. Groups are handed out in order and must be consumed
+/// in order; after a failed store, [`rewind`](Self::rewind) starts over from the oldest
+/// unconsumed record.
+#[derive(Debug)]
+pub struct Coalescer<B> {
+    /// A record read that did not fit in the group before: the first of the next one.
+    carry: Option<(RecordId, B)>,
+    /// Records up to this one go one per group (after a group was refused, to find the record
+    /// at fault).
+    single_through: Option<RecordId>,
+}
+
+impl<B> Default for Coalescer<B> {
+    fn default() -> Self {
+        Coalescer { carry: None, single_through: None }
+    }
+}
+
+impl<B: Coalesce> Coalescer<B> {
+    /// The next group after the ones handed out, or `None` when every record is out.
+    pub fn next_group(&mut self, spool: &mut Spool, max_items: usize) -> Result<Option<Group<B>>, SpoolError> {
+        let mut group: Option<Group<B>> = None;
+        loop {
+            let (id, batch) = match self.carry.take() {
+                Some(carried) => carried,
+                None => {
+                    let Some((id, record)) = spool.next()? else { return Ok(group) };
+                    match B::decode(&record) {
+                        Ok(batch) => (id, batch),
+                        Err(e) => {
+                            let bad = Undecodable { id, record, error: e.to_string() };
+                            let g = group.get_or_insert_with(|| Group {
+                                last: id,
+                                records: 0,
+                                batch: None,
+                                undecodable: Vec::new(),
+                            });
+                            (g.last, g.records) = (id, g.records + 1);
+                            g.undecodable.push(bad);
+                            if self.single(id) {
+                                return Ok(group);
+                            }
+                            continue;
+                        }
+                    }
+                }
+            };
+            let single = self.single(id);
+            match &mut group {
+                None => group = Some(Group { last: id, records: 1, batch: Some(batch), undecodable: Vec::new() }),
+                Some(g) => {
+                    let held = g.batch.as_ref().map_or(0, B::items);
+                    if single || held + batch.items() > max_items {
+                        self.carry = Some((id, batch));
+                        return Ok(group);
+                    }
+                    (g.last, g.records) = (id, g.records + 1);
+                    match &mut g.batch {
+                        Some(b) => b.absorb(batch),
+                        None => g.batch = Some(batch),
+                    }
+                }
+            }
+            if single {
+                return Ok(group);
+            }
+        }
+    }
+
+    /// Forgets every group handed out and not consumed: the next group starts at the oldest
+    /// unconsumed record.
+    pub fn rewind(&mut self, spool: &mut Spool) {
+        self.carry = None;
+        spool.rewind();
+    }
+
+    /// Hands out the records up to `last` one per group from now on (after a rewind, a group
+    /// ending there that was refused is tried again record by record, so that only the record
+    /// at fault is set aside).
+    pub fn one_by_one_through(&mut self, last: RecordId) {
+        self.single_through = Some(self.single_through.map_or(last, |s| s.max(last)));
+    }
+
+    /// Whether `id` goes in a group of its own.
+    fn single(&mut self, id: RecordId) -> bool {
+        match self.single_through {
+            Some(last) if id <= last => true,
+            Some(_) => {
+                self.single_through = None;
+                false
+            }
+            None => false,
+        }
     }
 }
 
