@@ -14,8 +14,8 @@ use tickd::store::StoreError;
 use tickd::store::batch::{Batch, Loss};
 use tickd::store::pg;
 use tickd::tick::{
-    BookDelta, BookSnapshot, FeedEvent, Lifecycle, LifecycleScope, MarketInfo, Price, Qty, Quote, Side, Tick, TickKind,
-    Trade,
+    BookDelta, BookSnapshot, FeedEvent, Lifecycle, LifecycleScope, MarketInfo, Price, Qty, Quote, Side, Tick,
+    TickKind, Trade,
 };
 
 /// 2026-11-20 12:00:00 UTC in µs.

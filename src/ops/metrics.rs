@@ -431,12 +431,7 @@ fn store(out: &mut Exposition, m: &StoreMetrics) {
             "Batches written from the spool, each merging spool records up to batch_size ticks.",
             &m.replayed_batches,
         ),
-        (
-            "tickd_store_replayed_records_total",
-            "counter",
-            "Spool records replayed.",
-            &m.replayed_records,
-        ),
+        ("tickd_store_replayed_records_total", "counter", "Spool records replayed.", &m.replayed_records),
         ("tickd_store_lost_total", "counter", "Ticks dropped with the spool full.", &m.lost),
         ("tickd_store_spool_bytes", "gauge", "Bytes in the spool.", &m.spool_bytes),
         ("tickd_store_spool_batches", "gauge", "Batches in the spool.", &m.spool_batches),

@@ -672,6 +672,71 @@ mod tests {
     use super::*;
     use crate::tick::MarketInfo;
 
+    /// Ticks of two markets over two feeds, `n` µs apart from `start`.
+    fn mixed_ticks(start: i64, step: i64, n: i64) -> Vec<Tick> {
+        use crate::tick::{Price, Qty, Quote, Trade};
+        (0..n)
+            .map(|i| {
+                let market: Name = Arc::from(if i % 2 == 0 { "KXA-1" } else { "KXB-2" });
+                let feed: Name = Arc::from(if i % 3 == 0 { "one" } else { "two" });
+                let kind = match i % 4 {
+                    0 => TickKind::Trade(Trade {
+                        trade_id: format!("t{start}-{i}"),
+                        price: Price(4_800 + i),
+                        size: Qty(100),
+                        taker_side: Some(Side::Yes),
+                        block: None,
+                    }),
+                    1 => TickKind::Quote(Quote { bid: Some(Price(4_700)), ..Quote::default() }),
+                    2 => TickKind::Market(MarketInfo {
+                        title: Some(format!("title {i}")),
+                        ..MarketInfo::default()
+                    }),
+                    _ => TickKind::Feed(FeedEvent::Live),
+                };
+                Tick {
+                    feed,
+                    conn: 0,
+                    market,
+                    exch_ts: Some((start + i * step) / 1000),
+                    recv_ts: start + i * step,
+                    kind,
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn spooled_batches_merged_equal_one_batch_of_all_their_ticks_across_a_day_boundary() {
+        // The first batch ends just before midnight UTC, the second starts just after.
+        const DAY: i64 = 86_400_000_000;
+        let (a, b) = (mixed_ticks(20 * DAY - 7_000, 1_000, 7), mixed_ticks(20 * DAY + 500, 1_000, 9));
+        let batch_of = |ticks: &[Tick]| {
+            let mut batch = Batch::new();
+            ticks.iter().for_each(|t| batch.push(t));
+            batch
+        };
+        let all: Vec<Tick> = a.iter().chain(&b).cloned().collect();
+
+        // As replay does it: both read back from their spool records, then merged.
+        let mut merged = Batch::decode(&batch_of(&a).encode()).expect("decodes");
+        merged.absorb(Batch::decode(&batch_of(&b).encode()).expect("decodes"));
+
+        let expected = batch_of(&all);
+        assert_eq!(
+            serde_json::to_value(&merged).expect("json"),
+            serde_json::to_value(&expected).expect("json"),
+            "the same names, rows, market spans and counts"
+        );
+        assert_eq!(merged.days(), [19, 20]);
+        assert_eq!((merged.ticks, merged.oldest_recv_ts), (16, 20 * DAY - 7_000));
+        // Merged in the other order, the rows of both days still get their partitions.
+        let mut late_first = batch_of(&b);
+        late_first.absorb(batch_of(&a));
+        assert_eq!(late_first.days(), [19, 20]);
+        assert_eq!(late_first.oldest_recv_ts, 20 * DAY - 7_000);
+    }
+
     #[test]
     fn a_market_tick_describes_a_market_without_counting_as_seen_and_survives_the_spool() {
         let info =

@@ -866,7 +866,11 @@ impl<B> Default for Coalescer<B> {
 
 impl<B: Coalesce> Coalescer<B> {
     /// The next group after the ones handed out, or `None` when every record is out.
-    pub fn next_group(&mut self, spool: &mut Spool, max_items: usize) -> Result<Option<Group<B>>, SpoolError> {
+    pub fn next_group(
+        &mut self,
+        spool: &mut Spool,
+        max_items: usize,
+    ) -> Result<Option<Group<B>>, SpoolError> {
         let mut group: Option<Group<B>> = None;
         loop {
             let (id, batch) = match self.carry.take() {
@@ -895,7 +899,9 @@ impl<B: Coalesce> Coalescer<B> {
             };
             let single = self.single(id);
             match &mut group {
-                None => group = Some(Group { last: id, records: 1, batch: Some(batch), undecodable: Vec::new() }),
+                None => {
+                    group = Some(Group { last: id, records: 1, batch: Some(batch), undecodable: Vec::new() })
+                }
                 Some(g) => {
                     let held = g.batch.as_ref().map_or(0, B::items);
                     if single || held + batch.items() > max_items {
@@ -1307,6 +1313,180 @@ mod tests {
         spool.consume(first).unwrap();
         assert!(matches!(spool.consume(first), Err(SpoolError::NotFront { .. })), "consumed twice");
         assert_eq!(spool.front().unwrap(), Some((second, b"second".to_vec())));
+    }
+
+    /// Reads everything left with `next`, without consuming.
+    fn read_ahead(spool: &mut Spool) -> Vec<(RecordId, Vec<u8>)> {
+        std::iter::from_fn(|| spool.next().unwrap()).collect()
+    }
+
+    #[test]
+    fn next_reads_ahead_across_segments_and_consume_takes_the_run_up_to_its_record() {
+        let (_tmp, dir) = spool_dir();
+        let records: Vec<Vec<u8>> = (0..30).map(|i| record(i, 20_000)).collect();
+        {
+            let (mut spool, _) = Spool::open(&dir, SMALL).unwrap();
+            for r in &records {
+                spool.append(r).unwrap();
+            }
+            assert!(segment_files(&dir).len() >= 4, "{:?}", segment_files(&dir));
+
+            // Read the first 14 (past two segment boundaries) before consuming any.
+            let read: Vec<(RecordId, Vec<u8>)> = (0..14).map(|_| spool.next().unwrap().unwrap()).collect();
+            assert_eq!(read.iter().map(|(_, p)| p.clone()).collect::<Vec<_>>(), records[..14]);
+            assert_eq!(spool.len(), 30, "reading consumes nothing");
+            spool.consume(read[13].0).unwrap();
+
+            assert_eq!(spool.len(), 16);
+            assert_eq!(segment_files(&dir)[0].0, format!("{:016}.seg", 12), "segments read past are deleted");
+            assert!(matches!(spool.consume(read[5].0), Err(SpoolError::NotFront { .. })), "consumed already");
+            // Reading ahead goes on from where it was.
+            assert_eq!(spool.next().unwrap().unwrap().1, records[14]);
+        }
+
+        let (mut spool, recovery) = Spool::open(&dir, SMALL).unwrap();
+
+        assert_eq!(recovery.records, 16, "a restart replays from the first record not consumed");
+        assert_eq!(drain(&mut spool), records[14..]);
+    }
+
+    #[test]
+    fn rewind_reads_again_from_the_oldest_unconsumed_record() {
+        let (_tmp, dir) = spool_dir();
+        let (mut spool, _) = Spool::open(&dir, SMALL).unwrap();
+        let records: Vec<Vec<u8>> = (0..10).map(|i| record(i, 30_000)).collect();
+        for r in &records {
+            spool.append(r).unwrap();
+        }
+        let first: Vec<RecordId> = (0..3).map(|_| spool.next().unwrap().unwrap().0).collect();
+        spool.consume(first[2]).unwrap();
+        let ahead = read_ahead(&mut spool);
+        assert_eq!(ahead.len(), 7);
+
+        spool.rewind();
+
+        assert!(matches!(spool.consume(ahead[0].0), Err(SpoolError::NotFront { .. })), "forgotten");
+        let again = read_ahead(&mut spool);
+        assert_eq!(again, ahead, "the same records, in the same order");
+        spool.consume(again[6].0).unwrap();
+        assert!(spool.is_empty());
+        assert!(segment_files(&dir).is_empty());
+    }
+
+    #[test]
+    fn records_damaged_past_the_ones_read_are_skipped_and_counted_when_the_run_is_consumed() {
+        let (_tmp, dir) = spool_dir();
+        let (mut spool, _) = Spool::open(&dir, SMALL).unwrap();
+        for i in 0..6 {
+            spool.append(&record(i, 1_000)).unwrap();
+        }
+        let (name, _) = segment_files(&dir).pop().unwrap();
+        // The payloads of records 2 and 3.
+        flip(&dir.join(&name), 2 * (HEADER_BYTES + 1_000) + HEADER_BYTES + 10);
+        flip(&dir.join(&name), 3 * (HEADER_BYTES + 1_000) + HEADER_BYTES + 10);
+
+        let read = read_ahead(&mut spool);
+
+        let payloads: Vec<Vec<u8>> = read.iter().map(|(_, p)| p.clone()).collect();
+        assert_eq!(payloads, [0, 1, 4, 5].map(|i| record(i, 1_000)));
+        assert_eq!(spool.corrupt_records(), 0, "not counted before they are consumed");
+        spool.consume(read[3].0).unwrap();
+        assert_eq!(spool.corrupt_records(), 2);
+        assert!(spool.is_empty());
+    }
+
+    /// A batch of numbered items for the coalescer: a record is its items as decimal text.
+    #[derive(Debug, PartialEq, Eq)]
+    struct Items(Vec<u64>);
+
+    impl Coalesce for Items {
+        type Error = String;
+
+        fn decode(record: &[u8]) -> Result<Items, String> {
+            let text = std::str::from_utf8(record).map_err(|e| e.to_string())?;
+            text.split(',')
+                .map(|n| n.parse().map_err(|_| format!("not a number: {n:?}")))
+                .collect::<Result<_, _>>()
+                .map(Items)
+        }
+
+        fn items(&self) -> usize {
+            self.0.len()
+        }
+
+        fn absorb(&mut self, later: Items) {
+            self.0.extend(later.0);
+        }
+    }
+
+    /// Appends `sizes.len()` records of consecutive items, `sizes[i]` items in record `i`.
+    fn append_items(spool: &mut Spool, sizes: &[u64]) {
+        let mut next = 0;
+        for &n in sizes {
+            let text: Vec<String> = (next..next + n).map(|i| i.to_string()).collect();
+            spool.append(text.join(",").as_bytes()).unwrap();
+            next += n;
+        }
+    }
+
+    #[test]
+    fn groups_merge_consecutive_records_up_to_the_item_limit_and_keep_the_order() {
+        let (_tmp, dir) = spool_dir();
+        let (mut spool, _) = Spool::open(&dir, SMALL).unwrap();
+        append_items(&mut spool, &[3, 3, 3, 4, 2, 12, 1]);
+        let mut reader = Coalescer::<Items>::default();
+
+        let mut groups = Vec::new();
+        while let Some(g) = reader.next_group(&mut spool, 10).unwrap() {
+            groups.push(g);
+        }
+
+        let sizes: Vec<(u64, usize)> =
+            groups.iter().map(|g| (g.records, g.batch.as_ref().unwrap().0.len())).collect();
+        // 3+3+3 (a 4 would pass 10), 4+2, 12 alone (larger than the limit), 1.
+        assert_eq!(sizes, [(3, 9), (2, 6), (1, 12), (1, 1)]);
+        let all: Vec<u64> = groups.iter().flat_map(|g| g.batch.as_ref().unwrap().0.clone()).collect();
+        assert_eq!(all, (0..28).collect::<Vec<u64>>(), "every item once, in order");
+        assert_eq!(groups.iter().map(|g| g.last.get()).collect::<Vec<_>>(), [2, 4, 5, 6]);
+        assert!(reader.next_group(&mut spool, 10).unwrap().is_none());
+
+        // Consuming the second group's last record consumes the first two groups.
+        spool.consume(groups[1].last).unwrap();
+        assert_eq!(spool.len(), 2);
+    }
+
+    #[test]
+    fn after_a_rewind_groups_start_again_at_the_oldest_unconsumed_record_one_by_one_if_asked() {
+        let (_tmp, dir) = spool_dir();
+        let (mut spool, _) = Spool::open(&dir, SMALL).unwrap();
+        append_items(&mut spool, &[2, 2, 2, 2, 2, 2]);
+        spool.append(b"not a number").unwrap();
+        append_items(&mut spool, &[2]);
+        let mut reader = Coalescer::<Items>::default();
+        let first = reader.next_group(&mut spool, 4).unwrap().unwrap();
+        let refused = reader.next_group(&mut spool, 4).unwrap().unwrap();
+        let _read_ahead = reader.next_group(&mut spool, 4).unwrap().unwrap();
+        spool.consume(first.last).unwrap();
+
+        // The second group was refused: read again from it, one record per group through it.
+        reader.rewind(&mut spool);
+        reader.one_by_one_through(refused.last);
+        let mut groups = Vec::new();
+        while let Some(g) = reader.next_group(&mut spool, 4).unwrap() {
+            groups.push(g);
+        }
+
+        let shape: Vec<(u64, Option<usize>, usize)> = groups
+            .iter()
+            .map(|g| (g.records, g.batch.as_ref().map(|b| b.0.len()), g.undecodable.len()))
+            .collect();
+        // Records 2 and 3 alone, then 4 and 5 merged with the undecodable record after them
+        // (it holds no items), then the last one.
+        assert_eq!(shape, [(1, Some(2), 0), (1, Some(2), 0), (3, Some(4), 1), (1, Some(2), 0)]);
+        assert_eq!(groups[2].undecodable[0].id.get(), 6);
+        assert!(groups[2].undecodable[0].error.contains("not a number"), "{:?}", groups[2].undecodable);
+        spool.consume(groups[3].last).unwrap();
+        assert!(spool.is_empty());
     }
 
     #[test]

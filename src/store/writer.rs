@@ -413,7 +413,10 @@ impl Actor {
 
             // Waiting on an empty queue owes nothing; a write, probe or spool operation under
             // way stays owed.
-            self.ctx.metrics.writer_beat.waiting(!inflight.is_empty() || probe.is_some() || !spool_ops.is_empty());
+            self.ctx
+                .metrics
+                .writer_beat
+                .waiting(!inflight.is_empty() || probe.is_some() || !spool_ops.is_empty());
             tokio::select! {
                 // A write finished: account for it, spool it on failure.
                 Some(done) = inflight.next(), if !inflight.is_empty() => {
@@ -662,7 +665,9 @@ impl Actor {
             Err(e) => {
                 let records = match origin {
                     Origin::Live => 1,
-                    Origin::Spool(last) => self.replay.groups.iter().find(|g| g.last == last).map_or(1, |g| g.records),
+                    Origin::Spool(last) => {
+                        self.replay.groups.iter().find(|g| g.last == last).map_or(1, |g| g.records)
+                    }
                 };
                 match origin {
                     Origin::Spool(last) if records > 1 => {
@@ -724,7 +729,12 @@ impl Actor {
 
     /// An append finished: the batch is spooled, or its ticks are counted as lost (spool full,
     /// disk error) with an alert.
-    fn on_appended(&mut self, batch: &Batch, losses: &HashMap<String, Loss>, result: Result<RecordId, SpoolError>) {
+    fn on_appended(
+        &mut self,
+        batch: &Batch,
+        losses: &HashMap<String, Loss>,
+        result: Result<RecordId, SpoolError>,
+    ) {
         let ticks = batch.ticks as u64;
         match result {
             Ok(_) => {
