@@ -2,10 +2,18 @@
 //!
 //! The writer appends each batch it cannot store as one opaque record and, once the database
 //! answers again, replays them oldest first: [`Spool::front`] reads the oldest record not yet
-//! consumed, the writer stores it, and [`Spool::consume`] marks it done. The spool outlives the
-//! process: [`Spool::open`] finds what an earlier process left and carries on from there. Every
-//! call is synchronous `std::fs` work sized to one record (no call reads the whole spool), so
-//! the writer task can make it directly.
+//! consumed, [`Spool::next`] reads on ahead of consumption, the writer stores what it read, and
+//! [`Spool::consume`] marks a record done together with every record read before it. The spool
+//! outlives the process: [`Spool::open`] finds what an earlier process left and carries on from
+//! there. Every call is synchronous `std::fs` work sized to one record (no call reads the whole
+//! spool); the writer makes them on a blocking thread, never on its own task.
+//!
+//! A replay does not have to go record by record: records are often small (a batch cut by age
+//! while the database was away), and one write per record replays at a fraction of the
+//! database's pace. A [`Coalescer`] reads ahead in [`Group`]s: consecutive records decoded and
+//! merged ([`Coalesce`]) up to a number of items (the writer's `batch_size` ticks), stored in
+//! one write and consumed by consuming the group's last record. The spool itself stays a queue
+//! of opaque records; what a record holds, and how two merge, is the caller's.
 //!
 //! # On disk
 //!
@@ -39,12 +47,17 @@
 //! 4 ms for 2 MB, checksum included).
 //!
 //! [`Spool::consume`] overwrites the checkpoint each time (one small write, no sync) and syncs
-//! it every [`CHECKPOINT_SYNC_EVERY`] records and before it deletes a segment. So after the
-//! process dies (panic, `kill -9`) a restart replays no consumed record except the one whose
-//! `consume` had not returned yet; after a power loss or kernel crash it replays at most the
-//! last [`CHECKPOINT_SYNC_EVERY`] consumed records. Storing a record must therefore be
-//! idempotent on the database side. If the checkpoint is lost entirely (both slots unreadable),
-//! everything still on disk is replayed.
+//! it once [`CHECKPOINT_SYNC_EVERY`] records have been consumed since the last sync, and before
+//! it deletes a segment. So after the process dies (panic, `kill -9`) a restart replays no
+//! consumed record except those of the `consume` call that had not returned yet; after a power
+//! loss or kernel crash it replays at most the records consumed since the last sync (fewer than
+//! [`CHECKPOINT_SYNC_EVERY`], plus those of the last call). Records read ahead and not consumed
+//! are replayed too, stored or not. Storing a record must therefore be idempotent on the
+//! database side. If the checkpoint is lost entirely (both slots unreadable), everything still
+//! on disk is replayed.
+//!
+//! Segments are deleted only by `consume`, once every record in them is consumed, and only
+//! after the checkpoint past them is synced; reading ahead never deletes anything.
 //!
 //! # Damage
 //!

@@ -10,11 +10,25 @@
 //! and its batch spooled.
 //!
 //! While the database is unreachable, batches go to the [`Spool`] under `state_dir/spool`
-//! and a probe tries the database every `retry_interval`. Once it answers (and the schema is
-//! migrated and checked), new batches are written directly and the spool is replayed, oldest
-//! first, one record at a time, in every write slot that no new batch needs (and in every
-//! other slot under sustained load, so that it drains). Every write is idempotent, so a batch
-//! that was committed but whose answer was lost is simply skipped the second time.
+//! and a probe tries the database every `retry_interval`. The spool's file work (appending and
+//! its `fdatasync`, reading, checkpointing) runs on a blocking thread, never on this task, so
+//! a slow disk does not stop the writer from taking ticks. One append is under way at a time:
+//! meanwhile the next batch keeps filling, so what arrives during one sync becomes one record
+//! (group commit), and the bus pushes back once that batch is full. A batch counts as spooled
+//! once its record is synced.
+//!
+//! Once the database answers (and the schema is migrated and checked), new batches are written
+//! directly and the spool is replayed, oldest first, in every write slot that no new batch
+//! needs (and in every other slot under sustained load, so that it drains). Replay reads ahead
+//! ([`Coalescer`]): consecutive records are merged into batches of up to `batch_size` ticks,
+//! whatever sizes they were spooled in, and the next one is read while one is written, so the
+//! spool drains at about the pace of live writes. Merged records may span days (each write
+//! makes sure of its rows' partitions). A replayed batch is consumed only once it and every
+//! batch read before it are committed, in spool order; after a failed write the replay starts
+//! again from the oldest record not consumed. Every write is idempotent, so a batch that was
+//! committed but not consumed (its answer lost, the process killed) is stored once however
+//! often it is replayed. A merged batch the database refuses for its content is replayed again
+//! record by record, so that only the record at fault is set aside.
 //!
 //! Nothing is dropped without a record: a full spool drops the batch, counts it per feed,
 //! alerts at once, and writes a `store_loss` row to `feed_events` when the database is back;
@@ -871,6 +885,11 @@ impl Actor {
     /// A settle finished.
     fn on_settled(&mut self, consumed: bool, result: Result<(), SpoolError>) {
         self.replay.settling = None;
+        if consumed {
+            // With nothing read ahead any more, a read starts at the oldest record again and
+            // skips what was found damaged past the last record read, emptying the spool.
+            self.replay.exhausted = false;
+        }
         if let Err(e) = result {
             error!(error = %e, "Spool progress could not be saved; records may be replayed again (harmless).");
         }
