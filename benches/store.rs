@@ -1062,8 +1062,6 @@ struct Drain {
     live: u64,
     max_behind: u64,
     bus_full: u64,
-    /// Exact latencies (ms) of the live batches committed during the drain.
-    live_ms: Vec<f64>,
 }
 
 /// Replays the spool of `state_dir` with a real writer (default settings), from its start to
@@ -1105,16 +1103,9 @@ async fn drain(
     let secs = began.elapsed().as_secs_f64();
     let batches = StoreMetrics::get(&metrics.replayed_batches);
     let (bus, live, max_behind, bus_full) = publisher.await.expect("publisher");
-    // The mean latency of the live batches committed while the spool drained.
-    let live_batches: u64 = metrics.latency_buckets.iter().map(|b| b.load(Ordering::Acquire)).sum();
-    let live_ms = if live_batches > 0 {
-        vec![metrics.latency_sum_us.load(Ordering::Acquire) as f64 / live_batches as f64 / 1000.0]
-    } else {
-        Vec::new()
-    };
     drop(bus);
     writer.await.expect("writer task");
-    Drain { secs, batches, live, max_behind, bus_full, live_ms }
+    Drain { secs, batches, live, max_behind, bus_full }
 }
 
 /// The replay as it was before records were merged: one record per statement, one in flight.
@@ -1183,15 +1174,13 @@ async fn report_drain(url: &str, markets: usize, n: usize, records: &[usize], ra
             let drain_tps = n as f64 / d.secs;
             println!(
                 "      with live ticks at {rate:.0}/s meanwhile: drained in {:.2} s = {drain_tps:.0} ticks/s \
-                 in {} batches (drain / live = {:.2}); {} live ticks published, at most {} behind, bus full {} times, \
-                 live batches' mean latency {}",
+                 in {} batches (drain / live = {:.2}); {} live ticks published, at most {} behind, bus full {} times",
                 d.secs,
                 d.batches,
                 drain_tps / live_tps,
                 d.live,
                 d.max_behind,
                 d.bus_full,
-                d.live_ms.first().map_or("-".into(), |ms| format!("{ms:.1} ms")),
             );
         }
 

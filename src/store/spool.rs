@@ -2,7 +2,7 @@
 //!
 //! The writer appends each batch it cannot store as one opaque record and, once the database
 //! answers again, replays them oldest first: [`Spool::front`] reads the oldest record not yet
-//! consumed, [`Spool::next`] reads on ahead of consumption, the writer stores what it read, and
+//! consumed, [`Spool::read_next`] reads on ahead of consumption, the writer stores what it read, and
 //! [`Spool::consume`] marks a record done together with every record read before it. The spool
 //! outlives the process: [`Spool::open`] finds what an earlier process left and carries on from
 //! there. Every call is synchronous `std::fs` work sized to one record (no call reads the whole
@@ -322,7 +322,7 @@ struct Segment {
     len: u64,
 }
 
-/// A record handed out by [`Spool::front`] or [`Spool::next`] and not consumed yet.
+/// A record handed out by [`Spool::front`] or [`Spool::read_next`] and not consumed yet.
 #[derive(Clone, Copy, Debug)]
 struct Handed {
     /// Its id.
@@ -417,7 +417,7 @@ pub struct Spool {
     front_id: u64,
     /// Id the next append gets.
     next_id: u64,
-    /// What `front` and `next` handed out and `consume` has not taken yet, oldest first.
+    /// What `front` and `read_next` handed out and `consume` has not taken yet, oldest first.
     handed: VecDeque<Handed>,
     /// Open on a segment other than the first, keyed by its first id, for reading ahead.
     ahead: Option<(u64, File)>,
@@ -569,7 +569,7 @@ impl Spool {
     /// The oldest record not yet consumed, read from disk, or `None` when the spool is empty.
     /// Damaged records on the way are skipped and counted (see the [module docs](self)).
     /// Calling it again without [`consume`](Self::consume) returns the same record: it starts
-    /// the reading over, forgetting what [`next`](Self::next) read ahead.
+    /// the reading over, forgetting what [`read_next`](Self::read_next) read ahead.
     pub fn front(&mut self) -> Result<Option<(RecordId, Vec<u8>)>, SpoolError> {
         self.handed.clear();
         loop {
@@ -592,12 +592,12 @@ impl Spool {
     }
 
     /// Reads ahead of consumption: the record after the last one [`front`](Self::front) or
-    /// `next` handed out (the oldest unconsumed record when none is out), or `None` when every
+    /// `read_next` handed out (the oldest unconsumed record when none is out), or `None` when every
     /// record is out. Records handed out stay in the spool until [`consume`](Self::consume)
     /// takes them, so a replay can read the next records while earlier ones are still being
     /// stored. Damaged records on the way are skipped; they are counted once the records after
     /// them are consumed.
-    pub fn next(&mut self) -> Result<Option<(RecordId, Vec<u8>)>, SpoolError> {
+    pub fn read_next(&mut self) -> Result<Option<(RecordId, Vec<u8>)>, SpoolError> {
         let Some(last) = self.handed.back().copied() else { return self.front() };
         let Some(mut ix) = self.segments.iter().position(|s| s.first == last.segment) else {
             return Err(no_segment(&self.dir));
@@ -643,7 +643,7 @@ impl Spool {
 
     /// Marks `id` and every record handed out before it as done: a run of records stored
     /// together is consumed in one call. `id` must be one [`front`](Self::front) or
-    /// [`next`](Self::next) handed out and not consumed yet. Segments whose records are all
+    /// [`read_next`](Self::read_next) handed out and not consumed yet. Segments whose records are all
     /// consumed are deleted; the progress is checkpointed (see the [module docs](self) for how
     /// much a restart may replay). On an error the records still count as consumed in this
     /// process: only the checkpoint or a deletion failed, and later calls retry them.
@@ -670,7 +670,7 @@ impl Spool {
         }
     }
 
-    /// Forgets what [`front`](Self::front) and [`next`](Self::next) handed out: the next read
+    /// Forgets what [`front`](Self::front) and [`read_next`](Self::read_next) handed out: the next read
     /// starts again at the oldest unconsumed record (after a failed store, to try it again).
     pub fn rewind(&mut self) {
         self.handed.clear();
@@ -889,7 +889,7 @@ impl<B: Coalesce> Coalescer<B> {
             let (id, batch) = match self.carry.take() {
                 Some(carried) => carried,
                 None => {
-                    let Some((id, record)) = spool.next()? else { return Ok(group) };
+                    let Some((id, record)) = spool.read_next()? else { return Ok(group) };
                     match B::decode(&record) {
                         Ok(batch) => (id, batch),
                         Err(e) => {
@@ -1328,9 +1328,9 @@ mod tests {
         assert_eq!(spool.front().unwrap(), Some((second, b"second".to_vec())));
     }
 
-    /// Reads everything left with `next`, without consuming.
+    /// Reads everything left with `read_next`, without consuming.
     fn read_ahead(spool: &mut Spool) -> Vec<(RecordId, Vec<u8>)> {
-        std::iter::from_fn(|| spool.next().unwrap()).collect()
+        std::iter::from_fn(|| spool.read_next().unwrap()).collect()
     }
 
     #[test]
@@ -1345,7 +1345,8 @@ mod tests {
             assert!(segment_files(&dir).len() >= 4, "{:?}", segment_files(&dir));
 
             // Read the first 14 (past two segment boundaries) before consuming any.
-            let read: Vec<(RecordId, Vec<u8>)> = (0..14).map(|_| spool.next().unwrap().unwrap()).collect();
+            let read: Vec<(RecordId, Vec<u8>)> =
+                (0..14).map(|_| spool.read_next().unwrap().unwrap()).collect();
             assert_eq!(read.iter().map(|(_, p)| p.clone()).collect::<Vec<_>>(), records[..14]);
             assert_eq!(spool.len(), 30, "reading consumes nothing");
             spool.consume(read[13].0).unwrap();
@@ -1354,7 +1355,7 @@ mod tests {
             assert_eq!(segment_files(&dir)[0].0, format!("{:016}.seg", 12), "segments read past are deleted");
             assert!(matches!(spool.consume(read[5].0), Err(SpoolError::NotFront { .. })), "consumed already");
             // Reading ahead goes on from where it was.
-            assert_eq!(spool.next().unwrap().unwrap().1, records[14]);
+            assert_eq!(spool.read_next().unwrap().unwrap().1, records[14]);
         }
 
         let (mut spool, recovery) = Spool::open(&dir, SMALL).unwrap();
@@ -1371,7 +1372,7 @@ mod tests {
         for r in &records {
             spool.append(r).unwrap();
         }
-        let first: Vec<RecordId> = (0..3).map(|_| spool.next().unwrap().unwrap().0).collect();
+        let first: Vec<RecordId> = (0..3).map(|_| spool.read_next().unwrap().unwrap().0).collect();
         spool.consume(first[2]).unwrap();
         let ahead = read_ahead(&mut spool);
         assert_eq!(ahead.len(), 7);

@@ -209,7 +209,7 @@ enum SpoolDone {
         result: Result<RecordId, SpoolError>,
     },
     /// The next group to replay was read (`None`: every record is out).
-    Read(Result<Option<Group<Batch>>, SpoolError>),
+    Read(Box<Result<Option<Group<Batch>>, SpoolError>>),
     /// Replayed records were consumed (`consumed`), and the reader rewound if asked.
     Settled { consumed: bool, result: Result<(), SpoolError> },
 }
@@ -452,7 +452,7 @@ impl Actor {
                             self.on_appended(&batch, &losses, result);
                         }
                         SpoolDone::Read(result) => {
-                            if let Some(wait) = self.on_read(result) {
+                            if let Some(wait) = self.on_read(*result) {
                                 retry_at = Some(Instant::now() + wait);
                             }
                         }
@@ -782,7 +782,7 @@ impl Actor {
         });
         Box::pin(async move {
             let (result, size) = work.await;
-            (SpoolDone::Read(result), size)
+            (SpoolDone::Read(Box::new(result)), size)
         })
     }
 
