@@ -1334,7 +1334,7 @@ mod tests {
     }
 
     #[test]
-    fn next_reads_ahead_across_segments_and_consume_takes_the_run_up_to_its_record() {
+    fn read_next_reads_ahead_across_segments_and_consume_takes_the_run_up_to_its_record() {
         let (_tmp, dir) = spool_dir();
         let records: Vec<Vec<u8>> = (0..30).map(|i| record(i, 20_000)).collect();
         {
