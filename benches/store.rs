@@ -34,11 +34,25 @@
 //! writer's histogram gives bucket bounds; the bench also samples the writer's exact latency
 //! sum every millisecond to recover each batch's own latency.
 //!
+//! **Spool drain.** The real writer's live rate against its drain rate, on the same rows, in
+//! one run: `STORE_DRAIN_TICKS` ticks of the same mix (seed 3) published as fast as the bus
+//! takes them into a writer with default settings (from the first publish until every tick is
+//! committed), then the same ticks spooled by a writer whose database is unreachable, in
+//! records of each `STORE_DRAIN_RECORDS` size (a `batch_size` of that many and a `batch_age`
+//! that never cuts), and replayed by a writer with default settings (from its start until the
+//! spool is empty), into the same emptied tables. Each spool is replayed again with live ticks
+//! published meanwhile at `STORE_DRAIN_LIVE_RATE`, and its first `STORE_DRAIN_BASELINE_TICKS`
+//! ticks are written the way replay used to (one record per statement, one in flight).
+//!
 //! Run: `cargo bench --bench store`. Optional env: `DATABASE_URL`, `STORE_TICKS` (300000),
 //! `STORE_REPS` (3), `STORE_BATCHES` (500,2000,5000,10000), `STORE_MARKETS` (300),
 //! `STORE_METHODS` (ceiling,ours,staging,ourstcp), `STORE_RATE` (50000), `STORE_LATENCY_SECS`
 //! (20), `STORE_BATCH_AGE_MS` (the default setting), `STORE_LATENCY_POOLS` (1,4: one latency
-//! run per `pool_size`; 1 leaves the writer one write in flight, the default 4 gives it two).
+//! run per `pool_size`; 1 leaves the writer one write in flight, the default 4 gives it two),
+//! `STORE_DRAIN_TICKS` (500000; 0 skips the drain), `STORE_DRAIN_RECORDS` (500,14),
+//! `STORE_DRAIN_LIVE_RATE` (`STORE_RATE`; 0 skips the drain under live load),
+//! `STORE_DRAIN_BASELINE_TICKS` (50000; 0 skips it). `STORE_BATCHES=none
+//! STORE_LATENCY_POOLS=none` runs the drain part alone.
 
 use std::os::unix::fs::PermissionsExt as _;
 use std::sync::Arc;
@@ -49,7 +63,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use sqlx::postgres::{PgConnectOptions, PgPool};
 use sqlx::{AssertSqlSafe, Connection as _, PgConnection, Row};
-use tickd::bus::BusBuilder;
+use tickd::bus::{Bus, BusBuilder};
 use tickd::config::{BusSettings, DatabaseUrl, StoreSettings};
 use tickd::dev::localpg::{LocalPg, LocalPgOptions};
 use tickd::store::batch::Batch;
@@ -959,6 +973,233 @@ fn quantile(sorted: &[f64], q: f64) -> f64 {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Spool drain against live writes
+// ---------------------------------------------------------------------------------------------
+
+/// A real writer with default store settings (but `url`) on `state_dir`, fed by its own bus.
+fn writer_on(
+    url: &str,
+    state_dir: &std::path::Path,
+    settings: StoreSettings,
+) -> (Arc<StoreMetrics>, Bus, tokio::task::JoinHandle<()>) {
+    let metrics = Arc::new(StoreMetrics::default());
+    let mut builder = BusBuilder::new(&BusSettings::default());
+    let rx = builder.lossless();
+    let ctx = WriterContext {
+        settings: StoreSettings { url: DatabaseUrl::new(url), ..settings },
+        state_dir: state_dir.to_owned(),
+        alerter: Alerter::new(None),
+        metrics: metrics.clone(),
+    };
+    let (_handle, run) = Writer::start(ctx, rx).expect("writer starts");
+    (metrics, builder.build(), tokio::spawn(run))
+}
+
+/// Polls `cond` every millisecond until it holds; panics after `limit`.
+async fn wait_for(what: &str, limit: Duration, cond: impl Fn() -> bool) {
+    let until = Instant::now() + limit;
+    while !cond() {
+        assert!(Instant::now() < until, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// Rows in the tick tables.
+async fn stored_rows(admin: &mut PgConnection) -> i64 {
+    sqlx::query_scalar(
+        "SELECT (SELECT count(*) FROM trades) + (SELECT count(*) FROM quotes) \
+              + (SELECT count(*) FROM book_snapshots) + (SELECT count(*) FROM book_deltas) \
+              + (SELECT count(*) FROM lifecycle_events) + (SELECT count(*) FROM feed_events)",
+    )
+    .fetch_one(admin)
+    .await
+    .expect("count")
+}
+
+/// The writer's live rate: `ticks` published as fast as the bus takes them, from the first
+/// publish until every tick is committed. Returns ticks/s and the mean ticks per batch.
+async fn live_rate(url: &str, ticks: &[Arc<Tick>]) -> (f64, f64) {
+    let state_dir = tempfile::tempdir().expect("state dir");
+    let (metrics, bus, writer) = writer_on(url, state_dir.path(), StoreSettings::default());
+    wait_for("the database", Duration::from_secs(60), || metrics.state() == StoreState::Ready).await;
+    let began = Instant::now();
+    for tick in ticks {
+        bus.publish(tick.clone()).await;
+    }
+    let n = ticks.len() as u64;
+    wait_for("every tick committed", Duration::from_secs(600), || StoreMetrics::get(&metrics.committed) >= n)
+        .await;
+    let secs = began.elapsed().as_secs_f64();
+    drop(bus);
+    writer.await.expect("writer task");
+    (n as f64 / secs, n as f64 / StoreMetrics::get(&metrics.batches).max(1) as f64)
+}
+
+/// Spools `ticks` into `state_dir`, `record` ticks to a record, as a writer does while its
+/// database is unreachable. Returns the records and bytes spooled.
+async fn fill_spool(state_dir: &std::path::Path, ticks: &[Arc<Tick>], record: usize) -> (u64, u64) {
+    let settings = StoreSettings {
+        batch_size: record,
+        batch_age: Duration::from_secs(3600),
+        retry_interval: Duration::from_secs(3600),
+        ..StoreSettings::default()
+    };
+    let (metrics, bus, writer) = writer_on("postgres://tickd@127.0.0.1:1/tickd", state_dir, settings);
+    for tick in ticks {
+        bus.publish(tick.clone()).await;
+    }
+    drop(bus);
+    writer.await.expect("writer task");
+    assert_eq!(StoreMetrics::get(&metrics.spooled), ticks.len() as u64, "every tick spooled");
+    (StoreMetrics::get(&metrics.spool_batches), StoreMetrics::get(&metrics.spool_bytes))
+}
+
+/// What one drain did.
+struct Drain {
+    secs: f64,
+    batches: u64,
+    /// Live ticks published meanwhile, and the most the publisher fell behind its pace.
+    live: u64,
+    max_behind: u64,
+    bus_full: u64,
+}
+
+/// Replays the spool of `state_dir` with a real writer (default settings), from its start to
+/// the spool empty. With `live_rate`, `live` ticks are published at that pace meanwhile.
+async fn drain(
+    url: &str,
+    state_dir: &std::path::Path,
+    spooled: u64,
+    live: &[Arc<Tick>],
+    live_rate: f64,
+) -> Drain {
+    let began = Instant::now();
+    let (metrics, bus, writer) = writer_on(url, state_dir, StoreSettings::default());
+    let publisher = {
+        let metrics = metrics.clone();
+        let live: Vec<Arc<Tick>> = live.to_vec();
+        tokio::spawn(async move {
+            wait_for("the replay", Duration::from_secs(60), || metrics.state() != StoreState::Starting).await;
+            let (mut published, mut max_behind) = (0usize, 0u64);
+            let start = Instant::now();
+            let mut pace = tokio::time::interval(Duration::from_millis(1));
+            while published < live.len() {
+                pace.tick().await;
+                let due = ((start.elapsed().as_secs_f64() * live_rate) as usize).min(live.len());
+                max_behind = max_behind.max(due.saturating_sub(published) as u64);
+                while published < due {
+                    bus.publish(live[published].clone()).await;
+                    published += 1;
+                }
+            }
+            let full = bus.stats().lossless_full;
+            (bus, published as u64, max_behind, full)
+        })
+    };
+    wait_for("the spool drained", Duration::from_secs(900), || {
+        StoreMetrics::get(&metrics.replayed) >= spooled && StoreMetrics::get(&metrics.spool_batches) == 0
+    })
+    .await;
+    let secs = began.elapsed().as_secs_f64();
+    let batches = StoreMetrics::get(&metrics.replayed_batches);
+    let (bus, live, max_behind, bus_full) = publisher.await.expect("publisher");
+    drop(bus);
+    writer.await.expect("writer task");
+    Drain { secs, batches, live, max_behind, bus_full }
+}
+
+/// The replay as it was before records were merged: one record per statement, one in flight.
+async fn per_record_rate(url: &str, state_dir: &std::path::Path, limit: u64) -> f64 {
+    let settings = StoreSettings { url: DatabaseUrl::new(url), ..StoreSettings::default() };
+    let pool = pg::lazy_pool(&settings).expect("pool");
+    let (mut spool, _) =
+        tickd::store::spool::Spool::open(&state_dir.join("spool"), settings.spool_max_bytes).expect("spool");
+    let (mut ticks, began) = (0u64, Instant::now());
+    let mut known_days = std::collections::HashSet::new();
+    while ticks < limit {
+        let Some((id, record)) = spool.front().expect("read") else { break };
+        let batch = Batch::decode(&record).expect("decode");
+        let days: Vec<i64> = batch.days().into_iter().filter(|d| known_days.insert(*d)).collect();
+        pg::ensure_partitions(&pool, &days).await.expect("partitions");
+        pg::write(&pool, &batch).await.expect("write");
+        spool.consume(id).expect("consume");
+        ticks += batch.ticks as u64;
+    }
+    let rate = ticks as f64 / began.elapsed().as_secs_f64();
+    pool.close().await;
+    rate
+}
+
+/// Drain rate ÷ live write rate of the same rows, in one run, for each spool record size.
+async fn report_drain(url: &str, markets: usize, n: usize, records: &[usize], rate: f64, baseline: u64) {
+    let mut admin = PgConnection::connect(url).await.expect("connect");
+    let mut generator = TickGen::new(3, markets, T0);
+    let ticks: Vec<Arc<Tick>> = (0..n).map(|_| Arc::new(generator.next())).collect();
+    // Live ticks for the drain under load: the same mix, received after the spooled ones.
+    let live: Vec<Arc<Tick>> = (0..n).map(|_| Arc::new(generator.next())).collect();
+    println!();
+    println!(
+        "  spool drain: {n} ticks ({markets} markets), the real writer with default store settings over TCP; \
+         load average before: {}",
+        load_average()
+    );
+
+    reset(&mut admin).await;
+    let (live_tps, live_mean) = live_rate(url, &ticks).await;
+    assert_eq!(stored_rows(&mut admin).await, n as i64, "every live tick stored");
+    println!("    live: {live_tps:.0} ticks/s ({live_mean:.0} ticks per batch)");
+
+    for &record in records {
+        let state_dir = tempfile::tempdir().expect("state dir");
+        let (spooled, bytes) = fill_spool(state_dir.path(), &ticks, record).await;
+        reset(&mut admin).await;
+        let d = drain(url, state_dir.path(), n as u64, &[], 0.0).await;
+        assert_eq!(stored_rows(&mut admin).await, n as i64, "every spooled tick stored");
+        let drain_tps = n as f64 / d.secs;
+        println!(
+            "    records of {record} ticks ({spooled} records, {:.0} MB): drained in {:.2} s = {drain_tps:.0} ticks/s \
+             in {} batches; drain / live = {:.2}",
+            bytes as f64 / 1e6,
+            d.secs,
+            d.batches,
+            drain_tps / live_tps
+        );
+
+        // The same spool again, with live ticks arriving at `rate` meanwhile.
+        if rate > 0.0 {
+            let state_dir = tempfile::tempdir().expect("state dir");
+            fill_spool(state_dir.path(), &ticks, record).await;
+            reset(&mut admin).await;
+            let d = drain(url, state_dir.path(), n as u64, &live, rate).await;
+            let drain_tps = n as f64 / d.secs;
+            println!(
+                "      with live ticks at {rate:.0}/s meanwhile: drained in {:.2} s = {drain_tps:.0} ticks/s \
+                 in {} batches (drain / live = {:.2}); {} live ticks published, at most {} behind, bus full {} times",
+                d.secs,
+                d.batches,
+                drain_tps / live_tps,
+                d.live,
+                d.max_behind,
+                d.bus_full,
+            );
+        }
+
+        if baseline > 0 {
+            let state_dir = tempfile::tempdir().expect("state dir");
+            fill_spool(state_dir.path(), &ticks, record).await;
+            reset(&mut admin).await;
+            let old = per_record_rate(url, state_dir.path(), baseline).await;
+            println!(
+                "      one record per statement, one in flight (the replay before), first {baseline} ticks: \
+                 {old:.0} ticks/s = {:.2} of live",
+                old / live_tps
+            );
+        }
+    }
+    println!("    load average after: {}", load_average());
+}
+
+// ---------------------------------------------------------------------------------------------
 // The database
 // ---------------------------------------------------------------------------------------------
 
@@ -1229,6 +1470,17 @@ async fn run() {
         .collect();
     for pool_size in pools {
         report_latency(&db.url, rate, latency_secs, markets, batch_age, pool_size).await;
+    }
+    let drain_ticks: usize = env_or("STORE_DRAIN_TICKS", 500_000);
+    let drain_records: Vec<usize> = std::env::var("STORE_DRAIN_RECORDS")
+        .unwrap_or_else(|_| "500,14".into())
+        .split(',')
+        .filter_map(|v| v.trim().parse().ok())
+        .collect();
+    let drain_live: f64 = env_or("STORE_DRAIN_LIVE_RATE", rate);
+    let baseline: u64 = env_or("STORE_DRAIN_BASELINE_TICKS", 50_000);
+    if drain_ticks > 0 && !drain_records.is_empty() {
+        report_drain(&db.url, markets, drain_ticks, &drain_records, drain_live, baseline).await;
     }
     db.drop_created().await;
 }

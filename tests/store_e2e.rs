@@ -364,6 +364,9 @@ async fn thirty_seconds_without_the_database_lose_and_duplicate_nothing_and_leav
     pg.restart().await.expect("server restarts");
     let up_at = now_micros();
     wait_spool_replayed(&app, replayed_before).await;
+    let replayed = app.store_count(|m| &m.replayed) - replayed_before;
+    let replay_batches = app.store_count(|m| &m.replayed_batches);
+    let replay_records = app.store_count(|m| &m.replayed_records);
     sim.pause();
     let sent = wait_sent_trades_stored(&sim, &url, SETTLE).await;
     let stopped = app.stop(STOP).await;
@@ -371,6 +374,12 @@ async fn thirty_seconds_without_the_database_lose_and_duplicate_nothing_and_leav
     // Assert
     assert_clean_stop(&stopped, "the app");
     assert!(spooled_during_outage > 10_000, "ticks spooled during the outage: {spooled_during_outage}");
+    // Records were spooled small (a batch per `batch_age` at 1,000 events/s); the replay wrote
+    // them merged, close to `batch_size` (5,000) ticks a statement.
+    assert!(
+        replay_batches > 0 && replayed / replay_batches >= 1_000 && replay_records >= 10 * replay_batches,
+        "the spool drained in full batches: {replayed} ticks from {replay_records} records in {replay_batches} writes"
+    );
     assert_same_trades(&stored_trade_ids(&url).await, &sent);
     assert_eq!(duplicate_trades(&url).await, 0);
     let writer = last_line("Store writer stopped.");

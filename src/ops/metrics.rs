@@ -419,7 +419,7 @@ fn store(out: &mut Exposition, m: &StoreMetrics) {
     ] {
         out.sample("tickd_store_state", &[("state", s.as_str())], u8::from(state == s));
     }
-    let series: [(&str, &str, &str, &AtomicU64); 19] = [
+    let series: [(&str, &str, &str, &AtomicU64); 21] = [
         ("tickd_store_received_total", "counter", "Ticks taken from the bus.", &m.received),
         ("tickd_store_committed_total", "counter", "Ticks committed (new or already stored).", &m.committed),
         ("tickd_store_inserted_total", "counter", "Rows inserted.", &m.inserted),
@@ -443,6 +443,13 @@ fn store(out: &mut Exposition, m: &StoreMetrics) {
         ("tickd_store_rejected_ticks_total", "counter", "Ticks in refused batches.", &m.rejected_ticks),
         ("tickd_store_spooled_total", "counter", "Ticks written to the spool.", &m.spooled),
         ("tickd_store_replayed_total", "counter", "Ticks replayed from the spool.", &m.replayed),
+        (
+            "tickd_store_replayed_batches_total",
+            "counter",
+            "Batches written from the spool, each merging spool records up to batch_size ticks.",
+            &m.replayed_batches,
+        ),
+        ("tickd_store_replayed_records_total", "counter", "Spool records replayed.", &m.replayed_records),
         ("tickd_store_lost_total", "counter", "Ticks dropped with the spool full.", &m.lost),
         ("tickd_store_spool_bytes", "gauge", "Bytes in the spool.", &m.spool_bytes),
         ("tickd_store_spool_batches", "gauge", "Batches in the spool.", &m.spool_batches),

@@ -10,6 +10,7 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::spool::Coalesce;
 use crate::tick::{FeedEvent, LifecycleScope, MarketInfo, Name, Side, Tick, TickKind};
 
 /// One batch. Field vectors of a table always have equal lengths.
@@ -475,14 +476,140 @@ impl Batch {
         };
         self.trades.keys.exch_ts.iter().flatten().for_each(|&ts| add(ts));
         for keys in [&self.quotes.keys, &self.snapshots.keys, &self.deltas.keys, &self.lifecycle.keys] {
-            // Receive times only grow within a batch; first and last bound every day between.
-            if let (Some(&a), Some(&b)) = (keys.recv_ts.first(), keys.recv_ts.last()) {
+            // The earliest and the latest bound every day between. Not the first and the last:
+            // a replayed batch merges spooled ones, which need not be in receive order.
+            if let (Some(&a), Some(&b)) = (keys.recv_ts.iter().min(), keys.recv_ts.iter().max()) {
                 (a.div_euclid(DAY_US)..=b.div_euclid(DAY_US)).for_each(|d| add(d * DAY_US));
             }
         }
         self.events.ts.iter().for_each(|&ts| add(ts));
         days.sort_unstable();
         days
+    }
+
+    /// Appends the rows of `later` (a batch spooled after this one), as if its ticks had been
+    /// pushed here: names are interned anew, `markets` spans are merged per market, and rows
+    /// keep their order, so that what a later row says about a market still wins.
+    pub fn absorb(&mut self, later: Batch) {
+        // A decoded batch has its names but not their index.
+        if self.index.len() != self.names.len() {
+            self.index =
+                self.names.iter().enumerate().map(|(i, n)| (Name::from(n.as_str()), i as i32 + 1)).collect();
+        }
+        let Batch {
+            names,
+            index: _,
+            trades,
+            quotes,
+            snapshots,
+            deltas,
+            lifecycle,
+            events,
+            markets,
+            infos,
+            ticks,
+            oldest_recv_ts,
+        } = later;
+        // `later`'s index `i` (1-based) becomes `to[i - 1]` here; 0 (no name) stays 0.
+        let to: Vec<i32> = names.iter().map(|n| self.intern(&Name::from(n.as_str()))).collect();
+        let ix = |i: i32| usize::try_from(i - 1).ok().and_then(|i| to.get(i)).copied().unwrap_or(0);
+        let keys = |into: &mut Keys, from: Keys| {
+            let Keys { feed, market, exch_ts, recv_ts } = from;
+            into.feed.extend(feed.into_iter().map(ix));
+            into.market.extend(market.into_iter().map(ix));
+            into.exch_ts.extend(exch_ts);
+            into.recv_ts.extend(recv_ts);
+        };
+
+        let Trades { keys: k, trade_id, price, size, taker_yes, block } = trades;
+        keys(&mut self.trades.keys, k);
+        let t = &mut self.trades;
+        t.trade_id.extend(trade_id);
+        t.price.extend(price);
+        t.size.extend(size);
+        t.taker_yes.extend(taker_yes);
+        t.block.extend(block);
+
+        let Quotes {
+            keys: k,
+            last,
+            bid,
+            ask,
+            bid_size,
+            ask_size,
+            last_size,
+            volume,
+            open_interest,
+            dollar_volume,
+            dollar_open_interest,
+        } = quotes;
+        keys(&mut self.quotes.keys, k);
+        let q = &mut self.quotes;
+        q.last.extend(last);
+        q.bid.extend(bid);
+        q.ask.extend(ask);
+        q.bid_size.extend(bid_size);
+        q.ask_size.extend(ask_size);
+        q.last_size.extend(last_size);
+        q.volume.extend(volume);
+        q.open_interest.extend(open_interest);
+        q.dollar_volume.extend(dollar_volume);
+        q.dollar_open_interest.extend(dollar_open_interest);
+
+        let Snapshots { keys: k, yes, no } = snapshots;
+        keys(&mut self.snapshots.keys, k);
+        self.snapshots.yes.extend(yes);
+        self.snapshots.no.extend(no);
+
+        let Deltas { keys: k, side_yes, price, delta } = deltas;
+        keys(&mut self.deltas.keys, k);
+        self.deltas.side_yes.extend(side_yes);
+        self.deltas.price.extend(price);
+        self.deltas.delta.extend(delta);
+
+        let Lifecycles { keys: k, scope_market, event, detail } = lifecycle;
+        keys(&mut self.lifecycle.keys, k);
+        self.lifecycle.scope_market.extend(scope_market);
+        self.lifecycle.event.extend(event);
+        self.lifecycle.detail.extend(detail);
+
+        let Events { ts, feed, conn, market, event, reason, sid, expected, got, detail } = events;
+        let e = &mut self.events;
+        e.ts.extend(ts);
+        e.feed.extend(feed.into_iter().map(ix));
+        e.conn.extend(conn);
+        e.market.extend(market.into_iter().map(ix));
+        e.event.extend(event);
+        e.reason.extend(reason);
+        e.sid.extend(sid);
+        e.expected.extend(expected);
+        e.got.extend(got);
+        e.detail.extend(detail);
+
+        for (m, (f, first, last)) in markets {
+            let seen = self.markets.entry(ix(m)).or_insert((ix(f), first, last));
+            seen.1 = seen.1.min(first);
+            seen.2 = seen.2.max(last);
+        }
+
+        let MarketInfos { market, feed, recv_ts, event, series, title, status, open_ts, close_ts, followed } =
+            infos;
+        let i = &mut self.infos;
+        i.market.extend(market.into_iter().map(ix));
+        i.feed.extend(feed.into_iter().map(ix));
+        i.recv_ts.extend(recv_ts);
+        i.event.extend(event);
+        i.series.extend(series);
+        i.title.extend(title);
+        i.status.extend(status);
+        i.open_ts.extend(open_ts);
+        i.close_ts.extend(close_ts);
+        i.followed.extend(followed);
+
+        if ticks > 0 && (self.ticks == 0 || oldest_recv_ts < self.oldest_recv_ts) {
+            self.oldest_recv_ts = oldest_recv_ts;
+        }
+        self.ticks += ticks;
     }
 
     /// The spool encoding (JSON; self-describing, so a spool written by one version of tickd
@@ -495,6 +622,23 @@ impl Batch {
     /// Reads a spooled batch back.
     pub fn decode(bytes: &[u8]) -> Result<Batch, serde_json::Error> {
         serde_json::from_slice(bytes)
+    }
+}
+
+/// Spooled batches are replayed merged, up to the writer's `batch_size` ticks per write.
+impl Coalesce for Batch {
+    type Error = serde_json::Error;
+
+    fn decode(record: &[u8]) -> Result<Batch, serde_json::Error> {
+        Batch::decode(record)
+    }
+
+    fn items(&self) -> usize {
+        self.ticks
+    }
+
+    fn absorb(&mut self, later: Batch) {
+        Batch::absorb(self, later);
     }
 }
 
@@ -537,6 +681,71 @@ mod tests {
 
     use super::*;
     use crate::tick::MarketInfo;
+
+    /// Ticks of two markets over two feeds, `n` µs apart from `start`.
+    fn mixed_ticks(start: i64, step: i64, n: i64) -> Vec<Tick> {
+        use crate::tick::{Price, Qty, Quote, Trade};
+        (0..n)
+            .map(|i| {
+                let market: Name = Arc::from(if i % 2 == 0 { "KXA-1" } else { "KXB-2" });
+                let feed: Name = Arc::from(if i % 3 == 0 { "one" } else { "two" });
+                let kind = match i % 4 {
+                    0 => TickKind::Trade(Trade {
+                        trade_id: format!("t{start}-{i}"),
+                        price: Price(4_800 + i),
+                        size: Qty(100),
+                        taker_side: Some(Side::Yes),
+                        block: None,
+                    }),
+                    1 => TickKind::Quote(Quote { bid: Some(Price(4_700)), ..Quote::default() }),
+                    2 => TickKind::Market(MarketInfo {
+                        title: Some(format!("title {i}")),
+                        ..MarketInfo::default()
+                    }),
+                    _ => TickKind::Feed(FeedEvent::Live),
+                };
+                Tick {
+                    feed,
+                    conn: 0,
+                    market,
+                    exch_ts: Some((start + i * step) / 1000),
+                    recv_ts: start + i * step,
+                    kind,
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn spooled_batches_merged_equal_one_batch_of_all_their_ticks_across_a_day_boundary() {
+        // The first batch ends just before midnight UTC, the second starts just after.
+        const DAY: i64 = 86_400_000_000;
+        let (a, b) = (mixed_ticks(20 * DAY - 7_000, 1_000, 7), mixed_ticks(20 * DAY + 500, 1_000, 9));
+        let batch_of = |ticks: &[Tick]| {
+            let mut batch = Batch::new();
+            ticks.iter().for_each(|t| batch.push(t));
+            batch
+        };
+        let all: Vec<Tick> = a.iter().chain(&b).cloned().collect();
+
+        // As replay does it: both read back from their spool records, then merged.
+        let mut merged = Batch::decode(&batch_of(&a).encode()).expect("decodes");
+        merged.absorb(Batch::decode(&batch_of(&b).encode()).expect("decodes"));
+
+        let expected = batch_of(&all);
+        assert_eq!(
+            serde_json::to_value(&merged).expect("json"),
+            serde_json::to_value(&expected).expect("json"),
+            "the same names, rows, market spans and counts"
+        );
+        assert_eq!(merged.days(), [19, 20]);
+        assert_eq!((merged.ticks, merged.oldest_recv_ts), (16, 20 * DAY - 7_000));
+        // Merged in the other order, the rows of both days still get their partitions.
+        let mut late_first = batch_of(&b);
+        late_first.absorb(batch_of(&a));
+        assert_eq!(late_first.days(), [19, 20]);
+        assert_eq!(late_first.oldest_recv_ts, 20 * DAY - 7_000);
+    }
 
     #[test]
     fn a_market_tick_describes_a_market_without_counting_as_seen_and_survives_the_spool() {

@@ -5,9 +5,10 @@
 //! `migrations/`), and [`StoreMetrics`] for operators.
 //!
 //! - [`writer`]: the actor. Batches ticks by count or age, writes each batch in one round
-//!   trip, spools batches to disk while the database is away and replays them when it is
-//!   back; nothing is dropped without a `store_loss` row.
-//! - [`spool`]: the bounded, crash-safe spool file under `state_dir/spool`.
+//!   trip, spools batches to disk while the database is away and replays them, merged into
+//!   full batches, when it is back; nothing is dropped without a `store_loss` row.
+//! - [`spool`]: the bounded, crash-safe spool file under `state_dir/spool`, and the reader
+//!   that replays it in merged groups.
 //! - [`pg`]: every SQL statement, migrations and the schema check. sqlx types stay here.
 //! - [`batch`]: the column layout a batch is written, spooled and replayed in.
 
@@ -137,6 +138,11 @@ pub struct StoreMetrics {
     pub spooled: AtomicU64,
     /// Ticks replayed from the spool and committed.
     pub replayed: AtomicU64,
+    /// Batches written from the spool: each merges consecutive spool records up to
+    /// `batch_size` ticks, one statement.
+    pub replayed_batches: AtomicU64,
+    /// Spool records replayed (merged into those batches).
+    pub replayed_records: AtomicU64,
     /// Ticks dropped because the spool was full (each recorded as a `store_loss` row).
     pub lost: AtomicU64,
     /// Bytes in the spool now.

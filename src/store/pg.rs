@@ -478,8 +478,8 @@ static INFO_SQL: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-/// One row per market (one statement may not update a row twice): later rows of the batch
-/// win where they say something.
+/// One row per market (one statement may not update a row twice): rows received later win
+/// where they say something.
 async fn write_infos(pool: &PgPool, b: &Batch) -> Result<(), StoreError> {
     let i = &b.infos;
     if i.market.is_empty() {
@@ -487,7 +487,11 @@ async fn write_infos(pool: &PgPool, b: &Batch) -> Result<(), StoreError> {
     }
     type Row = (String, String, i64, [Option<String>; 4], Option<i64>, Option<i64>, Option<bool>);
     let mut rows: std::collections::BTreeMap<&str, Row> = std::collections::BTreeMap::new();
-    for n in 0..i.market.len() {
+    // In receive order: a replayed batch merged from spooled ones need not be in that order,
+    // and the later row must win as it would have in a statement of its own.
+    let mut order: Vec<usize> = (0..i.market.len()).collect();
+    order.sort_by_key(|&n| i.recv_ts[n]);
+    for n in order {
         let market = b.name(i.market[n]);
         let texts = [i.event[n].clone(), i.series[n].clone(), i.title[n].clone(), i.status[n].clone()];
         let row = rows.entry(market).or_insert_with(|| {

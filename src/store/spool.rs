@@ -2,10 +2,18 @@
 //!
 //! The writer appends each batch it cannot store as one opaque record and, once the database
 //! answers again, replays them oldest first: [`Spool::front`] reads the oldest record not yet
-//! consumed, the writer stores it, and [`Spool::consume`] marks it done. The spool outlives the
-//! process: [`Spool::open`] finds what an earlier process left and carries on from there. Every
-//! call is synchronous `std::fs` work sized to one record (no call reads the whole spool), so
-//! the writer task can make it directly.
+//! consumed, [`Spool::read_next`] reads on ahead of consumption, the writer stores what it read, and
+//! [`Spool::consume`] marks a record done together with every record read before it. The spool
+//! outlives the process: [`Spool::open`] finds what an earlier process left and carries on from
+//! there. Every call is synchronous `std::fs` work sized to one record (no call reads the whole
+//! spool); the writer makes them on a blocking thread, never on its own task.
+//!
+//! A replay does not have to go record by record: records are often small (a batch cut by age
+//! while the database was away), and one write per record replays at a fraction of the
+//! database's pace. A [`Coalescer`] reads ahead in [`Group`]s: consecutive records decoded and
+//! merged ([`Coalesce`]) up to a number of items (the writer's `batch_size` ticks), stored in
+//! one write and consumed by consuming the group's last record. The spool itself stays a queue
+//! of opaque records; what a record holds, and how two merge, is the caller's.
 //!
 //! # On disk
 //!
@@ -39,12 +47,17 @@
 //! 4 ms for 2 MB, checksum included).
 //!
 //! [`Spool::consume`] overwrites the checkpoint each time (one small write, no sync) and syncs
-//! it every [`CHECKPOINT_SYNC_EVERY`] records and before it deletes a segment. So after the
-//! process dies (panic, `kill -9`) a restart replays no consumed record except the one whose
-//! `consume` had not returned yet; after a power loss or kernel crash it replays at most the
-//! last [`CHECKPOINT_SYNC_EVERY`] consumed records. Storing a record must therefore be
-//! idempotent on the database side. If the checkpoint is lost entirely (both slots unreadable),
-//! everything still on disk is replayed.
+//! it once [`CHECKPOINT_SYNC_EVERY`] records have been consumed since the last sync, and before
+//! it deletes a segment. So after the process dies (panic, `kill -9`) a restart replays no
+//! consumed record except those of the `consume` call that had not returned yet; after a power
+//! loss or kernel crash it replays at most the records consumed since the last sync (fewer than
+//! [`CHECKPOINT_SYNC_EVERY`], plus those of the last call). Records read ahead and not consumed
+//! are replayed too, stored or not. Storing a record must therefore be idempotent on the
+//! database side. If the checkpoint is lost entirely (both slots unreadable), everything still
+//! on disk is replayed.
+//!
+//! Segments are deleted only by `consume`, once every record in them is consumed, and only
+//! after the checkpoint past them is synced; reading ahead never deletes anything.
 //!
 //! # Damage
 //!
@@ -309,6 +322,17 @@ struct Segment {
     len: u64,
 }
 
+/// A record handed out by [`Spool::front`] or [`Spool::read_next`] and not consumed yet.
+#[derive(Clone, Copy, Debug)]
+struct Handed {
+    /// Its id.
+    id: u64,
+    /// The first id of its segment (the segment's name).
+    segment: u64,
+    /// The offset just past it in that segment.
+    end: u64,
+}
+
 /// The checkpoint file: the id of the oldest unconsumed record.
 #[derive(Debug)]
 struct Checkpoint {
@@ -316,8 +340,8 @@ struct Checkpoint {
     path: PathBuf,
     /// Grows with every write; the readable slot with the highest one wins.
     generation: u64,
-    /// Writes since the last sync.
-    unsynced: u32,
+    /// Records consumed since the last sync.
+    unsynced: u64,
 }
 
 impl Checkpoint {
@@ -353,8 +377,9 @@ impl Checkpoint {
         Ok((Checkpoint { file, path, generation, unsynced: 0 }, best.map(|(_, next)| next)))
     }
 
-    /// Records `next` as the oldest unconsumed id, into the slot the last write did not use.
-    fn save(&mut self, next: u64, sync: bool) -> Result<(), SpoolError> {
+    /// Records `next` as the oldest unconsumed id, into the slot the last write did not use;
+    /// `records` were consumed since the last save.
+    fn save(&mut self, next: u64, sync: bool, records: u64) -> Result<(), SpoolError> {
         self.generation += 1;
         let mut buf = [0u8; CHECKPOINT_SLOT_BYTES];
         buf[0..4].copy_from_slice(&CHECKPOINT_MAGIC);
@@ -364,8 +389,8 @@ impl Checkpoint {
         buf[20..24].copy_from_slice(&own.to_le_bytes());
         let offset = (self.generation % 2) * CHECKPOINT_SLOT_STRIDE;
         self.file.write_all_at(&buf, offset).map_err(io_error(&self.path))?;
-        self.unsynced += 1;
-        if sync || self.unsynced >= CHECKPOINT_SYNC_EVERY {
+        self.unsynced = self.unsynced.saturating_add(records);
+        if sync || self.unsynced >= u64::from(CHECKPOINT_SYNC_EVERY) {
             self.file.sync_data().map_err(io_error(&self.path))?;
             self.unsynced = 0;
         }
@@ -392,8 +417,10 @@ pub struct Spool {
     front_id: u64,
     /// Id the next append gets.
     next_id: u64,
-    /// What `front` last returned: its id and the offset just past it.
-    peeked: Option<(u64, u64)>,
+    /// What `front` and `read_next` handed out and `consume` has not taken yet, oldest first.
+    handed: VecDeque<Handed>,
+    /// Open on a segment other than the first, keyed by its first id, for reading ahead.
+    ahead: Option<(u64, File)>,
     /// Sum of the segments' lengths.
     bytes: u64,
     /// Records skipped as damaged since open.
@@ -466,7 +493,8 @@ impl Spool {
             cursor: 0,
             front_id,
             next_id,
-            peeked: None,
+            handed: VecDeque::new(),
+            ahead: None,
             bytes,
             corrupt: 0,
             checkpoint,
@@ -540,15 +568,17 @@ impl Spool {
 
     /// The oldest record not yet consumed, read from disk, or `None` when the spool is empty.
     /// Damaged records on the way are skipped and counted (see the [module docs](self)).
-    /// Calling it again without [`consume`](Self::consume) returns the same record.
+    /// Calling it again without [`consume`](Self::consume) returns the same record: it starts
+    /// the reading over, forgetting what [`read_next`](Self::read_next) read ahead.
     pub fn front(&mut self) -> Result<Option<(RecordId, Vec<u8>)>, SpoolError> {
-        self.peeked = None;
+        self.handed.clear();
         loop {
             let Some((header, offset)) = self.locate()? else { return Ok(None) };
+            let segment = self.segments.front().map_or(0, |s| s.first);
             let (path, file) = self.front_reader()?;
             match read_payload(file, path, offset, &header)? {
                 Some(payload) => {
-                    self.peeked = Some((header.id, offset + header.size()));
+                    self.handed.push_back(Handed { id: header.id, segment, end: offset + header.size() });
                     return Ok(Some((RecordId(header.id), payload)));
                 }
                 None => {
@@ -561,23 +591,89 @@ impl Spool {
         }
     }
 
-    /// Marks the record [`front`](Self::front) last returned as done. A segment whose records
-    /// are all consumed is deleted; the progress is checkpointed (see the [module docs](self)
-    /// for how much a restart may replay). On an error the record still counts as consumed in
-    /// this process: only the checkpoint or the deletion failed, and later calls retry them.
-    pub fn consume(&mut self, id: RecordId) -> Result<(), SpoolError> {
-        let Some((peeked, end)) = self.peeked.filter(|(peeked, _)| *peeked == id.0) else {
-            return Err(SpoolError::NotFront { id, front: self.peeked.map(|(p, _)| RecordId(p)) });
+    /// Reads ahead of consumption: the record after the last one [`front`](Self::front) or
+    /// `read_next` handed out (the oldest unconsumed record when none is out), or `None` when every
+    /// record is out. Records handed out stay in the spool until [`consume`](Self::consume)
+    /// takes them, so a replay can read the next records while earlier ones are still being
+    /// stored. Damaged records on the way are skipped; they are counted once the records after
+    /// them are consumed.
+    pub fn read_next(&mut self) -> Result<Option<(RecordId, Vec<u8>)>, SpoolError> {
+        let Some(last) = self.handed.back().copied() else { return self.front() };
+        let Some(mut ix) = self.segments.iter().position(|s| s.first == last.segment) else {
+            return Err(no_segment(&self.dir));
         };
-        self.peeked = None;
-        self.front_id = peeked + 1;
-        self.cursor = end;
+        let (mut offset, mut want) = (last.end, last.id + 1);
+        loop {
+            if want >= self.next_id {
+                return Ok(None);
+            }
+            let limit = self.segments.get(ix + 1).map_or(self.next_id, |s| s.first);
+            if want >= limit {
+                // The rest of this segment is read (or lost): the next one starts at `limit`.
+                (ix, offset) = (ix + 1, 0);
+                continue;
+            }
+            let (segment, seg_len) = self.segments.get(ix).map_or((0, 0), |s| (s.first, s.len));
+            let header = {
+                let (path, file) = self.reader_at(ix)?;
+                read_header(file, path, offset, seg_len)?
+            };
+            match header {
+                // Consumed before a restart: only possible at the front, kept for safety.
+                Some(h) if h.id < want => offset += h.size(),
+                Some(h) if h.id < limit => {
+                    let payload = {
+                        let (path, file) = self.reader_at(ix)?;
+                        read_payload(file, path, offset, &h)?
+                    };
+                    match payload {
+                        Some(payload) => {
+                            self.handed.push_back(Handed { id: h.id, segment, end: offset + h.size() });
+                            return Ok(Some((RecordId(h.id), payload)));
+                        }
+                        // Skipped; the header holds, so the next record follows it.
+                        None => (offset, want) = (offset + h.size(), h.id + 1),
+                    }
+                }
+                // A damaged header, or the file ends early: the rest of the segment is lost.
+                _ => want = limit,
+            }
+        }
+    }
+
+    /// Marks `id` and every record handed out before it as done: a run of records stored
+    /// together is consumed in one call. `id` must be one [`front`](Self::front) or
+    /// [`read_next`](Self::read_next) handed out and not consumed yet. Segments whose records are all
+    /// consumed are deleted; the progress is checkpointed (see the [module docs](self) for how
+    /// much a restart may replay). On an error the records still count as consumed in this
+    /// process: only the checkpoint or a deletion failed, and later calls retry them.
+    pub fn consume(&mut self, id: RecordId) -> Result<(), SpoolError> {
+        let Some(at) = self.handed.iter().position(|h| h.id == id.0) else {
+            return Err(SpoolError::NotFront { id, front: self.handed.front().map(|h| RecordId(h.id)) });
+        };
+        let done: Vec<Handed> = self.handed.drain(..=at).collect();
+        let records = done.len() as u64;
+        let Some(last) = done.last().copied() else { return Ok(()) };
+        // Ids between the records handed out were skipped as damaged while reading ahead.
+        self.corrupt += (last.id + 1 - self.front_id).saturating_sub(records);
+        self.front_id = last.id + 1;
+        // Segments read past are consumed whole.
+        while self.segments.front().is_some_and(|s| s.first != last.segment) {
+            self.finish_front_segment()?;
+        }
+        self.cursor = last.end;
         if self.front_id >= self.front_limit() {
             // The whole oldest segment is consumed: the checkpoint is synced before the file goes.
             self.finish_front_segment()
         } else {
-            self.checkpoint.save(self.front_id, false)
+            self.checkpoint.save(self.front_id, false, records)
         }
+    }
+
+    /// Forgets what [`front`](Self::front) and [`read_next`](Self::read_next) handed out: the next read
+    /// starts again at the oldest unconsumed record (after a failed store, to try it again).
+    pub fn rewind(&mut self) {
+        self.handed.clear();
     }
 
     /// Whether no record waits.
@@ -650,6 +746,22 @@ impl Spool {
         }
     }
 
+    /// The path of the segment at `ix` (0 is the oldest) and a read handle on it.
+    fn reader_at(&mut self, ix: usize) -> Result<(&Path, &File), SpoolError> {
+        if ix == 0 {
+            return self.front_reader();
+        }
+        let Some(seg) = self.segments.get(ix) else { return Err(no_segment(&self.dir)) };
+        if self.ahead.as_ref().is_none_or(|(first, _)| *first != seg.first) {
+            let file = File::open(&seg.path).map_err(io_error(&seg.path))?;
+            self.ahead = Some((seg.first, file));
+        }
+        match (self.segments.get(ix), &self.ahead) {
+            (Some(seg), Some((_, file))) => Ok((&seg.path, file)),
+            _ => Err(no_segment(&self.dir)),
+        }
+    }
+
     /// The oldest segment's path and a read handle on it.
     fn front_reader(&mut self) -> Result<(&Path, &File), SpoolError> {
         let Some(seg) = self.segments.front() else { return Err(no_segment(&self.dir)) };
@@ -667,7 +779,7 @@ impl Spool {
     fn finish_front_segment(&mut self) -> Result<(), SpoolError> {
         // Synced first: were the deletion to reach the disk before the checkpoint, a restart
         // would take the next segment for the oldest and could not tell what was consumed.
-        self.checkpoint.save(self.front_id, true)?;
+        self.checkpoint.save(self.front_id, true, 0)?;
         if let Some(seg) = self.segments.front() {
             match fs::remove_file(&seg.path) {
                 Ok(()) => {}
@@ -680,7 +792,6 @@ impl Spool {
         }
         self.cursor = 0;
         self.reader = None;
-        self.peeked = None;
         if self.segments.is_empty() {
             self.writer = None;
         }
@@ -705,6 +816,148 @@ impl Spool {
         self.segments.push_back(Segment { first: self.next_id, path, len: 0 });
         self.writer = Some(file);
         Ok(())
+    }
+}
+
+/// A batch the spool keeps as one record and that a replay may merge with the batches spooled
+/// after it, so that records written small during an outage go back in full batches.
+pub trait Coalesce: Sized {
+    /// Why a record cannot be read back as a batch.
+    type Error: fmt::Display;
+    /// Reads a record back.
+    fn decode(record: &[u8]) -> Result<Self, Self::Error>;
+    /// The items in the batch: what a group's size is counted in.
+    fn items(&self) -> usize;
+    /// Appends the items of a batch spooled after this one.
+    fn absorb(&mut self, later: Self);
+}
+
+/// A run of consecutive records read for one write: everything in it is stored (or set aside)
+/// together and consumed together, by consuming [`Group::last`].
+#[derive(Debug)]
+pub struct Group<B> {
+    /// The last record of the run.
+    pub last: RecordId,
+    /// Records in the run, the undecodable ones included.
+    pub records: u64,
+    /// The records that decoded, merged in spool order; `None` when none did.
+    pub batch: Option<B>,
+    /// Records that did not decode, for the caller to keep aside.
+    pub undecodable: Vec<Undecodable>,
+}
+
+/// A spooled record that no longer decodes.
+#[derive(Debug)]
+pub struct Undecodable {
+    /// Its id.
+    pub id: RecordId,
+    /// Its bytes, as spooled.
+    pub record: Vec<u8>,
+    /// Why it does not decode.
+    pub error: String,
+}
+
+/// Reads a [`Spool`] ahead of consumption in [`Group`]s of at most `max_items` items: as many
+/// consecutive records as fit (at least one, however large). A record read that does not fit
+/// waits, decoded, to open the next group. Groups are handed out in order and must be consumed
+/// in order; after a failed store, [`rewind`](Self::rewind) starts over from the oldest
+/// unconsumed record.
+#[derive(Debug)]
+pub struct Coalescer<B> {
+    /// A record read that did not fit in the group before: the first of the next one.
+    carry: Option<(RecordId, B)>,
+    /// Records up to this one go one per group (after a group was refused, to find the record
+    /// at fault).
+    single_through: Option<RecordId>,
+}
+
+impl<B> Default for Coalescer<B> {
+    fn default() -> Self {
+        Coalescer { carry: None, single_through: None }
+    }
+}
+
+impl<B: Coalesce> Coalescer<B> {
+    /// The next group after the ones handed out, or `None` when every record is out.
+    pub fn next_group(
+        &mut self,
+        spool: &mut Spool,
+        max_items: usize,
+    ) -> Result<Option<Group<B>>, SpoolError> {
+        let mut group: Option<Group<B>> = None;
+        loop {
+            let (id, batch) = match self.carry.take() {
+                Some(carried) => carried,
+                None => {
+                    let Some((id, record)) = spool.read_next()? else { return Ok(group) };
+                    match B::decode(&record) {
+                        Ok(batch) => (id, batch),
+                        Err(e) => {
+                            let bad = Undecodable { id, record, error: e.to_string() };
+                            let g = group.get_or_insert_with(|| Group {
+                                last: id,
+                                records: 0,
+                                batch: None,
+                                undecodable: Vec::new(),
+                            });
+                            (g.last, g.records) = (id, g.records + 1);
+                            g.undecodable.push(bad);
+                            if self.single(id) {
+                                return Ok(group);
+                            }
+                            continue;
+                        }
+                    }
+                }
+            };
+            let single = self.single(id);
+            match &mut group {
+                None => {
+                    group = Some(Group { last: id, records: 1, batch: Some(batch), undecodable: Vec::new() })
+                }
+                Some(g) => {
+                    let held = g.batch.as_ref().map_or(0, B::items);
+                    if single || held + batch.items() > max_items {
+                        self.carry = Some((id, batch));
+                        return Ok(group);
+                    }
+                    (g.last, g.records) = (id, g.records + 1);
+                    match &mut g.batch {
+                        Some(b) => b.absorb(batch),
+                        None => g.batch = Some(batch),
+                    }
+                }
+            }
+            if single {
+                return Ok(group);
+            }
+        }
+    }
+
+    /// Forgets every group handed out and not consumed: the next group starts at the oldest
+    /// unconsumed record.
+    pub fn rewind(&mut self, spool: &mut Spool) {
+        self.carry = None;
+        spool.rewind();
+    }
+
+    /// Hands out the records up to `last` one per group from now on (after a rewind, a group
+    /// ending there that was refused is tried again record by record, so that only the record
+    /// at fault is set aside).
+    pub fn one_by_one_through(&mut self, last: RecordId) {
+        self.single_through = Some(self.single_through.map_or(last, |s| s.max(last)));
+    }
+
+    /// Whether `id` goes in a group of its own.
+    fn single(&mut self, id: RecordId) -> bool {
+        match self.single_through {
+            Some(last) if id <= last => true,
+            Some(_) => {
+                self.single_through = None;
+                false
+            }
+            None => false,
+        }
     }
 }
 
@@ -1073,6 +1326,181 @@ mod tests {
         spool.consume(first).unwrap();
         assert!(matches!(spool.consume(first), Err(SpoolError::NotFront { .. })), "consumed twice");
         assert_eq!(spool.front().unwrap(), Some((second, b"second".to_vec())));
+    }
+
+    /// Reads everything left with `read_next`, without consuming.
+    fn read_ahead(spool: &mut Spool) -> Vec<(RecordId, Vec<u8>)> {
+        std::iter::from_fn(|| spool.read_next().unwrap()).collect()
+    }
+
+    #[test]
+    fn read_next_reads_ahead_across_segments_and_consume_takes_the_run_up_to_its_record() {
+        let (_tmp, dir) = spool_dir();
+        let records: Vec<Vec<u8>> = (0..30).map(|i| record(i, 20_000)).collect();
+        {
+            let (mut spool, _) = Spool::open(&dir, SMALL).unwrap();
+            for r in &records {
+                spool.append(r).unwrap();
+            }
+            assert!(segment_files(&dir).len() >= 4, "{:?}", segment_files(&dir));
+
+            // Read the first 14 (past two segment boundaries) before consuming any.
+            let read: Vec<(RecordId, Vec<u8>)> =
+                (0..14).map(|_| spool.read_next().unwrap().unwrap()).collect();
+            assert_eq!(read.iter().map(|(_, p)| p.clone()).collect::<Vec<_>>(), records[..14]);
+            assert_eq!(spool.len(), 30, "reading consumes nothing");
+            spool.consume(read[13].0).unwrap();
+
+            assert_eq!(spool.len(), 16);
+            assert_eq!(segment_files(&dir)[0].0, format!("{:016}.seg", 12), "segments read past are deleted");
+            assert!(matches!(spool.consume(read[5].0), Err(SpoolError::NotFront { .. })), "consumed already");
+            // Reading ahead goes on from where it was.
+            assert_eq!(spool.read_next().unwrap().unwrap().1, records[14]);
+        }
+
+        let (mut spool, recovery) = Spool::open(&dir, SMALL).unwrap();
+
+        assert_eq!(recovery.records, 16, "a restart replays from the first record not consumed");
+        assert_eq!(drain(&mut spool), records[14..]);
+    }
+
+    #[test]
+    fn rewind_reads_again_from_the_oldest_unconsumed_record() {
+        let (_tmp, dir) = spool_dir();
+        let (mut spool, _) = Spool::open(&dir, SMALL).unwrap();
+        let records: Vec<Vec<u8>> = (0..10).map(|i| record(i, 30_000)).collect();
+        for r in &records {
+            spool.append(r).unwrap();
+        }
+        let first: Vec<RecordId> = (0..3).map(|_| spool.read_next().unwrap().unwrap().0).collect();
+        spool.consume(first[2]).unwrap();
+        let ahead = read_ahead(&mut spool);
+        assert_eq!(ahead.len(), 7);
+
+        spool.rewind();
+
+        assert!(matches!(spool.consume(ahead[0].0), Err(SpoolError::NotFront { .. })), "forgotten");
+        let again = read_ahead(&mut spool);
+        assert_eq!(again, ahead, "the same records, in the same order");
+        spool.consume(again[6].0).unwrap();
+        assert!(spool.is_empty());
+        assert!(segment_files(&dir).is_empty());
+    }
+
+    #[test]
+    fn records_damaged_past_the_ones_read_are_skipped_and_counted_when_the_run_is_consumed() {
+        let (_tmp, dir) = spool_dir();
+        let (mut spool, _) = Spool::open(&dir, SMALL).unwrap();
+        for i in 0..6 {
+            spool.append(&record(i, 1_000)).unwrap();
+        }
+        let (name, _) = segment_files(&dir).pop().unwrap();
+        // The payloads of records 2 and 3.
+        flip(&dir.join(&name), 2 * (HEADER_BYTES + 1_000) + HEADER_BYTES + 10);
+        flip(&dir.join(&name), 3 * (HEADER_BYTES + 1_000) + HEADER_BYTES + 10);
+
+        let read = read_ahead(&mut spool);
+
+        let payloads: Vec<Vec<u8>> = read.iter().map(|(_, p)| p.clone()).collect();
+        assert_eq!(payloads, [0, 1, 4, 5].map(|i| record(i, 1_000)));
+        assert_eq!(spool.corrupt_records(), 0, "not counted before they are consumed");
+        spool.consume(read[3].0).unwrap();
+        assert_eq!(spool.corrupt_records(), 2);
+        assert!(spool.is_empty());
+    }
+
+    /// A batch of numbered items for the coalescer: a record is its items as decimal text.
+    #[derive(Debug, PartialEq, Eq)]
+    struct Items(Vec<u64>);
+
+    impl Coalesce for Items {
+        type Error = String;
+
+        fn decode(record: &[u8]) -> Result<Items, String> {
+            let text = std::str::from_utf8(record).map_err(|e| e.to_string())?;
+            text.split(',')
+                .map(|n| n.parse().map_err(|_| format!("not a number: {n:?}")))
+                .collect::<Result<_, _>>()
+                .map(Items)
+        }
+
+        fn items(&self) -> usize {
+            self.0.len()
+        }
+
+        fn absorb(&mut self, later: Items) {
+            self.0.extend(later.0);
+        }
+    }
+
+    /// Appends `sizes.len()` records of consecutive items, `sizes[i]` items in record `i`.
+    fn append_items(spool: &mut Spool, sizes: &[u64]) {
+        let mut next = 0;
+        for &n in sizes {
+            let text: Vec<String> = (next..next + n).map(|i| i.to_string()).collect();
+            spool.append(text.join(",").as_bytes()).unwrap();
+            next += n;
+        }
+    }
+
+    #[test]
+    fn groups_merge_consecutive_records_up_to_the_item_limit_and_keep_the_order() {
+        let (_tmp, dir) = spool_dir();
+        let (mut spool, _) = Spool::open(&dir, SMALL).unwrap();
+        append_items(&mut spool, &[3, 3, 3, 4, 2, 12, 1]);
+        let mut reader = Coalescer::<Items>::default();
+
+        let mut groups = Vec::new();
+        while let Some(g) = reader.next_group(&mut spool, 10).unwrap() {
+            groups.push(g);
+        }
+
+        let sizes: Vec<(u64, usize)> =
+            groups.iter().map(|g| (g.records, g.batch.as_ref().unwrap().0.len())).collect();
+        // 3+3+3 (a 4 would pass 10), 4+2, 12 alone (larger than the limit), 1.
+        assert_eq!(sizes, [(3, 9), (2, 6), (1, 12), (1, 1)]);
+        let all: Vec<u64> = groups.iter().flat_map(|g| g.batch.as_ref().unwrap().0.clone()).collect();
+        assert_eq!(all, (0..28).collect::<Vec<u64>>(), "every item once, in order");
+        assert_eq!(groups.iter().map(|g| g.last.get()).collect::<Vec<_>>(), [2, 4, 5, 6]);
+        assert!(reader.next_group(&mut spool, 10).unwrap().is_none());
+
+        // Consuming the second group's last record consumes the first two groups.
+        spool.consume(groups[1].last).unwrap();
+        assert_eq!(spool.len(), 2);
+    }
+
+    #[test]
+    fn after_a_rewind_groups_start_again_at_the_oldest_unconsumed_record_one_by_one_if_asked() {
+        let (_tmp, dir) = spool_dir();
+        let (mut spool, _) = Spool::open(&dir, SMALL).unwrap();
+        append_items(&mut spool, &[2, 2, 2, 2, 2, 2]);
+        spool.append(b"not a number").unwrap();
+        append_items(&mut spool, &[2]);
+        let mut reader = Coalescer::<Items>::default();
+        let first = reader.next_group(&mut spool, 4).unwrap().unwrap();
+        let refused = reader.next_group(&mut spool, 4).unwrap().unwrap();
+        let _read_ahead = reader.next_group(&mut spool, 4).unwrap().unwrap();
+        spool.consume(first.last).unwrap();
+
+        // The second group was refused: read again from it, one record per group through it.
+        reader.rewind(&mut spool);
+        reader.one_by_one_through(refused.last);
+        let mut groups = Vec::new();
+        while let Some(g) = reader.next_group(&mut spool, 4).unwrap() {
+            groups.push(g);
+        }
+
+        let shape: Vec<(u64, Option<usize>, usize)> = groups
+            .iter()
+            .map(|g| (g.records, g.batch.as_ref().map(|b| b.0.len()), g.undecodable.len()))
+            .collect();
+        // Records 2 and 3 alone, then 4 and 5 merged with the undecodable record after them
+        // (it holds no items), then the last one.
+        assert_eq!(shape, [(1, Some(2), 0), (1, Some(2), 0), (3, Some(4), 1), (1, Some(2), 0)]);
+        assert_eq!(groups[2].undecodable[0].id.get(), 6);
+        assert!(groups[2].undecodable[0].error.contains("not a number"), "{:?}", groups[2].undecodable);
+        spool.consume(groups[3].last).unwrap();
+        assert!(spool.is_empty());
     }
 
     #[test]

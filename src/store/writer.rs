@@ -10,11 +10,25 @@
 //! and its batch spooled.
 //!
 //! While the database is unreachable, batches go to the [`Spool`] under `state_dir/spool`
-//! and a probe tries the database every `retry_interval`. Once it answers (and the schema is
-//! migrated and checked), new batches are written directly and the spool is replayed, oldest
-//! first, one record at a time, in every write slot that no new batch needs (and in every
-//! other slot under sustained load, so that it drains). Every write is idempotent, so a batch
-//! that was committed but whose answer was lost is simply skipped the second time.
+//! and a probe tries the database every `retry_interval`. The spool's file work (appending and
+//! its `fdatasync`, reading, checkpointing) runs on a blocking thread, never on this task, so
+//! a slow disk does not stop the writer from taking ticks. One append is under way at a time:
+//! meanwhile the next batch keeps filling, so what arrives during one sync becomes one record
+//! (group commit), and the bus pushes back once that batch is full. A batch counts as spooled
+//! once its record is synced.
+//!
+//! Once the database answers (and the schema is migrated and checked), new batches are written
+//! directly and the spool is replayed, oldest first, in every write slot that no new batch
+//! needs (and in every other slot under sustained load, so that it drains). Replay reads ahead
+//! ([`Coalescer`]): consecutive records are merged into batches of up to `batch_size` ticks,
+//! whatever sizes they were spooled in, and the next one is read while one is written, so the
+//! spool drains at about the pace of live writes. Merged records may span days (each write
+//! makes sure of its rows' partitions). A replayed batch is consumed only once it and every
+//! batch read before it are committed, in spool order; after a failed write the replay starts
+//! again from the oldest record not consumed. Every write is idempotent, so a batch that was
+//! committed but not consumed (its answer lost, the process killed) is stored once however
+//! often it is replayed. A merged batch the database refuses for its content is replayed again
+//! record by record, so that only the record at fault is set aside.
 //!
 //! Nothing is dropped without a record: a full spool drops the batch, counts it per feed,
 //! alerts at once, and writes a `store_loss` row to `feed_events` when the database is back;
@@ -24,11 +38,11 @@
 //! first (for at most `STOP_REPLAY_LIMIT`; the rest waits for the next start), so that a clean
 //! stop leaves nothing on disk that the database could have taken.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures_util::StreamExt as _;
@@ -39,7 +53,7 @@ use tracing::{debug, error, info, warn};
 
 use super::batch::{Batch, Loss};
 use super::pg::{self, Inserted};
-use super::spool::{RecordId, Spool};
+use super::spool::{Coalescer, Group, RecordId, Spool, SpoolError, Undecodable};
 use super::{StoreError, StoreMetrics, StoreState};
 use crate::bus::LosslessReceiver;
 use crate::config::StoreSettings;
@@ -131,10 +145,15 @@ impl Writer {
         ctx.metrics.spool_bytes.store(spool.bytes(), std::sync::atomic::Ordering::Relaxed);
         ctx.metrics.spool_batches.store(spool.len(), std::sync::atomic::Ordering::Relaxed);
         let handle = StoreHandle { metrics: ctx.metrics.clone(), pool: pool.clone() };
+        let spool_size = SpoolSize { records: spool.len(), bytes: spool.bytes() };
         let actor = Actor {
             ctx,
             pool,
-            spool,
+            files: Arc::new(Mutex::new(SpoolFiles { spool, reader: Coalescer::default() })),
+            spool_size,
+            to_spool: VecDeque::new(),
+            replay: Replay::default(),
+            set_aside_through: None,
             up: false,
             checked: false,
             known_days: HashSet::new(),
@@ -152,8 +171,103 @@ impl Writer {
 enum Origin {
     /// Straight from the bus.
     Live,
-    /// Replayed from the spool.
+    /// Replayed from the spool: the group ending with this record.
     Spool(RecordId),
+}
+
+/// The spool and its replay reader, shared with the blocking threads that do the spool's file
+/// work (appends and their `fdatasync`, reads, checkpoints), so that none of it stalls the
+/// writer's loop. Each operation holds the lock for its duration; the writer runs at most one
+/// append, one read and one settle at a time.
+struct SpoolFiles {
+    spool: Spool,
+    reader: Coalescer<Batch>,
+}
+
+impl SpoolFiles {
+    fn size(&self) -> SpoolSize {
+        SpoolSize { records: self.spool.len(), bytes: self.spool.bytes() }
+    }
+}
+
+/// The spool's size as of the last operation on it.
+#[derive(Clone, Copy, Debug, Default)]
+struct SpoolSize {
+    /// Records not yet consumed (read ahead or not).
+    records: u64,
+    /// Bytes on disk.
+    bytes: u64,
+}
+
+/// A finished spool operation.
+enum SpoolDone {
+    /// A batch was appended, or could not be.
+    Appended {
+        batch: Arc<Batch>,
+        /// The `store_loss` rows riding in the batch.
+        losses: HashMap<String, Loss>,
+        result: Result<RecordId, SpoolError>,
+    },
+    /// The next group to replay was read (`None`: every record is out).
+    Read(Box<Result<Option<Group<Batch>>, SpoolError>>),
+    /// Replayed records were consumed (`consumed`), and the reader rewound if asked.
+    Settled { consumed: bool, result: Result<(), SpoolError> },
+}
+
+/// Where a group replayed from the spool is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum GroupState {
+    /// Being written.
+    Writing,
+    /// Committed (or set aside): consumed once every group before it is.
+    Stored,
+    /// The write failed: the replay goes back to the oldest unconsumed record.
+    Failed,
+}
+
+/// A group handed to the database and not consumed yet.
+#[derive(Debug)]
+struct Replayed {
+    /// Its last record.
+    last: RecordId,
+    records: u64,
+    ticks: u64,
+    /// Whether it was written (a group of undecodable records only is not).
+    written: bool,
+    state: GroupState,
+}
+
+/// The spool's replay: groups of records read ahead, written (in as many write slots as no
+/// live batch needs), and consumed strictly in spool order once stored.
+#[derive(Debug, Default)]
+struct Replay {
+    /// Groups written or being written, oldest first, until consumed.
+    groups: VecDeque<Replayed>,
+    /// The next group, read and waiting for a write slot.
+    ready: Option<Group<Batch>>,
+    /// A read is under way.
+    reading: bool,
+    /// The last read found every record out: none until the spool grows or is rewound.
+    exhausted: bool,
+    /// A settle (consume, rewind) is under way; `true` when it rewinds.
+    settling: Option<bool>,
+    /// A group failed: once none of the replay is in flight, consume what was stored before
+    /// it and read again from there.
+    rewind: bool,
+    /// After the rewind, records through this one go one per write (a group was refused).
+    one_by_one_through: Option<RecordId>,
+}
+
+impl Replay {
+    /// Whether to read the next group now.
+    fn wants_read(&self, spool: SpoolSize) -> bool {
+        spool.records > 0
+            && !self.reading
+            && self.ready.is_none()
+            && !self.exhausted
+            && !self.rewind
+            && self.settling != Some(true)
+    }
 }
 
 /// A finished write.
@@ -179,7 +293,19 @@ struct ProbeOk {
 struct Actor {
     ctx: WriterContext,
     pool: PgPool,
-    spool: Spool,
+    /// The spool, worked on from blocking threads.
+    files: Arc<Mutex<SpoolFiles>>,
+    /// The spool's size as of the last operation on it.
+    spool_size: SpoolSize,
+    /// Batches waiting for the spool, oldest first: the batch due while the database is away
+    /// (only when no append is under way: meanwhile the next batch keeps filling, so that
+    /// what arrives during one sync goes in one record) and live batches whose write failed
+    /// (at most one per write slot). The bus pushes back once the batch filling is full.
+    to_spool: VecDeque<(Batch, HashMap<String, Loss>)>,
+    /// The spool's replay.
+    replay: Replay,
+    /// The newest spooled record set aside as undecodable, so a re-read does not keep it twice.
+    set_aside_through: Option<RecordId>,
     /// The database answered the last probe or write.
     up: bool,
     /// Migrations were applied (or the schema checked) in this process.
@@ -221,8 +347,9 @@ impl Actor {
         let mut open = true;
         let slots = WRITES_IN_FLIGHT.min(self.ctx.settings.pool_size as usize).max(1);
         let mut inflight: FuturesUnordered<BoxFut<Done>> = FuturesUnordered::new();
-        // A spooled record is in flight (one at a time: the spool hands out its oldest).
-        let mut replay_inflight = false;
+        // Spool work on blocking threads: at most one append, one read and one settle.
+        let mut spool_ops: FuturesUnordered<BoxFut<(SpoolDone, Option<SpoolSize>)>> = FuturesUnordered::new();
+        let mut appending = false;
         // Try the database straight away.
         let mut probe: Option<BoxFut<Result<ProbeOk, StoreError>>> = Some(self.probe());
         let mut retry_at: Option<Instant> = None;
@@ -240,13 +367,22 @@ impl Actor {
             let first_probe = probe.is_some() && !self.checked && self.last_problem.is_none();
             let wait_for_probe = first_probe && open && batch.ticks < batch_size;
             let replaying = replay_until.is_none_or(|until| Instant::now() < until);
-            let can_replay = self.up && !self.spool.is_empty() && replaying && !replay_inflight;
+            let can_replay = self.up && replaying && !self.replay.rewind;
+            // Replayed groups are consumed in spool order as they are stored; after a failed
+            // one, the replay starts over from the oldest unconsumed record.
+            if let Some(settle) = self.settle() {
+                spool_ops.push(settle);
+            }
             // Under sustained load a live batch is due whenever a slot frees; the spool gets
             // every other slot so that it drains, holding live data back by one write at most.
-            let replay_turn = can_replay && last_write_live;
+            let replay_turn = can_replay && self.replay.ready.is_some() && last_write_live;
             if due && !wait_for_probe {
                 if !self.up {
-                    self.spool_batch(std::mem::take(&mut batch));
+                    // While an append is under way the batch keeps filling: what arrives
+                    // during one sync goes to the spool as one record.
+                    if !appending && self.to_spool.is_empty() {
+                        self.to_spool.push_back((std::mem::take(&mut batch), HashMap::new()));
+                    }
                 } else if inflight.len() < slots && !replay_turn {
                     let mut live = std::mem::take(&mut batch);
                     let losses = self.attach_losses(&mut live);
@@ -256,32 +392,32 @@ impl Actor {
                 // Otherwise the batch waits for a slot; intake pauses when it is full.
             }
             if can_replay && inflight.len() < slots {
-                // Replay in a slot no live batch needs, or on the spool's turn. At shutdown,
-                // after the last batch, replay goes on until the spool is empty or the
-                // database goes away.
-                last_write_live = false;
-                match self.spool.front() {
-                    Ok(Some((id, bytes))) => match Batch::decode(&bytes) {
-                        Ok(b) => {
-                            inflight.push(self.write(b, Origin::Spool(id), HashMap::new()));
-                            replay_inflight = true;
-                        }
-                        Err(e) => self.reject_spooled(id, &bytes, &e.to_string()),
-                    },
-                    Ok(None) => {}
-                    Err(e) => {
-                        error!(error = %e, "Spool cannot be read; replay paused until restart.");
-                        self.alert("spool_unreadable", &format!("the spool cannot be read: {e}"));
-                        self.up = false;
-                        retry_at = Some(Instant::now() + SCHEMA_RETRY);
+                // Replay in every slot no live batch needs, or on the spool's turn. At
+                // shutdown, after the last batch, replay goes on until the spool is empty or
+                // the database goes away.
+                if let Some(group) = self.replay.ready.take() {
+                    last_write_live = false;
+                    if let Some(write) = self.replay_write(group) {
+                        inflight.push(write);
                     }
                 }
+            }
+            // Read the next group while the one before is written.
+            if can_replay && self.replay.wants_read(self.spool_size) {
+                self.replay.reading = true;
+                spool_ops.push(self.read_group());
+            }
+            if !appending && let Some((b, losses)) = self.to_spool.pop_front() {
+                appending = true;
+                spool_ops.push(self.append(b, losses));
             }
             self.update_state();
             if !open
                 && batch.is_empty()
                 && inflight.is_empty()
-                && (self.spool.is_empty() || !self.up || !replaying)
+                && spool_ops.is_empty()
+                && self.to_spool.is_empty()
+                && (self.spool_size.records == 0 || !self.up || !replaying)
             {
                 break;
             }
@@ -289,17 +425,38 @@ impl Actor {
                 retry_at = Some(Instant::now() + self.ctx.settings.retry_interval);
             }
 
-            // Waiting on an empty queue owes nothing; a write or probe under way stays owed.
-            self.ctx.metrics.writer_beat.waiting(!inflight.is_empty() || probe.is_some());
+            // Waiting on an empty queue owes nothing; a write, probe or spool operation under
+            // way stays owed.
+            self.ctx
+                .metrics
+                .writer_beat
+                .waiting(!inflight.is_empty() || probe.is_some() || !spool_ops.is_empty());
             tokio::select! {
                 // A write finished: account for it, spool it on failure.
                 Some(done) = inflight.next(), if !inflight.is_empty() => {
                     self.ctx.metrics.writer_beat.progressed();
-                    if let Origin::Spool(_) = done.origin {
-                        replay_inflight = false;
-                    }
                     if let Some(wait) = self.on_done(done) {
                         retry_at = Some(Instant::now() + wait);
+                    }
+                }
+                // A spool operation finished.
+                Some((done, size)) = spool_ops.next(), if !spool_ops.is_empty() => {
+                    self.ctx.metrics.writer_beat.progressed();
+                    if let Some(size) = size {
+                        self.spool_size = size;
+                        self.sync_spool_metrics();
+                    }
+                    match done {
+                        SpoolDone::Appended { batch, losses, result } => {
+                            appending = false;
+                            self.on_appended(&batch, &losses, result);
+                        }
+                        SpoolDone::Read(result) => {
+                            if let Some(wait) = self.on_read(*result) {
+                                retry_at = Some(Instant::now() + wait);
+                            }
+                        }
+                        SpoolDone::Settled { consumed, result } => self.on_settled(consumed, result),
                     }
                 }
                 // The database answered a probe, or did not.
@@ -315,8 +472,8 @@ impl Actor {
                     retry_at = None;
                     probe = Some(self.probe());
                 }
-                // Ticks (cancel-safe). Paused while a full batch waits for a write slot: the
-                // bus then pushes back, for at most `write_timeout`.
+                // Ticks (cancel-safe). Paused while a full batch waits for a write slot or the
+                // spool: the bus then pushes back, for at most `write_timeout`.
                 n = rx.recv_many(&mut buf, RECV_CHUNK.min(batch_size - batch.ticks)), if open && batch.ticks < batch_size => {
                     if n == 0 {
                         open = false;
@@ -332,8 +489,9 @@ impl Actor {
                     StoreMetrics::add(&self.ctx.metrics.received, n as u64);
                 }
                 // The batch is old enough to write (not while it waits for the first probe,
-                // whose answer wakes the loop instead).
-                _ = sleep_until(deadline), if !batch.is_empty() && batch.ticks < batch_size && open && !wait_for_probe => {}
+                // whose answer wakes the loop instead, nor once due and waiting for a slot or
+                // the spool, whose progress wakes it).
+                _ = sleep_until(deadline), if !due && !batch.is_empty() && batch.ticks < batch_size && open && !wait_for_probe => {}
                 // Partitions ahead and retention, hourly while the database is up.
                 _ = sleep_until(maintain_at), if self.up && probe.is_none() => {
                     maintain_at = Instant::now() + MAINTENANCE_EVERY;
@@ -351,7 +509,7 @@ impl Actor {
             spooled = StoreMetrics::get(&m.spooled),
             lost = StoreMetrics::get(&m.lost),
             rejected = StoreMetrics::get(&m.rejected_ticks),
-            spooled_batches = self.spool.len(),
+            spooled_batches = self.spool_size.records,
             "Store writer stopped."
         );
         // A probe may still be trying to connect (the database is away). Closing the pool
@@ -405,7 +563,7 @@ impl Actor {
                 self.known_days.extend(ok.days);
                 self.checked = true;
                 if !self.up {
-                    info!(spooled_batches = self.spool.len(), "Database reachable; writing.");
+                    info!(spooled_batches = self.spool_size.records, "Database reachable; writing.");
                 }
                 self.up = true;
                 self.last_problem = None;
@@ -493,16 +651,8 @@ impl Actor {
                             m.observe_latency(age);
                         }
                     }
-                    Origin::Spool(id) => {
-                        StoreMetrics::add(&m.replayed, ticks);
-                        if let Err(e) = self.spool.consume(id) {
-                            error!(error = %e, "Spool progress could not be saved; the batch may be replayed again (harmless).");
-                        }
-                        self.sync_spool_metrics();
-                        if self.spool.is_empty() {
-                            info!("Spool replayed; writing directly.");
-                        }
-                    }
+                    // Consumed once every group before it is stored (`settle`).
+                    Origin::Spool(last) => self.replay_state(last, GroupState::Stored),
                 }
                 None
             }
@@ -513,48 +663,102 @@ impl Actor {
                     self.known_days.clear();
                 }
                 warn!(error = %e, ticks, "Batch write failed; keeping it in the spool and retrying the database.");
-                // The batch's `store_loss` rows ride into the spool with it; if it cannot be
-                // kept, they are pending again.
-                if let Origin::Live = origin
-                    && !self.spool_batch(batch)
-                {
-                    self.pend_losses(&losses);
+                match origin {
+                    // The batch's `store_loss` rows ride into the spool with it; if it cannot
+                    // be kept, they are pending again.
+                    Origin::Live => self.to_spool.push_back((batch, losses)),
+                    // Still in the spool: replayed again from the oldest unconsumed record.
+                    Origin::Spool(last) => {
+                        self.replay_state(last, GroupState::Failed);
+                        self.replay.rewind = true;
+                    }
                 }
                 self.up = false;
                 Some(self.ctx.settings.retry_interval)
             }
             Err(e) => {
-                match origin {
-                    Origin::Live => self.reject(&batch, &e.to_string()),
-                    Origin::Spool(id) => {
-                        self.reject(&batch, &e.to_string());
-                        if let Err(e) = self.spool.consume(id) {
-                            error!(error = %e, "Spool progress could not be saved.");
-                        }
-                        self.sync_spool_metrics();
+                let records = match origin {
+                    Origin::Live => 1,
+                    Origin::Spool(last) => {
+                        self.replay.groups.iter().find(|g| g.last == last).map_or(1, |g| g.records)
                     }
+                };
+                match origin {
+                    Origin::Spool(last) if records > 1 => {
+                        // Merged records: one of them is at fault. They are tried again one
+                        // by one, so that only that one is set aside.
+                        warn!(error = %e, ticks, records, "A replayed batch was refused; replaying its spool records one by one.");
+                        self.replay_state(last, GroupState::Failed);
+                        self.replay.rewind = true;
+                        self.replay.one_by_one_through = Some(last);
+                    }
+                    Origin::Spool(last) => {
+                        self.reject(&batch, &e.to_string());
+                        self.replay_state(last, GroupState::Stored);
+                    }
+                    // The batch's `store_loss` rows are kept with it under `rejected`.
+                    Origin::Live => self.reject(&batch, &e.to_string()),
                 }
-                // The batch's `store_loss` rows are kept with it under `rejected`.
                 None
             }
         }
     }
 
-    /// Appends a batch to the spool; when that is impossible (full, disk error) counts its
-    /// ticks as lost and alerts. Returns whether the batch was kept.
-    fn spool_batch(&mut self, batch: Batch) -> bool {
-        if batch.is_empty() {
-            return true;
+    /// Runs `work` on the spool on a blocking thread; returns its result and the spool's size
+    /// after it (`None` when the work panicked, which is reported as an I/O error).
+    fn on_spool<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut SpoolFiles) -> Result<T, SpoolError> + Send + 'static,
+    ) -> impl Future<Output = (Result<T, SpoolError>, Option<SpoolSize>)> + Send + 'static {
+        let files = self.files.clone();
+        let dir = self.spool_dir();
+        async move {
+            let joined = tokio::task::spawn_blocking(move || {
+                let mut files = files.lock().unwrap_or_else(PoisonError::into_inner);
+                let result = work(&mut files);
+                (result, files.size())
+            })
+            .await;
+            match joined {
+                Ok((result, size)) => (result, Some(size)),
+                Err(e) => {
+                    let source = std::io::Error::other(format!("the spool operation failed: {e}"));
+                    (Err(SpoolError::Io { path: dir, source }), None)
+                }
+            }
         }
+    }
+
+    /// Appends a batch to the spool as one record, synced before it counts as spooled.
+    fn append(&self, batch: Batch, losses: HashMap<String, Loss>) -> BoxFut<(SpoolDone, Option<SpoolSize>)> {
+        let batch = Arc::new(batch);
+        let record = batch.clone();
+        // Encoding is part of the work taken off the loop.
+        let work = self.on_spool(move |files| files.spool.append(&record.encode()));
+        Box::pin(async move {
+            let (result, size) = work.await;
+            (SpoolDone::Appended { batch, losses, result }, size)
+        })
+    }
+
+    /// An append finished: the batch is spooled, or its ticks are counted as lost (spool full,
+    /// disk error) with an alert.
+    fn on_appended(
+        &mut self,
+        batch: &Batch,
+        losses: &HashMap<String, Loss>,
+        result: Result<RecordId, SpoolError>,
+    ) {
         let ticks = batch.ticks as u64;
-        match self.spool.append(&batch.encode()) {
+        match result {
             Ok(_) => {
                 StoreMetrics::add(&self.ctx.metrics.spooled, ticks);
-                self.sync_spool_metrics();
-                true
+                // A new record to replay.
+                self.replay.exhausted = false;
             }
             Err(e) => {
-                Loss::add_batch(&mut self.losses, &batch);
+                Loss::add_batch(&mut self.losses, batch);
+                self.pend_losses(losses);
                 StoreMetrics::add(&self.ctx.metrics.lost, ticks);
                 if !self.loss_alerted {
                     self.loss_alerted = true;
@@ -565,8 +769,132 @@ impl Actor {
                     error!(ticks, spool = %self.spool_dir().display(), "Store: {message}");
                     self.alert("spool_full", &message);
                 }
-                false
             }
+        }
+    }
+
+    /// Reads the next group to replay: consecutive records merged up to `batch_size` ticks.
+    fn read_group(&self) -> BoxFut<(SpoolDone, Option<SpoolSize>)> {
+        let max = self.ctx.settings.batch_size;
+        let work = self.on_spool(move |files| {
+            let SpoolFiles { spool, reader } = files;
+            reader.next_group(spool, max)
+        });
+        Box::pin(async move {
+            let (result, size) = work.await;
+            (SpoolDone::Read(Box::new(result)), size)
+        })
+    }
+
+    /// A read finished. Returns a probe delay when the spool cannot be read.
+    fn on_read(&mut self, result: Result<Option<Group<Batch>>, SpoolError>) -> Option<Duration> {
+        self.replay.reading = false;
+        match result {
+            Ok(Some(group)) => {
+                self.replay.ready = Some(group);
+                None
+            }
+            Ok(None) => {
+                self.replay.exhausted = true;
+                None
+            }
+            Err(e) => {
+                error!(error = %e, "Spool cannot be read; replay paused.");
+                self.alert("spool_unreadable", &format!("the spool cannot be read: {e}"));
+                self.replay.rewind = true;
+                self.up = false;
+                Some(SCHEMA_RETRY)
+            }
+        }
+    }
+
+    /// Starts writing a group read from the spool; sets its undecodable records aside.
+    fn replay_write(&mut self, group: Group<Batch>) -> Option<BoxFut<Done>> {
+        let Group { last, records, batch, undecodable } = group;
+        for bad in undecodable {
+            if self.set_aside_through.is_none_or(|through| bad.id > through) {
+                self.set_aside_through = Some(bad.id);
+                self.reject_spooled(&bad);
+            }
+        }
+        let ticks = batch.as_ref().map_or(0, |b| b.ticks as u64);
+        let (written, state) = match batch {
+            Some(_) => (true, GroupState::Writing),
+            None => (false, GroupState::Stored),
+        };
+        self.replay.groups.push_back(Replayed { last, records, ticks, written, state });
+        batch.map(|b| self.write(b, Origin::Spool(last), HashMap::new()))
+    }
+
+    /// Sets the state of the replayed group ending with `last`.
+    fn replay_state(&mut self, last: RecordId, state: GroupState) {
+        if let Some(group) = self.replay.groups.iter_mut().find(|g| g.last == last) {
+            group.state = state;
+        }
+    }
+
+    /// Consumes the replayed groups stored in spool order and, after a failed group once none of
+    /// the replay is in flight, rewinds the reader to the oldest unconsumed record. `None` when
+    /// there is nothing to do or a settle is already under way.
+    fn settle(&mut self) -> Option<BoxFut<(SpoolDone, Option<SpoolSize>)>> {
+        let r = &mut self.replay;
+        if r.settling.is_some() {
+            return None;
+        }
+        let stored = r.groups.iter().take_while(|g| g.state == GroupState::Stored).count();
+        let rewind = r.rewind && !r.reading && r.groups.iter().all(|g| g.state != GroupState::Writing);
+        if stored == 0 && !rewind {
+            return None;
+        }
+        let m = &self.ctx.metrics;
+        let mut through = None;
+        for g in r.groups.drain(..stored) {
+            StoreMetrics::add(&m.replayed, g.ticks);
+            StoreMetrics::add(&m.replayed_records, g.records);
+            StoreMetrics::add(&m.replayed_batches, u64::from(g.written));
+            through = Some(g.last);
+        }
+        let one_by_one = if rewind {
+            // Groups after the failed one may have been stored: they are written again,
+            // which the keys make harmless.
+            r.groups.clear();
+            r.ready = None;
+            (r.rewind, r.exhausted) = (false, false);
+            r.one_by_one_through.take()
+        } else {
+            None
+        };
+        r.settling = Some(rewind);
+        let work = self.on_spool(move |files| {
+            let consumed = through.map_or(Ok(()), |last| files.spool.consume(last));
+            if rewind {
+                files.reader.rewind(&mut files.spool);
+                if let Some(last) = one_by_one {
+                    files.reader.one_by_one_through(last);
+                }
+            }
+            consumed
+        });
+        let consumed = through.is_some();
+        Some(Box::pin(async move {
+            let (result, size) = work.await;
+            (SpoolDone::Settled { consumed, result }, size)
+        }))
+    }
+
+    /// A settle finished.
+    fn on_settled(&mut self, consumed: bool, result: Result<(), SpoolError>) {
+        self.replay.settling = None;
+        if consumed {
+            // With nothing read ahead any more, a read starts at the oldest record again and
+            // skips what was found damaged past the last record read, emptying the spool.
+            self.replay.exhausted = false;
+        }
+        if let Err(e) = result {
+            error!(error = %e, "Spool progress could not be saved; records may be replayed again (harmless).");
+        }
+        if consumed && self.spool_size.records == 0 {
+            info!("Spool replayed; writing directly.");
         }
     }
 
@@ -620,20 +948,16 @@ impl Actor {
         self.alert("batch_rejected", &message);
     }
 
-    /// A spooled record that no longer decodes: kept aside, then skipped.
-    fn reject_spooled(&mut self, id: RecordId, bytes: &[u8], why: &str) {
+    /// A spooled record that no longer decodes: kept aside (it is consumed with its group).
+    fn reject_spooled(&mut self, bad: &Undecodable) {
         StoreMetrics::inc(&self.ctx.metrics.rejected_batches);
-        let kept = match self.save_rejected(bytes) {
+        let kept = match self.save_rejected(&bad.record) {
             Some(path) => format!("kept in {path}"),
             None => "not kept (see the log line above)".to_owned(),
         };
-        let message = format!("a spooled batch cannot be decoded ({why}); {kept}");
-        error!("Store: {message}");
+        let message = format!("a spooled batch cannot be decoded ({}); {kept}", bad.error);
+        error!(record = %bad.id, "Store: {message}");
         self.alert("batch_rejected", &message);
-        if let Err(e) = self.spool.consume(id) {
-            error!(error = %e, "Spool progress could not be saved.");
-        }
-        self.sync_spool_metrics();
     }
 
     /// Writes a refused batch under `state_dir/rejected`; returns its path, or `None` when it
@@ -676,12 +1000,12 @@ impl Actor {
 
     fn sync_spool_metrics(&self) {
         let m = &self.ctx.metrics;
-        m.spool_bytes.store(self.spool.bytes(), std::sync::atomic::Ordering::Relaxed);
-        m.spool_batches.store(self.spool.len(), std::sync::atomic::Ordering::Relaxed);
+        m.spool_bytes.store(self.spool_size.bytes, std::sync::atomic::Ordering::Relaxed);
+        m.spool_batches.store(self.spool_size.records, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn update_state(&self) {
-        let state = match (self.up, self.spool.is_empty(), self.checked) {
+        let state = match (self.up, self.spool_size.records == 0, self.checked) {
             (false, _, false) if self.last_problem.is_none() => StoreState::Starting,
             (false, _, _) => StoreState::Spooling,
             (true, true, _) => StoreState::Ready,
