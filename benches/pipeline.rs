@@ -162,6 +162,7 @@ fn main() {
                     connector: Arc::new(TcpConnector),
                     alerter: Alerter::new(None),
                     jitter_seed: None,
+                    backfill: None,
                 };
                 let cfg = FeedConfig {
                     conn: ConnId::new("bench", 0),

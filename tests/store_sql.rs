@@ -14,8 +14,8 @@ use tickd::store::StoreError;
 use tickd::store::batch::{Batch, Loss};
 use tickd::store::pg;
 use tickd::tick::{
-    BookDelta, BookSnapshot, FeedEvent, Lifecycle, LifecycleScope, MarketInfo, Price, Qty, Quote, Side, Tick, TickKind,
-    Trade,
+    BookDelta, BookSnapshot, FeedEvent, Lifecycle, LifecycleScope, MarketInfo, Price, Qty, Quote, Side, Tick,
+    TickKind, Trade,
 };
 
 /// 2026-11-20 12:00:00 UTC in µs.
@@ -44,6 +44,7 @@ fn trade(market: &str, id: &str, exch_ms: i64, price: i64, size: i64) -> Tick {
             size: Qty(size),
             taker_side: Some(Side::No),
             block: Some(false),
+            backfill: false,
         }),
     )
 }

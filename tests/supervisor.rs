@@ -48,6 +48,8 @@ async fn start(settings: &Settings, connector: Arc<dyn Connect>) -> Running {
         alerter: Default::default(),
         handles: Default::default(),
         rest: RestFeeds::default(),
+        backfill: Default::default(),
+        pool: None,
     };
     let rest = deps.rest.clone();
     let sup = Supervisor::start(settings, deps).expect("starts");

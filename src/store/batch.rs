@@ -71,6 +71,11 @@ pub struct Trades {
     pub taker_yes: Vec<Option<bool>>,
     /// Block trades (`None`: not given).
     pub block: Vec<Option<bool>>,
+    /// Trades recovered over the REST API (`source = 'rest'`); the others were received live.
+    /// Absent from spool records of versions without backfill: an array shorter than the
+    /// others reads as `NULL` in the statement, which is stored as `ws`, as those trades were.
+    #[serde(default)]
+    pub rest: Vec<bool>,
 }
 
 /// `quotes` columns; `None` is a value the exchange did not give (SQL `NULL`).
@@ -319,6 +324,7 @@ impl Batch {
                 self.trades.size.push(t.size.0);
                 self.trades.taker_yes.push(t.taker_side.map(|s| s == Side::Yes));
                 self.trades.block.push(t.block);
+                self.trades.rest.push(t.backfill);
             }
             TickKind::Quote(q) => {
                 push_keys(&mut self.quotes.keys);
@@ -399,6 +405,9 @@ impl Batch {
             }
             FeedEvent::Subscribed { sid, .. } | FeedEvent::Resynced { sid } => {
                 (None, Some(to_i64(*sid)), None, None)
+            }
+            FeedEvent::Backfill(b) => {
+                (b.error.clone(), b.sid.map(to_i64), b.expected.map(to_i64), b.got.map(to_i64))
             }
             FeedEvent::Connecting { .. }
             | FeedEvent::Connected

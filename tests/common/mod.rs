@@ -216,6 +216,7 @@ impl Harness {
             connector,
             alerter: Alerter::new(alert_command),
             jitter_seed: Some(7),
+            backfill: None,
         };
         let ticks = Collected::default();
         let sink = ticks.clone();
