@@ -83,8 +83,12 @@ pub enum Cause {
         got: u64,
     },
     /// A market followed for the first time in this process (tickd started, or the market
-    /// was added): its trades since its newest stored one.
-    Start,
+    /// was added): its trades since its newest stored one among those received before
+    /// `since_us` (µs since the epoch, tickd's clock: when the market was first followed).
+    Start {
+        /// When the markets were first followed.
+        since_us: i64,
+    },
     /// One market's trades asked for by another part of the feed.
     Market,
 }
@@ -95,7 +99,7 @@ impl Cause {
         match self {
             Cause::Disconnect => "disconnect",
             Cause::SeqGap { .. } => "seq_gap",
-            Cause::Start => "start",
+            Cause::Start { .. } => "start",
             Cause::Market => "market",
         }
     }
@@ -189,7 +193,10 @@ impl BackfillHandle {
     pub fn submit(&self, window: Window) -> bool {
         BackfillMetrics::add(&self.metrics.windows, 1);
         match self.tx.try_send(window) {
-            Ok(()) => true,
+            Ok(()) => {
+                self.metrics.pending.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                true
+            }
             Err(e) => {
                 let w = e.into_inner();
                 BackfillMetrics::add(&self.metrics.dropped, 1);
@@ -278,7 +285,6 @@ enum Attempt {
 impl Backfiller {
     async fn run(mut self) {
         loop {
-            self.ctx.metrics.set_pending(self.jobs.len());
             let due = self.jobs.iter().map(|j| j.due).min();
             tokio::select! {
                 // Shutdown: what is queued stays missing (logged below).
@@ -294,9 +300,10 @@ impl Backfiller {
                     tokio::select! {
                         // Not cancel-safe: a window cut short at shutdown is not recorded.
                         _ = shutdown.cancelled() => break,
-                        job = self.attempt(job) => {
-                            if let Some(job) = job {
-                                self.jobs.push_back(job);
+                        job = self.attempt(job) => match job {
+                            Some(job) => self.jobs.push_back(job),
+                            None => {
+                                self.ctx.metrics.pending.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
                             }
                         }
                     }
@@ -306,7 +313,6 @@ impl Backfiller {
         if !self.jobs.is_empty() {
             info!(windows = self.jobs.len(), "Backfill stopped with windows not fetched; they stay missing.");
         }
-        self.ctx.metrics.set_pending(0);
     }
 
     fn add(&mut self, window: Window) {
@@ -368,7 +374,7 @@ impl Backfiller {
         let retry = again.then(|| {
             let delay = FIRST_RETRY.saturating_mul(1 << (job.attempt - 1).min(10)).min(MAX_RETRY);
             job.due = Instant::now() + delay;
-            now_micros() + i64::try_from(delay.as_micros()).unwrap_or(i64::MAX)
+            delay
         });
         match (&error, again) {
             (None, _) => {
@@ -400,9 +406,13 @@ impl Backfiller {
     /// than `backfill_max_window`.
     async fn resolve(&self, job: &mut Job) -> Result<(), String> {
         if !job.resolved {
+            let since_us = match job.window.cause {
+                Cause::Start { since_us } => since_us,
+                _ => job.window.to_us,
+            };
             let markets: Vec<String> = job.todo.iter().map(|(m, _)| m.clone()).collect();
             let newest = match &self.ctx.pool {
-                Some(pool) => pg::newest_trades(pool, &markets)
+                Some(pool) => pg::newest_trades(pool, &markets, since_us)
                     .await
                     .map_err(|e| format!("newest stored trades not read: {e}"))?,
                 None => Default::default(),
@@ -527,8 +537,11 @@ impl Backfiller {
         }
     }
 
-    /// The window's row in the ledger.
-    async fn record(&self, job: &Job, complete: bool, error: Option<String>, retry_at_us: Option<i64>) {
+    /// The window's row in the ledger; `retry_in`: when the next attempt is due, from now.
+    async fn record(&self, job: &Job, complete: bool, error: Option<String>, retry_in: Option<Duration>) {
+        let recv_ts = recv_micros();
+        let retry_at_us =
+            retry_in.map(|d| recv_ts.saturating_add(i64::try_from(d.as_micros()).unwrap_or(i64::MAX)));
         let w = &job.window;
         let (sid, expected, got) = match w.cause {
             Cause::SeqGap { sid, expected, got } => (Some(sid), Some(expected), Some(got)),
@@ -559,7 +572,7 @@ impl Backfiller {
             conn: w.conn.index,
             market,
             exch_ts: None,
-            recv_ts: recv_micros(),
+            recv_ts,
             kind: TickKind::Feed(FeedEvent::Backfill(event)),
         };
         self.ctx.bus.publish(Arc::new(tick)).await;

@@ -351,6 +351,9 @@ struct Missed {
     fresh: Vec<String>,
     /// Not before then: markets added live wait for their subscription to be acknowledged.
     fresh_due: Option<Instant>,
+    /// When the connection first followed the oldest of `fresh` (µs): the newest trade
+    /// stored before then is where their backfill starts.
+    fresh_since_us: Option<i64>,
     /// Markets already handed over as fresh ones.
     started: HashSet<String>,
     /// When the current connection went live (µs and instant).
@@ -430,6 +433,9 @@ impl FeedActor {
                     self.missed.last_trade_us = None;
                     self.missed.gap = None;
                     self.missed.connected_us = now_micros();
+                    if self.missed.fresh_since_us.is_none() && !self.missed.fresh.is_empty() {
+                        self.missed.fresh_since_us = Some(self.missed.connected_us);
+                    }
                     self.ctx.metrics.set_state(FeedState::Subscribing);
                     self.publish_event(FeedEvent::Connected).await;
                     let ended = self.run_connection(ws).await;
@@ -725,6 +731,7 @@ impl FeedActor {
                     let added: Vec<String> =
                         markets.iter().filter(|x| !known.contains(*x)).cloned().collect();
                     if !added.is_empty() {
+                        m.fresh_since_us.get_or_insert_with(now_micros);
                         m.fresh.extend(added);
                         m.fresh_due = Some(Instant::now() + self.cfg.settings.ack_timeout);
                     }
@@ -876,9 +883,10 @@ impl FeedActor {
             let markets = std::mem::take(&mut m.fresh);
             m.started.extend(markets.iter().cloned());
             m.fresh_due = None;
+            let since_us = m.fresh_since_us.take().unwrap_or(m.connected_us);
             backfill.submit(Window {
                 conn: self.cfg.conn.clone(),
-                cause: Cause::Start,
+                cause: Cause::Start { since_us },
                 markets,
                 from_us: None,
                 to_us,

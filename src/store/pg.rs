@@ -680,20 +680,24 @@ pub async fn within<T>(
     tokio::time::timeout(limit, fut).await.unwrap_or(Err(StoreError::Timeout(limit)))
 }
 
-/// The exchange time (µs since the epoch) of each market's newest stored trade, for those of
-/// `markets` that have one: where a backfill at start begins. One index probe per market
-/// (`trades_market_time`).
+/// The exchange time (µs since the epoch) of each market's newest trade among those stored
+/// that were received before `received_before_us` (tickd's clock: before this process
+/// followed the market, so not one it has received since), for those of `markets` that have
+/// one: where a backfill at start begins. One index scan per market (`trades_market_time`),
+/// newest first.
 pub async fn newest_trades(
     pool: &PgPool,
     markets: &[String],
+    received_before_us: i64,
 ) -> Result<std::collections::HashMap<String, i64>, StoreError> {
     let rows = sqlx::query(
         "SELECT m.market, (extract(epoch FROM t.exch_ts) * 1000000)::bigint \
          FROM unnest($1::text[]) AS m(market) \
          CROSS JOIN LATERAL (SELECT exch_ts FROM trades WHERE trades.market = m.market \
-                             ORDER BY exch_ts DESC LIMIT 1) t",
+                             AND recv_ts < $2 ORDER BY exch_ts DESC LIMIT 1) t",
     )
     .bind(markets)
+    .bind(Ts(received_before_us))
     .fetch_all(pool)
     .await
     .map_err(classify)?;

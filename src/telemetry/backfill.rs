@@ -26,7 +26,8 @@ pub struct BackfillMetrics {
     /// Windows not taken because the backfill's queue was full (a storm of disconnects or
     /// gaps); they stay missing in `gaps()`.
     pub dropped: AtomicU64,
-    /// Windows waiting: queued, being fetched, or waiting for their next attempt.
+    /// Windows taken and not finished: queued, being fetched, or waiting for their next
+    /// attempt.
     pub pending: AtomicU64,
     /// Trades the exchange listed in the windows.
     pub trades_found: AtomicU64,
@@ -45,11 +46,6 @@ impl BackfillMetrics {
     /// Reads a counter.
     pub fn get(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
-    }
-
-    /// Sets the pending gauge.
-    pub fn set_pending(&self, n: usize) {
-        self.pending.store(n as u64, Ordering::Relaxed);
     }
 }
 
