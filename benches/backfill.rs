@@ -95,9 +95,7 @@ async fn one_run(db_url: &str, markets: usize, rate: u32, per_minute: usize, see
     settings.dashboard.enabled = false;
     let state = tempfile::tempdir().expect("state dir");
     settings.state_dir = state.path().to_owned();
-    let mut store = StoreSettings::default();
-    store.url = DatabaseUrl::new(db_url);
-    settings.store = Some(store);
+    settings.store = Some(StoreSettings { url: DatabaseUrl::new(db_url), ..StoreSettings::default() });
     settings.validate().expect("valid settings");
 
     let app = App::build(settings).await.expect("the app builds");

@@ -274,6 +274,9 @@ struct Backfiller {
     next_id: u64,
 }
 
+/// One market's listing: the market and its start (µs), and its trades or why not.
+type Fetched = ((String, i64), Result<Vec<RestTrade>, RestError>);
+
 /// How an attempt at a window ended.
 enum Attempt {
     /// Every market fetched.
@@ -444,7 +447,7 @@ impl Backfiller {
     async fn fetch(&mut self, job: &mut Job) -> Attempt {
         let to_us = job.window.to_us;
         let mut todo: VecDeque<(String, i64)> = std::mem::take(&mut job.todo).into();
-        let mut running: JoinSet<((String, i64), Result<Vec<RestTrade>, RestError>)> = JoinSet::new();
+        let mut running: JoinSet<Fetched> = JoinSet::new();
         let mut failure: Option<String> = None;
         loop {
             while failure.is_none() && running.len() < FETCHES_IN_FLIGHT {
