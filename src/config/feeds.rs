@@ -871,6 +871,15 @@ mod tests {
     }
 
     #[test]
+    fn backfill_is_on_by_default_and_reaches_back_a_positive_window() {
+        let mut settings = valid();
+        assert!(settings.feeds[0].backfill);
+        assert_eq!(settings.feeds[0].backfill_max_window, Duration::from_secs(24 * 3600));
+        settings.feeds[0].backfill_max_window = Duration::ZERO;
+        assert_eq!(problem_keys(&settings), ["feeds[0].backfill_max_window"]);
+    }
+
+    #[test]
     fn backoff_starts_below_its_cap_and_does_not_shrink() {
         let mut settings = valid();
         settings.feeds[0].backoff.initial = Duration::from_secs(60);
