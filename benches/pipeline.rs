@@ -163,6 +163,7 @@ fn main() {
                     alerter: Alerter::new(None),
                     jitter_seed: None,
                     checks: None,
+                    backfill: None,
                 };
                 let cfg = FeedConfig {
                     conn: ConnId::new("bench", 0),

@@ -210,6 +210,7 @@ impl TickGen {
                 size: Qty(size),
                 taker_side: Some(if rng.random_bool(0.5) { Side::Yes } else { Side::No }),
                 block: Some(rng.random_bool(0.001)),
+                backfill: false,
             };
             (m.ticker.clone(), Some(exch_ms), TickKind::Trade(trade))
         } else if roll < 9_990 {

@@ -17,9 +17,11 @@
 //!   sans-IO protocol session that turns frames into ticks, and the REST market-data client
 //!   (markets, trades, order books in tickd's units). No wire type leaves it.
 //! - [`feed`]: the feed actor (one WebSocket connection, heartbeat, backoff), its
-//!   supervisor (one actor per connection, market sharding, restarts, live market changes)
-//!   and market discovery (the markets of followed series and events, over REST and from
-//!   lifecycle ticks, handed to the supervisor; `market` ticks say what each market is).
+//!   supervisor (one actor per connection, market sharding, restarts, live market changes),
+//!   market discovery (the markets of followed series and events, over REST and from
+//!   lifecycle ticks, handed to the supervisor; `market` ticks say what each market is) and
+//!   the backfill (trades of the windows the stream missed, fetched over REST and published
+//!   back on the bus).
 //! - [`store`]: recording ticks in PostgreSQL, with a disk spool for database outages.
 //! - [`nats`]: ticks over NATS JetStream between hosts (subjects and message ids).
 //! - [`dashboard`]: the HTTP port: the page, the live stream for dashboards and bots, and the

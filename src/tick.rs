@@ -351,6 +351,9 @@ pub struct Trade {
     pub taker_side: Option<Side>,
     /// An off-book block trade, when the exchange said (older servers never do).
     pub block: Option<bool>,
+    /// Recovered over the exchange's REST API after a window the live stream missed (stored
+    /// with `source = 'rest'`), rather than received live.
+    pub backfill: bool,
 }
 
 /// Top of book and statistics for one market. Prices on the YES scale.
@@ -556,6 +559,45 @@ pub enum FeedEvent {
         /// Why, in words.
         reason: String,
     },
+    /// Trades of a window the live stream may have missed, fetched over the REST API: one per
+    /// attempt at the window, the counts cumulative over its attempts so far.
+    Backfill(Backfill),
+}
+
+/// What a [`FeedEvent::Backfill`] says about one window.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Backfill {
+    /// Why trades may be missing: `disconnect`, `seq_gap`, `start` (tickd started) or
+    /// `market` (one market's trades asked for).
+    pub cause: String,
+    /// The window's start, µs since the epoch: from here on every trade of `markets` was
+    /// asked for.
+    pub from_us: i64,
+    /// The window's end, µs since the epoch.
+    pub to_us: i64,
+    /// The markets whose trades the window covers.
+    pub markets: Vec<String>,
+    /// Of those, the markets fetched over the whole window so far.
+    pub fetched: u64,
+    /// Trades the exchange listed in the window so far.
+    pub found: u64,
+    /// Of those, trades tickd had not stored or received: recorded now.
+    pub new: u64,
+    /// Every market fetched over the whole window: no trade of it is missing any more.
+    pub complete: bool,
+    /// Attempts at the window so far, from 1.
+    pub attempt: u32,
+    /// Why the window is not complete (yet): the REST error, or that it is older than
+    /// `backfill_max_window`. `None` when complete.
+    pub error: Option<String>,
+    /// When the next attempt is due (µs since the epoch); `None` when there will be none.
+    pub retry_at_us: Option<i64>,
+    /// For a sequence gap: its subscription id and the numbers lost (`expected..got`).
+    pub sid: Option<u64>,
+    /// The sequence number that should have come.
+    pub expected: Option<u64>,
+    /// The sequence number that came.
+    pub got: Option<u64>,
 }
 
 #[cfg(test)]

@@ -50,6 +50,7 @@ fn ticks(feed: &str, from: i64, n: usize) -> Vec<Arc<Tick>> {
                     size: Qty(100),
                     taker_side: Some(Side::Yes),
                     block: None,
+                    backfill: false,
                 })
             } else {
                 TickKind::Quote(Quote {

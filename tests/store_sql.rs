@@ -44,6 +44,7 @@ fn trade(market: &str, id: &str, exch_ms: i64, price: i64, size: i64) -> Tick {
             size: Qty(size),
             taker_side: Some(Side::No),
             block: Some(false),
+            backfill: false,
         }),
     )
 }
@@ -907,5 +908,147 @@ async fn dollars_and_contracts_have_the_scale_of_their_unit_for_any_number() {
     assert_eq!(
         printed,
         ("0.5400".into(), "0.5400".into(), "123.45".into(), "0.03".into(), "0.0002".into(), None)
+    );
+}
+
+/// A trade recovered over the REST API: `backfill: true`.
+fn rest_trade(market: &str, id: &str, exch_ms: i64) -> Tick {
+    let mut t = trade(market, id, exch_ms, 5000, 100);
+    if let TickKind::Trade(tr) = &mut t.kind {
+        tr.backfill = true;
+    }
+    t
+}
+
+/// A `backfill` ledger row at `ts` for `[from_us, to_us]` of every market of connection 0.
+fn backfill_row(ts: i64, from_us: i64, to_us: i64, complete: bool, gap: Option<(u64, u64, u64)>) -> Tick {
+    event(
+        ts,
+        FeedEvent::Backfill(tickd::tick::Backfill {
+            cause: if gap.is_some() { "seq_gap" } else { "disconnect" }.into(),
+            from_us,
+            to_us,
+            markets: vec!["MKT-A".into(), "MKT-B".into()],
+            complete,
+            attempt: 1,
+            sid: gap.map(|g| g.0),
+            expected: gap.map(|g| g.1),
+            got: gap.map(|g| g.2),
+            error: (!complete).then(|| "HTTP 503".into()),
+            ..tickd::tick::Backfill::default()
+        }),
+    )
+}
+
+#[tokio::test]
+async fn a_trade_received_live_and_recovered_again_is_stored_once_as_received_live() {
+    let (_db, pool) = migrated().await;
+    let ticks = [
+        trade("MKT-A", "live-1", T0 / 1000, 4800, 100),
+        rest_trade("MKT-A", "live-1", T0 / 1000),
+        rest_trade("MKT-A", "missed-1", T0 / 1000 + 1),
+    ];
+    let batch = batch_of(&ticks);
+    pg::ensure_partitions(&pool, &batch.days()).await.expect("partitions");
+    pg::write(&pool, &batch).await.expect("write");
+
+    let rows: Vec<(String, String)> = sqlx::query_as("SELECT trade_id, source FROM trades ORDER BY trade_id")
+        .fetch_all(&pool)
+        .await
+        .expect("rows");
+    assert_eq!(rows, vec![("live-1".into(), "ws".into()), ("missed-1".into(), "rest".into())]);
+
+    // A batch spooled by a version without backfill (no `rest` column) is stored as received live.
+    let mut old: serde_json::Value =
+        serde_json::from_slice(&batch_of(&[trade("MKT-A", "old-1", T0 / 1000 + 2, 1, 1)]).encode())
+            .expect("json");
+    old["trades"].as_object_mut().expect("trades").remove("rest");
+    pg::write(&pool, &Batch::decode(old.to_string().as_bytes()).expect("decodes")).await.expect("old record");
+    let source: String = sqlx::query_scalar("SELECT source FROM trades WHERE trade_id = 'old-1'")
+        .fetch_one(&pool)
+        .await
+        .expect("old row");
+    assert_eq!(source, "ws");
+}
+
+#[tokio::test]
+async fn coverage_tells_time_covered_live_windows_missing_and_recovered_and_trades_recovered() {
+    let (_db, pool) = migrated().await;
+    let s = 1_000_000;
+    let ticks = vec![
+        event(T0, FeedEvent::Subscribed { channel: "orderbook_delta".into(), sid: 1 }),
+        event(T0 + 1, FeedEvent::Subscribed { channel: "trade".into(), sid: 2 }),
+        event(T0 + 2, FeedEvent::Live),
+        trade("MKT-A", "a-1", T0 / 1000 + 5_000, 4800, 100),
+        trade("MKT-B", "b-1", T0 / 1000 + 5_000, 4800, 100),
+        // Lost 10 s..16 s, recovered: the backfill reaches from before to after the window.
+        event(T0 + 10 * s, FeedEvent::Disconnected { reason: "connection reset".into() }),
+        event(T0 + 16 * s, FeedEvent::Live),
+        rest_trade("MKT-A", "a-2", T0 / 1000 + 12_000),
+        rest_trade("MKT-A", "a-3", T0 / 1000 + 13_000),
+        backfill_row(T0 + 17 * s, T0 + 9 * s, T0 + 17 * s, true, None),
+        // Lost 30 s..40 s, not recovered: the REST API did not answer.
+        event(T0 + 30 * s, FeedEvent::Disconnected { reason: "connection reset".into() }),
+        event(T0 + 40 * s, FeedEvent::Live),
+        backfill_row(T0 + 41 * s, T0 + 29 * s, T0 + 41 * s, false, None),
+        // A gap on the trade channel, recovered; one on the order book channel, which loses
+        // no trade.
+        event(T0 + 50 * s, FeedEvent::Gap { sid: 2, expected: 5, got: 7 }),
+        event(T0 + 51 * s, FeedEvent::Resynced { sid: 2 }),
+        backfill_row(T0 + 52 * s, T0 + 49 * s, T0 + 50 * s, true, Some((2, 5, 7))),
+        event(T0 + 53 * s, FeedEvent::Gap { sid: 1, expected: 9, got: 12 }),
+        event(T0 + 54 * s, FeedEvent::Resynced { sid: 1 }),
+        rest_trade("MKT-B", "b-2", T0 / 1000 + 50_500),
+    ];
+    let batch = batch_of(&ticks);
+    pg::ensure_partitions(&pool, &batch.days()).await.expect("partitions");
+    pg::write(&pool, &batch).await.expect("write");
+    let from = "to_timestamp($1::bigint / 1000000)";
+    let to = "to_timestamp($1::bigint / 1000000) + interval '60 seconds'";
+
+    let gaps: Vec<(String, i64, bool)> = sqlx::query_as(AssertSqlSafe(format!(
+        "SELECT kind, (extract(epoch FROM started) * 1000000)::bigint, recovered FROM gaps({from}, {to})"
+    )))
+    .bind(T0)
+    .fetch_all(&pool)
+    .await
+    .expect("gaps");
+    assert_eq!(
+        gaps,
+        vec![
+            ("disconnected".into(), T0 + 10 * s, true),
+            ("disconnected".into(), T0 + 30 * s, false),
+            ("seq_gap".into(), T0 + 50 * s, true),
+            ("seq_gap".into(), T0 + 53 * s, false),
+        ]
+    );
+
+    type Row = (String, String, i64, i64, i64, i64, i64);
+    let sql = |args: &str| {
+        format!(
+            "SELECT market, feed, (extract(epoch FROM covered_live) * 1000000)::bigint, windows_missing, \
+                    windows_recovered, (extract(epoch FROM missing_time) * 1000000)::bigint, trades_recovered \
+             FROM coverage({args})"
+        )
+    };
+    let one: Vec<Row> = sqlx::query_as(AssertSqlSafe(sql(&format!("'MKT-A', {from}, {to}"))))
+        .bind(T0)
+        .fetch_all(&pool)
+        .await
+        .expect("coverage of one market");
+    // 60 s less the 6 s, 10 s and 1 s windows that lost trades; the order book gap lost none.
+    assert_eq!(one, vec![("MKT-A".into(), "sim".into(), 43 * s, 1, 2, 10 * s, 2)]);
+
+    let all: Vec<Row> = sqlx::query_as(AssertSqlSafe(sql(&format!("{from}, {to}"))))
+        .bind(T0)
+        .fetch_all(&pool)
+        .await
+        .expect("coverage of every market");
+    assert_eq!(
+        all,
+        vec![
+            ("MKT-A".into(), "sim".into(), 43 * s, 1, 2, 10 * s, 2),
+            ("MKT-B".into(), "sim".into(), 43 * s, 1, 2, 10 * s, 1),
+        ]
     );
 }

@@ -54,6 +54,8 @@ async fn start_alerting(settings: &Settings, connector: Arc<dyn Connect>, alerte
         alerter,
         handles: Default::default(),
         rest: RestFeeds::default(),
+        backfill: Default::default(),
+        pool: None,
     };
     let rest = deps.rest.clone();
     let sup = Supervisor::start(settings, deps).expect("starts");

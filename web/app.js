@@ -305,13 +305,16 @@
       const m = market(f.market);
       m.feed = f.feed;
       notePrices(m, f.price);
-      if (f.recv_ts >= m.lastAtUs) {
+      // A backfilled trade (recovered over REST after a gap) happened at its exchange time,
+      // before trades already shown: it goes on the chart there and is not the last price.
+      const atUs = f.backfill && f.exch_ts != null ? f.exch_ts * 1000 : f.recv_ts;
+      if (!f.backfill && f.recv_ts >= m.lastAtUs) {
         m.last = f.price;
         m.lastAtUs = f.recv_ts;
       }
-      touch(m, f.recv_ts);
+      if (!f.backfill) touch(m, f.recv_ts);
       addToTape(m, f);
-      pushPoint(m, f.recv_ts, f.price / PRICE_ONE, null);
+      pushPoint(m, atUs, f.price / PRICE_ONE, null);
     },
     book(f) {
       const m = market(f.market);

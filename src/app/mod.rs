@@ -86,6 +86,7 @@ impl App {
             dashboard: Default::default(),
             alerts: alerts.clone(),
             rest: Default::default(),
+            backfill: Default::default(),
         };
         let (reload_tx, reload_rx) = mpsc::channel(RELOAD_QUEUE);
         Ok(App {

@@ -255,6 +255,8 @@ impl Source for FeedsSource {
             alerter: ctx.alerter.clone(),
             handles: ctx.health.feeds.clone(),
             rest: ctx.health.rest.clone(),
+            backfill: ctx.health.backfill.clone(),
+            pool: ctx.pool.clone(),
         };
         self.supervisor = Some(Supervisor::start(&self.settings, deps)?);
         Ok(())

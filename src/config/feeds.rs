@@ -76,6 +76,17 @@ pub struct FeedSettings {
     /// settled, so that its last trades and its settlement are recorded.
     #[serde(default = "defaults::settled_grace", with = "humantime_serde")]
     pub settled_grace: Duration,
+    /// After every window in which the live stream may have missed trades (a disconnect, a
+    /// sequence gap on the `trade` channel, a start of tickd), fetch that window's trades
+    /// over the REST API in the background and record those not yet stored. Needs the
+    /// `trade` channel. Read at start.
+    #[serde(default = "defaults::yes")]
+    pub backfill: bool,
+    /// How far back a backfill reaches: at a start, each market's trades are fetched from its
+    /// newest stored trade, but from no further back than this; a window older than this is
+    /// left missing. Read at start.
+    #[serde(default = "defaults::backfill_max_window", with = "humantime_serde")]
+    pub backfill_max_window: Duration,
     /// The most markets one connection carries; longer lists are spread over several.
     #[serde(default = "defaults::max_markets_per_connection")]
     pub max_markets_per_connection: usize,
@@ -232,6 +243,9 @@ pub(super) mod defaults {
     pub fn market_quiet_after() -> Duration {
         Duration::from_secs(60)
     }
+    pub fn backfill_max_window() -> Duration {
+        Duration::from_secs(24 * 3600)
+    }
     pub fn max_markets_per_connection() -> usize {
         500
     }
@@ -285,6 +299,8 @@ impl FeedSettings {
             events: Vec::new(),
             discovery_interval: defaults::discovery_interval(),
             settled_grace: defaults::settled_grace(),
+            backfill: true,
+            backfill_max_window: defaults::backfill_max_window(),
             max_markets_per_connection: defaults::max_markets_per_connection(),
             use_yes_price: true,
             ping_interval: defaults::ping_interval(),
@@ -416,6 +432,7 @@ impl FeedSettings {
         problems.positive(&format!("{key}.pong_timeout"), self.pong_timeout);
         problems.positive(&format!("{key}.connect_timeout"), self.connect_timeout);
         problems.positive(&format!("{key}.ack_timeout"), self.ack_timeout);
+        problems.positive(&format!("{key}.backfill_max_window"), self.backfill_max_window);
 
         let backoff = &self.backoff;
         problems.positive(&format!("{key}.backoff.initial"), backoff.initial);
@@ -910,6 +927,15 @@ mod tests {
         let mut settings = valid();
         settings.feeds[0].pong_timeout = settings.feeds[0].ping_interval * 2;
         assert_eq!(problem_keys(&settings), Vec::<String>::new());
+    }
+
+    #[test]
+    fn backfill_is_on_by_default_and_reaches_back_a_positive_window() {
+        let mut settings = valid();
+        assert!(settings.feeds[0].backfill);
+        assert_eq!(settings.feeds[0].backfill_max_window, Duration::from_secs(24 * 3600));
+        settings.feeds[0].backfill_max_window = Duration::ZERO;
+        assert_eq!(problem_keys(&settings), ["feeds[0].backfill_max_window"]);
     }
 
     #[test]

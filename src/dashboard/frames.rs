@@ -60,6 +60,11 @@ impl Obj {
         self
     }
 
+    /// `key: true` when `on`, nothing otherwise: a mark that most frames do not carry.
+    pub(crate) fn flag(self, key: &str, on: bool) -> Obj {
+        if on { self.bool(key, true) } else { self }
+    }
+
     /// `null` when not given.
     pub(crate) fn opt_bool(self, key: &str, value: Option<bool>) -> Obj {
         match value {
@@ -153,7 +158,8 @@ pub(crate) fn tick(t: &Tick, state: bool) -> String {
             .int("price", tr.price.0)
             .int("size", tr.size.0)
             .opt_str("taker_side", tr.taker_side.map(side))
-            .opt_bool("block", tr.block),
+            .opt_bool("block", tr.block)
+            .flag("backfill", tr.backfill),
         TickKind::Quote(q) => o
             .opt_int("last", q.last.map(|p| p.0))
             .opt_int("bid", q.bid.map(|p| p.0))
@@ -255,6 +261,23 @@ fn feed_event(o: Obj, e: &FeedEvent) -> Obj {
             .uint("bytes", *bytes)
             .str("text", text)
             .uint("unkept", *unkept),
+        FeedEvent::Backfill(b) => {
+            let o = o
+                .str("event", "backfill")
+                .str("cause", &b.cause)
+                .int("from_us", b.from_us)
+                .int("to_us", b.to_us)
+                .uint("markets", b.markets.len() as u64)
+                .uint("fetched", b.fetched)
+                .uint("found", b.found)
+                .uint("new", b.new)
+                .bool("complete", b.complete)
+                .uint("attempt", u64::from(b.attempt));
+            match &b.error {
+                Some(error) => o.str("error", error),
+                None => o,
+            }
+        }
     }
 }
 
@@ -307,6 +330,7 @@ mod tests {
             size: Qty(30000),
             taker_side: Some(Side::No),
             block: None,
+            backfill: false,
         }));
         let v = json(&super::tick(&t, false));
         assert_eq!(v["type"], "trade");

@@ -228,7 +228,7 @@ pub struct FrozenMarket {
 /// The trades of one market that tickd may have missed while it was frozen: from the
 /// exchange's time of the last trade tickd received for it (or, without one, from when the
 /// connection began following it) to when it was found frozen. What the backfill of trades
-/// takes; the feed hands it over in `FeedActor::backfill_frozen`.
+/// takes; the feed hands it to its backfill in `FeedActor::backfill_frozen`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BackfillWindow {
     /// The market.

@@ -18,7 +18,16 @@
 //! Callers hold a [`FeedHandle`]: change the market list (applied live, or queued while
 //! disconnected), read the list and the current books, and ask for fresh snapshots of the books
 //! (for a consumer that lost its copy).
+//!
+//! With a backfill ([`FeedContext::backfill`]), the actor hands it every window in which its
+//! trades may have been missed, without waiting for it: from the last frame before a
+//! disconnect to the first trade after the resubscribe (or, on a connection with no trade
+//! then, [`QUIET_AFTER_LIVE`] after it is live again), from the trade before a gap on the
+//! `trade` channel to the trade after it, and, for each market it follows for the first time,
+//! from its newest stored trade (tickd's start; markets added later once their subscription
+//! had time to be acknowledged).
 
+pub mod backfill;
 pub mod backoff;
 pub mod discovery;
 pub mod frozen;
@@ -58,6 +67,7 @@ use crate::telemetry::alerts::{
 use crate::telemetry::log::{conn_span, log_counts};
 use crate::telemetry::metrics::{FeedMetrics, FeedState};
 use crate::tick::{BookSnapshot, ConnId, FeedEvent, Name, Tick, TickKind, now_micros, recv_micros};
+use backfill::{BackfillHandle, Cause, Window};
 use backoff::Backoff;
 use frozen::{
     BackfillWindow, CheckRest, Fetched, FrozenMarket, FrozenWatch, Local, SCAN_EVERY, Seen, Verdict, Wanted,
@@ -73,6 +83,11 @@ const BURST: usize = 64;
 
 /// How long a clean close may take at shutdown before the socket is simply dropped.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A connection live again that received no trade for this long closes its backfill window
+/// there (the `trade` subscription was acknowledged before it went live, so every later trade
+/// comes live). Checked with the connection's own pings.
+pub const QUIET_AFTER_LIVE: Duration = Duration::from_secs(2);
 
 /// Frames larger than this break the connection inside the WebSocket library; frames between
 /// `max_frame_bytes` and this are read, counted and dropped so the connection goes on.
@@ -247,6 +262,9 @@ pub struct FeedContext {
     /// The feed's REST client and its checks' share of the budget, for the frozen-market
     /// check; `None` turns the check off (a feed without REST).
     pub checks: Option<CheckRest>,
+    /// The feed's backfill, which this connection tells about the windows it may have missed
+    /// trades in; `None` when the feed does not backfill.
+    pub backfill: Option<BackfillHandle>,
 }
 
 enum FeedCommand {
@@ -347,6 +365,35 @@ struct FeedActor {
     watch: Option<FrozenWatch>,
     /// Checks of quiet markets in flight (REST calls), dropped (aborted) with the connection.
     checks: JoinSet<Fetched>,
+    /// Windows not yet handed to the backfill.
+    missed: Missed,
+}
+
+/// The windows in which a connection may have missed trades, until they are handed to the
+/// feed's backfill.
+#[derive(Debug, Default)]
+struct Missed {
+    /// Lost since this time (µs, the last frame before the disconnect); closed after the
+    /// resubscribe.
+    open_from_us: Option<i64>,
+    /// Markets followed but never backfilled by this connection (at start, or added since).
+    fresh: Vec<String>,
+    /// Not before then: markets added live wait for their subscription to be acknowledged.
+    fresh_due: Option<Instant>,
+    /// When the connection first followed the oldest of `fresh` (µs): the newest trade
+    /// stored before then is where their backfill starts.
+    fresh_since_us: Option<i64>,
+    /// Markets already handed over as fresh ones.
+    started: HashSet<String>,
+    /// When the current connection went live (µs and instant).
+    live_at: Option<(i64, Instant)>,
+    /// Exchange time (µs) of the last trade received on the current connection.
+    last_trade_us: Option<i64>,
+    /// When the current connection opened (µs).
+    connected_us: i64,
+    /// A gap on the `trade` channel (sid, expected, got, from µs) waiting for the trade that
+    /// shows where it ends.
+    gap: Option<(u64, u64, u64, i64)>,
 }
 
 impl FeedActor {
@@ -369,6 +416,9 @@ impl FeedActor {
         );
         ctx.metrics.markets.store(cfg.markets.len() as u64, Ordering::Relaxed);
         let watch = (!s.market_quiet_after.is_zero()).then(|| FrozenWatch::new(s.market_quiet_after));
+        // Every market is new to a connection that starts: its trades since the newest stored
+        // one are asked for once it is live.
+        let markets_for_backfill = cfg.markets.clone();
         let backoff = match ctx.jitter_seed {
             Some(seed) => Backoff::seeded(s.backoff.clone(), seed),
             None => Backoff::new(s.backoff.clone()),
@@ -405,6 +455,7 @@ impl FeedActor {
             adopted_book_alert,
             watch,
             checks: JoinSet::new(),
+            missed: Missed { fresh: markets_for_backfill, ..Missed::default() },
         }
     }
 
@@ -431,6 +482,13 @@ impl FeedActor {
                 Ok(ws) => {
                     FeedMetrics::inc(&self.ctx.metrics.connects);
                     info!("Connected.");
+                    self.missed.live_at = None;
+                    self.missed.last_trade_us = None;
+                    self.missed.gap = None;
+                    self.missed.connected_us = now_micros();
+                    if self.missed.fresh_since_us.is_none() && !self.missed.fresh.is_empty() {
+                        self.missed.fresh_since_us = Some(self.missed.connected_us);
+                    }
                     self.ctx.metrics.set_state(FeedState::Subscribing);
                     self.publish_event(FeedEvent::Connected).await;
                     let ended = self.run_connection(ws).await;
@@ -446,6 +504,7 @@ impl FeedActor {
                         self.publish_event(FeedEvent::Disconnected { reason: ended.to_string() }).await;
                         return self.stopped();
                     }
+                    self.missed_since_disconnect();
                     warn!(reason = %ended, "Disconnected.");
                     self.publish_event(FeedEvent::Disconnected { reason: ended.to_string() }).await;
                 }
@@ -627,11 +686,13 @@ impl FeedActor {
                         return e;
                     }
                 }
-                // Our own ping, so that a quiet but healthy connection still shows life.
+                // Our own ping, so that a quiet but healthy connection still shows life; and
+                // backfill windows of a connection with no trade since it is live close here.
                 _ = ping.tick() => {
                     if let Err(e) = sink.send(Message::Ping(Default::default())).await {
                         return Ended::Error(e.to_string());
                     }
+                    self.hand_over_windows(false);
                 }
                 // Nothing heard for the whole window: the socket is half-open or the peer hung.
                 _ = &mut dead => {
@@ -736,6 +797,20 @@ impl FeedActor {
         match cmd {
             FeedCommand::SetMarkets(markets) => {
                 info!(markets = markets.len(), "Market list changed.");
+                if self.ctx.backfill.is_some() {
+                    let m = &mut self.missed;
+                    let wanted: HashSet<&String> = markets.iter().collect();
+                    m.fresh.retain(|x| wanted.contains(x));
+                    m.started.retain(|x| wanted.contains(x));
+                    let known: HashSet<String> = m.fresh.iter().chain(&m.started).cloned().collect();
+                    let added: Vec<String> =
+                        markets.iter().filter(|x| !known.contains(*x)).cloned().collect();
+                    if !added.is_empty() {
+                        m.fresh_since_us.get_or_insert_with(now_micros);
+                        m.fresh.extend(added);
+                        m.fresh_due = Some(Instant::now() + self.cfg.settings.ack_timeout);
+                    }
+                }
                 self.ctx.metrics.markets.store(markets.len() as u64, Ordering::Relaxed);
                 self.cfg.markets = markets;
                 self.session.set_markets(&self.cfg.markets, Instant::now(), &mut self.out);
@@ -773,12 +848,18 @@ impl FeedActor {
 
     /// Publishes the session's ticks, in order, then raises or resolves its alerts.
     async fn publish_ticks(&mut self) {
-        for tick in self.out.ticks.drain(..) {
+        let mut ticks = std::mem::take(&mut self.out.ticks);
+        if self.ctx.backfill.is_some() {
+            self.watch_for_backfill(&ticks);
+        }
+        for tick in ticks.drain(..) {
             if let TickKind::Feed(event) = &tick.kind {
                 debug!(?event, "Feed event.");
             }
             self.ctx.bus.publish(Arc::new(tick)).await;
         }
+        // The emptied vector goes back, keeping its allocation.
+        self.out.ticks = ticks;
         for action in std::mem::take(&mut self.out.alerts) {
             match action {
                 AlertAction::Raise { kind, message } => {
@@ -938,17 +1019,21 @@ impl FeedActor {
         self.out.alerts.push(AlertAction::Raise { kind: MARKET_FROZEN, message });
     }
 
-    /// Hands the trades a frozen market may have missed to the trade backfill: the one place
-    /// that says which market and which window. Without a backfill in this daemon, the window
-    /// is kept in the `market_frozen` row of `feed_events` (`backfill_from_us`,
-    /// `backfill_to_us`) and logged here.
+    /// Hands the trades a frozen market may have missed to the feed's backfill. Without one
+    /// (`backfill = false`, or no `trade` channel) the window is kept in the `market_frozen`
+    /// row of `feed_events` (`backfill_from_us`, `backfill_to_us`) for an operator.
     fn backfill_frozen(&self, window: &BackfillWindow) {
-        info!(
-            market = %window.market,
-            from_us = window.from_us,
-            to_us = window.to_us,
-            "Trades of a frozen market may be missing in this window."
-        );
+        match &self.ctx.backfill {
+            Some(backfill) => {
+                backfill.backfill_market(&self.cfg.conn, &window.market, window.from_us, window.to_us);
+            }
+            None => info!(
+                market = %window.market,
+                from_us = window.from_us,
+                to_us = window.to_us,
+                "Trades of a frozen market may be missing in this window; this feed does not backfill."
+            ),
+        }
     }
 
     /// The connection ended: checks in flight are dropped and the watch starts over on the
@@ -969,6 +1054,103 @@ impl FeedActor {
             None => format!("{}: the connection ended ({ended}); no market of it was frozen", self.cfg.conn),
         };
         self.ctx.alerter.resolve(&self.cfg.conn, MARKET_FROZEN, &message);
+    }
+
+    /// Notes what the backfill needs from ticks about to be published: trades received live,
+    /// when the connection went live, gaps on the `trade` channel and where they end.
+    fn watch_for_backfill(&mut self, ticks: &[Tick]) {
+        let Some(backfill) = &self.ctx.backfill else { return };
+        let mut trade_after_live = false;
+        let mut gaps = Vec::new();
+        let m = &mut self.missed;
+        for tick in ticks {
+            match &tick.kind {
+                TickKind::Trade(t) => {
+                    backfill.saw_live(&t.trade_id);
+                    let at_us = tick.exch_ts.map_or(tick.recv_ts, |ms| ms.saturating_mul(1000));
+                    if let Some((sid, expected, got, from_us)) = m.gap.take() {
+                        gaps.push((Cause::SeqGap { sid, expected, got }, from_us, at_us));
+                    }
+                    m.last_trade_us = Some(at_us);
+                    trade_after_live |= m.live_at.is_some();
+                }
+                TickKind::Feed(FeedEvent::Live) => m.live_at = Some((tick.recv_ts, Instant::now())),
+                TickKind::Feed(FeedEvent::Gap { sid, expected, got })
+                    if self.session.channel_of_sid(*sid) == Some(Channel::Trade) =>
+                {
+                    let from_us = m.last_trade_us.unwrap_or(m.connected_us);
+                    m.gap = Some((*sid, *expected, *got, from_us));
+                }
+                _ => {}
+            }
+        }
+        for (cause, from_us, to_us) in gaps {
+            backfill.submit(Window {
+                conn: self.cfg.conn.clone(),
+                cause,
+                markets: self.cfg.markets.clone(),
+                from_us: Some(from_us),
+                to_us,
+            });
+        }
+        self.hand_over_windows(trade_after_live);
+    }
+
+    /// The connection is gone: trades are missed from its last frame (or from the trade before
+    /// a gap still open) until it is back.
+    fn missed_since_disconnect(&mut self) {
+        if self.ctx.backfill.is_none() {
+            return;
+        }
+        let m = &mut self.missed;
+        let last_frame = self.ctx.metrics.last_frame_us.load(Ordering::Relaxed) as i64;
+        let from = if last_frame > 0 { last_frame } else { m.connected_us };
+        let from = m.gap.take().map_or(from, |(_, _, _, gap_from)| gap_from.min(from));
+        // After failed attempts the window is still the first one.
+        m.open_from_us = Some(m.open_from_us.map_or(from, |open| open.min(from)));
+        m.live_at = None;
+    }
+
+    /// Hands the windows that have ended to the backfill: once the connection is live again
+    /// and a trade came after that (`trade_after_live`) or none came for
+    /// [`QUIET_AFTER_LIVE`].
+    fn hand_over_windows(&mut self, trade_after_live: bool) {
+        let Some(backfill) = &self.ctx.backfill else { return };
+        let m = &mut self.missed;
+        let Some((live_us, live_at)) = m.live_at else { return };
+        let now = Instant::now();
+        if !trade_after_live && now < live_at + QUIET_AFTER_LIVE {
+            return;
+        }
+        let to_us = now_micros().max(live_us);
+        let fresh_due = m.fresh_due.is_none_or(|due| now >= due);
+        if let Some(from_us) = m.open_from_us.take() {
+            let fresh: HashSet<&String> = m.fresh.iter().collect();
+            let markets: Vec<String> =
+                self.cfg.markets.iter().filter(|x| !fresh.contains(x)).cloned().collect();
+            if !markets.is_empty() {
+                backfill.submit(Window {
+                    conn: self.cfg.conn.clone(),
+                    cause: Cause::Disconnect,
+                    markets,
+                    from_us: Some(from_us),
+                    to_us,
+                });
+            }
+        }
+        if fresh_due && !m.fresh.is_empty() {
+            let markets = std::mem::take(&mut m.fresh);
+            m.started.extend(markets.iter().cloned());
+            m.fresh_due = None;
+            let since_us = m.fresh_since_us.take().unwrap_or(m.connected_us);
+            backfill.submit(Window {
+                conn: self.cfg.conn.clone(),
+                cause: Cause::Start { since_us },
+                markets,
+                from_us: None,
+                to_us,
+            });
+        }
     }
 
     async fn publish_event(&self, event: FeedEvent) {

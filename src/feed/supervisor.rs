@@ -15,6 +15,11 @@
 //! connections check their quiet markets with it ([`crate::feed::frozen`]), within one share
 //! of its budget for all of them together.
 //!
+//! A feed with `backfill` (and the `trade` channel) gets a backfill task ([`backfill`]) in
+//! the same `JoinSet`, which its connections hand the windows they may have missed trades in;
+//! it runs with the feed's REST client and the store's database as they were at the feed's
+//! start.
+//!
 //! A feed with `series` or `events` also gets a discovery task ([`discovery`]) in the same
 //! `JoinSet`: it sends the markets it finds, and the supervisor follows the feed's `markets`
 //! together with them, applied like a reload's market changes. A reload that changes what
@@ -32,12 +37,14 @@ use tracing::{error, info, warn};
 
 use crate::bus::Bus;
 use crate::config::{FeedSettings, Settings};
+use crate::feed::backfill::{self, BackfillContext, BackfillHandle};
 use crate::feed::discovery::{self, Discovered, DiscoveryConfig, DiscoveryContext};
 use crate::feed::frozen::CheckRest;
 use crate::feed::{Connect, FeedConfig, FeedContext, FeedExit, FeedHandle, feed};
 use crate::kalshi::rest::{RestClient, RestConfig};
 use crate::kalshi::sign::Credentials;
 use crate::telemetry::alerts::Alerter;
+use crate::telemetry::backfill::BackfillFeeds;
 use crate::telemetry::metrics::FeedMetrics;
 use crate::telemetry::rest::RestFeeds;
 use crate::tick::{ConnId, Name};
@@ -86,6 +93,11 @@ pub struct SupervisorDeps {
     pub handles: Handles,
     /// Where each feed's REST telemetry is listed (the daemon's health).
     pub rest: RestFeeds,
+    /// Where each feed's backfill telemetry is listed (the daemon's health).
+    pub backfill: BackfillFeeds,
+    /// The store's database, for the backfill's reads (newest stored trade per market,
+    /// trades stored already); `None` without a store.
+    pub pool: Option<sqlx::PgPool>,
 }
 
 /// A running connection as the supervisor sees it.
@@ -155,6 +167,16 @@ pub struct Supervisor {
     /// Discovery tasks send here; the receiver is taken by `run`.
     discovered_tx: mpsc::Sender<Discovered>,
     discovered_rx: Option<mpsc::Receiver<Discovered>>,
+    /// Each backfilling feed's backfill, by feed name.
+    backfills: BTreeMap<String, BackfillRun>,
+}
+
+/// A feed's running backfill.
+struct BackfillRun {
+    handle: BackfillHandle,
+    /// Its task in the actors' `JoinSet`.
+    task: Id,
+    cancel: CancellationToken,
 }
 
 impl Supervisor {
@@ -177,6 +199,7 @@ impl Supervisor {
             discovery_runs: 0,
             discovered_tx,
             discovered_rx: Some(discovered_rx),
+            backfills: BTreeMap::new(),
         };
         for feed in &settings.feeds {
             sup.start_feed(feed.clone())?;
@@ -250,6 +273,14 @@ impl Supervisor {
             Err(e) => (e.id(), Err(e)),
         };
         let Some(name) = self.task_ids.remove(&task) else {
+            if let Some((feed, _)) = self.backfills.iter().find(|(_, b)| b.task == task)
+                && let Err(e) = &outcome
+                && e.is_panic()
+            {
+                // Its connections' windows are counted as dropped from now on; a restart
+                // starts it again.
+                error!(feed, error = %e, "Backfill panicked; this feed's missed trades are no longer fetched.");
+            }
             self.on_discovery_joined(task, outcome.err());
             return None;
         };
@@ -283,6 +314,7 @@ impl Supervisor {
     fn start_feed(&mut self, settings: FeedSettings) -> Result<(), SupervisorError> {
         let credentials = load_credentials(&settings)?;
         self.set_rest_client(&settings, credentials.clone());
+        self.start_backfill(&settings);
         self.start_discovery(&settings);
         let shards = shard(&settings.markets, settings.max_markets_per_connection);
         for (n, markets) in shards.into_iter().enumerate() {
@@ -316,6 +348,39 @@ impl Supervisor {
                 self.checks.remove(&settings.name);
             }
         }
+    }
+
+    /// Starts the feed's backfill when it has `backfill`, the `trade` channel and a REST
+    /// client.
+    fn start_backfill(&mut self, settings: &FeedSettings) {
+        if !settings.backfill || !settings.channels.iter().any(|c| c == "trade") {
+            return;
+        }
+        let Some(rest) = self.rest.get(&settings.name).cloned() else {
+            error!(feed = settings.name, "No REST client: trades missed by the stream cannot be backfilled.");
+            return;
+        };
+        let cancel = self.deps.shutdown.child_token();
+        let feed = Name::from(settings.name.as_str());
+        let ctx = BackfillContext {
+            metrics: self.deps.backfill.register(&feed),
+            feed,
+            bus: self.deps.bus.clone(),
+            rest,
+            pool: self.deps.pool.clone(),
+            shutdown: cancel.clone(),
+            max_window: settings.backfill_max_window,
+        };
+        let (handle, run) = backfill::backfill(ctx);
+        // In the actors' JoinSet, so that the stop waits for it (it publishes on the bus).
+        let task = self
+            .tasks
+            .spawn(async move {
+                run.await;
+                FeedExit::Shutdown
+            })
+            .id();
+        self.backfills.insert(settings.name.clone(), BackfillRun { handle, task, cancel });
     }
 
     /// Starts (or restarts) the feed's discovery when it follows series or events; stops it
@@ -440,6 +505,7 @@ impl Supervisor {
             alerter: self.alerter.clone(),
             jitter_seed: self.deps.jitter_seed,
             checks: self.checks.get(cfg.conn.feed.as_ref()).cloned(),
+            backfill: self.backfills.get(&*cfg.conn.feed).map(|b| b.handle.clone()),
         };
         let (handle, run) = feed(cfg.clone(), ctx);
         let task = self
@@ -484,6 +550,10 @@ impl Supervisor {
                 self.checks.remove(&feed.name);
                 self.deps.rest.remove(&feed.name);
                 self.stop_discovery(&feed.name);
+                if let Some(b) = self.backfills.remove(&feed.name) {
+                    b.cancel.cancel();
+                    self.deps.backfill.remove(&feed.name);
+                }
             }
         }
         for new in &settings.feeds {

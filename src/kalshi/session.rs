@@ -376,6 +376,12 @@ impl Session {
         self.live
     }
 
+    /// The channel a subscription id of the current connection carries (a gap on the `trade`
+    /// channel means trades were lost).
+    pub fn channel_of_sid(&self, sid: u64) -> Option<Channel> {
+        self.sid_index.get(&sid).map(|&i| self.subs[i].channel)
+    }
+
     /// The current book of a market, if one was built from a snapshot and is not stale.
     pub fn book(&self, market: &str) -> Option<BookSnapshot> {
         self.books.get(market).filter(|b| b.fresh).map(|b| b.book.snapshot())
@@ -837,6 +843,7 @@ impl Session {
                         size: count,
                         taker_side,
                         block,
+                        backfill: false,
                     };
                     FeedMetrics::inc(&self.metrics.trades);
                     let market = self.intern(market);

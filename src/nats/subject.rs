@@ -157,6 +157,7 @@ mod tests {
             size: Qty(100),
             taker_side: None,
             block: None,
+            backfill: false,
         })
     }
 

@@ -14,6 +14,7 @@ use crate::bus::BusCounters;
 use crate::feed::supervisor::Handles;
 use crate::store::StoreMetrics;
 use crate::telemetry::alerts::AlertRegistry;
+use crate::telemetry::backfill::BackfillFeeds;
 use crate::telemetry::metrics::{DashboardMetrics, FeedMetrics, FeedMetricsSnapshot, FeedState};
 use crate::telemetry::rest::{RestFeeds, RestMetrics};
 use crate::tick::{ConnId, Name, now_micros};
@@ -33,6 +34,8 @@ pub struct Health {
     pub alerts: AlertRegistry,
     /// Every feed's REST telemetry (the supervisor registers each feed's client).
     pub rest: RestFeeds,
+    /// Every feed's backfill telemetry (the supervisor registers each feed's backfill).
+    pub backfill: BackfillFeeds,
 }
 
 /// One feed connection as it was read.

@@ -26,6 +26,7 @@ pub fn render(src: &Health) -> String {
     let snapshot = src.snapshot();
     feeds(&mut out, &snapshot);
     rest(&mut out, &snapshot);
+    backfill(&mut out, src);
     let bus = src.bus.stats();
     out.single("tickd_bus_published_total", "counter", "Ticks published by the feeds.", bus.published);
     out.single(
@@ -341,6 +342,75 @@ fn rest(out: &mut Exposition, snapshot: &HealthSnapshot) {
     for r in &snapshot.rest {
         let secs = r.failing_since_us.map_or(0.0, |since| (snapshot.at_us - since).max(0) as f64 / 1e6);
         out.sample("tickd_rest_failing_seconds", &[("feed", &*r.feed)], secs);
+    }
+}
+
+/// Each feed's backfill: windows and what they recovered.
+fn backfill(out: &mut Exposition, src: &Health) {
+    use crate::telemetry::backfill::BackfillMetrics as B;
+    type Read = fn(&B) -> u64;
+    let families: [(&str, &str, &str, Read); 9] = [
+        (
+            "tickd_backfill_windows_total",
+            "counter",
+            "Windows in which trades may have been missed (disconnects, trade-channel gaps, starts) given to the backfill.",
+            |m| B::get(&m.windows),
+        ),
+        (
+            "tickd_backfill_windows_completed_total",
+            "counter",
+            "Windows whose trades were fetched over the REST API for every market.",
+            |m| B::get(&m.completed),
+        ),
+        (
+            "tickd_backfill_failures_total",
+            "counter",
+            "Backfill attempts that failed (REST API or database away); each is tried again later.",
+            |m| B::get(&m.failed_attempts),
+        ),
+        (
+            "tickd_backfill_windows_abandoned_total",
+            "counter",
+            "Windows given up incomplete, older than backfill_max_window; they stay missing in gaps().",
+            |m| B::get(&m.abandoned),
+        ),
+        (
+            "tickd_backfill_windows_dropped_total",
+            "counter",
+            "Windows not taken because the backfill queue was full; they stay missing in gaps().",
+            |m| B::get(&m.dropped),
+        ),
+        (
+            "tickd_backfill_windows_pending",
+            "gauge",
+            "Windows queued, being fetched or waiting to be tried again.",
+            |m| B::get(&m.pending),
+        ),
+        (
+            "tickd_backfill_trades_found_total",
+            "counter",
+            "Trades the REST API listed in backfilled windows.",
+            |m| B::get(&m.trades_found),
+        ),
+        (
+            "tickd_backfill_trades_new_total",
+            "counter",
+            "Backfilled trades tickd had neither stored nor received, recorded with source 'rest'.",
+            |m| B::get(&m.trades_new),
+        ),
+        (
+            "tickd_backfill_trades_untimed_total",
+            "counter",
+            "Listed trades left out because the REST API gave no execution time.",
+            |m| B::get(&m.trades_untimed),
+        ),
+    ];
+    let feeds = src.backfill.all();
+    for (name, kind, help, read) in families {
+        out.header(name, kind, help);
+        for (feed, m) in &feeds {
+            out.sample(name, &[("feed", feed)], read(m));
+        }
     }
 }
 
@@ -707,6 +777,11 @@ mod tests {
                 m.request(Endpoint::Trades, Outcome::RateLimited);
                 m.call_failed(crate::tick::now_micros() - 5_000_000, "HTTP 503");
                 rest
+            },
+            backfill: {
+                let backfill = crate::telemetry::backfill::BackfillFeeds::default();
+                backfill.register(&crate::tick::Name::from("kalshi"));
+                backfill
             },
             alerts: {
                 let registry = crate::telemetry::alerts::AlertRegistry::default();

@@ -72,6 +72,11 @@ pub struct Trades {
     pub taker_yes: Vec<Option<bool>>,
     /// Block trades (`None`: not given).
     pub block: Vec<Option<bool>>,
+    /// Trades recovered over the REST API (`source = 'rest'`); the others were received live.
+    /// Absent from spool records of versions without backfill: an array shorter than the
+    /// others reads as `NULL` in the statement, which is stored as `ws`, as those trades were.
+    #[serde(default)]
+    pub rest: Vec<bool>,
 }
 
 /// `quotes` columns; `None` is a value the exchange did not give (SQL `NULL`).
@@ -320,6 +325,7 @@ impl Batch {
                 self.trades.size.push(t.size.0);
                 self.trades.taker_yes.push(t.taker_side.map(|s| s == Side::Yes));
                 self.trades.block.push(t.block);
+                self.trades.rest.push(t.backfill);
             }
             TickKind::Quote(q) => {
                 push_keys(&mut self.quotes.keys);
@@ -410,6 +416,9 @@ impl Batch {
             }
             FeedEvent::Subscribed { sid, .. } | FeedEvent::Resynced { sid } => {
                 (None, Some(to_i64(*sid)), None, None)
+            }
+            FeedEvent::Backfill(b) => {
+                (b.error.clone(), b.sid.map(to_i64), b.expected.map(to_i64), b.got.map(to_i64))
             }
             FeedEvent::Connecting { .. }
             | FeedEvent::Connected
@@ -521,9 +530,14 @@ impl Batch {
             into.recv_ts.extend(recv_ts);
         };
 
-        let Trades { keys: k, trade_id, price, size, taker_yes, block } = trades;
+        let Trades { keys: k, trade_id, price, size, taker_yes, block, mut rest } = trades;
+        // Records of versions without backfill carry no `rest`: their trades were received
+        // live. Both sides are filled out so that the merged column stays aligned.
+        rest.resize(trade_id.len(), false);
+        self.trades.rest.resize(self.trades.trade_id.len(), false);
         keys(&mut self.trades.keys, k);
         let t = &mut self.trades;
+        t.rest.extend(rest);
         t.trade_id.extend(trade_id);
         t.price.extend(price);
         t.size.extend(size);
@@ -696,6 +710,7 @@ mod tests {
                         size: Qty(100),
                         taker_side: Some(Side::Yes),
                         block: None,
+                        backfill: i % 8 == 0,
                     }),
                     1 => TickKind::Quote(Quote { bid: Some(Price(4_700)), ..Quote::default() }),
                     2 => TickKind::Market(MarketInfo {

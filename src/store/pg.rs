@@ -174,6 +174,7 @@ const EXPECTED: &[(&str, &[(&str, &str)])] = &[
             ("size", "bigint"),
             ("taker_side", "text"),
             ("block", "boolean"),
+            ("source", "text"),
         ],
     ),
     (
@@ -352,13 +353,14 @@ pub struct Inserted {
 const WRITE_SQL_TEMPLATE: &str = "
 WITH n AS (SELECT $1::text[] AS names),
 t AS (
-    INSERT INTO trades (feed, market, trade_id, exch_ts, recv_ts, price, size, taker_side, block)
+    INSERT INTO trades (feed, market, trade_id, exch_ts, recv_ts, price, size, taker_side, block, source)
     SELECT n.names[c.f], n.names[c.m], c.id, c.et, c.rt, c.p, c.s,
-           CASE c.ty WHEN true THEN 'yes' WHEN false THEN 'no' END, c.b
+           CASE c.ty WHEN true THEN 'yes' WHEN false THEN 'no' END, c.b,
+           CASE WHEN c.src THEN 'rest' ELSE 'ws' END
     FROM n, (SELECT unnest($2::int4[]) AS f, unnest($3::int4[]) AS m, unnest($4::text[]) AS id,
                     unnest($5::timestamptz[]) AS et, unnest($6::timestamptz[]) AS rt,
                     unnest($7::int8[]) AS p, unnest($8::int8[]) AS s, unnest($9::bool[]) AS ty,
-                    unnest($10::bool[]) AS b) AS c
+                    unnest($10::bool[]) AS b, unnest($59::bool[]) AS src) AS c
     ON CONFLICT DO NOTHING RETURNING 1),
 q AS (
     INSERT INTO quotes (feed, market, exch_ts, recv_ts, last, bid, ask, bid_size, ask_size,
@@ -600,6 +602,7 @@ async fn write_with(pool: &PgPool, b: &Batch, sql: &'static str) -> Result<Inser
         .bind(markets.iter().map(|m| m.1).collect::<Vec<_>>())
         .bind(markets.iter().map(|m| Ts(m.2)).collect::<Vec<_>>())
         .bind(markets.iter().map(|m| Ts(m.3)).collect::<Vec<_>>())
+        .bind(&t.rest)
         .fetch_one(pool)
         .await
         .map_err(classify)?;
@@ -679,4 +682,52 @@ pub async fn within<T>(
     fut: impl Future<Output = Result<T, StoreError>>,
 ) -> Result<T, StoreError> {
     tokio::time::timeout(limit, fut).await.unwrap_or(Err(StoreError::Timeout(limit)))
+}
+
+/// The exchange time (µs since the epoch) of each market's newest trade among those stored
+/// that were received before `received_before_us` (tickd's clock: before this process
+/// followed the market, so not one it has received since), for those of `markets` that have
+/// one: where a backfill at start begins. One index scan per market (`trades_market_time`),
+/// newest first.
+pub async fn newest_trades(
+    pool: &PgPool,
+    markets: &[String],
+    received_before_us: i64,
+) -> Result<std::collections::HashMap<String, i64>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT m.market, (extract(epoch FROM t.exch_ts) * 1000000)::bigint \
+         FROM unnest($1::text[]) AS m(market) \
+         CROSS JOIN LATERAL (SELECT exch_ts FROM trades WHERE trades.market = m.market \
+                             AND recv_ts < $2 ORDER BY exch_ts DESC LIMIT 1) t",
+    )
+    .bind(markets)
+    .bind(Ts(received_before_us))
+    .fetch_all(pool)
+    .await
+    .map_err(classify)?;
+    Ok(rows.iter().map(|r| (r.get::<String, _>(0), r.get::<i64, _>(1))).collect())
+}
+
+/// Which of `trade_ids` are stored already, looking at trades between `from_us` and `to_us`
+/// (µs since the epoch, inclusive; the trades' exchange times, so that only their partitions
+/// are searched).
+pub async fn stored_trades(
+    pool: &PgPool,
+    trade_ids: &[String],
+    from_us: i64,
+    to_us: i64,
+) -> Result<std::collections::HashSet<String>, StoreError> {
+    if trade_ids.is_empty() {
+        return Ok(Default::default());
+    }
+    sqlx::query_scalar(
+        "SELECT trade_id FROM trades WHERE trade_id = ANY($1) AND exch_ts >= $2 AND exch_ts <= $3",
+    )
+    .bind(trade_ids)
+    .bind(Ts(from_us))
+    .bind(Ts(to_us))
+    .fetch_all(pool)
+    .await
+    .map(|ids: Vec<String>| ids.into_iter().collect())
+    .map_err(classify)
 }

@@ -235,6 +235,7 @@ impl Harness {
             alerter: Alerter::new(alert_command),
             jitter_seed: Some(7),
             checks: None,
+            backfill: None,
         };
         let ticks = Collected::default();
         let sink = ticks.clone();

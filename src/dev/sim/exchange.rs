@@ -475,6 +475,11 @@ impl Exchange {
         self.trades.page(market, before, from_ms, to_ms, limit)
     }
 
+    /// Every kept trade, oldest first: what the exchange executed, whoever was connected.
+    pub fn trades_kept(&self) -> impl Iterator<Item = &Arc<StoredTrade>> + '_ {
+        self.trades.all.iter()
+    }
+
     /// Creates a market (its book seeded by the seed and its name), open from `ts_ms` for a
     /// day, and returns its `created` and `activated` lifecycle updates, preceded by its
     /// event's `event_lifecycle` when the event is new; nothing if it already exists, and no

@@ -1,6 +1,12 @@
 //! A Kalshi exchange simulator with fault switches (`tickd sim`): the `trade-api/ws/v2`
 //! WebSocket and the `trade-api/v2` REST market data on one port.
 //!
+//! The exchange trades on its own clock whether or not anyone is connected: while a client is
+//! disconnected, stalled or refused its handshake, trades go on executing, and
+//! `GET /markets/trades` serves them (the same ids, prices and times as the WebSocket would
+//! have sent), so a client can take back what it missed. [`Simulator::trades_executed`] lists
+//! them all.
+//!
 //! It is an independent implementation of the protocol digests (`kalshi-ws-protocol.md` §7,
 //! `kalshi-rest.md` §12): it shares no code with `crate::kalshi`, so tests that run the client
 //! against it cross-check both.
@@ -595,6 +601,23 @@ impl Simulator {
     /// Resumes generating exchange events.
     pub fn resume(&self) {
         self.shared().hub.lock().paused = false;
+    }
+
+    /// Runs `events` exchange events at once, stamped now, as the generator would over time
+    /// (nothing while paused); returns how many ran. For producing a long stretch of trading
+    /// in a short time: a benchmark's outage.
+    pub fn generate(&self, events: u64) -> u64 {
+        let ran = self.shared().hub.generate(events, session::now_ms());
+        self.shared().stats.events_generated.fetch_add(ran, Ordering::Relaxed);
+        ran
+    }
+
+    /// Every trade the exchange executed (the last [`exchange::TRADES_KEPT`]), oldest first:
+    /// market, trade id and execution time (ms), whether or not a client was connected,
+    /// stalled or refused at the time.
+    pub fn trades_executed(&self) -> Vec<(String, String, i64)> {
+        let st = self.shared().hub.lock();
+        st.ex.trades_kept().map(|t| (t.market.to_string(), t.trade.trade_id.clone(), t.trade.ts_ms)).collect()
     }
 
     /// Changes the event rate (events per second, at least 1).
