@@ -8,7 +8,8 @@
 --                    `to_us`, `markets`, `found`, `new`, `complete` in detail (the counts
 --                    cumulative over the window's attempts); `sid`/`expected`/`got` for a
 --                    sequence gap
---   gaps()           a new column `recovered`: a completed backfill covers the window
+--   gaps()           a new column `recovered`: a completed backfill covers the window; a
+--                    new kind `frozen`: a market that stopped updating on a live connection
 --   coverage()       per market: time covered live, windows missing and recovered, trades
 --                    recovered
 
@@ -22,7 +23,7 @@ CREATE FUNCTION tickd_backfilled(w_feed text, w_conn integer, w_market text, w_k
                                  w_started timestamptz, w_ended timestamptz, w_detail jsonb)
 RETURNS boolean
 LANGUAGE sql STABLE AS $$
-    SELECT w_kind IN ('disconnected', 'seq_gap') AND w_ended IS NOT NULL AND EXISTS (
+    SELECT w_kind IN ('disconnected', 'seq_gap', 'frozen') AND w_ended IS NOT NULL AND EXISTS (
         SELECT 1 FROM feed_events b
         WHERE b.event = 'backfill' AND b.feed = w_feed AND b.conn = w_conn
           AND (b.market = '' OR b.market = w_market)
@@ -52,6 +53,9 @@ $$;
 --                 error and text in detail.
 --   store_loss    ticks received but not kept (spool full while the database was away);
 --                 the window and counts come from the record itself.
+--   frozen        one market that stopped updating while its connection stayed live
+--                 (a `market_frozen` row): from its last trade received to when it was
+--                 found frozen (`backfill_from_us`, `backfill_to_us` in detail).
 -- `recovered`: the trades of the window were fetched afterwards from the exchange's REST API
 -- (see tickd_backfilled); book changes of a window are never recovered, its books are
 -- snapshotted again at its end.
@@ -102,6 +106,17 @@ LANGUAGE sql STABLE AS $$
         WHERE e.event = 'store_loss'
     ) l
     WHERE l.started < to_ts AND l.ended >= from_ts
+    UNION ALL
+    SELECT f.feed, f.conn, f.market, 'frozen', f.started, f.ended, f.detail,
+           tickd_backfilled(f.feed, f.conn, f.market, 'frozen', f.started, f.ended, f.detail)
+    FROM (
+        SELECT e.feed, e.conn, e.market, e.detail,
+               timestamptz 'epoch' + (e.detail->>'backfill_from_us')::bigint * interval '1 microsecond' AS started,
+               timestamptz 'epoch' + (e.detail->>'backfill_to_us')::bigint * interval '1 microsecond' AS ended
+        FROM feed_events e
+        WHERE e.event = 'market_frozen'
+    ) f
+    WHERE f.started < to_ts AND f.ended >= from_ts
     ORDER BY 5, 1, 2
 $$;
 
@@ -109,7 +124,8 @@ $$;
 -- first. `coverage(market, from_ts, to_ts)` answers for one market, `coverage(from_ts, to_ts)`
 -- for every market tickd knows (the `markets` table), one row each.
 -- The windows that count are those in which a market's trades may have been missed (gaps()
--- kinds `disconnected`, `seq_gap` on its connection's trade channel, and `store_loss`), of
+-- kinds `disconnected`, `seq_gap` on its connection's trade channel, `store_loss` and
+-- `frozen`), of
 -- the market's feed: a window of the market itself or of a whole connection of its feed.
 -- With several connections per feed, a connection's window counts for every market of the
 -- feed, the careful reading, as the ledger does not say which connection carried a market.
@@ -135,7 +151,7 @@ LANGUAGE sql STABLE AS $$
                g.recovered
         FROM m
         JOIN g ON g.feed = m.feed AND g.market IN ('', m.market)
-        WHERE g.kind IN ('disconnected', 'store_loss')
+        WHERE g.kind IN ('disconnected', 'store_loss', 'frozen')
            OR (g.kind = 'seq_gap' AND (
                 SELECT s.detail->>'channel' FROM feed_events s
                 WHERE s.feed = g.feed AND s.conn = g.conn AND s.event = 'subscribed'
@@ -152,12 +168,13 @@ LANGUAGE sql STABLE AS $$
         FROM w
         GROUP BY w.market
     )
+    -- justify_interval: 1 day less 2 s reads 23:59:58, not "1 day -00:00:02".
     SELECT m.market, m.feed,
-           greatest(to_ts - from_ts, interval '0')
-               - coalesce((SELECT sum(upper(x) - lower(x)) FROM unnest(s.every) x), interval '0'),
+           justify_interval(greatest(to_ts - from_ts, interval '0')
+               - coalesce((SELECT sum(upper(x) - lower(x)) FROM unnest(s.every) x), interval '0')),
            coalesce(s.missing, 0),
            coalesce(s.recovered, 0),
-           coalesce((SELECT sum(upper(x) - lower(x)) FROM unnest(s.lost) x), interval '0'),
+           justify_interval(coalesce((SELECT sum(upper(x) - lower(x)) FROM unnest(s.lost) x), interval '0')),
            (SELECT count(*) FROM trades t
             WHERE t.market = m.market AND t.source = 'rest'
               AND t.exch_ts >= from_ts AND t.exch_ts < to_ts)

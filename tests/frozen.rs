@@ -9,6 +9,7 @@
 
 mod common;
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use common::app::{TestApp, log_text, spawn_app};
@@ -98,10 +99,40 @@ async fn a_frozen_market_among_fifty_live_ones_is_found_resynced_without_a_recon
         book_of(&app, &frozen).await == final_book
     })
     .await;
+    // The trades the exchange executed in the frozen market and never sent to tickd.
+    let sent: HashSet<String> = sim.trades_sent().into_iter().collect();
+    let missed: HashSet<String> = sim
+        .trades_executed()
+        .into_iter()
+        .filter(|(market, id, _)| *market == frozen && !sent.contains(id))
+        .map(|(_, id, _)| id)
+        .collect();
+    let stored_of_frozen = format!("SELECT trade_id || ' ' || source FROM trades WHERE market = '{frozen}'");
+    wait_until("the frozen market's missed trades recovered", NOTICE, || async {
+        let stored: HashSet<String> = texts(&db.url, &stored_of_frozen).await.into_iter().collect();
+        missed.iter().all(|id| stored.contains(&format!("{id} rest")))
+    })
+    .await;
     let counters = [
         metric(addr, r#"tickd_feed_markets_frozen_total{feed="sim",conn="0"}"#).await,
         metric(addr, r#"tickd_feed_markets_frozen{feed="sim",conn="0"}"#).await,
     ];
+    let window = texts(
+        &db.url,
+        &format!(
+            "SELECT kind || ' ' || recovered FROM gaps(now() - interval '1 hour', now()) WHERE market = '{frozen}'"
+        ),
+    )
+    .await;
+    let coverage = texts(
+        &db.url,
+        &format!(
+            "SELECT windows_missing || ' ' || windows_recovered || ' ' || (trades_recovered >= {}) \
+             FROM coverage('{frozen}', now() - interval '1 hour', now())",
+            missed.len()
+        ),
+    )
+    .await;
     let events = feed_events(&db.url).await;
     app.stop(STOP).await.unwrap_or_else(|e| panic!("a clean stop: {e}; log:\n{}", log_text()));
 
@@ -133,6 +164,18 @@ async fn a_frozen_market_among_fifty_live_ones_is_found_resynced_without_a_recon
     assert!(firing[0]["message"].as_str().is_some_and(|m| m.contains(&frozen)), "{}", firing[0]);
     assert_eq!(hooks.accepted().len(), 2, "nothing else was alerted: {:?}", hooks.all());
     assert_eq!(counters, [Some(1.0), Some(0.0)], "found once, none frozen now");
+    // Its trades of the window were recovered over REST, each stored once, and the window is
+    // shown as recovered in gaps() and coverage().
+    assert!(!missed.is_empty(), "the exchange traded the market while it was frozen");
+    let duplicated = texts(
+        &db.url,
+        &format!("SELECT trade_id FROM trades WHERE market = '{frozen}' GROUP BY 1 HAVING count(*) > 1"),
+    )
+    .await;
+    assert_eq!(duplicated, Vec::<String>::new(), "each trade stored once");
+    // Its book was stale until the fresh snapshot came: book changes are never recovered.
+    assert_eq!(window, ["frozen true", "stale false"], "the frozen window, recovered, then the resync");
+    assert_eq!(coverage, ["0 1 true"], "coverage counts the frozen window as recovered");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

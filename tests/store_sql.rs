@@ -879,6 +879,14 @@ async fn every_readme_query_prints_dollars_contracts_and_counts_a_person_reads()
             ("kind", Some("disconnected")),
             ("started", t),
             ("ended", t),
+            ("recovered", Some("false")),
+        ])],
+        vec![row(&[
+            ("market", Some(market)),
+            ("covered_live", Some("23:59:58")),
+            ("windows_missing", Some("1")),
+            ("windows_recovered", Some("0")),
+            ("trades_recovered", Some("0")),
         ])],
         vec![row(&[
             ("event_ticker", Some("KXBTCD-25DEC31")),
