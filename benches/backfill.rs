@@ -14,8 +14,10 @@
 //!    until that many trades were executed (the simulator's clock is real time, so their
 //!    times fall within the few seconds the outage really lasts: the REST listings and pages
 //!    are those of the 10-minute outage, the time span they cover is not);
-//! 2. handshakes are accepted again; from then on the clock runs until the daemon's backfill
-//!    has completed the window (its `completed` counter), and REST requests are counted;
+//! 2. the markets keep trading at a tenth of the rate, handshakes are accepted again, and
+//!    from then on the clock runs until the daemon's backfill has completed the window (its
+//!    `completed` counter), and REST requests are counted; the window closes at the first
+//!    trade after the resubscribe, as on a live exchange;
 //! 3. the trades executed in the outage are looked up in `trades`: recovered / executed.
 //!
 //! Baseline, in the same run and against the same simulator: the same window listed the
@@ -130,7 +132,9 @@ async fn one_run(db_url: &str, markets: usize, rate: u32, per_minute: usize, see
             .filter(|id| !before.contains(id))
             .collect();
     }
-    sim.pause();
+    // Markets keep trading, at a tenth of the rate: the window closes at the first trade
+    // after the resubscribe, as it does on a live exchange.
+    sim.set_rate(200);
     let outage_to_ms = now_micros() / 1000;
     let requests_before = sim.stats().rest_requests;
     let started = Instant::now();

@@ -268,14 +268,14 @@ async fn a_backfill_through_rate_limits_and_server_errors_is_retried_and_complet
 }
 
 #[tokio::test]
-async fn with_the_rest_api_down_a_window_stays_missing_and_is_not_retried_in_a_tight_loop() {
+async fn with_the_rest_api_down_a_window_stays_missing_without_a_tight_loop_and_the_next_start_takes_it_up() {
     // Arrange: tickd live and trading, its start backfill done; then every REST request fails.
     let dir = tempfile::tempdir().expect("temp dir");
     let db = TestDb::new().await;
     let sim = simulator();
     let url = serve(&sim).await;
     let app = daemon(dir.path(), "rest-down", &db, &url).await;
-    start_trading(&app, &sim).await;
+    let before = start_trading(&app, &sim).await;
     wait_backfill_idle(&app, 1).await;
     let requests_before = sim.stats().rest_requests;
     sim.rest_fail(u32::MAX, 503);
@@ -317,4 +317,32 @@ async fn with_the_rest_api_down_a_window_stays_missing_and_is_not_retried_in_a_t
         .expect("coverage")
     };
     assert_eq!((missing, recovered), (1, 0), "coverage of {market}");
+
+    // Then tickd stops with the window still missing, the REST API comes back, and the next
+    // start takes the window up again: every trade of the run is stored once and nothing
+    // stays missing.
+    sim.pause();
+    common::daemon::wait_sent_trades_stored(&sim, &db.url, SETTLE).await;
+    let mut app = app;
+    app.stop(SETTLE).await.expect("a clean stop");
+    drop(app);
+    sim.rest_fail(0, 503);
+    let second = daemon(dir.path(), "rest-back", &db, &url).await;
+    app_resumed(&second, &db.url).await;
+    let (executed, sent) = settle(&second, &sim, &db.url, &before).await;
+    assert_each_once_by_source(&stored_sources(&db.url).await, &executed, &sent);
+    let windows = gap_windows(&db.url).await;
+    assert!(!windows.iter().any(|(_, recovered)| !recovered), "every window recovered: {windows:?}");
+}
+
+/// Waits until the first `disconnect` window, left incomplete by an earlier run, is complete.
+async fn app_resumed(app: &TestApp, url: &str) {
+    app.wait_until("the earlier run's window taken up and complete", BACKFILLED, || async {
+        gap_windows(url)
+            .await
+            .iter()
+            .filter(|(kind, _)| kind == "disconnected")
+            .all(|(_, recovered)| *recovered)
+    })
+    .await;
 }

@@ -22,9 +22,13 @@
 //! own retries) keeps the markets it has not fetched and is tried again after 30 s, 1 min,
 //! 2 min... ([`FIRST_RETRY`] doubling up to [`MAX_RETRY`]): never a tight loop. One that ends
 //! more than `backfill_max_window` ago is given up, and a window reaching further back is
-//! fetched only from there: both stay missing in `gaps()`. The windows still queued at
-//! shutdown are not fetched (their gaps stay missing; the next start fetches from the newest
-//! stored trade of each market).
+//! fetched only from there: both stay missing in `gaps()`.
+//!
+//! Windows of earlier runs that are still missing in `gaps()` (queued at shutdown, failing
+//! when tickd stopped, or given up while the REST API was down) are taken up again at start
+//! ([`RESUME_AFTER`] later, once the store has migrated), as far back as `backfill_max_window`:
+//! a disconnect of a whole connection for the markets the feed followed then (the `markets`
+//! table), a sequence gap on the `trade` channel, or a frozen market's window.
 
 use std::collections::{HashSet, VecDeque};
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
@@ -63,6 +67,10 @@ pub const FIRST_RETRY: Duration = Duration::from_secs(30);
 
 /// The longest wait between two attempts at a window.
 pub const MAX_RETRY: Duration = Duration::from_secs(600);
+
+/// How long after the backfill starts it looks for windows of earlier runs still missing:
+/// the store migrates its database first.
+pub const RESUME_AFTER: Duration = Duration::from_secs(5);
 
 /// Kalshi's trade time filters are whole seconds of unknown inclusiveness: a window is asked
 /// for this much wider on each side.
@@ -240,7 +248,9 @@ pub fn backfill(ctx: BackfillContext) -> (BackfillHandle, impl Future<Output = (
     let seen = Arc::new(SeenTrades::default());
     let handle = BackfillHandle { tx, seen: seen.clone(), metrics: ctx.metrics.clone() };
     let span = tracing::info_span!("backfill", feed = %ctx.feed);
-    let actor = Backfiller { ctx, rx, seen, jobs: VecDeque::new(), next_id: 0 };
+    let resume = ctx.pool.is_some().then(|| Resume { due: Instant::now() + RESUME_AFTER, attempt: 0 });
+    let actor =
+        Backfiller { ctx, rx, seen, jobs: VecDeque::new(), next_id: 0, started_us: now_micros(), resume };
     (handle, actor.run().instrument(span))
 }
 
@@ -272,6 +282,16 @@ struct Backfiller {
     /// Windows queued or waiting for their next attempt, in the order they came.
     jobs: VecDeque<Job>,
     next_id: u64,
+    /// When this backfill started (µs): windows that began before are earlier runs'.
+    started_us: i64,
+    /// The look for earlier runs' missing windows, until it has succeeded.
+    resume: Option<Resume>,
+}
+
+/// When to look for earlier runs' missing windows next, and how many looks failed.
+struct Resume {
+    due: Instant,
+    attempt: u32,
 }
 
 /// One market's listing: the market and its start (µs), and its trades or why not.
@@ -294,6 +314,10 @@ impl Backfiller {
                 _ = self.ctx.shutdown.cancelled() => break,
                 // A new window (cancel-safe).
                 Some(window) = self.rx.recv() => self.add(window),
+                // Earlier runs' windows still missing.
+                _ = sleep_until(self.resume.as_ref().map_or_else(Instant::now, |r| r.due)), if self.resume.is_some() => {
+                    self.resume_missing().await;
+                }
                 // A window is due for its (next) attempt.
                 _ = sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {
                     let now = Instant::now();
@@ -315,6 +339,36 @@ impl Backfiller {
         }
         if !self.jobs.is_empty() {
             info!(windows = self.jobs.len(), "Backfill stopped with windows not fetched; they stay missing.");
+        }
+    }
+
+    /// Queues the windows of earlier runs still missing in `gaps()`; on failure (the database
+    /// does not answer) looks again later, like a failed window.
+    async fn resume_missing(&mut self) {
+        let Some(pool) = self.ctx.pool.clone() else { return };
+        let since_us = self.horizon_us();
+        match missing_windows(&pool, &self.ctx.feed, since_us, self.started_us).await {
+            Ok(windows) => {
+                self.resume = None;
+                if !windows.is_empty() {
+                    info!(
+                        windows = windows.len(),
+                        "Taking up windows of earlier runs whose trades are still missing."
+                    );
+                }
+                for window in windows {
+                    BackfillMetrics::add(&self.ctx.metrics.windows, 1);
+                    self.ctx.metrics.pending.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    self.add(window);
+                }
+            }
+            Err(e) => {
+                let Some(resume) = self.resume.as_mut() else { return };
+                resume.attempt += 1;
+                let delay = FIRST_RETRY.saturating_mul(1 << (resume.attempt - 1).min(10)).min(MAX_RETRY);
+                resume.due = Instant::now() + delay;
+                warn!(error = %e, retry_in = ?delay, "Windows of earlier runs not read; looking again later.");
+            }
         }
     }
 
@@ -580,6 +634,63 @@ impl Backfiller {
         };
         self.ctx.bus.publish(Arc::new(tick)).await;
     }
+}
+
+/// The windows of `feed` in `gaps()` that began after `since_us` and before `before_us` (µs
+/// since the epoch), have ended, may have lost trades, and are not recovered: disconnects
+/// (for the markets of the feed known then and not let go), sequence gaps on a `trade`
+/// channel, and frozen markets.
+async fn missing_windows(
+    pool: &PgPool,
+    feed: &str,
+    since_us: i64,
+    before_us: i64,
+) -> Result<Vec<Window>, sqlx::Error> {
+    type Row = (i32, String, String, i64, i64, Option<i64>, Option<i64>, Option<i64>, Vec<String>);
+    let rows: Vec<Row> = sqlx::query_as(
+        "SELECT g.conn, g.market, g.kind, \
+                (extract(epoch FROM g.started) * 1000000)::bigint, \
+                (extract(epoch FROM g.ended) * 1000000)::bigint, \
+                (g.detail->>'sid')::bigint, (g.detail->>'expected')::bigint, (g.detail->>'got')::bigint, \
+                CASE WHEN g.market <> '' THEN ARRAY[g.market] \
+                     ELSE ARRAY(SELECT k.market FROM markets k \
+                                WHERE k.feed = g.feed AND k.first_seen <= g.ended \
+                                  AND k.followed IS DISTINCT FROM false \
+                                ORDER BY k.market) END \
+         FROM gaps(to_timestamp($2::double precision / 1e6), to_timestamp($3::double precision / 1e6)) g \
+         WHERE g.feed = $1 AND g.ended IS NOT NULL AND NOT g.recovered \
+           AND g.started >= to_timestamp($2::double precision / 1e6) \
+           AND (g.kind IN ('disconnected', 'frozen') \
+                OR (g.kind = 'seq_gap' AND (\
+                    SELECT s.detail->>'channel' FROM feed_events s \
+                    WHERE s.feed = g.feed AND s.conn = g.conn AND s.event = 'subscribed' \
+                      AND s.sid = (g.detail->>'sid')::bigint AND s.ts <= g.started \
+                    ORDER BY s.ts DESC LIMIT 1) = 'trade')) \
+         ORDER BY g.started",
+    )
+    .bind(feed)
+    .bind(since_us as f64)
+    .bind(before_us as f64)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(conn, market, kind, from_us, to_us, sid, expected, got, markets)| {
+            let cause = match kind.as_str() {
+                "seq_gap" => Cause::SeqGap {
+                    sid: u64::try_from(sid?).ok()?,
+                    expected: u64::try_from(expected?).ok()?,
+                    got: u64::try_from(got?).ok()?,
+                },
+                "frozen" => Cause::Market,
+                _ if market.is_empty() => Cause::Disconnect,
+                // A disconnect names no market; anything else is one market's window.
+                _ => Cause::Market,
+            };
+            let conn = ConnId::new(feed, usize::try_from(conn).ok()?);
+            (!markets.is_empty()).then_some(Window { conn, cause, markets, from_us: Some(from_us), to_us })
+        })
+        .collect())
 }
 
 #[cfg(test)]
