@@ -36,7 +36,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use sqlx::PgPool;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
@@ -136,8 +136,9 @@ pub struct BackfillContext {
     pub feed: Name,
     /// Where recovered trades and ledger rows go.
     pub bus: Bus,
-    /// The feed's REST client (its budget is shared with discovery and the rest).
-    pub rest: RestClient,
+    /// The feed's REST client (its budget is shared with discovery and the rest); a reload
+    /// that changes the feed's REST settings sends the new one, taken from the next listing.
+    pub rest: watch::Receiver<RestClient>,
     /// The store's database, to find the newest stored trade per market and the trades
     /// stored already; `None` without a store (then only the trades seen live are left out,
     /// and start windows have nothing to start from).
@@ -506,7 +507,7 @@ impl Backfiller {
         loop {
             while failure.is_none() && running.len() < FETCHES_IN_FLIGHT {
                 let Some((market, from)) = todo.pop_front() else { break };
-                let rest = self.ctx.rest.clone();
+                let rest = self.ctx.rest.borrow().clone();
                 let filter = TradeFilter {
                     ticker: Some(market.clone()),
                     min_ts: Some((from - EDGE_US).div_euclid(1_000_000)),

@@ -17,8 +17,8 @@
 //!
 //! A feed with `backfill` (and the `trade` channel) gets a backfill task ([`backfill`]) in
 //! the same `JoinSet`, which its connections hand the windows they may have missed trades in;
-//! it runs with the feed's REST client and the store's database as they were at the feed's
-//! start.
+//! it runs with the store's database and the feed's REST client, replaced like the others on
+//! a reload that changes the REST settings.
 //!
 //! A feed with `series` or `events` also gets a discovery task ([`discovery`]) in the same
 //! `JoinSet`: it sends the markets it finds, and the supervisor follows the feed's `markets`
@@ -174,6 +174,8 @@ pub struct Supervisor {
 /// A feed's running backfill.
 struct BackfillRun {
     handle: BackfillHandle,
+    /// Where a reload sends the feed's new REST client.
+    rest: watch::Sender<RestClient>,
     /// Its task in the actors' `JoinSet`.
     task: Id,
     cancel: CancellationToken,
@@ -362,6 +364,7 @@ impl Supervisor {
         };
         let cancel = self.deps.shutdown.child_token();
         let feed = Name::from(settings.name.as_str());
+        let (rest_tx, rest) = watch::channel(rest);
         let ctx = BackfillContext {
             metrics: self.deps.backfill.register(&feed),
             feed,
@@ -380,7 +383,7 @@ impl Supervisor {
                 FeedExit::Shutdown
             })
             .id();
-        self.backfills.insert(settings.name.clone(), BackfillRun { handle, task, cancel });
+        self.backfills.insert(settings.name.clone(), BackfillRun { handle, rest: rest_tx, task, cancel });
     }
 
     /// Starts (or restarts) the feed's discovery when it follows series or events; stops it
@@ -582,6 +585,11 @@ impl Supervisor {
                         match load_credentials(&kept) {
                             Ok(credentials) => {
                                 self.set_rest_client(&kept, credentials);
+                                if let (Some(b), Some(client)) =
+                                    (self.backfills.get(&new.name), self.rest.get(&new.name))
+                                {
+                                    b.rest.send_replace(client.clone());
+                                }
                                 let checks = self.checks.get(&new.name).cloned();
                                 for id in self.conn_ids(&new.name) {
                                     if let Some(conn) = self.conns.get(&id) {
