@@ -210,7 +210,7 @@ impl BackfillHandle {
                 let w = e.into_inner();
                 BackfillMetrics::add(&self.metrics.dropped, 1);
                 warn!(
-                    conn = %w.conn,
+                    conn = w.conn.index,
                     cause = w.cause.as_str(),
                     markets = w.markets.len(),
                     "Backfill queue full; this window's trades stay missing."
@@ -377,7 +377,7 @@ impl Backfiller {
         self.next_id += 1;
         debug!(
             window = self.next_id,
-            conn = %window.conn,
+            conn = window.conn.index,
             cause = window.cause.as_str(),
             markets = window.markets.len(),
             "Backfill window queued."
