@@ -16,6 +16,7 @@ mod history;
 mod http;
 mod hub;
 mod status;
+mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -36,6 +37,7 @@ use crate::ops::health::Health;
 
 pub use crate::telemetry::metrics::DashboardMetrics;
 pub use http::SUBPROTOCOL;
+pub use tls::Certificates;
 
 /// What the server needs from the rest of the daemon.
 pub struct DashboardDeps {
@@ -65,6 +67,8 @@ pub(crate) struct Shared {
     tracker: TaskTracker,
     /// The `seq` of the newest log item.
     head: Arc<AtomicU64>,
+    /// Handshakes every connection first, when the port serves TLS.
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 /// A bound, not yet serving dashboard port.
@@ -73,6 +77,7 @@ pub struct Dashboard {
     addr: SocketAddr,
     settings: Arc<DashboardSettings>,
     token: Option<Secret<String>>,
+    tls: Option<tls::Tls>,
 }
 
 /// Requests queued for the hub.
@@ -105,20 +110,40 @@ fn check_open_files(settings: &DashboardSettings) {
 }
 
 impl Dashboard {
-    /// Binds the port and reads the token. Fails on a taken port or an unreadable token file.
-    pub async fn bind(settings: &DashboardSettings) -> anyhow::Result<Dashboard> {
+    /// Binds the port and reads the token, and the certificate when the port serves TLS.
+    /// Fails on a taken port, an unreadable token file, or a certificate and key that cannot
+    /// be served. `metrics` are the counters the server keeps (the daemon's
+    /// `Health::dashboard`).
+    pub async fn bind(settings: &DashboardSettings, metrics: Arc<DashboardMetrics>) -> anyhow::Result<Dashboard> {
         let token = settings.load_token().map_err(|e| anyhow::anyhow!("dashboard.token_file: {e}"))?;
         anyhow::ensure!(
-            token.is_some() || settings.listen.ip().is_loopback(),
+            token.is_some() || settings.listens_on_loopback(),
             "dashboard.listen {} is not a loopback address and no token is set",
             settings.listen
         );
+        let tls = match settings.tls_paths() {
+            // A few kilobytes read once at start: not worth a blocking-pool thread.
+            Some((cert, key)) => Some(tls::Tls::load(cert, key, metrics)?),
+            None => {
+                anyhow::ensure!(
+                    settings.allow_plaintext || settings.listens_on_loopback(),
+                    "dashboard.listen {} is not a loopback address and the port is not served over TLS",
+                    settings.listen
+                );
+                None
+            }
+        };
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("the dashboard cannot listen on {}", settings.listen))?;
         let addr = listener.local_addr().context("the dashboard's bound address")?;
         check_open_files(settings);
-        Ok(Dashboard { listener, addr, settings: Arc::new(settings.clone()), token })
+        Ok(Dashboard { listener, addr, settings: Arc::new(settings.clone()), token, tls })
+    }
+
+    /// Reads the certificate and key again (SIGHUP); `None` when the port serves plain HTTP.
+    pub fn certificates(&self) -> Option<Certificates> {
+        self.tls.as_ref().map(|tls| tls.certificates.clone())
     }
 
     /// The address actually bound (a `listen` port of 0 picks one).
@@ -153,9 +178,11 @@ impl Dashboard {
             permits: Arc::new(Semaphore::new(self.settings.max_connections)),
             head,
             tracker: TaskTracker::new(),
+            tls: self.tls.map(|tls| tls.acceptor),
         });
         let auth = if shared.token.is_some() { "token required" } else { "no token (loopback only)" };
-        info!(url = %format!("http://{}/", self.addr), auth, "Dashboard listening.");
+        let scheme = if shared.tls.is_some() { "https" } else { "http" };
+        info!(url = %format!("{scheme}://{}/", self.addr), auth, "Dashboard listening.");
         let router = http::router(shared.clone());
         let listener = self.listener;
         let task = tokio::spawn(async move {
