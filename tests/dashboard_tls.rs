@@ -145,7 +145,8 @@ async fn plain_http_and_clients_that_do_not_trust_the_certificate_are_refused_an
         Ok(_) => panic!("a plain ws:// connection to the TLS port was accepted"),
     }
     assert!(stranger.is_err(), "a client that does not trust the certificate connected");
-    let failures = |reason: &str| format!("tickd_dashboard_tls_handshake_failures_total{{reason=\"{reason}\"}}");
+    let failures =
+        |reason: &str| format!("tickd_dashboard_tls_handshake_failures_total{{reason=\"{reason}\"}}");
     assert_eq!(tls_metric(addr, &tls, &failures("plaintext")).await, Some(1.0));
     // The client fails the handshake on its side; the server hears its alert just after.
     wait_until("the failed handshake counted", REPLY, || async {
@@ -245,12 +246,16 @@ fn a_listen_address_other_hosts_reach_needs_tls_or_an_explicit_allow_plaintext()
     for command in ["check-config", "run"] {
         let (code, stderr) = with_dashboard(dir, "plain", command, public);
         assert_eq!(code, Some(2), "tickd {command}: {stderr}");
-        assert!(stderr.contains("invalid `dashboard.listen`: 0.0.0.0:0 is not a loopback address"), "{stderr}");
+        assert!(
+            stderr.contains("invalid `dashboard.listen`: 0.0.0.0:0 is not a loopback address"),
+            "{stderr}"
+        );
         assert!(stderr.contains("allow_plaintext = true") && stderr.contains("tls_cert_file"), "{stderr}");
     }
 
     // Allowed explicitly, or served over TLS; loopback needs neither.
-    let (code, stderr) = with_dashboard(dir, "allowed", "check-config", &format!("{public}allow_plaintext = true"));
+    let (code, stderr) =
+        with_dashboard(dir, "allowed", "check-config", &format!("{public}allow_plaintext = true"));
     assert_eq!(code, Some(0), "{stderr}");
     let tls = tls_lines(dir, &TestCa::new().issue("tickd.test", 2031));
     let (code, stderr) = with_dashboard(dir, "tls", "check-config", &format!("{public}{tls}"));
@@ -294,7 +299,10 @@ fn certificate_files_that_cannot_be_served_are_named_all_at_once() {
     );
     let (code, stderr) = with_dashboard(dir, "mismatch", "check-config", &lines);
     assert_eq!(code, Some(2), "{stderr}");
-    assert!(stderr.contains("invalid `dashboard.tls_key_file`") && stderr.contains("is not the key"), "{stderr}");
+    assert!(
+        stderr.contains("invalid `dashboard.tls_key_file`") && stderr.contains("is not the key"),
+        "{stderr}"
+    );
 
     // A certificate file holding no certificate, and a key without its certificate.
     std::fs::write(&cert, "not a certificate\n").unwrap();

@@ -366,7 +366,10 @@ pub struct DashboardSink {
 
 impl DashboardSink {
     /// Binds the dashboard port of `[dashboard]`; the server counts into `metrics`.
-    pub async fn build(settings: &DashboardSettings, metrics: Arc<DashboardMetrics>) -> anyhow::Result<DashboardSink> {
+    pub async fn build(
+        settings: &DashboardSettings,
+        metrics: Arc<DashboardMetrics>,
+    ) -> anyhow::Result<DashboardSink> {
         let bound = Dashboard::bind(settings, metrics).await?;
         let certificates = bound.certificates();
         Ok(DashboardSink { bound: Some(bound), certificates, closing: CancellationToken::new(), task: None })

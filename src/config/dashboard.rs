@@ -313,7 +313,8 @@ mod tests {
         settings.dashboard.tls_key_file = Some(write("empty.key", ""));
         assert_eq!(problem_keys(&settings), ["dashboard.tls_key_file"], "no key");
         settings.dashboard.tls_key_file = Some(dir.path().join("a.key"));
-        settings.dashboard.tls_cert_file = Some(write("garbage.pem", "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"));
+        settings.dashboard.tls_cert_file =
+            Some(write("garbage.pem", "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"));
         assert_eq!(problem_keys(&settings), ["dashboard.tls_cert_file"], "not a certificate");
         settings.dashboard.tls_cert_file = None;
         assert_eq!(problem_keys(&settings), ["dashboard.tls_cert_file"], "a key alone");

@@ -83,8 +83,9 @@ pub fn load_server_certificate(cert: &Path, key: &Path) -> Result<ServerCertific
         .map_err(|e| bad_cert(format!("its first certificate cannot be parsed: {e}")))?;
     let not_after = parsed.tbs_certificate.validity.not_after.to_unix_duration().as_secs();
     let subject = parsed.tbs_certificate.subject.to_string();
-    let key_der = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| bad_key(pem_reason(e, "PEM private key (`PRIVATE KEY`, `RSA PRIVATE KEY` or `EC PRIVATE KEY`)")))?;
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| {
+        bad_key(pem_reason(e, "PEM private key (`PRIVATE KEY`, `RSA PRIVATE KEY` or `EC PRIVATE KEY`)"))
+    })?;
     let signer = ring::default_provider()
         .key_provider
         .load_private_key(key_der)

@@ -114,7 +114,10 @@ impl Dashboard {
     /// Fails on a taken port, an unreadable token file, or a certificate and key that cannot
     /// be served. `metrics` are the counters the server keeps (the daemon's
     /// `Health::dashboard`).
-    pub async fn bind(settings: &DashboardSettings, metrics: Arc<DashboardMetrics>) -> anyhow::Result<Dashboard> {
+    pub async fn bind(
+        settings: &DashboardSettings,
+        metrics: Arc<DashboardMetrics>,
+    ) -> anyhow::Result<Dashboard> {
         let token = settings.load_token().map_err(|e| anyhow::anyhow!("dashboard.token_file: {e}"))?;
         anyhow::ensure!(
             token.is_some() || settings.listens_on_loopback(),

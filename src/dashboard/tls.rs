@@ -100,12 +100,7 @@ impl Tls {
     pub(crate) fn load(cert: PathBuf, key: PathBuf, metrics: Arc<DashboardMetrics>) -> anyhow::Result<Tls> {
         let loaded = load_server_certificate(&cert, &key)
             .map_err(|e| anyhow::anyhow!("dashboard.{}: {e}", e.setting()))?;
-        let inner = Arc::new(Inner {
-            cert,
-            key,
-            current: RwLock::new(loaded.certified.clone()),
-            metrics,
-        });
+        let inner = Arc::new(Inner { cert, key, current: RwLock::new(loaded.certified.clone()), metrics });
         inner.install(loaded);
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut config = rustls::ServerConfig::builder_with_provider(provider)

@@ -20,7 +20,9 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::handshake::client::{Request, Response};
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::{self, Message};
-use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream, client_async, client_async_tls_with_config};
+use tokio_tungstenite::{
+    Connector, MaybeTlsStream, WebSocketStream, client_async, client_async_tls_with_config,
+};
 
 /// The stream over a TCP connection, or over TLS on one.
 pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -520,7 +522,10 @@ async fn finish_get(
 }
 
 /// Sends `text` on `stream` and reads the response.
-async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(mut tcp: S, text: &str) -> std::io::Result<HttpResponse> {
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    mut tcp: S,
+    text: &str,
+) -> std::io::Result<HttpResponse> {
     tcp.write_all(text.as_bytes()).await?;
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];

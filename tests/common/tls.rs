@@ -88,8 +88,12 @@ pub fn replace(path: &Path, text: &str) {
 }
 
 /// The leaf certificate the TLS port at `addr` presents to a new connection, verified with
-/// `tls`.
+/// `tls`. A full handshake: a resumed session would show the certificate of the session it
+/// resumes.
 pub async fn served_certificate(addr: SocketAddr, tls: Arc<rustls::ClientConfig>) -> CertificateDer<'static> {
+    let mut tls = (*tls).clone();
+    tls.resumption = rustls::client::Resumption::disabled();
+    let tls = Arc::new(tls);
     let tcp = TcpStream::connect(addr).await.unwrap_or_else(|e| panic!("connecting to {addr}: {e}"));
     let name = ServerName::IpAddress(addr.ip().into());
     let stream = tokio_rustls::TlsConnector::from(tls)
