@@ -6,6 +6,9 @@
 //!   reader task ───┘ (commands, rate limit, history)       writer task ──► socket
 //! ```
 //!
+//! With `tls_cert_file` and `tls_key_file` the port speaks only TLS (`tls`: the certificate,
+//! read again on SIGHUP through [`Certificates`]); everything above runs inside the session.
+//!
 //! The protocol is documented in `docs/dashboard.md`. Nothing here can slow a feed or the
 //! store: the hub is a lossy bus consumer, and a client that falls behind the log is resynced
 //! or closed (4008), never waited for.
