@@ -24,8 +24,9 @@
 //!   back on the bus).
 //! - [`store`]: recording ticks in PostgreSQL, with a disk spool for database outages.
 //! - [`nats`]: ticks over NATS JetStream between hosts (subjects and message ids).
-//! - [`dashboard`]: the HTTP port: the page, the live stream for dashboards and bots, and the
-//!   operations endpoints (`/healthz`, `/readyz`, `/metrics`) it serves from [`ops`].
+//! - [`dashboard`]: the HTTP port (over TLS when configured): the page, the live stream for
+//!   dashboards and bots, and the operations endpoints (`/healthz`, `/readyz`, `/metrics`) it
+//!   serves from [`ops`].
 //!
 //! Around it:
 //! - [`config`]: the layered settings tree (defaults < TOML < `TICKD_` environment).

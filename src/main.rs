@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use tickd::config::{ConfigError, LogSettings};
-use tickd::ops::reload::{self, load_settings};
+use tickd::ops::reload::{self, ReloadContext, load_settings};
 use tickd::ops::systemd::Notifier;
 use tickd::telemetry;
 
@@ -129,14 +129,15 @@ fn run(path: Option<PathBuf>) -> ExitCode {
                 return runtime_error(&e);
             }
         };
-        tokio::spawn(reload::reload_configs(
+        tokio::spawn(reload::reload_configs(ReloadContext {
             path,
-            settings,
-            reload_requests,
-            app.reloads(),
+            started: settings,
+            requests: reload_requests,
+            reloads: app.reloads(),
+            certificates: app.certificates(),
             notifier,
-            shutdown.clone(),
-        ));
+            shutdown: shutdown.clone(),
+        }));
         let result = app.run(shutdown.clone()).await;
         // Stops `watch_signals` and the reload task (both end with the token or the stream).
         shutdown.cancel();

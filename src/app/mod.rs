@@ -14,6 +14,7 @@
 pub mod topology;
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -22,6 +23,7 @@ use tracing::{error, warn};
 
 use crate::bus::{Bus, BusBuilder};
 use crate::config::Settings;
+use crate::dashboard::{Certificates, DashboardMetrics};
 use crate::ops::alerts::{self, Thresholds, WatchContext};
 use crate::ops::health::Health;
 use crate::ops::summary::summarize;
@@ -49,6 +51,7 @@ pub struct App {
     health: Health,
     alerts: AlertRegistry,
     addrs: Addrs,
+    certificates: Option<Certificates>,
     notifier: Notifier,
     reload_tx: mpsc::Sender<Settings>,
     reload_rx: mpsc::Receiver<Settings>,
@@ -70,9 +73,12 @@ impl App {
             }
             None => warn!("No [store] configured: ticks are not recorded."),
         }
+        let dashboard_metrics = Arc::new(DashboardMetrics::default());
+        let mut certificates = None;
         if settings.dashboard.enabled {
-            let dashboard = DashboardSink::build(&settings.dashboard).await?;
+            let dashboard = DashboardSink::build(&settings.dashboard, dashboard_metrics.clone()).await?;
             addrs.dashboard = dashboard.local_addr();
+            certificates = dashboard.certificates();
             topology.sink(dashboard);
         }
         let alerts = alerts::start(&settings)?;
@@ -83,7 +89,7 @@ impl App {
             feeds: Default::default(),
             bus: bus.counters(),
             store: store_metrics,
-            dashboard: Default::default(),
+            dashboard: dashboard_metrics,
             alerts: alerts.clone(),
             rest: Default::default(),
             backfill: Default::default(),
@@ -96,6 +102,7 @@ impl App {
             health,
             alerts,
             addrs,
+            certificates,
             notifier: Notifier::disabled(),
             reload_tx,
             reload_rx,
@@ -110,6 +117,12 @@ impl App {
     /// The daemon's health, readable while it runs.
     pub fn health(&self) -> Health {
         self.health.clone()
+    }
+
+    /// Reads the dashboard's TLS certificate and key again, as SIGHUP does; `None` when the
+    /// port serves plain HTTP (or is off).
+    pub fn certificates(&self) -> Option<Certificates> {
+        self.certificates.clone()
     }
 
     /// Where new, already validated settings go (SIGHUP): feeds and their markets change live.

@@ -29,7 +29,7 @@ use tracing::{error, info, warn};
 
 use crate::bus::{Bus, BusBuilder, LossyReceiver};
 use crate::config::{DashboardSettings, Settings, StoreSettings};
-use crate::dashboard::{Dashboard, DashboardDeps};
+use crate::dashboard::{Certificates, Dashboard, DashboardDeps, DashboardMetrics};
 use crate::feed::TcpConnector;
 use crate::feed::supervisor::{Supervisor, SupervisorDeps};
 use crate::ops::health::Health;
@@ -357,16 +357,27 @@ impl Sink for StoreSink {
 pub struct DashboardSink {
     /// Bound at build, so a port already taken stops the start before anything connects.
     bound: Option<Dashboard>,
+    /// The TLS certificate's reloader, kept past `start`.
+    certificates: Option<Certificates>,
     /// Tells the server to close its clients (1001) and stop; cancelled at its stop.
     closing: CancellationToken,
     task: Option<JoinHandle<()>>,
 }
 
 impl DashboardSink {
-    /// Binds the dashboard port of `[dashboard]`.
-    pub async fn build(settings: &DashboardSettings) -> anyhow::Result<DashboardSink> {
-        let bound = Dashboard::bind(settings).await?;
-        Ok(DashboardSink { bound: Some(bound), closing: CancellationToken::new(), task: None })
+    /// Binds the dashboard port of `[dashboard]`; the server counts into `metrics`.
+    pub async fn build(
+        settings: &DashboardSettings,
+        metrics: Arc<DashboardMetrics>,
+    ) -> anyhow::Result<DashboardSink> {
+        let bound = Dashboard::bind(settings, metrics).await?;
+        let certificates = bound.certificates();
+        Ok(DashboardSink { bound: Some(bound), certificates, closing: CancellationToken::new(), task: None })
+    }
+
+    /// Reads the port's certificate again (SIGHUP); `None` when it serves plain HTTP.
+    pub fn certificates(&self) -> Option<Certificates> {
+        self.certificates.clone()
     }
 
     /// The address bound (a `listen` port of 0 picks one).

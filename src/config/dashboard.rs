@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Problems;
 use super::secrets::{Secret, first_line, resolve_key_path};
+use super::tls::{CertificateError, ServerCertificate, load_server_certificate};
 
 /// The dashboard server: one HTTP port with the page (`/`), the live stream (`/ws`), `/healthz`
 /// and `/readyz`.
@@ -23,6 +24,17 @@ pub struct DashboardSettings {
     pub token: Option<Secret<String>>,
     /// A file whose first line is the token; `credential:<name>` under systemd.
     pub token_file: Option<PathBuf>,
+    /// A PEM file with the certificate the port presents, followed by any intermediate
+    /// certificates (the chain, leaf first). With `tls_key_file`, the port serves only `https`
+    /// and `wss`. Read again on SIGHUP; `credential:<name>` under systemd.
+    pub tls_cert_file: Option<PathBuf>,
+    /// The PEM private key of `tls_cert_file`'s certificate (PKCS#8, PKCS#1 or SEC1). Read
+    /// again on SIGHUP; `credential:<name>` under systemd.
+    pub tls_key_file: Option<PathBuf>,
+    /// Serve plain HTTP on a `listen` address that is not loopback. Without TLS, a token (and
+    /// every frame) crosses the network readable by anyone on the path: set this only when the
+    /// path is protected otherwise (a TLS-terminating proxy on a private network).
+    pub allow_plaintext: bool,
     /// Origins (`https://grafana.example.com`) allowed to open `/ws` besides the daemon's own
     /// page. A browser sends `Origin`; any other origin gets 403.
     pub allowed_origins: Vec<String>,
@@ -75,6 +87,9 @@ impl Default for DashboardSettings {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             token: None,
             token_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            allow_plaintext: false,
             allowed_origins: Vec::new(),
             allowed_hosts: Vec::new(),
             max_connections: 1000,
@@ -110,16 +125,61 @@ impl DashboardSettings {
         Ok(Some(Secret::new(first_line(&path)?)))
     }
 
+    /// The paths of `tls_cert_file` and `tls_key_file`, with `credential:<name>` resolved;
+    /// `None` unless both are set.
+    pub fn tls_paths(&self) -> Option<(PathBuf, PathBuf)> {
+        let dir = std::env::var_os("CREDENTIALS_DIRECTORY");
+        let resolve = |file: &std::path::Path| resolve_key_path(file, dir.as_deref());
+        Some((resolve(self.tls_cert_file.as_deref()?), resolve(self.tls_key_file.as_deref()?)))
+    }
+
+    /// The certificate and key of `tls_cert_file` and `tls_key_file`, read and checked
+    /// together; `None` unless both are set. Blocking file I/O.
+    pub fn load_certificate(&self) -> Option<Result<ServerCertificate, CertificateError>> {
+        let (cert, key) = self.tls_paths()?;
+        Some(load_server_certificate(&cert, &key))
+    }
+
+    /// Whether `listen` is a loopback address (`127.0.0.0/8`, `::1`, or `::ffff:127.0.0.1`),
+    /// which only this host can reach.
+    pub fn listens_on_loopback(&self) -> bool {
+        self.listen.ip().to_canonical().is_loopback()
+    }
+
     pub(super) fn validate_into(&self, problems: &mut Problems) {
         if !self.enabled {
             return;
+        }
+        match (&self.tls_cert_file, &self.tls_key_file) {
+            (Some(_), None) => {
+                problems.push("dashboard.tls_key_file", "is missing: `tls_cert_file` needs its private key")
+            }
+            (None, Some(_)) => {
+                problems.push("dashboard.tls_cert_file", "is missing: `tls_key_file` needs its certificate")
+            }
+            _ => {}
+        }
+        if let Some(Err(e)) = self.load_certificate() {
+            problems.push(format!("dashboard.{}", e.setting()), e.to_string());
+        }
+        let tls = self.tls_cert_file.is_some() || self.tls_key_file.is_some();
+        if !tls && !self.allow_plaintext && !self.listens_on_loopback() {
+            problems.push(
+                "dashboard.listen",
+                format!(
+                    "{} is not a loopback address and the port is not served over TLS: set \
+                     `tls_cert_file` and `tls_key_file`, or `allow_plaintext = true` when a \
+                     TLS-terminating proxy is in front (or listen on 127.0.0.1)",
+                    self.listen
+                ),
+            );
         }
         if self.token.is_some() && self.token_file.is_some() {
             problems.push("dashboard.token", "set either `token` or `token_file`, not both");
         }
         match self.load_token() {
             Err(e) => problems.push("dashboard.token_file", e),
-            Ok(None) if !self.listen.ip().is_loopback() => problems.push(
+            Ok(None) if !self.listens_on_loopback() => problems.push(
                 "dashboard.listen",
                 format!(
                     "{} is not a loopback address and no token is set; set `token_file` \
@@ -178,6 +238,7 @@ mod tests {
     fn a_dashboard_off_loopback_needs_a_good_token_and_never_prints_it() {
         let mut settings = valid();
         settings.dashboard.listen = "0.0.0.0:8080".parse().unwrap();
+        settings.dashboard.allow_plaintext = true;
         assert_eq!(problem_keys(&settings), ["dashboard.listen"]);
 
         settings.dashboard.token = Some(Secret::new("short".into()));
@@ -201,6 +262,62 @@ mod tests {
         );
         std::fs::write(&file, "\n").unwrap();
         assert_eq!(problem_keys(&settings), ["dashboard.token_file"], "an empty token file");
+    }
+
+    #[test]
+    fn a_dashboard_off_loopback_needs_tls_unless_plaintext_is_allowed() {
+        let mut settings = valid();
+        settings.dashboard.token = Some(Secret::new("s3cret-token-0123456789".into()));
+        for listen in ["0.0.0.0:8080", "[::]:8080", "10.1.2.3:8080"] {
+            settings.dashboard.listen = listen.parse().unwrap();
+            assert_eq!(problem_keys(&settings), ["dashboard.listen"], "{listen}");
+        }
+        settings.dashboard.allow_plaintext = true;
+        assert_eq!(problem_keys(&settings), Vec::<String>::new());
+        settings.dashboard.allow_plaintext = false;
+        for listen in ["127.0.0.1:8080", "127.0.0.2:8080", "[::1]:8080", "[::ffff:127.0.0.1]:8080"] {
+            settings.dashboard.listen = listen.parse().unwrap();
+            assert_eq!(problem_keys(&settings), Vec::<String>::new(), "{listen}");
+        }
+    }
+
+    #[test]
+    fn a_certificate_and_its_key_are_read_and_checked_together() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            path
+        };
+        let issued = |name: &str| {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+            params.distinguished_name.push(rcgen::DnType::CommonName, name);
+            params.not_after = rcgen::date_time_ymd(2031, 1, 1);
+            (params.self_signed(&key).unwrap().pem(), key.serialize_pem())
+        };
+        let (cert_a, key_a) = issued("a.example");
+        let (_, key_b) = issued("b.example");
+        let mut settings = valid();
+        settings.dashboard.listen = "0.0.0.0:8443".parse().unwrap();
+        settings.dashboard.token = Some(Secret::new("s3cret-token-0123456789".into()));
+        settings.dashboard.tls_cert_file = Some(write("a.pem", &cert_a));
+        settings.dashboard.tls_key_file = Some(write("a.key", &key_a));
+
+        let loaded = settings.dashboard.load_certificate().unwrap().unwrap();
+        assert_eq!((loaded.not_after, loaded.subject.as_str()), (1_924_992_000, "CN=a.example"));
+        assert_eq!(problem_keys(&settings), Vec::<String>::new());
+
+        settings.dashboard.tls_key_file = Some(write("b.key", &key_b));
+        assert_eq!(problem_keys(&settings), ["dashboard.tls_key_file"], "a key of another certificate");
+        settings.dashboard.tls_key_file = Some(write("empty.key", ""));
+        assert_eq!(problem_keys(&settings), ["dashboard.tls_key_file"], "no key");
+        settings.dashboard.tls_key_file = Some(dir.path().join("a.key"));
+        settings.dashboard.tls_cert_file =
+            Some(write("garbage.pem", "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"));
+        assert_eq!(problem_keys(&settings), ["dashboard.tls_cert_file"], "not a certificate");
+        settings.dashboard.tls_cert_file = None;
+        assert_eq!(problem_keys(&settings), ["dashboard.tls_cert_file"], "a key alone");
     }
 
     #[test]

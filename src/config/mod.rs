@@ -11,7 +11,8 @@
 //! This module owns the root of the tree ([`Settings`]), loading, the list of problems that
 //! validation collects and [`ConfigError`]. Each section has its own file with its checks
 //! beside it (`log`, `bus`, `store`, `dashboard`, `alerts`, `feeds`); `secrets` holds
-//! [`Secret`], redaction and `credential:` files, and `reload` names the changed keys that wait
+//! [`Secret`], redaction and `credential:` files, `tls` reads TLS certificates and keys, and
+//! `reload` names the changed keys that wait
 //! for a restart. Every public type is re-exported here: callers write `config::FeedSettings`.
 
 mod alerts;
@@ -23,6 +24,7 @@ mod log;
 mod reload;
 mod secrets;
 mod store;
+mod tls;
 
 use std::collections::HashSet;
 use std::fmt;
@@ -40,6 +42,7 @@ pub use feeds::{BackoffSettings, FeedSettings, GiveUpPolicy, LoadedKey, MARKET_C
 pub use log::{LogFormat, LogSettings};
 pub use secrets::{CREDENTIAL_PREFIX, Secret};
 pub use store::{DatabaseUrl, StoreSettings};
+pub use tls::{CertificateError, ServerCertificate, load_server_certificate};
 
 /// The whole configuration of a tickd process.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]

@@ -8,6 +8,9 @@
 //! as it is accepted, unread and unanswered, and counted: a flood of half-sent requests costs
 //! the daemon a bounded number of sockets, each for a bounded time. A connection leaves the
 //! bound when it closes or is upgraded; a stream client then holds one of `max_connections`.
+//!
+//! On a TLS port (`tls_cert_file`) each connection first completes its handshake, within the
+//! same `header_timeout`, and everything above runs inside the session.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -24,6 +27,7 @@ use axum::routing::get;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
@@ -113,7 +117,8 @@ fn is_connection_error(e: &std::io::Error) -> bool {
 }
 
 /// Serves one connection until it closes, times out, or is upgraded (the stream then runs on
-/// its own task, and `permit` is released).
+/// its own task, and `permit` is released). On a TLS port the handshake comes first, within
+/// the same `header_timeout`.
 async fn connection(
     http: hyper::server::conn::http1::Builder,
     tcp: TcpStream,
@@ -127,21 +132,12 @@ async fn connection(
     metrics.http_connections.fetch_add(1, Ordering::Relaxed);
     // Latency over packet count: frames and answers are small.
     let _ = tcp.set_nodelay(true);
-    let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
-        request.extensions_mut().insert(ConnectInfo(peer));
-        router.clone().call(request)
-    });
-    let conn = http.serve_connection(TokioIo::new(tcp), service).with_upgrades();
-    tokio::pin!(conn);
-    let result = tokio::select! {
-        // The connection's whole life (not cancel-safe, and never cancelled but by `closing`).
-        r = conn.as_mut() => r,
-        // Stopping: finish the request in hand (bounded by header_timeout while reading one),
-        // then close.
-        _ = shared.closing.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
-        }
+    let result = match &shared.tls {
+        None => serve_http(&http, tcp, peer, router, &shared).await,
+        Some(acceptor) => match handshake(acceptor, tcp, peer, &shared).await {
+            Some(tls) => serve_http(&http, tls, peer, router, &shared).await,
+            None => Ok(()),
+        },
     };
     metrics.http_connections.fetch_sub(1, Ordering::Relaxed);
     match result {
@@ -152,6 +148,112 @@ async fn connection(
         }
         Err(e) => debug!(%peer, error = %e, "A dashboard connection ended with an error."),
     }
+}
+
+/// HTTP on `io` (a TCP connection, or the TLS session over one) until it closes, times out,
+/// or is upgraded.
+async fn serve_http<I>(
+    http: &hyper::server::conn::http1::Builder,
+    io: I,
+    peer: SocketAddr,
+    router: Router,
+    shared: &Shared,
+) -> hyper::Result<()>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+        request.extensions_mut().insert(ConnectInfo(peer));
+        router.clone().call(request)
+    });
+    let conn = http.serve_connection(TokioIo::new(io), service).with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        // The connection's whole life (not cancel-safe, and never cancelled but by `closing`).
+        r = conn.as_mut() => r,
+        // Stopping: finish the request in hand (bounded by header_timeout while reading one),
+        // then close.
+        _ = shared.closing.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    }
+}
+
+/// The first byte a TLS client sends: the content type of a handshake record.
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+/// What a client speaking plain HTTP to a TLS port is told before the connection closes.
+const PLAINTEXT_REFUSAL: &[u8] = b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n\
+Content-Length: 47\r\nConnection: close\r\n\r\nThis port speaks TLS: use https:// or wss://.\r\n";
+/// The most a refused plaintext request is read of, so that closing does not reset the
+/// connection before the client reads its answer.
+const PLAINTEXT_DRAIN: u64 = 16 * 1024;
+
+/// How the start of a connection on a TLS port went.
+enum Handshake {
+    /// Done: HTTP follows inside the session.
+    Done(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    /// The client spoke plain HTTP.
+    Plaintext(TcpStream),
+    /// The client closed before sending anything.
+    Closed,
+}
+
+/// The TLS handshake of a new connection, within `header_timeout` (a client that connects and
+/// sends nothing costs a socket for that long at most). A client that speaks plain HTTP
+/// instead gets a 400 saying so. `None` when the connection ends here; counted by why.
+async fn handshake(
+    acceptor: &tokio_rustls::TlsAcceptor,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    shared: &Shared,
+) -> Option<Box<tokio_rustls::server::TlsStream<TcpStream>>> {
+    let metrics = &shared.metrics;
+    let attempt = async {
+        let mut first = [0u8; 1];
+        if tcp.peek(&mut first).await? == 0 {
+            return Ok(Handshake::Closed);
+        }
+        if first[0] != TLS_HANDSHAKE_RECORD {
+            return Ok(Handshake::Plaintext(tcp));
+        }
+        acceptor.accept(tcp).await.map(|tls| Handshake::Done(Box::new(tls)))
+    };
+    let outcome = tokio::select! {
+        // Stopping: a connection still shaking hands has no request in hand to finish.
+        _ = shared.closing.cancelled() => return None,
+        // Not cancel-safe, and dropped as a whole when cancelled: the connection closes.
+        outcome = tokio::time::timeout(shared.settings.header_timeout, attempt) => outcome,
+    };
+    match outcome {
+        Ok(Ok(Handshake::Done(tls))) => Some(tls),
+        Ok(Ok(Handshake::Closed)) => None,
+        Ok(Ok(Handshake::Plaintext(tcp))) => {
+            metrics.tls_plaintext.fetch_add(1, Ordering::Relaxed);
+            debug!(%peer, "Refused plain HTTP on the dashboard's TLS port.");
+            let _ = tokio::time::timeout(shared.settings.header_timeout, refuse_plaintext(tcp)).await;
+            None
+        }
+        Ok(Err(e)) => {
+            metrics.tls_handshake_failures.fetch_add(1, Ordering::Relaxed);
+            debug!(%peer, error = %e, "A TLS handshake on the dashboard port failed.");
+            None
+        }
+        Err(_) => {
+            metrics.header_timeouts.fetch_add(1, Ordering::Relaxed);
+            debug!(%peer, "Closed a dashboard connection whose TLS handshake did not complete in time.");
+            None
+        }
+    }
+}
+
+/// Answers 400 in plain HTTP, then reads what the client sent (up to [`PLAINTEXT_DRAIN`]) until
+/// it closes, so that the answer is not lost to a reset.
+async fn refuse_plaintext(mut tcp: TcpStream) -> std::io::Result<()> {
+    tcp.write_all(PLAINTEXT_REFUSAL).await?;
+    tcp.shutdown().await?;
+    tokio::io::copy(&mut (&mut tcp).take(PLAINTEXT_DRAIN), &mut tokio::io::sink()).await?;
+    Ok(())
 }
 
 pub(crate) fn router(shared: Arc<Shared>) -> Router {

@@ -6,6 +6,9 @@
 //!   reader task ───┘ (commands, rate limit, history)       writer task ──► socket
 //! ```
 //!
+//! With `tls_cert_file` and `tls_key_file` the port speaks only TLS (`tls`: the certificate,
+//! read again on SIGHUP through [`Certificates`]); everything above runs inside the session.
+//!
 //! The protocol is documented in `docs/dashboard.md`. Nothing here can slow a feed or the
 //! store: the hub is a lossy bus consumer, and a client that falls behind the log is resynced
 //! or closed (4008), never waited for.
@@ -16,6 +19,7 @@ mod history;
 mod http;
 mod hub;
 mod status;
+mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -36,6 +40,7 @@ use crate::ops::health::Health;
 
 pub use crate::telemetry::metrics::DashboardMetrics;
 pub use http::SUBPROTOCOL;
+pub use tls::Certificates;
 
 /// What the server needs from the rest of the daemon.
 pub struct DashboardDeps {
@@ -65,6 +70,8 @@ pub(crate) struct Shared {
     tracker: TaskTracker,
     /// The `seq` of the newest log item.
     head: Arc<AtomicU64>,
+    /// Handshakes every connection first, when the port serves TLS.
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 /// A bound, not yet serving dashboard port.
@@ -73,6 +80,7 @@ pub struct Dashboard {
     addr: SocketAddr,
     settings: Arc<DashboardSettings>,
     token: Option<Secret<String>>,
+    tls: Option<tls::Tls>,
 }
 
 /// Requests queued for the hub.
@@ -105,20 +113,43 @@ fn check_open_files(settings: &DashboardSettings) {
 }
 
 impl Dashboard {
-    /// Binds the port and reads the token. Fails on a taken port or an unreadable token file.
-    pub async fn bind(settings: &DashboardSettings) -> anyhow::Result<Dashboard> {
+    /// Binds the port and reads the token, and the certificate when the port serves TLS.
+    /// Fails on a taken port, an unreadable token file, or a certificate and key that cannot
+    /// be served. `metrics` are the counters the server keeps (the daemon's
+    /// `Health::dashboard`).
+    pub async fn bind(
+        settings: &DashboardSettings,
+        metrics: Arc<DashboardMetrics>,
+    ) -> anyhow::Result<Dashboard> {
         let token = settings.load_token().map_err(|e| anyhow::anyhow!("dashboard.token_file: {e}"))?;
         anyhow::ensure!(
-            token.is_some() || settings.listen.ip().is_loopback(),
+            token.is_some() || settings.listens_on_loopback(),
             "dashboard.listen {} is not a loopback address and no token is set",
             settings.listen
         );
+        let tls = match settings.tls_paths() {
+            // A few kilobytes read once at start: not worth a blocking-pool thread.
+            Some((cert, key)) => Some(tls::Tls::load(cert, key, metrics)?),
+            None => {
+                anyhow::ensure!(
+                    settings.allow_plaintext || settings.listens_on_loopback(),
+                    "dashboard.listen {} is not a loopback address and the port is not served over TLS",
+                    settings.listen
+                );
+                None
+            }
+        };
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("the dashboard cannot listen on {}", settings.listen))?;
         let addr = listener.local_addr().context("the dashboard's bound address")?;
         check_open_files(settings);
-        Ok(Dashboard { listener, addr, settings: Arc::new(settings.clone()), token })
+        Ok(Dashboard { listener, addr, settings: Arc::new(settings.clone()), token, tls })
+    }
+
+    /// Reads the certificate and key again (SIGHUP); `None` when the port serves plain HTTP.
+    pub fn certificates(&self) -> Option<Certificates> {
+        self.tls.as_ref().map(|tls| tls.certificates.clone())
     }
 
     /// The address actually bound (a `listen` port of 0 picks one).
@@ -153,9 +184,11 @@ impl Dashboard {
             permits: Arc::new(Semaphore::new(self.settings.max_connections)),
             head,
             tracker: TaskTracker::new(),
+            tls: self.tls.map(|tls| tls.acceptor),
         });
         let auth = if shared.token.is_some() { "token required" } else { "no token (loopback only)" };
-        info!(url = %format!("http://{}/", self.addr), auth, "Dashboard listening.");
+        let scheme = if shared.tls.is_some() { "https" } else { "http" };
+        info!(url = %format!("{scheme}://{}/", self.addr), auth, "Dashboard listening.");
         let router = http::router(shared.clone());
         let listener = self.listener;
         let task = tokio::spawn(async move {

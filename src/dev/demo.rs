@@ -47,6 +47,11 @@ pub struct DemoArgs {
     /// Address of the dashboard (page and stream); port 0 picks a free one.
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+    /// Serve a `--listen` address that other hosts reach over plain HTTP: the dashboard token
+    /// and every frame cross the network readable by anyone on the path. Without it, only a
+    /// loopback `--listen` is accepted.
+    #[arg(long)]
+    pub allow_plaintext: bool,
     /// Do not open the dashboard in a browser (it opens only on a desktop session anyway).
     #[arg(long)]
     pub no_open: bool,
@@ -105,6 +110,7 @@ async fn run_with(
         ..Settings::default()
     };
     settings.dashboard.listen = args.listen;
+    settings.dashboard.allow_plaintext = args.allow_plaintext;
     settings.dashboard.token_file = Some(token_path);
     settings.validate().context("the demo's own settings")?;
 

@@ -618,6 +618,35 @@ fn dashboard(out: &mut Exposition, m: &DashboardMetrics) {
         "Connections closed for not sending a request's headers within header_timeout.",
         get(&m.header_timeouts),
     );
+    let expiry = get(&m.tls_expiry);
+    if expiry > 0 {
+        out.single(
+            "tickd_dashboard_tls_certificate_expiry_timestamp_seconds",
+            "gauge",
+            "When the certificate the port serves now expires (Unix time).",
+            expiry,
+        );
+        out.single(
+            "tickd_dashboard_tls_reloads_total",
+            "counter",
+            "Certificate and key read again and put in service (SIGHUP).",
+            get(&m.tls_reloads),
+        );
+        out.single(
+            "tickd_dashboard_tls_reload_failures_total",
+            "counter",
+            "Certificate and key read again and not usable; the certificate served stayed.",
+            get(&m.tls_reload_failures),
+        );
+        out.header(
+            "tickd_dashboard_tls_handshake_failures_total",
+            "counter",
+            "Connections closed before their TLS handshake completed, by reason.",
+        );
+        for (reason, c) in [("plaintext", &m.tls_plaintext), ("error", &m.tls_handshake_failures)] {
+            out.sample("tickd_dashboard_tls_handshake_failures_total", &[("reason", reason)], get(c));
+        }
+    }
     out.single("tickd_dashboard_commands_total", "counter", "Commands received.", get(&m.commands));
     out.single(
         "tickd_dashboard_command_errors_total",

@@ -2,6 +2,10 @@
 //! validated. A valid result goes to the running app, which applies feed and market changes
 //! live; an invalid one is logged with its keys and the running settings stay. Changed keys
 //! that only a restart applies are named in the log.
+//!
+//! Each pass first reads the dashboard's TLS certificate and key again, whatever the config
+//! says: rotating a certificate is replacing its files and sending SIGHUP. Files that cannot
+//! be used leave the certificate in service (see [`crate::dashboard::Certificates`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -12,6 +16,7 @@ use tracing::{error, info, warn};
 
 use super::systemd::Notifier;
 use crate::config::{ConfigError, Settings};
+use crate::dashboard::Certificates;
 
 /// Loads from the same sources every time (start, SIGHUP) and validates.
 pub fn load_settings(path: Option<&Path>) -> Result<Settings, ConfigError> {
@@ -20,18 +25,31 @@ pub fn load_settings(path: Option<&Path>) -> Result<Settings, ConfigError> {
     Ok(settings)
 }
 
-/// On each request, reloads the settings from the same file and environment and validates
-/// them. A valid result goes to the app; an invalid one is logged with its keys and the
-/// running settings stay. systemd hears RELOADING=1 as each pass begins, and READY=1 when a
-/// pass rejects its config (the app says READY=1 once it applied a valid one).
-pub async fn reload_configs(
-    path: Option<PathBuf>,
-    started: Settings,
-    requests: Arc<Notify>,
-    reloads: mpsc::Sender<Settings>,
-    notifier: Notifier,
-    shutdown: CancellationToken,
-) {
+/// What [`reload_configs`] works with.
+pub struct ReloadContext {
+    /// The config file `tickd run` was given (`None`: the default one, if present).
+    pub path: Option<PathBuf>,
+    /// The settings the daemon started with, to name the changes that wait for a restart.
+    pub started: Settings,
+    /// Notified on each SIGHUP.
+    pub requests: Arc<Notify>,
+    /// Where valid settings go: the app's reload queue.
+    pub reloads: mpsc::Sender<Settings>,
+    /// The dashboard's TLS certificate, read again on each pass; `None` without TLS.
+    pub certificates: Option<Certificates>,
+    /// Hears RELOADING=1 and READY=1.
+    pub notifier: Notifier,
+    /// Ends the task.
+    pub shutdown: CancellationToken,
+}
+
+/// On each request, reads the dashboard's certificate again, then reloads the settings from
+/// the same file and environment and validates them. A valid result goes to the app; an
+/// invalid one is logged with its keys and the running settings stay. systemd hears
+/// RELOADING=1 as each pass begins, and READY=1 when a pass rejects its config (the app says
+/// READY=1 once it applied a valid one).
+pub async fn reload_configs(ctx: ReloadContext) {
+    let ReloadContext { path, started, requests, reloads, certificates, notifier, shutdown } = ctx;
     loop {
         tokio::select! {
             // A reload while stopping is pointless.
@@ -42,8 +60,17 @@ pub async fn reload_configs(
         }
         notifier.reloading();
         let from = path.clone();
-        // Reading the config and key files is blocking I/O: keep it off the async workers.
-        let settings = match tokio::task::spawn_blocking(move || load_settings(from.as_deref())).await {
+        let certificates = certificates.clone();
+        // Reading the config, key and certificate files is blocking I/O: keep it off the async
+        // workers.
+        let loaded = tokio::task::spawn_blocking(move || {
+            // A failure is logged and counted inside; the certificate in service stays.
+            if let Some(certificates) = certificates {
+                let _ = certificates.reload();
+            }
+            load_settings(from.as_deref())
+        });
+        let settings = match loaded.await {
             Ok(Ok(settings)) => settings,
             Ok(Err(e)) => {
                 error!(error = %e, keys = ?e.keys(), "Reload rejected; the running configuration stays.");

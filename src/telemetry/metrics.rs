@@ -348,8 +348,21 @@ pub struct DashboardMetrics {
     /// Connections closed at once because `max_http_connections` were open.
     pub refused_connections: AtomicU64,
     /// Connections closed because a request's headers did not arrive within `header_timeout`
-    /// (half-sent requests, and kept-alive connections left idle).
+    /// (half-sent requests, and kept-alive connections left idle), or whose TLS handshake did
+    /// not complete within it.
     pub header_timeouts: AtomicU64,
+    /// TLS handshakes that failed (a client that does not trust the certificate, a protocol
+    /// error).
+    pub tls_handshake_failures: AtomicU64,
+    /// Connections to a TLS port that spoke plain HTTP; answered 400 and closed.
+    pub tls_plaintext: AtomicU64,
+    /// Times the certificate and key were read again and put in service (SIGHUP).
+    pub tls_reloads: AtomicU64,
+    /// Times they were read again and could not be used; the certificate served stays.
+    pub tls_reload_failures: AtomicU64,
+    /// When the certificate served now expires, in seconds since the Unix epoch; 0 without
+    /// TLS.
+    pub tls_expiry: AtomicU64,
 }
 
 #[cfg(test)]

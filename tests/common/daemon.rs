@@ -269,7 +269,11 @@ impl Daemon {
     pub async fn dashboard_addr(&mut self, limit: Duration) -> std::net::SocketAddr {
         let line = self.wait_for_message("Dashboard listening.", limit).await;
         let url = line.str("url");
-        let host_port = url.strip_prefix("http://").and_then(|rest| rest.split('/').next()).unwrap_or("");
+        let host_port = url
+            .strip_prefix("http://")
+            .or_else(|| url.strip_prefix("https://"))
+            .and_then(|rest| rest.split('/').next())
+            .unwrap_or("");
         host_port.parse().unwrap_or_else(|e| panic!("the dashboard url {url:?} names no address: {e}"))
     }
 

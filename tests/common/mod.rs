@@ -6,6 +6,7 @@ pub mod daemon;
 pub mod hooks;
 pub mod pg;
 pub mod stream;
+pub mod tls;
 
 use std::collections::BTreeMap;
 use std::future::Future;

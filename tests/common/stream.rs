@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep, timeout_at};
@@ -20,10 +20,12 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::handshake::client::{Request, Response};
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::{self, Message};
-use tokio_tungstenite::{WebSocketStream, client_async};
+use tokio_tungstenite::{
+    Connector, MaybeTlsStream, WebSocketStream, client_async, client_async_tls_with_config,
+};
 
-/// The stream over a plain TCP connection.
-pub type Ws = WebSocketStream<TcpStream>;
+/// The stream over a TCP connection, or over TLS on one.
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// Frames kept for failure messages.
 const KEEP: usize = 20;
@@ -83,6 +85,22 @@ impl Client {
         req: Request,
         recv_buffer: Option<u32>,
     ) -> Result<(Client, Response), tungstenite::Error> {
+        Client::open_with(req, recv_buffer, None).await
+    }
+
+    /// Like [`Client::open`] for a `wss://` request, over TLS with `tls`.
+    pub async fn open_tls(
+        req: Request,
+        tls: Arc<rustls::ClientConfig>,
+    ) -> Result<(Client, Response), tungstenite::Error> {
+        Client::open_with(req, None, Some(tls)).await
+    }
+
+    async fn open_with(
+        req: Request,
+        recv_buffer: Option<u32>,
+        tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> Result<(Client, Response), tungstenite::Error> {
         let host = req.uri().host().expect("the request names a host").to_owned();
         let port = req.uri().port_u16().expect("the request names a port");
         let server: SocketAddr = format!("{host}:{port}").parse().expect("an IP literal and a port");
@@ -95,7 +113,13 @@ impl Client {
             .await
             .unwrap_or_else(|_| panic!("no TCP connection to {server} within 20 s"))?;
         let local = tcp.local_addr().expect("the local address");
-        let (ws, response) = timeout_at(Instant::now() + Duration::from_secs(20), client_async(req, tcp))
+        let handshake = async {
+            match tls {
+                Some(tls) => client_async_tls_with_config(req, tcp, None, Some(Connector::Rustls(tls))).await,
+                None => client_async(req, MaybeTlsStream::Plain(tcp)).await,
+            }
+        };
+        let (ws, response) = timeout_at(Instant::now() + Duration::from_secs(20), handshake)
             .await
             .unwrap_or_else(|_| panic!("no WebSocket handshake with {server} within 20 s"))?;
         Ok((Client { ws, local, server, recent: VecDeque::new() }, response))
@@ -451,7 +475,28 @@ impl HttpResponse {
 /// up to the end of the headers and the body its `Content-Length` announces. A `101` has no
 /// body; its connection is dropped.
 pub async fn http_get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> HttpResponse {
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let io = async { exchange(TcpStream::connect(addr).await?, &get_text(addr, path, headers)).await };
+    finish_get(addr, path, io).await
+}
+
+/// Like [`http_get`], over TLS with `tls` (the server's name is its IP address).
+pub async fn https_get(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+    tls: Arc<rustls::ClientConfig>,
+) -> HttpResponse {
+    let io = async {
+        let tcp = TcpStream::connect(addr).await?;
+        let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+        let stream = tokio_rustls::TlsConnector::from(tls).connect(name, tcp).await?;
+        exchange(stream, &get_text(addr, path, headers)).await
+    };
+    finish_get(addr, path, io).await
+}
+
+/// The request of [`http_get`].
+fn get_text(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> String {
     let mut text = format!("GET {path} HTTP/1.1\r\n");
     if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("host")) {
         text.push_str(&format!("Host: {addr}\r\n"));
@@ -460,59 +505,65 @@ pub async fn http_get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) ->
         text.push_str(&format!("{name}: {value}\r\n"));
     }
     text.push_str("\r\n");
-    let io = async {
-        let mut tcp = TcpStream::connect(addr).await?;
-        tcp.write_all(text.as_bytes()).await?;
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 4096];
-        let head_end = loop {
-            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break i + 4;
-            }
-            let n = tcp.read(&mut chunk).await?;
-            if n == 0 {
-                return Err(std::io::Error::other(format!(
-                    "EOF inside the headers: {:?}",
-                    String::from_utf8_lossy(&buf)
-                )));
-            }
-            buf.extend_from_slice(&chunk[..n]);
-        };
-        let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-        let mut lines = head.split("\r\n");
-        let status: u16 = lines
-            .next()
-            .and_then(|l| l.split(' ').nth(1))
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| std::io::Error::other(format!("no status line in {head:?}")))?;
-        let headers: Vec<(String, String)> = lines
-            .filter_map(|l| l.split_once(':'))
-            .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
-            .collect();
-        let length: usize = headers
-            .iter()
-            .find(|(n, _)| n == "content-length")
-            .and_then(|(_, v)| v.parse().ok())
-            .unwrap_or(0);
-        let mut body = buf[head_end..].to_vec();
-        while status != 101 && body.len() < length {
-            let n = tcp.read(&mut chunk).await?;
-            if n == 0 {
-                break;
-            }
-            body.extend_from_slice(&chunk[..n]);
-        }
-        Ok::<_, std::io::Error>(HttpResponse {
-            status,
-            headers,
-            body: String::from_utf8_lossy(&body).into_owned(),
-        })
-    };
-    match timeout_at(deadline, io).await {
+    text
+}
+
+/// The response to `io`, or a panic naming the request; 20 s at most.
+async fn finish_get(
+    addr: SocketAddr,
+    path: &str,
+    io: impl Future<Output = std::io::Result<HttpResponse>>,
+) -> HttpResponse {
+    match timeout_at(Instant::now() + Duration::from_secs(20), io).await {
         Ok(Ok(response)) => response,
         Ok(Err(e)) => panic!("GET {path} at {addr}: {e}"),
         Err(_) => panic!("GET {path} at {addr}: no response within 20 s"),
     }
+}
+
+/// Sends `text` on `stream` and reads the response.
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    mut tcp: S,
+    text: &str,
+) -> std::io::Result<HttpResponse> {
+    tcp.write_all(text.as_bytes()).await?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = tcp.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(std::io::Error::other(format!(
+                "EOF inside the headers: {:?}",
+                String::from_utf8_lossy(&buf)
+            )));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status: u16 = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("no status line in {head:?}")))?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let length: usize =
+        headers.iter().find(|(n, _)| n == "content-length").and_then(|(_, v)| v.parse().ok()).unwrap_or(0);
+    let mut body = buf[head_end..].to_vec();
+    while status != 101 && body.len() < length {
+        let n = tcp.read(&mut chunk).await?;
+        if n == 0 {
+            break;
+        }
+        body.extend_from_slice(&chunk[..n]);
+    }
+    Ok(HttpResponse { status, headers, body: String::from_utf8_lossy(&body).into_owned() })
 }
 
 /// The headers of a WebSocket upgrade of `/ws`, besides any the test adds.
