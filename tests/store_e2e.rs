@@ -33,8 +33,7 @@ use std::time::Duration;
 use common::app::{TestApp, log_lines, log_text, spawn_app};
 use common::daemon::{
     Daemon, DaemonConfig, EventRow, LogLine, event_count, feed_events, migrated, run_command, scalar, serve,
-    spool_segments, stopped_on, stored_trade_ids, texts, us, wait_caught_up, wait_sent_trades_stored,
-    write_config,
+    spool_segments, stopped_on, texts, us, wait_caught_up, wait_sent_trades_stored, write_config,
 };
 use common::pg::{TestDb, private_server};
 use common::stream::http_get;
