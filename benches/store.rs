@@ -44,11 +44,19 @@
 //! published meanwhile at `STORE_DRAIN_LIVE_RATE`, and its first `STORE_DRAIN_BASELINE_TICKS`
 //! ticks are written the way replay used to (one record per statement, one in flight).
 //!
+//! **Live rates.** First, PostgreSQL's CPU per row for the real writer as it runs live, fed at
+//! each of `STORE_LIVE_RATES` ticks/s for `STORE_LIVE_SECS`, against a binary `COPY` of the
+//! very ticks it got in batches of 5,000 (one transaction each): the CPU time of the backends,
+//! the WAL writer and the checkpointer from `/proc`, the WAL per row, and the writer's commit
+//! latency per batch.
+//!
 //! Run: `cargo bench --bench store`. Optional env: `DATABASE_URL`, `STORE_TICKS` (300000),
 //! `STORE_REPS` (3), `STORE_BATCHES` (500,2000,5000,10000), `STORE_MARKETS` (300),
 //! `STORE_METHODS` (ceiling,ours,staging,ourstcp), `STORE_RATE` (50000), `STORE_LATENCY_SECS`
 //! (20), `STORE_BATCH_AGE_MS` (the default setting), `STORE_LATENCY_POOLS` (1,4: one latency
 //! run per `pool_size`; 1 leaves the writer one write in flight, the default 4 gives it two),
+//! `STORE_LIVE_RATES` (1000,10000,50000; `none` skips the live-rate part), `STORE_LIVE_SECS` (20),
+//! `STORE_LIVE_COMMIT_LATENCY_MS` (the default `commit_latency`),
 //! `STORE_DRAIN_TICKS` (500000; 0 skips the drain), `STORE_DRAIN_RECORDS` (500,14),
 //! `STORE_DRAIN_LIVE_RATE` (`STORE_RATE`; 0 skips the drain under live load),
 //! `STORE_DRAIN_BASELINE_TICKS` (50000; 0 skips it). `STORE_BATCHES=none
@@ -1293,7 +1301,11 @@ async fn live_run(url: &str, copy_url: &str, rate: f64, secs: f64, markets: usiz
     let mut admin = PgConnection::connect(url).await.expect("connect");
     reset(&mut admin).await;
     let state_dir = tempfile::tempdir().expect("state dir");
-    let (metrics, bus, writer) = writer_on(url, state_dir.path(), StoreSettings::default());
+    let mut settings = StoreSettings::default();
+    if let Some(ms) = std::env::var("STORE_LIVE_COMMIT_LATENCY_MS").ok().and_then(|v| v.parse().ok()) {
+        settings.commit_latency = Duration::from_millis(ms);
+    }
+    let (metrics, bus, writer) = writer_on(url, state_dir.path(), settings);
     wait_for("the writer", Duration::from_secs(30), || metrics.state() == StoreState::Ready).await;
     let latencies = LatencySampler::start(metrics.clone());
     let before = cpu_of(&pg_processes(&mut admin, "tickd").await);

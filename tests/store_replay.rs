@@ -270,6 +270,7 @@ async fn a_batch_replayed_after_it_was_committed_is_stored_once() {
     let state = tempfile::tempdir().expect("state dir");
     let committed = ticks("twice", now_micros(), 2_000);
     let live = Running::start(&db.url, live_state.path(), BATCH_TICKS, Duration::from_millis(10));
+    poll_until("the database reached", SETTLE, || live.metrics.state() == StoreState::Ready).await;
     live.publish(&committed).await;
     let first = live.stop().await;
     assert_eq!(
