@@ -44,11 +44,19 @@
 //! published meanwhile at `STORE_DRAIN_LIVE_RATE`, and its first `STORE_DRAIN_BASELINE_TICKS`
 //! ticks are written the way replay used to (one record per statement, one in flight).
 //!
+//! **Live rates.** First, PostgreSQL's CPU per row for the real writer as it runs live, fed at
+//! each of `STORE_LIVE_RATES` ticks/s for `STORE_LIVE_SECS`, against a binary `COPY` of the
+//! very ticks it got in batches of 5,000 (one transaction each): the CPU time of the backends,
+//! the WAL writer and the checkpointer from `/proc`, the WAL per row, and the writer's commit
+//! latency per batch.
+//!
 //! Run: `cargo bench --bench store`. Optional env: `DATABASE_URL`, `STORE_TICKS` (300000),
 //! `STORE_REPS` (3), `STORE_BATCHES` (500,2000,5000,10000), `STORE_MARKETS` (300),
 //! `STORE_METHODS` (ceiling,ours,staging,ourstcp), `STORE_RATE` (50000), `STORE_LATENCY_SECS`
 //! (20), `STORE_BATCH_AGE_MS` (the default setting), `STORE_LATENCY_POOLS` (1,4: one latency
 //! run per `pool_size`; 1 leaves the writer one write in flight, the default 4 gives it two),
+//! `STORE_LIVE_RATES` (1000,10000,50000; `none` skips the live-rate part), `STORE_LIVE_SECS` (20),
+//! `STORE_LIVE_COMMIT_LATENCY_MS` (the default `commit_latency`),
 //! `STORE_DRAIN_TICKS` (500000; 0 skips the drain), `STORE_DRAIN_RECORDS` (500,14),
 //! `STORE_DRAIN_LIVE_RATE` (`STORE_RATE`; 0 skips the drain under live load),
 //! `STORE_DRAIN_BASELINE_TICKS` (50000; 0 skips it). `STORE_BATCHES=none
@@ -878,7 +886,7 @@ async fn latency_run(
     let state_dir = tempfile::tempdir().expect("state dir");
     let mut settings = StoreSettings { url: DatabaseUrl::new(url), pool_size, ..StoreSettings::default() };
     if let Some(ms) = batch_age {
-        settings.batch_age = Duration::from_millis(ms);
+        settings.batch_age = Some(Duration::from_millis(ms));
     }
     let metrics = Arc::new(StoreMetrics::default());
     let mut builder = BusBuilder::new(&BusSettings::default());
@@ -1041,7 +1049,7 @@ async fn live_rate(url: &str, ticks: &[Arc<Tick>]) -> (f64, f64) {
 async fn fill_spool(state_dir: &std::path::Path, ticks: &[Arc<Tick>], record: usize) -> (u64, u64) {
     let settings = StoreSettings {
         batch_size: record,
-        batch_age: Duration::from_secs(3600),
+        batch_age: Some(Duration::from_secs(3600)),
         retry_interval: Duration::from_secs(3600),
         ..StoreSettings::default()
     };
@@ -1201,6 +1209,318 @@ async fn report_drain(url: &str, markets: usize, n: usize, records: &[usize], ra
 }
 
 // ---------------------------------------------------------------------------------------------
+// PostgreSQL's work per row at live rates: the real writer against a bare binary COPY
+// ---------------------------------------------------------------------------------------------
+
+/// The server processes whose CPU counts as PostgreSQL's work on our rows: the backends of
+/// connections named `application` on this database, the WAL writer and the checkpointer.
+async fn pg_processes(admin: &mut PgConnection, application: &str) -> Vec<(i32, String)> {
+    sqlx::query_as(
+        "SELECT pid, CASE WHEN backend_type = 'client backend' THEN 'backend' ELSE backend_type END \
+         FROM pg_stat_activity \
+         WHERE (backend_type = 'client backend' AND application_name = $1 AND datname = current_database()) \
+            OR backend_type IN ('walwriter', 'checkpointer')",
+    )
+    .bind(application)
+    .fetch_all(admin)
+    .await
+    .expect("pg_stat_activity")
+}
+
+/// CPU seconds of each process, keyed by pid.
+fn cpu_of(processes: &[(i32, String)]) -> std::collections::HashMap<i32, (String, f64)> {
+    processes
+        .iter()
+        .filter_map(|(pid, kind)| Some((*pid, (kind.clone(), cpu_secs(&pid.to_string())?))))
+        .collect()
+}
+
+/// CPU seconds per kind of process between two readings (a process that appeared in
+/// between counts from 0: its start is part of the work).
+fn cpu_spent(
+    before: &std::collections::HashMap<i32, (String, f64)>,
+    after: &std::collections::HashMap<i32, (String, f64)>,
+) -> PgCpu {
+    let mut spent = PgCpu::default();
+    for (pid, (kind, secs)) in after {
+        let d = secs - before.get(pid).map_or(0.0, |b| b.1);
+        match kind.as_str() {
+            "backend" => spent.backend += d,
+            "walwriter" => spent.walwriter += d,
+            _ => spent.checkpointer += d,
+        }
+    }
+    spent
+}
+
+/// PostgreSQL CPU seconds by process kind.
+#[derive(Clone, Copy, Debug, Default)]
+struct PgCpu {
+    backend: f64,
+    walwriter: f64,
+    checkpointer: f64,
+}
+
+impl PgCpu {
+    fn total(&self) -> f64 {
+        self.backend + self.walwriter + self.checkpointer
+    }
+}
+
+/// One live-rate run: the writer's figures and those of a binary COPY of the same rows.
+#[derive(Clone, Debug, Default)]
+struct LiveRun {
+    rows: u64,
+    commits: u64,
+    secs: f64,
+    writer: PgCpu,
+    writer_wal: f64,
+    copy: PgCpu,
+    copy_rows: u64,
+    copy_wal: f64,
+    p50: f64,
+    p99: f64,
+    spooled: u64,
+}
+
+/// Counts the tick rows stored.
+async fn tick_rows(admin: &mut PgConnection) -> i64 {
+    sqlx::query_scalar(
+        "SELECT (SELECT count(*) FROM trades) + (SELECT count(*) FROM quotes) \
+              + (SELECT count(*) FROM book_snapshots) + (SELECT count(*) FROM book_deltas) \
+              + (SELECT count(*) FROM lifecycle_events) + (SELECT count(*) FROM feed_events)",
+    )
+    .fetch_one(admin)
+    .await
+    .expect("count")
+}
+
+/// The real writer (default settings, over TCP) fed at `rate` for `secs`; then the same rows
+/// by binary COPY in batches of 5,000 over `copy_url`, one transaction per batch.
+async fn live_run(url: &str, copy_url: &str, rate: f64, secs: f64, markets: usize, seed: u64) -> LiveRun {
+    let mut admin = PgConnection::connect(url).await.expect("connect");
+    reset(&mut admin).await;
+    let state_dir = tempfile::tempdir().expect("state dir");
+    let mut settings = StoreSettings::default();
+    if let Some(ms) = std::env::var("STORE_LIVE_COMMIT_LATENCY_MS").ok().and_then(|v| v.parse().ok()) {
+        settings.commit_latency = Duration::from_millis(ms);
+    }
+    let (metrics, bus, writer) = writer_on(url, state_dir.path(), settings);
+    wait_for("the writer", Duration::from_secs(30), || metrics.state() == StoreState::Ready).await;
+    let latencies = LatencySampler::start(metrics.clone());
+    let before = cpu_of(&pg_processes(&mut admin, "tickd").await);
+    let wal0 = wal_lsn(&mut admin).await;
+    let batches0 = StoreMetrics::get(&metrics.batches);
+
+    let mut generator = TickGen::new(seed, markets, 0);
+    let mut sent: Vec<Arc<Tick>> = Vec::with_capacity((rate * secs) as usize + 1024);
+    let began = Instant::now();
+    let mut pace = tokio::time::interval(Duration::from_millis(1));
+    while began.elapsed().as_secs_f64() < secs {
+        pace.tick().await;
+        let due = (began.elapsed().as_secs_f64() * rate) as usize;
+        while sent.len() < due {
+            let tick = Arc::new(generator.next_at(recv_micros()));
+            sent.push(tick.clone());
+            bus.publish(tick).await;
+        }
+    }
+    let published = sent.len() as u64;
+    wait_for("every tick committed", Duration::from_secs(120), || {
+        StoreMetrics::get(&metrics.committed) + StoreMetrics::get(&metrics.spooled) >= published
+    })
+    .await;
+    let run_secs = began.elapsed().as_secs_f64();
+    let after = cpu_of(&pg_processes(&mut admin, "tickd").await);
+    let wal1 = wal_lsn(&mut admin).await;
+    let commits = StoreMetrics::get(&metrics.batches) - batches0;
+    let spooled = StoreMetrics::get(&metrics.spooled);
+    drop(bus);
+    writer.await.expect("writer task");
+    let per_batch = latencies.stop().await;
+    let stored = tick_rows(&mut admin).await as u64;
+    assert_eq!(stored, published, "every published tick is stored once");
+
+    // The same rows by COPY, repeated (emptied between) until at least 200,000 rows have
+    // gone, so that a slow rate's few rows still give a readable CPU time.
+    let batches: Vec<Batch> = sent
+        .chunks(5_000)
+        .map(|ticks| {
+            let mut b = Batch::new();
+            ticks.iter().for_each(|t| b.push(t));
+            b
+        })
+        .collect();
+    drop(sent);
+    let mut copier = PgConnection::connect(&format!(
+        "{copy_url}{}application_name=copy",
+        if copy_url.contains('?') { "&" } else { "?" }
+    ))
+    .await
+    .expect("connect");
+    let repeats = 200_000u64.div_ceil(published.max(1)).max(1);
+    let mut copy = PgCpu::default();
+    let (mut copy_rows, mut copy_wal) = (0u64, 0i64);
+    for _ in 0..repeats {
+        sqlx::raw_sql(AssertSqlSafe(format!("TRUNCATE {TABLES}")))
+            .execute(&mut admin)
+            .await
+            .expect("truncate");
+        let before = cpu_of(&pg_processes(&mut admin, "copy").await);
+        let wal0 = wal_lsn(&mut admin).await;
+        for batch in &batches {
+            let mut tx = copier.begin().await.expect("begin");
+            for (statement, data) in copy_per_table(batch) {
+                let mut c = tx.copy_in_raw(statement).await.expect("copy starts");
+                c.send(data).await.expect("copy data");
+                copy_rows += c.finish().await.expect("copy ends");
+            }
+            tx.commit().await.expect("commit");
+        }
+        let after = cpu_of(&pg_processes(&mut admin, "copy").await);
+        copy_wal += wal_lsn(&mut admin).await - wal0;
+        let spent = cpu_spent(&before, &after);
+        copy.backend += spent.backend;
+        copy.walwriter += spent.walwriter;
+        copy.checkpointer += spent.checkpointer;
+    }
+    let mut exact = per_batch;
+    exact.sort_by(f64::total_cmp);
+    LiveRun {
+        rows: published,
+        commits,
+        secs: run_secs,
+        writer: cpu_spent(&before, &after),
+        writer_wal: (wal1 - wal0) as f64 / published as f64,
+        copy,
+        copy_rows,
+        copy_wal: copy_wal as f64 / copy_rows as f64,
+        p50: if exact.is_empty() { f64::NAN } else { quantile(&exact, 0.5) },
+        p99: if exact.is_empty() { f64::NAN } else { quantile(&exact, 0.99) },
+        spooled,
+    }
+}
+
+/// PostgreSQL's CPU per row for the writer at each rate ÷ that of a binary COPY of the same
+/// rows in batches of 5,000; commit latency; WAL per row. Medians of `reps` runs.
+async fn report_live(url: &str, copy_url: &str, rates: &[f64], secs: f64, markets: usize, reps: usize) {
+    println!();
+    println!(
+        "  live rates: the real writer (default store settings, over TCP) fed through the bus for {secs:.0} s, \
+         {markets} markets, then the same rows by binary COPY in batches of 5,000 (one transaction each); \
+         PostgreSQL CPU = backends + WAL writer + checkpointer from /proc; median of {reps}; load average {}",
+        load_average()
+    );
+    println!(
+        "  {:>7} | {:>7} {:>8} | {:>26} | {:>26} | {:>5} | {:>9} | {:>13}",
+        "ticks/s",
+        "rows",
+        "commit/s",
+        "writer µs/row (be/ww/ckpt)",
+        "COPY µs/row (be/ww/ckpt)",
+        "ratio",
+        "WAL B/row",
+        "p50 / p99 ms"
+    );
+    for &rate in rates {
+        let mut runs = Vec::new();
+        for rep in 0..reps {
+            let r = live_run(url, copy_url, rate, secs, markets, 11 + rep as u64).await;
+            let per = |c: PgCpu, rows: u64| c.total() * 1e6 / rows as f64;
+            eprintln!(
+                "    run {} at {rate:.0}/s: {} rows, {} commits, writer {:.2} µs/row (backend {:.2} walwriter {:.2} checkpointer {:.2}), \
+                 COPY {:.2} µs/row (backend {:.2} walwriter {:.2} checkpointer {:.2}), ratio {:.2}, WAL {:.0} / {:.0} B/row, p50 {:.1} p99 {:.1} ms, spooled {}, load {}",
+                rep + 1,
+                r.rows,
+                r.commits,
+                per(r.writer, r.rows),
+                r.writer.backend * 1e6 / r.rows as f64,
+                r.writer.walwriter * 1e6 / r.rows as f64,
+                r.writer.checkpointer * 1e6 / r.rows as f64,
+                per(r.copy, r.copy_rows),
+                r.copy.backend * 1e6 / r.copy_rows as f64,
+                r.copy.walwriter * 1e6 / r.copy_rows as f64,
+                r.copy.checkpointer * 1e6 / r.copy_rows as f64,
+                per(r.writer, r.rows) / per(r.copy, r.copy_rows),
+                r.writer_wal,
+                r.copy_wal,
+                r.p50,
+                r.p99,
+                r.spooled,
+                load_average()
+            );
+            runs.push(r);
+        }
+        let med = |f: &dyn Fn(&LiveRun) -> f64| median(runs.iter().map(f).collect());
+        let w = |f: fn(&PgCpu) -> f64| med(&|r: &LiveRun| f(&r.writer) * 1e6 / r.rows as f64);
+        let c = |f: fn(&PgCpu) -> f64| med(&|r: &LiveRun| f(&r.copy) * 1e6 / r.copy_rows as f64);
+        println!(
+            "  {rate:>7.0} | {:>7.0} {:>8.1} | {:>6.2} ({:.2}/{:.2}/{:.2}) | {:>6.2} ({:.2}/{:.2}/{:.2}) | {:>5.2} | {:>4.0}/{:<4.0} | {:>5.1} / {:>5.1}",
+            med(&|r| r.rows as f64),
+            med(&|r| r.commits as f64 / r.secs),
+            w(PgCpu::total),
+            w(|c| c.backend),
+            w(|c| c.walwriter),
+            w(|c| c.checkpointer),
+            c(PgCpu::total),
+            c(|c| c.backend),
+            c(|c| c.walwriter),
+            c(|c| c.checkpointer),
+            med(&|r| (r.writer.total() / r.rows as f64) / (r.copy.total() / r.copy_rows as f64)),
+            med(&|r| r.writer_wal),
+            med(&|r| r.copy_wal),
+            med(&|r| r.p50),
+            med(&|r| r.p99),
+        );
+    }
+    println!("  load average after: {}", load_average());
+}
+
+/// Samples a writer's latency sum and bucket count every millisecond; a change of both is one
+/// or more batches, whose exact latencies add up to the change of the sum.
+struct LatencySampler {
+    stop: tokio_util::sync::CancellationToken,
+    task: tokio::task::JoinHandle<Vec<f64>>,
+}
+
+impl LatencySampler {
+    fn start(metrics: Arc<StoreMetrics>) -> LatencySampler {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let token = stop.clone();
+        let task = tokio::spawn(async move {
+            let read = |m: &StoreMetrics| {
+                let n: u64 = m.latency_buckets.iter().map(|b| b.load(Ordering::Acquire)).sum();
+                (n, m.latency_sum_us.load(Ordering::Acquire))
+            };
+            let (mut n0, mut s0) = read(&metrics);
+            let mut per_batch = Vec::new();
+            let mut every = tokio::time::interval(Duration::from_millis(1));
+            loop {
+                tokio::select! {
+                    _ = every.tick() => {}
+                    _ = token.cancelled() => break,
+                }
+                let (n, s) = read(&metrics);
+                if n > n0 && s > s0 {
+                    let k = n - n0;
+                    let each = (s - s0) as f64 / k as f64 / 1000.0;
+                    per_batch.extend(std::iter::repeat_n(each, k as usize));
+                    (n0, s0) = (n, s);
+                }
+            }
+            per_batch
+        });
+        LatencySampler { stop, task }
+    }
+
+    async fn stop(self) -> Vec<f64> {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        self.stop.cancel();
+        self.task.await.expect("sampler task")
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // The database
 // ---------------------------------------------------------------------------------------------
 
@@ -1341,6 +1661,17 @@ async fn run() {
     });
     let mut admin = PgConnection::connect_with(&options).await.expect("connect");
     let server = server_settings(&mut admin).await;
+
+    let live_rates: Vec<f64> = std::env::var("STORE_LIVE_RATES")
+        .unwrap_or_else(|_| "1000,10000,50000".into())
+        .split(',')
+        .filter_map(|v| v.trim().parse().ok())
+        .collect();
+    if !live_rates.is_empty() {
+        println!("store: {server}");
+        let live_secs: f64 = env_or("STORE_LIVE_SECS", 20.0);
+        report_live(&db.url, &local_url, &live_rates, live_secs, markets, reps).await;
+    }
 
     // The same rows for every batch size and method: warm-up batches are cut from the ticks
     // before the measured ones.
@@ -1504,10 +1835,13 @@ async fn report_latency(
     println!();
     let defaults = StoreSettings::default();
     println!(
-        "  latency: the real writer over TCP (store settings: batch_size {}, batch_age {} ms, pool_size \
+        "  latency: the real writer over TCP (store settings: batch_size {}, {}, pool_size \
          {pool_size}: {} write(s) in flight) fed through the bus at {rate:.0} ticks/s for {latency_secs:.0} s; load average before / after: {load_before} / {}",
         defaults.batch_size,
-        batch_age.unwrap_or(defaults.batch_age.as_millis() as u64),
+        match batch_age {
+            Some(ms) => format!("batch_age {ms} ms"),
+            None => format!("commit_latency {} ms", defaults.commit_latency.as_millis()),
+        },
         WRITES_IN_FLIGHT.min(pool_size as usize),
         load_average()
     );

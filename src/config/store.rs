@@ -34,9 +34,17 @@ pub struct StoreSettings {
     pub write_timeout: Duration,
     /// A batch is written once it holds this many ticks...
     pub batch_size: usize,
-    /// ...or once its oldest tick has waited this long.
+    /// ...or once its oldest tick could wait no longer and still be committed within this
+    /// budget: the writer cuts a batch when its oldest tick has waited `commit_latency` less
+    /// the time recent writes took. At low rates a tick waits about this long, under load
+    /// batches are cut sooner so that their write fits. Each commit costs PostgreSQL the
+    /// same whatever it holds, so fewer, fuller commits cost it less per row.
     #[serde(with = "humantime_serde")]
-    pub batch_age: Duration,
+    pub commit_latency: Duration,
+    /// A fixed age at which a batch is cut instead, whatever writes take. Absent: the
+    /// adaptive cut of `commit_latency`.
+    #[serde(with = "humantime_serde")]
+    pub batch_age: Option<Duration>,
     /// While the database is unreachable, how often to try it again.
     #[serde(with = "humantime_serde")]
     pub retry_interval: Duration,
@@ -103,7 +111,8 @@ impl Default for StoreSettings {
             connect_timeout: Duration::from_secs(5),
             write_timeout: Duration::from_secs(10),
             batch_size: 5_000,
-            batch_age: Duration::from_millis(10),
+            commit_latency: Duration::from_millis(50),
+            batch_age: None,
             retry_interval: Duration::from_secs(1),
             spool_max_bytes: 1 << 30,
             partitions_ahead_days: 3,
@@ -137,7 +146,10 @@ impl StoreSettings {
         problems.at_least_one("store.batch_size", self.batch_size);
         problems.positive("store.connect_timeout", self.connect_timeout);
         problems.positive("store.write_timeout", self.write_timeout);
-        problems.positive("store.batch_age", self.batch_age);
+        problems.positive("store.commit_latency", self.commit_latency);
+        if let Some(age) = self.batch_age {
+            problems.positive("store.batch_age", age);
+        }
         problems.positive("store.retry_interval", self.retry_interval);
         problems.at_least_one("store.partitions_ahead_days", self.partitions_ahead_days as usize);
         if self.retention_days == Some(0) {

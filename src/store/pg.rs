@@ -1,8 +1,8 @@
 //! Everything that talks SQL: the connection pool, migrations and the schema check, daily
 //! partitions and retention, and the one-statement batch write.
 //!
-//! The batch write is a single `INSERT` statement whose data-modifying CTEs fill every table
-//! from typed arrays (`unnest`), skipping rows already present (`ON CONFLICT DO NOTHING`, or a
+//! The batch write is a single `INSERT` statement whose data-modifying CTEs fill the tables the
+//! batch has rows for from typed arrays (`unnest`), skipping rows already present (`ON CONFLICT DO NOTHING`, or a
 //! second try with it; see [`write`]): one round trip and one implicit transaction per batch,
 //! idempotent by the primary keys. `BENCHMARKS.md` compares it with a binary `COPY` of the
 //! same rows.
@@ -418,12 +418,49 @@ SELECT (SELECT count(*) FROM t),
          + (SELECT count(*) FROM l) + (SELECT count(*) FROM e),
        (SELECT count(*) FROM mk)";
 
-/// The batch statement as first tried: no conflict check on the tables keyed by receive time.
-static FIRST_WRITE_SQL: LazyLock<String> = LazyLock::new(|| WRITE_SQL_TEMPLATE.replace("{keyed}", ""));
+/// The statement's CTEs, one per table, in the template's order: `t` trades, `q` quotes,
+/// `s` book snapshots, `d` book deltas, `l` lifecycle events, `e` feed events, `mk` markets.
+const TABLE_CTES: [&str; 7] = ["t", "q", "s", "d", "l", "e", "mk"];
 
-/// The batch statement that skips every row already present.
-static DEDUPE_WRITE_SQL: LazyLock<String> =
-    LazyLock::new(|| WRITE_SQL_TEMPLATE.replace("{keyed}", "ON CONFLICT DO NOTHING"));
+/// The batch statement for the tables a batch has rows for (bit `i` of `present`: the table
+/// of `TABLE_CTES[i]`), first tried (`dedupe` false: no conflict check on the tables keyed
+/// by receive time) or skipping every row already present. A batch seldom fills every table
+/// (at a few thousand ticks/s most have no snapshot, lifecycle or feed event, and the writer
+/// leaves out the markets it has written), and each CTE left in costs the server its executor
+/// set-up on every execution. Each variant is made once and kept (at most 256); the
+/// parameters of the tables left out are still bound, typed, and unused.
+fn write_sql(present: u8, dedupe: bool) -> &'static str {
+    static VARIANTS: LazyLock<std::sync::Mutex<std::collections::HashMap<(u8, bool), &'static str>>> =
+        LazyLock::new(Default::default);
+    let mut variants = VARIANTS.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    variants.entry((present, dedupe)).or_insert_with(|| {
+        let template =
+            WRITE_SQL_TEMPLATE.replace("{keyed}", if dedupe { "ON CONFLICT DO NOTHING" } else { "" });
+        let start =
+            |name: &str| template.find(&format!("\n{name} AS (\n")).expect("every CTE is in the template");
+        let end =
+            template.find("\nSELECT (SELECT count(*) FROM t)").expect("the template ends with its counts");
+        let mut sql = String::from("WITH n AS (SELECT $1::text[] AS names)");
+        for (i, name) in TABLE_CTES.iter().enumerate() {
+            if present & (1 << i) != 0 {
+                let to = TABLE_CTES.get(i + 1).map_or(end, |next| start(next));
+                sql.push(',');
+                sql.push_str(template[start(name)..to].trim_end().trim_end_matches(','));
+            }
+        }
+        let count = |i: usize| {
+            if present & (1 << i) != 0 {
+                format!("(SELECT count(*) FROM {})", TABLE_CTES[i])
+            } else {
+                "0::int8".into()
+            }
+        };
+        let others: Vec<String> = (1..6).filter(|i| present & (1 << i) != 0).map(count).collect();
+        let others = if others.is_empty() { "0::int8".to_owned() } else { others.join(" + ") };
+        sql.push_str(&format!("\nSELECT {}, {others}, {}", count(0), count(6)));
+        Box::leak(sql.into_boxed_str())
+    })
+}
 
 /// SQLSTATE unique_violation.
 const UNIQUE_VIOLATION: &str = "23505";
@@ -439,12 +476,22 @@ const UNIQUE_VIOLATION: &str = "23505";
 /// check everywhere. `trades` (the exchange's id, which two connections can both deliver),
 /// `feed_events` (loss records are written again on purpose) and `markets` always keep it.
 ///
-/// What the batch says about markets (`market` ticks) is upserted into `markets` after that,
+/// The sightings of every market of the batch are upserted into `markets` (the writer uses
+/// [`write_markets`] to leave out those it has written). What the batch says about markets
+/// (`market` ticks) is upserted into `markets` after that,
 /// in a statement of its own (idempotent too).
 pub async fn write(pool: &PgPool, b: &Batch) -> Result<Inserted, StoreError> {
-    let inserted = match write_with(pool, b, FIRST_WRITE_SQL.as_str()).await {
+    let mut markets: Vec<i32> = b.markets.keys().copied().collect();
+    markets.sort_unstable();
+    write_markets(pool, b, &markets).await
+}
+
+/// [`write`], upserting the sightings of only `markets` (name indices of the batch, sorted):
+/// the writer leaves out those `markets` already knows well enough.
+pub async fn write_markets(pool: &PgPool, b: &Batch, markets: &[i32]) -> Result<Inserted, StoreError> {
+    let inserted = match write_with(pool, b, markets, false).await {
         Err(StoreError::Database { code, .. }) if code == UNIQUE_VIOLATION => {
-            write_with(pool, b, DEDUPE_WRITE_SQL.as_str()).await
+            write_with(pool, b, markets, true).await
         }
         result => result,
     }?;
@@ -537,13 +584,30 @@ async fn write_infos(pool: &PgPool, b: &Batch) -> Result<(), StoreError> {
     Ok(())
 }
 
-async fn write_with(pool: &PgPool, b: &Batch, sql: &'static str) -> Result<Inserted, StoreError> {
-    let mut markets: Vec<(i32, i32, i64, i64)> =
-        b.markets.iter().map(|(m, (f, a, z))| (*m, *f, *a, *z)).collect();
+async fn write_with(pool: &PgPool, b: &Batch, only: &[i32], dedupe: bool) -> Result<Inserted, StoreError> {
+    let mut markets: Vec<(i32, i32, i64, i64)> = b
+        .markets
+        .iter()
+        .filter(|(m, _)| only.binary_search(m).is_ok())
+        .map(|(m, (f, a, z))| (*m, *f, *a, *z))
+        .collect();
     // A stable order keeps concurrent upserts of the same markets from deadlocking.
     markets.sort_unstable_by(|x, y| b.name(x.0).cmp(b.name(y.0)));
     let (t, q, s, d, l, e) = (&b.trades, &b.quotes, &b.snapshots, &b.deltas, &b.lifecycle, &b.events);
-    let row = sqlx::query(sql)
+    let filled = [
+        !t.trade_id.is_empty(),
+        !q.keys.recv_ts.is_empty(),
+        !s.keys.recv_ts.is_empty(),
+        !d.keys.recv_ts.is_empty(),
+        !l.keys.recv_ts.is_empty(),
+        !e.ts.is_empty(),
+        !markets.is_empty(),
+    ];
+    let present = filled.iter().enumerate().fold(0u8, |bits, (i, &f)| bits | (u8::from(f) << i));
+    if present == 0 {
+        return Ok(Inserted::default());
+    }
+    let row = sqlx::query(write_sql(present, dedupe))
         .bind(&b.names)
         .bind(&t.keys.feed)
         .bind(&t.keys.market)

@@ -1,7 +1,12 @@
 //! The store writer: the bus's lossless consumer.
 //!
 //! One task, one `select!`. It takes ticks from the bus into a [`Batch`] and hands a batch to
-//! PostgreSQL once it holds `batch_size` ticks or its oldest tick is `batch_age` old. Up to
+//! PostgreSQL once it holds `batch_size` ticks or its oldest tick could wait no longer and
+//! still be committed within `commit_latency`: the batch is cut when its oldest tick has waited
+//! `commit_latency` less what recent live writes took ([`WriteTime`]), or at a fixed
+//! `batch_age` when one is set. Each commit costs PostgreSQL about the same whatever it holds
+//! (the statement, the WAL flush), so the writer commits as seldom as the budget allows: at
+//! low rates about once per `commit_latency`, under load as often as writes need. Up to
 //! [`WRITES_IN_FLIGHT`] writes run at once, each on its own connection, while the next batch
 //! fills: one slow commit (a checkpoint, a WAL flush) then does not hold back the batch behind
 //! it. Batches may commit out of order, which the idempotent keys make harmless. If the next
@@ -29,6 +34,12 @@
 //! committed but not consumed (its answer lost, the process killed) is stored once however
 //! often it is replayed. A merged batch the database refuses for its content is replayed again
 //! record by record, so that only the record at fault is set aside.
+//!
+//! The `markets` table's first and last sightings are written only when a batch has something
+//! to tell it: a market this process has not written yet, an earlier first sighting, or a
+//! last sighting [`LAST_SEEN_STEP_US`] past the one written. Every batch used to upsert every
+//! market it touched, an update per market per commit, which at hundreds of markets was more
+//! rows than the ticks themselves at low rates.
 //!
 //! Nothing is dropped without a record: a full spool drops the batch, counts it per feed,
 //! alerts at once, and writes a `store_loss` row to `feed_events` when the database is back;
@@ -66,6 +77,14 @@ const RECV_CHUNK: usize = 1024;
 /// Writes in flight at once (never more than `pool_size`). Two let a batch commit while the
 /// one before it waits on a slow flush; more would only queue behind the same WAL writer.
 pub const WRITES_IN_FLIGHT: usize = 2;
+
+/// How far a market's `last_seen` in `markets` may lag the data: a batch upserts a market it
+/// has written before only once its last sighting is this much newer (µs).
+pub const LAST_SEEN_STEP_US: i64 = 60_000_000;
+
+/// The least age at which a batch is cut when writes take about the whole `commit_latency`:
+/// cutting sooner would only make more, smaller commits of the same ticks.
+const MIN_CUT_AGE: Duration = Duration::from_millis(1);
 
 /// How often partitions ahead and retention are looked after while the database is up.
 const MAINTENANCE_EVERY: Duration = Duration::from_secs(3600);
@@ -157,6 +176,8 @@ impl Writer {
             up: false,
             checked: false,
             known_days: HashSet::new(),
+            markets_written: HashMap::new(),
+            write_time: WriteTime::default(),
             losses: HashMap::new(),
             loss_alerted: false,
             last_problem: None,
@@ -276,6 +297,10 @@ struct Done {
     origin: Origin,
     /// Partition days the write ensured before inserting.
     days: Vec<i64>,
+    /// The markets (name indices of the batch) whose sightings it upserted.
+    markets: Vec<i32>,
+    /// How long the write took.
+    took: Duration,
     /// The `store_loss` rows the batch carries, taken from the pending ones.
     losses: HashMap<String, Loss>,
     result: Result<Inserted, StoreError>,
@@ -312,6 +337,10 @@ struct Actor {
     checked: bool,
     /// Days whose partitions exist.
     known_days: HashSet<i64>,
+    /// Per market, the first and last sightings (µs) this process has committed to `markets`.
+    markets_written: HashMap<String, (i64, i64)>,
+    /// How long live writes take: how early a batch must be cut.
+    write_time: WriteTime,
     /// Ticks dropped by a full spool, per feed, not yet recorded in the ledger nor riding in
     /// a write in flight.
     losses: HashMap<String, Loss>,
@@ -321,6 +350,33 @@ struct Actor {
     last_problem: Option<String>,
     /// Bytes under `state_dir/rejected`, counted at the first refusal.
     rejected_bytes: Option<u64>,
+}
+
+/// How long live writes take, smoothed as TCP smooths round trips (RFC 6298): a mean and a
+/// mean deviation. A batch is cut `expected()` before its oldest tick reaches
+/// `commit_latency`.
+#[derive(Debug, Default)]
+struct WriteTime {
+    mean_us: f64,
+    deviation_us: f64,
+    seen: bool,
+}
+
+impl WriteTime {
+    fn observe(&mut self, took: Duration) {
+        let us = took.as_secs_f64() * 1e6;
+        if self.seen {
+            self.deviation_us = 0.75 * self.deviation_us + 0.25 * (us - self.mean_us).abs();
+            self.mean_us = 0.875 * self.mean_us + 0.125 * us;
+        } else {
+            (self.mean_us, self.deviation_us, self.seen) = (us, us / 2.0, true);
+        }
+    }
+
+    /// What the next write will most likely take at most: the mean plus twice the deviation.
+    fn expected(&self) -> Duration {
+        Duration::from_micros((self.mean_us + 2.0 * self.deviation_us) as u64)
+    }
 }
 
 /// The bytes of the files directly in `dir` (0 when it does not exist).
@@ -340,9 +396,9 @@ async fn maybe<T>(f: &mut Option<BoxFut<T>>) -> T {
 impl Actor {
     async fn run(mut self, mut rx: LosslessReceiver) {
         let batch_size = self.ctx.settings.batch_size;
-        let batch_age = self.ctx.settings.batch_age;
         let mut batch = Batch::new();
-        let mut deadline = Instant::now();
+        // When the batch's first tick arrived.
+        let mut opened = Instant::now();
         let mut buf: Vec<Arc<Tick>> = Vec::with_capacity(RECV_CHUNK);
         let mut open = true;
         let slots = WRITES_IN_FLIGHT.min(self.ctx.settings.pool_size as usize).max(1);
@@ -361,6 +417,7 @@ impl Actor {
         loop {
             // Liveness (systemd watchdog): a turn is work; see the wait below.
             self.ctx.metrics.writer_beat.working();
+            let deadline = opened + self.cut_age();
             let due = !batch.is_empty() && (batch.ticks >= batch_size || !open || Instant::now() >= deadline);
             // At start the first probe is usually about to succeed: let the first batch wait
             // for it (until full) rather than spool it.
@@ -481,7 +538,7 @@ impl Actor {
                         debug!("Bus closed; writing the last batch.");
                     }
                     if batch.is_empty() && n > 0 {
-                        deadline = Instant::now() + batch_age;
+                        opened = Instant::now();
                     }
                     for tick in buf.drain(..) {
                         batch.push(&tick);
@@ -612,31 +669,65 @@ impl Actor {
         }
     }
 
+    /// How old a batch's first tick may get before the batch is cut.
+    fn cut_age(&self) -> Duration {
+        let s = &self.ctx.settings;
+        s.batch_age
+            .unwrap_or_else(|| s.commit_latency.saturating_sub(self.write_time.expected()).max(MIN_CUT_AGE))
+    }
+
+    /// The markets of `batch` whose sightings `markets` does not have yet: not written by this
+    /// process, seen earlier than written, or seen [`LAST_SEEN_STEP_US`] after.
+    fn markets_to_write(&self, batch: &Batch) -> Vec<i32> {
+        let mut markets: Vec<i32> = batch
+            .markets
+            .iter()
+            .filter(|(m, (_, first, last))| match self.markets_written.get(batch.name(**m)) {
+                None => true,
+                Some(&(written_first, written_last)) => {
+                    *first < written_first || *last >= written_last + LAST_SEEN_STEP_US
+                }
+            })
+            .map(|(m, _)| *m)
+            .collect();
+        markets.sort_unstable();
+        markets
+    }
+
     /// Starts writing `batch`; the returned future never fails, it reports.
     fn write(&self, batch: Batch, origin: Origin, losses: HashMap<String, Loss>) -> BoxFut<Done> {
         let pool = self.pool.clone();
         let limit = self.ctx.settings.write_timeout;
         let days: Vec<i64> = batch.days().into_iter().filter(|d| !self.known_days.contains(d)).collect();
+        let markets = self.markets_to_write(&batch);
         Box::pin(async move {
+            let started = Instant::now();
             let result = pg::within(limit, async {
                 if !days.is_empty() {
                     pg::ensure_partitions(&pool, &days).await?;
                 }
-                pg::write(&pool, &batch).await
+                pg::write_markets(&pool, &batch, &markets).await
             })
             .await;
-            Done { batch, origin, days, losses, result }
+            Done { batch, origin, days, markets, took: started.elapsed(), losses, result }
         })
     }
 
     /// Accounts for a finished write. Returns a probe delay when the database went away.
     fn on_done(&mut self, done: Done) -> Option<Duration> {
-        let Done { batch, origin, days, losses, result } = done;
+        let Done { batch, origin, days, markets, took, losses, result } = done;
         let m = self.ctx.metrics.clone();
         let ticks = batch.ticks as u64;
         match result {
             Ok(inserted) => {
                 self.known_days.extend(days);
+                for m in markets {
+                    if let Some(&(_, first, last)) = batch.markets.get(&m) {
+                        let written =
+                            self.markets_written.entry(batch.name(m).to_owned()).or_insert((first, last));
+                        *written = (written.0.min(first), written.1.max(last));
+                    }
+                }
                 StoreMetrics::add(&m.committed, ticks);
                 StoreMetrics::add(&m.inserted, inserted.rows);
                 StoreMetrics::add(&m.trades_inserted, inserted.trades);
@@ -650,6 +741,7 @@ impl Actor {
                         if ticks > 0 {
                             m.observe_latency(age);
                         }
+                        self.write_time.observe(took);
                     }
                     // Consumed once every group before it is stored (`settle`).
                     Origin::Spool(last) => self.replay_state(last, GroupState::Stored),
@@ -1058,7 +1150,7 @@ mod tests {
         let settings = StoreSettings {
             url: DatabaseUrl::new("postgres://tickd@127.0.0.1:1/tickd"),
             batch_size: 100,
-            batch_age: Duration::from_millis(50),
+            batch_age: Some(Duration::from_millis(50)),
             retry_interval: Duration::from_secs(3600),
             ..StoreSettings::default()
         };
@@ -1092,5 +1184,55 @@ mod tests {
         writer.await.expect("the writer ends when the bus closes");
         assert_eq!(metrics.state(), StoreState::Stopped);
         assert_eq!(metrics.received.load(Ordering::Relaxed), 250);
+    }
+
+    #[test]
+    fn a_batch_is_cut_early_enough_for_what_writes_have_taken() {
+        let mut took = WriteTime::default();
+        assert_eq!(took.expected(), Duration::ZERO, "nothing timed yet: the whole budget is waiting");
+        for _ in 0..50 {
+            took.observe(Duration::from_millis(20));
+        }
+        let steady = took.expected();
+        assert!(steady >= Duration::from_millis(20) && steady < Duration::from_millis(21), "{steady:?}");
+        took.observe(Duration::from_millis(60));
+        assert!(took.expected() > Duration::from_millis(40), "one slow write widens the margin at once");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_batch_age_a_batch_waits_the_commit_latency_when_no_write_was_timed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // Unreachable database: batches go to the spool, where they can be counted.
+        let settings = StoreSettings {
+            url: DatabaseUrl::new("postgres://tickd@127.0.0.1:1/tickd"),
+            commit_latency: Duration::from_millis(40),
+            batch_age: None,
+            retry_interval: Duration::from_secs(3600),
+            ..StoreSettings::default()
+        };
+        let metrics = Arc::new(StoreMetrics::default());
+        let ctx = WriterContext {
+            settings,
+            state_dir: dir.path().to_owned(),
+            alerter: Alerter::new(None),
+            metrics: metrics.clone(),
+        };
+        let mut builder = BusBuilder::new(&BusSettings::default());
+        let (_handle, run) = Writer::start(ctx, builder.lossless()).expect("writer");
+        let bus = builder.build();
+        let writer = tokio::spawn(run);
+        until("the failed first probe", || metrics.state() == StoreState::Spooling).await;
+        let spooled = || metrics.spooled.load(Ordering::Relaxed);
+
+        for n in 0..10 {
+            bus.publish(tick(n)).await;
+        }
+        let published_at = Instant::now();
+        until("the batch cut by age", || spooled() == 10).await;
+        let waited = published_at.elapsed();
+
+        assert!(waited >= Duration::from_millis(39) && waited <= Duration::from_millis(45), "{waited:?}");
+        drop(bus);
+        writer.await.expect("the writer ends when the bus closes");
     }
 }
