@@ -10,7 +10,7 @@
 //!
 //! This module owns the root of the tree ([`Settings`]), loading, the list of problems that
 //! validation collects and [`ConfigError`]. Each section has its own file with its checks
-//! beside it (`log`, `bus`, `store`, `dashboard`, `alerts`, `feeds`); `secrets` holds
+//! beside it (`log`, `bus`, `store`, `nats`, `dashboard`, `alerts`, `feeds`); `secrets` holds
 //! [`Secret`], redaction and `credential:` files, and `reload` names the changed keys that wait
 //! for a restart. Every public type is re-exported here: callers write `config::FeedSettings`.
 
@@ -20,6 +20,7 @@ mod dashboard;
 mod feeds;
 mod load_errors;
 mod log;
+mod nats;
 mod reload;
 mod secrets;
 mod store;
@@ -38,6 +39,7 @@ pub use bus::BusSettings;
 pub use dashboard::DashboardSettings;
 pub use feeds::{BackoffSettings, FeedSettings, GiveUpPolicy, LoadedKey, MARKET_CHANNELS, VenueKey};
 pub use log::{LogFormat, LogSettings};
+pub use nats::NatsSettings;
 pub use secrets::{CREDENTIAL_PREFIX, Secret};
 pub use store::{DatabaseUrl, StoreSettings};
 
@@ -61,6 +63,9 @@ pub struct Settings {
     /// Recording in PostgreSQL. Without a `[store]` table nothing is recorded (a warning says
     /// so at start).
     pub store: Option<StoreSettings>,
+    /// Publishing every tick to NATS JetStream. Without a `[nats]` table, nothing leaves the
+    /// host but the dashboard's stream.
+    pub nats: Option<NatsSettings>,
     /// The HTTP port: the dashboard page, the live stream (`/ws`) and health checks.
     pub dashboard: DashboardSettings,
     /// When alerts fire and resolve, and the webhook that hears of them.
@@ -78,6 +83,7 @@ impl Default for Settings {
             log: LogSettings::default(),
             bus: BusSettings::default(),
             store: None,
+            nats: None,
             dashboard: DashboardSettings::default(),
             alerts: AlertSettings::default(),
             feeds: Vec::new(),
@@ -246,6 +252,9 @@ impl Settings {
         }
         if let Some(store) = &self.store {
             store.validate_into(&mut problems);
+        }
+        if let Some(nats) = &self.nats {
+            nats.validate_into(&mut problems);
         }
         self.dashboard.validate_into(&mut problems);
         self.alerts.validate_into(&mut problems);
