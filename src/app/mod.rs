@@ -22,6 +22,7 @@ use tracing::{error, warn};
 
 use crate::bus::{Bus, BusBuilder};
 use crate::config::Settings;
+use crate::nats::publish::NatsSink;
 use crate::ops::alerts::{self, Thresholds, WatchContext};
 use crate::ops::health::Health;
 use crate::ops::summary::summarize;
@@ -70,6 +71,14 @@ impl App {
             }
             None => warn!("No [store] configured: ticks are not recorded."),
         }
+        let nats = match &settings.nats {
+            Some(nats) => Some(NatsSink::build(nats, &settings.state_dir).await?),
+            None => None,
+        };
+        let nats_metrics = nats.as_ref().map(NatsSink::metrics);
+        if let Some(nats) = nats {
+            topology.sink(nats);
+        }
         if settings.dashboard.enabled {
             let dashboard = DashboardSink::build(&settings.dashboard).await?;
             addrs.dashboard = dashboard.local_addr();
@@ -83,6 +92,7 @@ impl App {
             feeds: Default::default(),
             bus: bus.counters(),
             store: store_metrics,
+            nats: nats_metrics,
             dashboard: Default::default(),
             alerts: alerts.clone(),
             rest: Default::default(),

@@ -243,6 +243,24 @@ impl Settings {
     /// ([`VenueKey`]) and keeps it in these settings, so the feeds sign with the key checked
     /// here and nothing reads the key file again.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.problems(true).into_result()
+    }
+
+    /// Validates settings for `tickd record`, which reads NATS rather than the exchange: a
+    /// `[nats]` and a `[store]` table are required and feeds are not (any given are checked
+    /// all the same, so one config file serves `tickd run` and `tickd record`).
+    pub fn validate_record(&self) -> Result<(), ConfigError> {
+        let mut problems = self.problems(false);
+        if self.nats.is_none() {
+            problems.push("nats", "tickd record needs a [nats] table: the stream it records");
+        }
+        if self.store.is_none() {
+            problems.push("store", "tickd record needs a [store] table: the database it records into");
+        }
+        problems.into_result()
+    }
+
+    fn problems(&self, require_feeds: bool) -> Problems {
         let mut problems = Problems::default();
         self.log.validate_into(&mut problems);
         problems.positive("summary_interval", self.summary_interval);
@@ -258,7 +276,7 @@ impl Settings {
         }
         self.dashboard.validate_into(&mut problems);
         self.alerts.validate_into(&mut problems);
-        if self.feeds.is_empty() {
+        if require_feeds && self.feeds.is_empty() {
             problems.push("feeds", "no feed is configured; add a [[feeds]] table");
         }
         let mut names = HashSet::new();
@@ -269,7 +287,7 @@ impl Settings {
                 problems.push(format!("{key}.name"), format!("`{}` is used twice", feed.name));
             }
         }
-        problems.into_result()
+        problems
     }
 
     /// The effective settings as TOML, for `tickd check-config`. Secrets print as
@@ -350,6 +368,21 @@ mod tests {
     #[test]
     fn no_feed_at_all_is_a_problem() {
         assert_eq!(problem_keys(&Settings::default()), ["feeds"]);
+    }
+
+    #[test]
+    fn a_recorder_needs_nats_and_a_store_and_no_feed() {
+        let none = Settings::default();
+        let err = none.validate_record().expect_err("nothing to record from or into").to_string();
+        assert!(err.contains("`nats`") && err.contains("`store`") && !err.contains("`feeds`"), "{err}");
+
+        let recorder = Settings {
+            nats: Some(NatsSettings::default()),
+            store: Some(StoreSettings::default()),
+            ..Settings::default()
+        };
+        assert!(recorder.validate_record().is_ok());
+        assert!(recorder.validate().is_err(), "tickd run still needs a feed");
     }
 
     #[test]

@@ -40,6 +40,9 @@ pub struct NatsSettings {
     pub duplicate_window: Duration,
     /// This daemon's id in message ids and the leader lease; the host name when absent.
     pub instance: Option<String>,
+    /// The durable consumer `tickd record` reads the stream with; recorders that share it
+    /// share the work.
+    pub consumer: String,
     /// Publishes awaiting the server's acknowledgement at once.
     pub max_in_flight: usize,
     /// The most bytes spooled under `state_dir` while NATS is unreachable or slow; past it,
@@ -67,6 +70,7 @@ impl Default for NatsSettings {
             replicas: 1,
             duplicate_window: Duration::from_secs(120),
             instance: None,
+            consumer: "tickd-record".into(),
             max_in_flight: 4096,
             spool_max_bytes: 1 << 30,
             ha: false,
@@ -101,6 +105,11 @@ impl NatsSettings {
     /// The token file, with `credential:<name>` resolved.
     pub fn token_path(&self) -> Option<PathBuf> {
         resolve(self.token_file.as_deref())
+    }
+
+    /// The CA file, with `credential:<name>` resolved.
+    pub fn ca_path(&self) -> Option<PathBuf> {
+        resolve(self.ca_file.as_deref())
     }
 
     /// The token, read from `token_file`.
@@ -188,6 +197,14 @@ impl NatsSettings {
             && (instance.is_empty() || instance.bytes().any(|b| !(b'!'..=b'~').contains(&b) || b == b':'))
         {
             problems.push("nats.instance", "must be printable characters without spaces or `:`");
+        }
+        if self.consumer.is_empty()
+            || self
+                .consumer
+                .bytes()
+                .any(|b| !(b'!'..=b'~').contains(&b) || matches!(b, b'.' | b'*' | b'>' | b'/' | b'\\'))
+        {
+            problems.push("nats.consumer", "must be printable characters without `.`, `*`, `>`, `/` or `\\`");
         }
         problems.at_least_one("nats.max_in_flight", self.max_in_flight);
         if self.spool_max_bytes < 1 << 20 {
