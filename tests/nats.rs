@@ -113,6 +113,7 @@ async fn every_trade_reaches_the_recorder_exactly_once_across_a_nats_restart() {
     server.restart().await.expect("restart NATS");
     app.wait("the NATS spool replayed", LIVE, |app| {
         let m = nats(app);
+        eprintln!("DEBUG {m:?} active={:?}", app.health.alerts.active());
         NatsMetrics::get(&m.spooling) == 0 && NatsMetrics::get(&m.replayed) > 0
     })
     .await;

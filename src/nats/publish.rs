@@ -11,8 +11,9 @@
 //! `spool_max_bytes`. Each record holds the ticks that arrived during one append (group
 //! commit), one line each: subject, message id and payload, tab-separated (none of them can
 //! hold a tab or a line break). Every [`RETRY_EVERY`] the publisher tries the servers again and,
-//! once connected, replays the spool oldest record first, each record consumed once every
-//! publish in it is acknowledged. New ticks keep going to the spool until it is empty, so the
+//! once connected, replays the spool oldest record first, consecutive records merged by the
+//! store's [`Coalescer`] into groups of up to `max_in_flight` ticks, each group consumed once
+//! every publish in it is acknowledged. New ticks keep going to the spool until it is empty, so the
 //! stream gets them in the order they were spooled; then they go straight to NATS again. A
 //! record replayed twice (the process stopped between the acknowledgements and the consume)
 //! is dropped by the stream's duplicate window, each message carrying its id.
@@ -46,7 +47,7 @@ use crate::bus::{BusBuilder, LosslessReceiver};
 use crate::config::NatsSettings;
 use crate::store::batch::{Batch, Loss};
 use crate::store::pg;
-use crate::store::spool::{RecordId, Spool, SpoolError};
+use crate::store::spool::{Coalesce, Coalescer, Group, Spool, SpoolError};
 use crate::telemetry::alerts::{Alerter, NATS, NATS_LOSS, NATS_UNREACHABLE};
 use crate::tick::{Tick, TickKind};
 
@@ -283,6 +284,10 @@ impl Publisher {
         retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut buf = Vec::with_capacity(RECV_CHUNK);
         let mut closed = false;
+        // The spool was found empty once while ticks were still being spooled: take no more
+        // until the last of them are spooled and replayed, so that none goes out ahead of an
+        // older one. Bounded by one append and one replay of a record.
+        let mut handover = false;
         let max_in_flight = self.settings.max_in_flight;
         loop {
             NatsMetrics::set(&self.metrics.in_flight, in_flight.len() as u64);
@@ -290,7 +295,8 @@ impl Publisher {
             if closed && in_flight.is_empty() && append.is_none() && pending.is_empty() {
                 break;
             }
-            let room = if spooling { pending.len() < PENDING_LIMIT } else { in_flight.len() < max_in_flight };
+            let room =
+                if spooling { !handover && pending.len() < PENDING_LIMIT } else { in_flight.len() < max_in_flight };
             tokio::select! {
                 biased;
                 Some((line, result)) = in_flight.next(), if !in_flight.is_empty() => match result {
@@ -305,9 +311,12 @@ impl Publisher {
                         pending.push(line);
                     }
                 },
-                Ok((lines, result)) = async { append.as_mut().expect("guarded").await }, if append.is_some() => {
+                joined = async { append.as_mut().expect("guarded").await }, if append.is_some() => {
                     append = None;
-                    self.appended(lines, result);
+                    match joined {
+                        Ok((lines, result)) => self.appended(lines, result),
+                        Err(e) => error!(error = %e, "A NATS spool append ended abnormally."),
+                    }
                 }
                 outcome = async { replay.as_mut().expect("guarded").await }, if replay.is_some() => {
                     replay = None;
@@ -315,12 +324,21 @@ impl Publisher {
                         Ok(Replayed::Drained) => {
                             if pending.is_empty() && append.is_none() && lock(&self.spool).is_empty() {
                                 spooling = false;
+                                handover = false;
                                 info!("NATS spool replayed; publishing directly again.");
                                 self.alerter.close(NATS, NATS_UNREACHABLE, "NATS answers and the spool is replayed");
+                            } else {
+                                handover = true;
                             }
                         }
-                        Ok(Replayed::Failed(e)) => warn!(error = %e, "Replaying the NATS spool failed; trying again later."),
-                        Err(e) => error!(error = %e, "NATS spool replay ended abnormally."),
+                        Ok(Replayed::Failed(e)) => {
+                            handover = false;
+                            warn!(error = %e, "Replaying the NATS spool failed; trying again later.");
+                        }
+                        Err(e) => {
+                            handover = false;
+                            error!(error = %e, "NATS spool replay ended abnormally.");
+                        }
                     }
                 }
                 n = rx.recv_many(&mut buf, RECV_CHUNK), if !closed && room => {
@@ -354,7 +372,7 @@ impl Publisher {
                     NatsMetrics::set(&self.metrics.connected, u64::from(connected));
                     self.write_losses().await;
                     if spooling && replay.is_none() && connected && !closed && self.check_stream().await {
-                        replay = Some(tokio::spawn(replay_spool(self.js.clone(), self.spool.clone(), self.metrics.clone())));
+                        replay = Some(tokio::spawn(replay_spool(self.js.clone(), self.spool.clone(), self.metrics.clone(), self.settings.max_in_flight)));
                     }
                 }
             }
@@ -365,6 +383,9 @@ impl Publisher {
                     let result = lock(&spool).append(&encode_record(&lines)).map(|_| ());
                     (lines, result)
                 }));
+            }
+            if handover && append.is_none() && pending.is_empty() && replay.is_none() {
+                replay = Some(tokio::spawn(replay_spool(self.js.clone(), self.spool.clone(), self.metrics.clone(), self.settings.max_in_flight)));
             }
         }
         if let Some(replay) = replay {
@@ -487,40 +508,63 @@ impl Publisher {
     }
 }
 
-/// Publishes the spool's records oldest first, each consumed once all its publishes are
-/// acknowledged, until it is empty or a publish fails.
+/// Spooled ticks read back for a replay: (subject, message id, payload) each, in order.
+#[derive(Debug)]
+struct Spooled(Vec<(String, String, Bytes)>);
+
+impl Coalesce for Spooled {
+    type Error = &'static str;
+
+    fn decode(record: &[u8]) -> Result<Spooled, Self::Error> {
+        decode_record(record).map(Spooled).ok_or("not a record of ticks for NATS")
+    }
+
+    fn items(&self) -> usize {
+        self.0.len()
+    }
+
+    fn absorb(&mut self, later: Spooled) {
+        self.0.extend(later.0);
+    }
+}
+
+/// Publishes the spool oldest first, in groups of consecutive records of up to
+/// `group_ticks` ticks (records written during an outage are often a tick or two: one round
+/// trip each would replay no faster than ticks arrive), each group consumed once every
+/// publish in it is acknowledged, until the spool is empty or a publish fails.
 async fn replay_spool(
     js: jetstream::Context,
     spool: Arc<Mutex<Spool>>,
     metrics: Arc<NatsMetrics>,
+    group_ticks: usize,
 ) -> Replayed {
-    let rewind = |spool: &Arc<Mutex<Spool>>| lock(spool).rewind();
+    let coalescer = Arc::new(Mutex::new(Coalescer::<Spooled>::default()));
+    let rewind = |spool: &Arc<Mutex<Spool>>, coalescer: &Arc<Mutex<Coalescer<Spooled>>>| {
+        lock(coalescer).rewind(&mut lock(spool));
+    };
     loop {
         let read = {
-            let spool = spool.clone();
-            tokio::task::spawn_blocking(move || lock(&spool).read_next()).await
+            let (spool, coalescer) = (spool.clone(), coalescer.clone());
+            tokio::task::spawn_blocking(move || lock(&coalescer).next_group(&mut lock(&spool), group_ticks)).await
         };
-        let (id, record): (RecordId, Vec<u8>) = match read {
-            Ok(Ok(Some(next))) => next,
+        let group: Group<Spooled> = match read {
+            Ok(Ok(Some(group))) => group,
             Ok(Ok(None)) => return Replayed::Drained,
             Ok(Err(e)) => {
-                rewind(&spool);
+                rewind(&spool, &coalescer);
                 return Replayed::Failed(format!("reading the spool: {e}"));
             }
             Err(e) => {
-                rewind(&spool);
+                rewind(&spool, &coalescer);
                 return Replayed::Failed(e.to_string());
             }
         };
-        let lines = match decode_record(&record) {
-            Some(lines) => lines,
-            None => {
-                // Not a record this publisher wrote: skipped, counted, never a reason to stop.
-                NatsMetrics::add(&metrics.unreadable, 1);
-                error!(record = %id, "NATS spool record cannot be read; skipped.");
-                Vec::new()
-            }
-        };
+        for bad in &group.undecodable {
+            // Not a record this publisher wrote: skipped, counted, never a reason to stop.
+            NatsMetrics::add(&metrics.unreadable, 1);
+            error!(record = %bad.id, error = %bad.error, "NATS spool record cannot be read; skipped.");
+        }
+        let lines = group.batch.map(|b| b.0).unwrap_or_default();
         let mut acks = FuturesUnordered::new();
         for (subject, msg_id, payload) in &lines {
             NatsMetrics::add(&metrics.published, 1);
@@ -528,7 +572,7 @@ async fn replay_spool(
             match js.send_publish(subject.clone(), message).await {
                 Ok(ack) => acks.push(ack.into_future()),
                 Err(e) => {
-                    rewind(&spool);
+                    rewind(&spool, &coalescer);
                     return Replayed::Failed(e.to_string());
                 }
             }
@@ -543,7 +587,7 @@ async fn replay_spool(
                 }
                 Err(e) => {
                     NatsMetrics::add(&metrics.failed, 1);
-                    rewind(&spool);
+                    rewind(&spool, &coalescer);
                     return Replayed::Failed(e.to_string());
                 }
             }
@@ -552,7 +596,7 @@ async fn replay_spool(
             let spool = spool.clone();
             tokio::task::spawn_blocking(move || {
                 let mut s = lock(&spool);
-                let r = s.consume(id);
+                let r = s.consume(group.last);
                 (r, s.bytes())
             })
             .await
@@ -562,7 +606,7 @@ async fn replay_spool(
                 NatsMetrics::set(&metrics.spool_bytes, bytes);
                 NatsMetrics::add(&metrics.replayed, lines.len() as u64);
                 if let Err(e) = result {
-                    warn!(error = %e, "NATS spool checkpoint not written; it is tried again with the next record.");
+                    warn!(error = %e, "NATS spool checkpoint not written; it is tried again with the next group.");
                 }
             }
             Err(e) => return Replayed::Failed(e.to_string()),
@@ -570,8 +614,8 @@ async fn replay_spool(
     }
 }
 
-fn lock(spool: &Mutex<Spool>) -> std::sync::MutexGuard<'_, Spool> {
-    spool.lock().unwrap_or_else(PoisonError::into_inner)
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 #[cfg(test)]

@@ -33,9 +33,16 @@ use crate::config::{NatsSettings, Settings, StoreSettings};
 use crate::store::batch::Batch;
 use crate::store::pg;
 
-/// How long the stream waits for an acknowledgement before it delivers a message again (to
-/// this or another recorder). Above a batch's worst case (connect and write timeouts).
-const ACK_WAIT: Duration = Duration::from_secs(60);
+/// The shortest time the stream waits for an acknowledgement before it delivers a message
+/// again (to this or another recorder); see [`ack_wait`].
+const MIN_ACK_WAIT: Duration = Duration::from_secs(5);
+
+/// How long the stream waits for an acknowledgement: twice a batch write's worst case (connect
+/// and write timeouts) after it filled, so that a healthy recorder is never raced by a
+/// redelivery, while the messages of a recorder that died come again soon.
+fn ack_wait(store: &StoreSettings) -> Duration {
+    (store.batch_age + 2 * (store.connect_timeout + store.write_timeout)).max(MIN_ACK_WAIT)
+}
 
 /// The recorder's counters.
 #[derive(Debug, Default)]
@@ -177,7 +184,7 @@ fn consumer_config(nats: &NatsSettings, store: &StoreSettings) -> pull::Config {
         filter_subject: format!("{}.>", nats.subject_prefix),
         deliver_policy: DeliverPolicy::All,
         ack_policy: AckPolicy::Explicit,
-        ack_wait: ACK_WAIT,
+        ack_wait: ack_wait(store),
         // Room for a batch being written and the next one filling, per recorder sharing it.
         max_ack_pending: i64::try_from(store.batch_size.saturating_mul(8)).unwrap_or(i64::MAX),
         ..Default::default()
