@@ -213,7 +213,10 @@ impl Sink for NatsSink {
     fn start(&mut self, ctx: &StartContext<'_>) -> anyhow::Result<()> {
         if let Some((rx, spool, alerter)) = self.parts.take() {
             let publisher = Publisher {
-                js: connect::jetstream(self.client.clone(), self.settings.max_in_flight),
+                // The publisher keeps its own window of `max_in_flight`, and the replay one of
+                // its own; the context's may not be the narrower, or a publish would wait for a
+                // permit that only an acknowledgement not yet polled can free.
+                js: connect::jetstream(self.client.clone(), self.settings.max_in_flight.saturating_mul(2)),
                 client: self.client.clone(),
                 instance: self.settings.instance_name(),
                 settings: self.settings.clone(),
@@ -295,8 +298,17 @@ impl Publisher {
             if closed && in_flight.is_empty() && append.is_none() && pending.is_empty() {
                 break;
             }
-            let room =
-                if spooling { !handover && pending.len() < PENDING_LIMIT } else { in_flight.len() < max_in_flight };
+            // Never more than the window in flight, so a publish never waits for a permit.
+            let take = if spooling {
+                RECV_CHUNK
+            } else {
+                RECV_CHUNK.min(max_in_flight.saturating_sub(in_flight.len())).max(1)
+            };
+            let room = if spooling {
+                !handover && pending.len() < PENDING_LIMIT
+            } else {
+                in_flight.len() < max_in_flight
+            };
             tokio::select! {
                 biased;
                 Some((line, result)) = in_flight.next(), if !in_flight.is_empty() => match result {
@@ -341,7 +353,7 @@ impl Publisher {
                         }
                     }
                 }
-                n = rx.recv_many(&mut buf, RECV_CHUNK), if !closed && room => {
+                n = rx.recv_many(&mut buf, take), if !closed && room => {
                     if n == 0 {
                         closed = true;
                     }
@@ -385,7 +397,12 @@ impl Publisher {
                 }));
             }
             if handover && append.is_none() && pending.is_empty() && replay.is_none() {
-                replay = Some(tokio::spawn(replay_spool(self.js.clone(), self.spool.clone(), self.metrics.clone(), self.settings.max_in_flight)));
+                replay = Some(tokio::spawn(replay_spool(
+                    self.js.clone(),
+                    self.spool.clone(),
+                    self.metrics.clone(),
+                    self.settings.max_in_flight,
+                )));
             }
         }
         if let Some(replay) = replay {
@@ -545,7 +562,8 @@ async fn replay_spool(
     loop {
         let read = {
             let (spool, coalescer) = (spool.clone(), coalescer.clone());
-            tokio::task::spawn_blocking(move || lock(&coalescer).next_group(&mut lock(&spool), group_ticks)).await
+            tokio::task::spawn_blocking(move || lock(&coalescer).next_group(&mut lock(&spool), group_ticks))
+                .await
         };
         let group: Group<Spooled> = match read {
             Ok(Ok(Some(group))) => group,
@@ -566,7 +584,30 @@ async fn replay_spool(
         }
         let lines = group.batch.map(|b| b.0).unwrap_or_default();
         let mut acks = FuturesUnordered::new();
+        let answered =
+            |result: Result<jetstream::publish::PublishAck, jetstream::context::PublishError>| match result {
+                Ok(ack) => {
+                    NatsMetrics::add(&metrics.acked, 1);
+                    if ack.duplicate {
+                        NatsMetrics::add(&metrics.duplicates, 1);
+                    }
+                    Ok(())
+                }
+                Err(e) => {
+                    NatsMetrics::add(&metrics.failed, 1);
+                    Err(e)
+                }
+            };
         for (subject, msg_id, payload) in &lines {
+            // One record may hold more ticks than the window: acknowledgements are taken as
+            // they come once it is full.
+            if acks.len() >= group_ticks
+                && let Some(result) = acks.next().await
+                && let Err(e) = answered(result)
+            {
+                rewind(&spool, &coalescer);
+                return Replayed::Failed(e.to_string());
+            }
             NatsMetrics::add(&metrics.published, 1);
             let message = PublishMessage::build().payload(payload.clone()).message_id(msg_id);
             match js.send_publish(subject.clone(), message).await {
@@ -578,18 +619,9 @@ async fn replay_spool(
             }
         }
         while let Some(result) = acks.next().await {
-            match result {
-                Ok(ack) => {
-                    NatsMetrics::add(&metrics.acked, 1);
-                    if ack.duplicate {
-                        NatsMetrics::add(&metrics.duplicates, 1);
-                    }
-                }
-                Err(e) => {
-                    NatsMetrics::add(&metrics.failed, 1);
-                    rewind(&spool, &coalescer);
-                    return Replayed::Failed(e.to_string());
-                }
+            if let Err(e) = answered(result) {
+                rewind(&spool, &coalescer);
+                return Replayed::Failed(e.to_string());
             }
         }
         let consumed = {
