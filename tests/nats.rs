@@ -9,17 +9,22 @@
 mod common;
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use common::app::{TestApp, spawn_app};
 use common::daemon::{
     Daemon, DaemonConfig, event_count, scalar, serve, stored_trade_ids, toml_str, wait_caught_up,
-    wait_sent_trades_stored,
+    wait_sent_trades_stored, wait_until, write_config,
 };
 use common::pg::TestDb;
+use tickd::config::Settings;
 use tickd::dev::localnats::{LocalNats, LocalNatsOptions};
 use tickd::dev::sim::{SimConfig, Simulator, market_names};
-use tickd::nats::NatsMetrics;
+use tickd::nats::record::RecordMetrics;
+use tickd::nats::{NatsMetrics, payload, subject};
+use tickd::tick::{Price, Qty, Tick, TickKind, Trade};
+use tokio_util::sync::CancellationToken;
 
 /// How long a daemon may take to connect, subscribe and build its books.
 const LIVE: Duration = Duration::from_secs(60);
@@ -225,4 +230,66 @@ async fn nats_away_long_enough_to_fill_the_spool_is_a_nats_loss_in_the_ledger_an
         !app.health.alerts.active().iter().any(|a| a.starts_with("nats_unreachable")),
         "resolved once replayed"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_tickd_did_not_write_is_counted_and_skipped_and_a_backfilled_trade_is_stored_as_rest() {
+    // Arrange: a stream holding a message that is no tick frame, then a backfilled trade.
+    let server = nats_server().await;
+    let db = TestDb::new().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut config = DaemonConfig::new(
+        &dir.path().join("state"),
+        &db.url,
+        "ws://127.0.0.1:9/trade-api/ws/v2",
+        &["M".to_owned()],
+    );
+    config.nats("url", &toml_str(&server.url()));
+    let path = write_config(dir.path(), "record", &config.toml());
+    let settings = Settings::load(Some(&path)).expect("loads");
+    settings.validate_record().expect("valid for tickd record");
+    let js = async_nats::jetstream::new(async_nats::connect(server.url()).await.expect("connect"));
+    tickd::nats::connect::ensure_stream(&js, settings.nats.as_ref().expect("[nats]")).await.expect("stream");
+    let trade = Tick {
+        feed: "sim".into(),
+        conn: 0,
+        market: "M".into(),
+        exch_ts: Some(1_765_000_000_000),
+        recv_ts: 1_765_000_000_500_000,
+        kind: TickKind::Trade(Trade {
+            trade_id: "t-1".into(),
+            price: Price(4800),
+            size: Qty(100),
+            taker_side: None,
+            block: None,
+            backfill: true,
+        }),
+    };
+    js.publish("tickd.sim.trade.M", "not a tick".into()).await.expect("publish").await.expect("ack");
+    js.publish(subject::subject("tickd", &trade), payload::encode(&trade).into())
+        .await
+        .expect("publish")
+        .await
+        .expect("ack");
+
+    // Act
+    let metrics = Arc::new(RecordMetrics::default());
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn({
+        let (metrics, shutdown) = (metrics.clone(), shutdown.clone());
+        async move { tickd::nats::record::run(&settings, metrics, shutdown).await }
+    });
+    wait_until("the recorder to commit the trade", LIVE, || {
+        let done = RecordMetrics::get(&metrics.committed) >= 1;
+        async move { done }
+    })
+    .await;
+    shutdown.cancel();
+    let stopped = task.await.expect("the recorder does not panic");
+
+    // Assert
+    assert!(stopped.is_ok(), "{stopped:?}");
+    assert_eq!(RecordMetrics::get(&metrics.skipped), 1, "the foreign message is counted");
+    assert_eq!(stored_trade_ids(&db.url).await, ["t-1"], "only the trade is stored");
+    assert_eq!(scalar(&db.url, "SELECT count(*) FROM trades WHERE source = 'rest'").await, 1);
 }

@@ -246,6 +246,9 @@ impl Sink for NatsSink {
     }
 }
 
+/// A spool append's ticks and how it went.
+type Appended = (Vec<Line>, Result<(), SpoolError>);
+
 /// What a publish came to.
 type Acked = (Line, Result<jetstream::publish::PublishAck, String>);
 
@@ -281,7 +284,7 @@ impl Publisher {
         }
         let mut in_flight: FuturesUnordered<BoxFuture<'static, Acked>> = FuturesUnordered::new();
         let mut pending: Vec<Line> = Vec::new();
-        let mut append: Option<JoinHandle<(Vec<Line>, Result<(), SpoolError>)>> = None;
+        let mut append: Option<JoinHandle<Appended>> = None;
         let mut replay: Option<JoinHandle<Replayed>> = None;
         let mut retry = tokio::time::interval(RETRY_EVERY);
         retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
