@@ -46,6 +46,12 @@ enum Command {
     /// Connects every configured feed and keeps it streaming. SIGTERM/SIGINT stop it
     /// gracefully (a second one at once); SIGHUP reloads the configuration.
     Run(ConfigArgs),
+    /// Record the NATS stream into PostgreSQL, from any host.
+    ///
+    /// Takes the same config file as `run`, with `[nats]` and `[store]`; feeds are not needed.
+    /// A durable consumer shared by every recorder: a message is acknowledged only once it is
+    /// committed. SIGTERM/SIGINT stop it after the batch under way.
+    Record(ConfigArgs),
     /// Run everything on this machine: simulator, a private PostgreSQL, the daemon and its
     /// dashboard.
     ///
@@ -84,6 +90,7 @@ fn main() -> ExitCode {
         Command::CheckConfig(args) => check_config(args.config.as_deref()),
         Command::Run(args) => run(args.config),
         Command::Migrate(args) => migrate(args.config.as_deref()),
+        Command::Record(args) => record(args.config.as_deref()),
         Command::Sim(args) => simulate(args),
         Command::Demo(args) => demo(args),
     }
@@ -175,6 +182,38 @@ fn migrate(path: Option<&Path>) -> ExitCode {
                 ExitCode::SUCCESS
             }
             Err(e) => runtime_error(&anyhow::Error::new(e).context("tickd migrate")),
+        }
+    })
+}
+
+/// `tickd record`: the NATS stream into PostgreSQL until SIGINT/SIGTERM.
+fn record(path: Option<&Path>) -> ExitCode {
+    let settings = match tickd::config::Settings::load(path).and_then(|s| s.validate_record().map(|()| s)) {
+        Ok(settings) => settings,
+        Err(e) => return config_error(&e),
+    };
+    telemetry::init(&settings.log);
+    install_crypto_provider();
+    let runtime = match runtime() {
+        Ok(runtime) => runtime,
+        Err(e) => return runtime_error(&e),
+    };
+    runtime.block_on(async move {
+        let shutdown = CancellationToken::new();
+        let signals = match handle_signals(shutdown.clone(), None) {
+            Ok(signals) => signals,
+            Err(e) => return runtime_error(&e),
+        };
+        let metrics = Arc::new(tickd::nats::record::RecordMetrics::default());
+        let result = tickd::nats::record::run(&settings, metrics, shutdown.clone()).await;
+        shutdown.cancel();
+        signals.close();
+        match result {
+            Ok(()) => {
+                info!("Stopped.");
+                ExitCode::SUCCESS
+            }
+            Err(e) => runtime_error(&e.context("tickd record")),
         }
     })
 }

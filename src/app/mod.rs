@@ -24,6 +24,7 @@ use tracing::{error, warn};
 use crate::bus::{Bus, BusBuilder};
 use crate::config::Settings;
 use crate::dashboard::{Certificates, DashboardMetrics};
+use crate::nats::publish::NatsSink;
 use crate::ops::alerts::{self, Thresholds, WatchContext};
 use crate::ops::health::Health;
 use crate::ops::summary::summarize;
@@ -73,6 +74,14 @@ impl App {
             }
             None => warn!("No [store] configured: ticks are not recorded."),
         }
+        let nats = match &settings.nats {
+            Some(nats) => Some(NatsSink::build(nats, &settings.state_dir).await?),
+            None => None,
+        };
+        let nats_metrics = nats.as_ref().map(NatsSink::metrics);
+        if let Some(nats) = nats {
+            topology.sink(nats);
+        }
         let dashboard_metrics = Arc::new(DashboardMetrics::default());
         let mut certificates = None;
         if settings.dashboard.enabled {
@@ -89,6 +98,7 @@ impl App {
             feeds: Default::default(),
             bus: bus.counters(),
             store: store_metrics,
+            nats: nats_metrics,
             dashboard: dashboard_metrics,
             alerts: alerts.clone(),
             rest: Default::default(),

@@ -10,7 +10,7 @@
 //!
 //! This module owns the root of the tree ([`Settings`]), loading, the list of problems that
 //! validation collects and [`ConfigError`]. Each section has its own file with its checks
-//! beside it (`log`, `bus`, `store`, `dashboard`, `alerts`, `feeds`); `secrets` holds
+//! beside it (`log`, `bus`, `store`, `nats`, `dashboard`, `alerts`, `feeds`); `secrets` holds
 //! [`Secret`], redaction and `credential:` files, `tls` reads TLS certificates and keys, and
 //! `reload` names the changed keys that wait
 //! for a restart. Every public type is re-exported here: callers write `config::FeedSettings`.
@@ -21,6 +21,7 @@ mod dashboard;
 mod feeds;
 mod load_errors;
 mod log;
+mod nats;
 mod reload;
 mod secrets;
 mod store;
@@ -40,6 +41,7 @@ pub use bus::BusSettings;
 pub use dashboard::DashboardSettings;
 pub use feeds::{BackoffSettings, FeedSettings, GiveUpPolicy, LoadedKey, MARKET_CHANNELS, VenueKey};
 pub use log::{LogFormat, LogSettings};
+pub use nats::NatsSettings;
 pub use secrets::{CREDENTIAL_PREFIX, Secret};
 pub use store::{DatabaseUrl, StoreSettings};
 pub use tls::{CertificateError, ServerCertificate, load_server_certificate};
@@ -64,6 +66,9 @@ pub struct Settings {
     /// Recording in PostgreSQL. Without a `[store]` table nothing is recorded (a warning says
     /// so at start).
     pub store: Option<StoreSettings>,
+    /// Publishing every tick to NATS JetStream. Without a `[nats]` table, nothing leaves the
+    /// host but the dashboard's stream.
+    pub nats: Option<NatsSettings>,
     /// The HTTP port: the dashboard page, the live stream (`/ws`) and health checks.
     pub dashboard: DashboardSettings,
     /// When alerts fire and resolve, and the webhook that hears of them.
@@ -81,6 +86,7 @@ impl Default for Settings {
             log: LogSettings::default(),
             bus: BusSettings::default(),
             store: None,
+            nats: None,
             dashboard: DashboardSettings::default(),
             alerts: AlertSettings::default(),
             feeds: Vec::new(),
@@ -240,6 +246,24 @@ impl Settings {
     /// ([`VenueKey`]) and keeps it in these settings, so the feeds sign with the key checked
     /// here and nothing reads the key file again.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.problems(true).into_result()
+    }
+
+    /// Validates settings for `tickd record`, which reads NATS rather than the exchange: a
+    /// `[nats]` and a `[store]` table are required and feeds are not (any given are checked
+    /// all the same, so one config file serves `tickd run` and `tickd record`).
+    pub fn validate_record(&self) -> Result<(), ConfigError> {
+        let mut problems = self.problems(false);
+        if self.nats.is_none() {
+            problems.push("nats", "tickd record needs a [nats] table: the stream it records");
+        }
+        if self.store.is_none() {
+            problems.push("store", "tickd record needs a [store] table: the database it records into");
+        }
+        problems.into_result()
+    }
+
+    fn problems(&self, require_feeds: bool) -> Problems {
         let mut problems = Problems::default();
         self.log.validate_into(&mut problems);
         problems.positive("summary_interval", self.summary_interval);
@@ -250,9 +274,12 @@ impl Settings {
         if let Some(store) = &self.store {
             store.validate_into(&mut problems);
         }
+        if let Some(nats) = &self.nats {
+            nats.validate_into(&mut problems);
+        }
         self.dashboard.validate_into(&mut problems);
         self.alerts.validate_into(&mut problems);
-        if self.feeds.is_empty() {
+        if require_feeds && self.feeds.is_empty() {
             problems.push("feeds", "no feed is configured; add a [[feeds]] table");
         }
         let mut names = HashSet::new();
@@ -263,7 +290,7 @@ impl Settings {
                 problems.push(format!("{key}.name"), format!("`{}` is used twice", feed.name));
             }
         }
-        problems.into_result()
+        problems
     }
 
     /// The effective settings as TOML, for `tickd check-config`. Secrets print as
@@ -344,6 +371,21 @@ mod tests {
     #[test]
     fn no_feed_at_all_is_a_problem() {
         assert_eq!(problem_keys(&Settings::default()), ["feeds"]);
+    }
+
+    #[test]
+    fn a_recorder_needs_nats_and_a_store_and_no_feed() {
+        let none = Settings::default();
+        let err = none.validate_record().expect_err("nothing to record from or into").to_string();
+        assert!(err.contains("`nats`") && err.contains("`store`") && !err.contains("`feeds`"), "{err}");
+
+        let recorder = Settings {
+            nats: Some(NatsSettings::default()),
+            store: Some(StoreSettings::default()),
+            ..Settings::default()
+        };
+        assert!(recorder.validate_record().is_ok());
+        assert!(recorder.validate().is_err(), "tickd run still needs a feed");
     }
 
     #[test]

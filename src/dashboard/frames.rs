@@ -244,12 +244,27 @@ fn feed_event(o: Obj, e: &FeedEvent) -> Obj {
         }
         FeedEvent::Stale { reason } => o.str("event", "stale").str("reason", reason),
         FeedEvent::Resynced { sid } => o.str("event", "resynced").uint("sid", *sid),
-        FeedEvent::MarketFrozen { quiet_ms, book_differs, missed_trades, checks, .. } => o
+        FeedEvent::MarketFrozen {
+            quiet_ms,
+            book_differs,
+            missed_trades,
+            checks,
+            last_ticker_us,
+            last_trade_us,
+            last_book_us,
+            backfill_from_us,
+            backfill_to_us,
+        } => o
             .str("event", "market_frozen")
             .uint("quiet_ms", *quiet_ms)
             .bool("book_differs", *book_differs)
             .uint("missed_trades", *missed_trades)
-            .uint("checks", u64::from(*checks)),
+            .uint("checks", u64::from(*checks))
+            .opt_int("last_ticker_us", *last_ticker_us)
+            .opt_int("last_trade_us", *last_trade_us)
+            .opt_int("last_book_us", *last_book_us)
+            .int("backfill_from_us", *backfill_from_us)
+            .int("backfill_to_us", *backfill_to_us),
         FeedEvent::Alert { kind, message } => {
             o.str("event", "alert").str("kind", kind).str("message", message)
         }
@@ -273,10 +288,29 @@ fn feed_event(o: Obj, e: &FeedEvent) -> Obj {
                 .uint("new", b.new)
                 .bool("complete", b.complete)
                 .uint("attempt", u64::from(b.attempt));
-            match &b.error {
+            let mut o = match &b.error {
                 Some(error) => o.str("error", error),
                 None => o,
+            };
+            // What the ledger keeps of the window, so that a recorder reading the frame back
+            // stores the same row.
+            o.key("market_names");
+            o.buf.push('[');
+            for (i, market) in b.markets.iter().enumerate() {
+                if i > 0 {
+                    o.buf.push(',');
+                }
+                push_str(&mut o.buf, market);
             }
+            o.buf.push(']');
+            let opt_uint = |o: Obj, key: &str, v: Option<u64>| match v {
+                Some(v) => o.uint(key, v),
+                None => o.raw(key, "null"),
+            };
+            let o = opt_uint(o, "sid", b.sid);
+            let o = opt_uint(o, "expected", b.expected);
+            let o = opt_uint(o, "got", b.got);
+            o.opt_int("retry_at_us", b.retry_at_us)
         }
     }
 }

@@ -14,7 +14,7 @@
 //! or closed (4008), never waited for.
 
 mod client;
-mod frames;
+pub(crate) mod frames;
 mod history;
 mod http;
 mod hub;

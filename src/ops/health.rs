@@ -28,6 +28,8 @@ pub struct Health {
     pub bus: BusCounters,
     /// The store's counters; `None` without a `[store]`.
     pub store: Option<Arc<StoreMetrics>>,
+    /// The NATS publisher's counters; `None` without a `[nats]`.
+    pub nats: Option<Arc<crate::nats::NatsMetrics>>,
     /// The dashboard server's counters (zero without a dashboard).
     pub dashboard: Arc<DashboardMetrics>,
     /// The alert registry: open incidents and their counts.

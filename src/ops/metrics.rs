@@ -59,6 +59,9 @@ pub fn render(src: &Health) -> String {
         "Ticks the dashboard hub missed by falling behind the bus.",
         bus.lossy_missed,
     );
+    if let Some(nats) = &src.nats {
+        self::nats(&mut out, nats);
+    }
     if let Some(store) = &src.store {
         self::store(&mut out, store);
     }
@@ -477,6 +480,56 @@ fn get(c: &AtomicU64) -> u64 {
     c.load(Ordering::Relaxed)
 }
 
+fn nats(out: &mut Exposition, m: &crate::nats::NatsMetrics) {
+    for (name, kind, help, value) in [
+        ("tickd_nats_received_total", "counter", "Ticks the NATS publisher took from the bus.", &m.received),
+        ("tickd_nats_published_total", "counter", "Publishes sent to NATS (replays included).", &m.published),
+        (
+            "tickd_nats_acked_total",
+            "counter",
+            "Publishes the stream acknowledged (replays included).",
+            &m.acked,
+        ),
+        (
+            "tickd_nats_duplicates_total",
+            "counter",
+            "Acknowledged publishes the stream already held (same Nats-Msg-Id).",
+            &m.duplicates,
+        ),
+        (
+            "tickd_nats_failed_total",
+            "counter",
+            "Publishes refused or not acknowledged in time; their ticks were spooled.",
+            &m.failed,
+        ),
+        ("tickd_nats_spooled_total", "counter", "Ticks written to the NATS spool.", &m.spooled),
+        (
+            "tickd_nats_replayed_total",
+            "counter",
+            "Ticks replayed from the NATS spool and acknowledged.",
+            &m.replayed,
+        ),
+        (
+            "tickd_nats_lost_total",
+            "counter",
+            "Ticks not published because the NATS spool was full (recorded as nats_loss).",
+            &m.lost,
+        ),
+        (
+            "tickd_nats_unreadable_total",
+            "counter",
+            "NATS spool records that could not be read back.",
+            &m.unreadable,
+        ),
+        ("tickd_nats_in_flight", "gauge", "Publishes awaiting their acknowledgement.", &m.in_flight),
+        ("tickd_nats_spool_bytes", "gauge", "Bytes in the NATS spool.", &m.spool_bytes),
+        ("tickd_nats_spooling", "gauge", "1 while ticks go to the NATS spool instead of NATS.", &m.spooling),
+        ("tickd_nats_connected", "gauge", "1 while connected to a NATS server.", &m.connected),
+    ] {
+        out.single(name, kind, help, get(value));
+    }
+}
+
 fn store(out: &mut Exposition, m: &StoreMetrics) {
     out.header("tickd_store_state", "gauge", "Store state: 1 for the state the writer is in.");
     let state = m.state();
@@ -799,6 +852,7 @@ mod tests {
             feeds: Default::default(),
             bus: bus.counters(),
             store: Some(Arc::new(StoreMetrics::default())),
+            nats: Some(Arc::default()),
             dashboard: Arc::new(DashboardMetrics::default()),
             rest: {
                 let rest = crate::telemetry::rest::RestFeeds::default();

@@ -447,12 +447,18 @@ impl Batch {
     /// Adds one `store_loss` row per feed to the ledger, timed at the first lost tick (so a
     /// retried write of the same record is recognised as a duplicate).
     pub fn push_losses(&mut self, losses: &HashMap<String, Loss>) {
+        self.push_losses_as("store_loss", "spool full", losses);
+    }
+
+    /// Adds one `event` row per feed to the ledger (`store_loss`, `nats_loss`: ticks some sink
+    /// could not keep), timed at the first lost tick, its reason starting with `why`.
+    pub fn push_losses_as(&mut self, event: &str, why: &str, losses: &HashMap<String, Loss>) {
         for (feed, loss) in losses {
             let ts = loss.from_us;
             let feed = self.intern(&Name::from(feed.as_str()));
             let market = self.intern(&Name::from(""));
             let detail = serde_json::json!({
-                "event": "store_loss",
+                "event": event,
                 "ticks": loss.ticks,
                 "trades": loss.trades,
                 "from_us": loss.from_us,
@@ -463,9 +469,8 @@ impl Batch {
             e.feed.push(feed);
             e.conn.push(0);
             e.market.push(market);
-            e.event.push("store_loss".into());
-            e.reason
-                .push(Some(format!("spool full: {} ticks ({} trades) not kept", loss.ticks, loss.trades)));
+            e.event.push(event.to_owned());
+            e.reason.push(Some(format!("{why}: {} ticks ({} trades) not kept", loss.ticks, loss.trades)));
             e.sid.push(None);
             e.expected.push(None);
             e.got.push(None);

@@ -63,6 +63,8 @@ pub struct DaemonConfig {
     top: Vec<(String, String)>,
     /// `[alerts]` keys and TOML values, none by default.
     alerts: Vec<(String, String)>,
+    /// `[nats]` keys and TOML values; no `[nats]` table while empty.
+    nats: Vec<(String, String)>,
 }
 
 impl DaemonConfig {
@@ -91,6 +93,7 @@ impl DaemonConfig {
             level: "info".to_owned(),
             top: Vec::new(),
             alerts: Vec::new(),
+            nats: Vec::new(),
         }
     }
 
@@ -124,6 +127,13 @@ impl DaemonConfig {
         self
     }
 
+    /// Sets `[nats] key = value` (`value` in TOML: `"nats://127.0.0.1:4222"`, `1048576`); the
+    /// first key set adds the table.
+    pub fn nats(&mut self, key: &str, value: &str) -> &mut Self {
+        set(&mut self.nats, key, value);
+        self
+    }
+
     /// Sets `key = value` of the feed (`value` in TOML: `false`, `["trade"]`).
     pub fn feed(&mut self, key: &str, value: &str) -> &mut Self {
         set(&mut self.feed, key, value);
@@ -138,7 +148,7 @@ impl DaemonConfig {
              [log]\nformat = \"json\"\nlevel = {level}\n\n\
              [dashboard]\n{dashboard}\n\
              [alerts]\n{alerts}\n\
-             [store]\n{store}\n\
+             [store]\n{store}\n{nats}\
              [[feeds]]\nname = \"sim\"\nurl = {sim}\nmarkets = [{markets}]\n{feed}",
             state_dir = toml_str(&self.state_dir.display().to_string()),
             level = toml_str(&self.level),
@@ -146,6 +156,8 @@ impl DaemonConfig {
             alerts = lines(&self.alerts),
             dashboard = lines(&self.dashboard),
             store = lines(&self.store),
+            nats =
+                if self.nats.is_empty() { String::new() } else { format!("[nats]\n{}\n", lines(&self.nats)) },
             sim = toml_str(&self.sim_url),
             markets = markets.join(", "),
             feed = lines(&self.feed),
@@ -231,6 +243,23 @@ impl Daemon {
             .stderr(stderr)
             .spawn()
             .expect("tickd run starts");
+        Daemon { child, log, exited: None }
+    }
+
+    /// `tickd <command> --config <dir>/<name>.toml` (`record`), like [`Daemon::start`].
+    pub fn start_command(dir: &Path, name: &str, command: &str, config: &DaemonConfig) -> Daemon {
+        let file = write_config(dir, name, &config.toml());
+        let log = dir.join(format!("{name}.log"));
+        let stderr = File::create(&log).unwrap_or_else(|e| panic!("creating {}: {e}", log.display()));
+        let child = tickd()
+            .arg(command)
+            .arg("--config")
+            .arg(&file)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .unwrap_or_else(|e| panic!("tickd {command} starts: {e}"));
         Daemon { child, log, exited: None }
     }
 

@@ -57,6 +57,19 @@ impl Alerter {
         self.registry.open_kinds(&conn.to_string())
     }
 
+    /// Opens an incident about `source` (`nats`), a part that is no feed connection, and sends
+    /// its alert; nothing is sent while one of this kind is open for it. The caller resolves it
+    /// ([`Alerter::close`]) once the condition is over.
+    pub fn open(&self, source: &str, kind: &str, message: &str) -> bool {
+        self.registry.fire(kind, source, message)
+    }
+
+    /// Closes the incident [`Alerter::open`] opened, with one recovery notice; does nothing
+    /// when none is open (one carried over from the last run included).
+    pub fn close(&self, source: &str, kind: &str, message: &str) -> bool {
+        self.registry.resolve(kind, source, message)
+    }
+
     /// Sends a one-shot alert raised outside a feed, such as the store's (no incident, no
     /// recovery); `source` goes in `TICKD_ALERT_SOURCE` and `TICKD_ALERT_FEED`. Logging and
     /// counting in the caller's own metrics are the caller's.

@@ -9,6 +9,8 @@
 //!   resolves it once every such market of the connection updates again;
 //! - the store writer sends its one-shot notices (`spool_full`, `store_schema`,
 //!   `batch_rejected`, `spool_unreadable`: no incident, no recovery);
+//! - the NATS publisher opens `nats_unreachable` while it spools and resolves it once the
+//!   spool is replayed, and sends the one-shot `nats_loss` when its spool is full;
 //! - the alert monitor ([`crate::ops::alerts`]) raises and resolves `feed_stale`,
 //!   `database_unreachable`, `spool_filling` and `rest_unreachable` from the daemon's health.
 //!
@@ -68,8 +70,17 @@ pub const BOOK_UNRECOVERABLE: &str = "book_unrecoverable";
 /// `market_quiet_after` since.
 pub const MARKET_FROZEN: &str = "market_frozen";
 
+/// The NATS publisher cannot reach the servers (or its stream): ticks go to its spool. Opened
+/// when the spooling begins, resolved once the spool is replayed.
+pub const NATS_UNREACHABLE: &str = "nats_unreachable";
+/// The NATS publisher's spool was full: ticks were not published (one-shot, with a `nats_loss`
+/// row in the gap ledger).
+pub const NATS_LOSS: &str = "nats_loss";
+
 /// The source of the store's alerts.
 pub const STORE: &str = "store";
+/// The source of the NATS publisher's alerts.
+pub const NATS: &str = "nats";
 
 /// Alert counters for `/metrics`, per (kind, source), and the webhook's outcomes.
 #[derive(Debug, Default)]
