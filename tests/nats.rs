@@ -211,6 +211,11 @@ async fn nats_away_long_enough_to_fill_the_spool_is_a_nats_loss_in_the_ledger_an
     wait_caught_up(&sim, SETTLE).await;
     server.restart().await.expect("restart NATS");
     app.wait("the NATS spool replayed", LIVE, |app| NatsMetrics::get(&nats(app).spooling) == 0).await;
+    // The alert registry applies the recovery on its own task: waited on, not read at once.
+    app.wait("nats_unreachable resolved once replayed", LIVE, |app| {
+        !app.health.alerts.active().iter().any(|a| a.starts_with("nats_unreachable"))
+    })
+    .await;
     let stopped = app.stop(STOP).await;
 
     // Assert
@@ -226,10 +231,6 @@ async fn nats_away_long_enough_to_fill_the_spool_is_a_nats_loss_in_the_ledger_an
         NatsMetrics::get(&nats(&app).lost) as i64,
     );
     assert_eq!(ticks, lost, "every lost tick is in the ledger");
-    assert!(
-        !app.health.alerts.active().iter().any(|a| a.starts_with("nats_unreachable")),
-        "resolved once replayed"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
