@@ -427,7 +427,8 @@ const TABLE_CTES: [&str; 7] = ["t", "q", "s", "d", "l", "e", "mk"];
 /// by receive time) or skipping every row already present. A batch seldom fills every table
 /// (at a few thousand ticks/s most have no snapshot, lifecycle or feed event, and the writer
 /// leaves out the markets it has written), and each CTE left in costs the server its executor
-/// set-up on every execution. Each variant is made once and kept (at most 256); the
+/// set-up on every execution. Each variant is made once and kept (at most 512: 256 table
+/// sets, with and without the conflict check); the
 /// parameters of the tables left out are still bound, typed, and unused.
 fn write_sql(present: u8, dedupe: bool) -> &'static str {
     static VARIANTS: LazyLock<std::sync::Mutex<std::collections::HashMap<(u8, bool), &'static str>>> =
